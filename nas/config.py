@@ -1,0 +1,339 @@
+"""Typed, validated configuration: YAML files over defaults, plus ``--set key=value`` overrides.
+
+Every key has a type and a default here, so a config file holds only what differs. An unknown
+key fails naming the closest known one; a value of the wrong type fails with its dotted path.
+The ``supernet`` and ``network`` sections are the keyword arguments of the search space's
+builders, checked against their signatures when the space is built.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping
+
+import yaml
+
+from .errors import InputError
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are prepared."""
+
+    dataset: str = "cifar10"            # a registered dataset: cifar10, cifar100, imagefolder, ...
+    root: str = "data"                  # directory holding cifar-10-batches-py/ etc.
+    download: bool = False              # fetch the official files through torchvision if missing
+    image_size: int = 32                # images are resized to this once, when loaded
+    pad: int = 4                        # random-crop padding of the standard augmentation
+    split: float = 0.5                  # search: fraction of the training set for the weights
+    limit: int | None = None            # use only the first N training images (quick runs)
+    on_device: bool | None = None       # hold uint8 images on the device; None: only on CUDA
+    workers: int = 2                    # DataLoader workers when not on the device
+
+
+@dataclass
+class TauConfig:
+    """The temperature schedule of the Gumbel-softmax."""
+
+    schedule: str = "linear"            # a registered schedule or 'module:attr'
+    max: float = 10.0
+    min: float = 0.1
+    per: Literal["epoch", "iteration"] = "epoch"
+    options: dict = field(default_factory=dict)  # extra keyword arguments of the schedule
+
+
+@dataclass
+class SearchConfig:
+    """The alternating optimisation of weights and architecture (GDAS defaults)."""
+
+    mode: Literal["gdas", "st", "gumbel", "softmax"] = "gdas"
+    epochs: int = 250
+    batch_size: int = 64
+    steps_per_epoch: int | None = None  # cap on steps per epoch; None: one pass of the split
+    order: Literal["weights_first", "arch_first"] = "weights_first"
+    warmup_epochs: int = 0              # epochs that train the weights only
+    lr: float = 0.025                   # weights: SGD, cosine from lr to lr_min
+    lr_min: float = 0.001
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    grad_clip: float = 5.0              # gradient-norm clip of the weights; 0 disables
+    arch_lr: float = 3e-4               # architecture: Adam
+    arch_betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+    arch_weight_decay: float = 1e-3
+    tau: TauConfig = field(default_factory=TauConfig)
+    amp: bool = False                   # bf16 autocast (CUDA only)
+    channels_last: bool = False         # channels_last memory format (CUDA only)
+
+
+@dataclass
+class TrainConfig:
+    """Retraining of the derived network (DARTS recipe defaults)."""
+
+    epochs: int = 600
+    batch_size: int = 96
+    steps_per_epoch: int | None = None
+    lr: float = 0.025
+    lr_min: float = 0.0
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    auxiliary_weight: float = 0.4       # 0 disables the auxiliary head's loss
+    drop_path: float = 0.2              # final drop-path probability, rising linearly from 0
+    cutout: int = 16                    # cutout square side; 0 disables
+    eval_batch_size: int = 256
+    amp: bool = False
+    channels_last: bool = False
+
+
+@dataclass
+class Config:
+    """A whole run: data, search space, search and retraining."""
+
+    name: str = ""
+    seed: int = 0
+    device: str = "auto"                # auto, cpu, cuda, cuda:1, ...
+    space: str = "darts"                # a registered search space or 'module:attr'
+    data: DataConfig = field(default_factory=DataConfig)
+    supernet: dict = field(default_factory=dict)   # keyword arguments of the space's supernet
+    search: SearchConfig = field(default_factory=SearchConfig)
+    network: dict = field(default_factory=dict)    # keyword arguments of the space's network
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# -- type checking ------------------------------------------------------------------------------
+def _describe(value: Any) -> str:
+    return f"{value!r}" if not isinstance(value, str) else f"'{value}'"
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Return ``value`` as type ``tp`` or raise InputError naming ``path``."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, path)
+            except InputError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise InputError(f"{path}: expected one of {', '.join(map(str, choices))}, "
+                             f"got {_describe(value)}{hint}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise InputError(f"{path}: expected true or false, got {_describe(value)}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise InputError(f"{path}: expected an integer, got {_describe(value)}")
+    if tp is float:
+        if isinstance(value, str):  # PyYAML reads 3e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise InputError(f"{path}: expected a finite number, got {value!r}")
+            return float(value)
+        raise InputError(f"{path}: expected a number, got {_describe(value)}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise InputError(f"{path}: expected a string, got {_describe(value)}")
+    if tp is dict or origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise InputError(f"{path}: expected a mapping of keys to values, got {_describe(value)}")
+    if tp is list or origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise InputError(f"{path}: expected a list, got {_describe(value)}")
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise InputError(f"{path}: expected {getattr(tp, '__name__', tp)}, got {_describe(value)}")
+
+
+def _unknown_key(path: str, key: str, known: list[str]) -> InputError:
+    where = f"{path}.{key}" if path else key
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else f" (known: {', '.join(sorted(known))})"
+    return InputError(f"{where}: unknown key{hint}")
+
+
+def _merge(obj: Any, data: Mapping[str, Any], path: str = "") -> None:
+    """Write the keys of ``data`` into the dataclass ``obj``, checking names and types."""
+    if not isinstance(data, Mapping):
+        raise InputError(f"{path or 'config'}: expected a mapping of keys to values, "
+                         f"got {_describe(data)}")
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for key, value in data.items():
+        key = str(key)
+        where = f"{path}.{key}" if path else key
+        if key not in names:
+            raise _unknown_key(path, key, names)
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _merge(current, value if value is not None else {}, where)
+        elif isinstance(current, dict) and isinstance(value, Mapping):
+            current.update(value)  # builder options: merged key by key, checked at build time
+        else:
+            setattr(obj, key, _coerce(value, hints[key], where))
+
+
+def _check_ranges(cfg: Config) -> None:
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise InputError(message)
+
+    for sec in ("search", "train"):
+        s = getattr(cfg, sec)
+        need(s.epochs >= 1, f"{sec}.epochs: must be at least 1, got {s.epochs}")
+        need(s.batch_size >= 1, f"{sec}.batch_size: must be at least 1, got {s.batch_size}")
+        need(s.steps_per_epoch is None or s.steps_per_epoch >= 1,
+             f"{sec}.steps_per_epoch: must be at least 1 or null, got {s.steps_per_epoch}")
+        need(s.lr > 0, f"{sec}.lr: must be positive, got {s.lr}")
+        need(0 <= s.lr_min <= s.lr, f"{sec}.lr_min: must be in [0, lr], got {s.lr_min}")
+        need(s.grad_clip >= 0, f"{sec}.grad_clip: must be >= 0, got {s.grad_clip}")
+        need(s.weight_decay >= 0, f"{sec}.weight_decay: must be >= 0, got {s.weight_decay}")
+    need(len(cfg.search.arch_betas) == 2 and all(0 <= b < 1 for b in cfg.search.arch_betas),
+         f"search.arch_betas: expected two numbers in [0, 1), got {cfg.search.arch_betas}")
+    need(cfg.search.arch_lr > 0, f"search.arch_lr: must be positive, got {cfg.search.arch_lr}")
+    need(0 <= cfg.search.warmup_epochs <= cfg.search.epochs,
+         f"search.warmup_epochs: must be in [0, search.epochs], got {cfg.search.warmup_epochs}")
+    tau = cfg.search.tau
+    need(tau.min > 0, f"search.tau.min: must be positive, got {tau.min}")
+    need(tau.max >= tau.min, f"search.tau.max: must be >= search.tau.min, got {tau.max}")
+    need(0 < cfg.data.split < 1, f"data.split: must be in (0, 1), got {cfg.data.split}")
+    need(cfg.data.image_size >= 4, f"data.image_size: must be at least 4, got {cfg.data.image_size}")
+    need(cfg.data.pad >= 0, f"data.pad: must be >= 0, got {cfg.data.pad}")
+    need(cfg.data.limit is None or cfg.data.limit >= 2,
+         f"data.limit: must be at least 2 or null, got {cfg.data.limit}")
+    need(cfg.data.workers >= 0, f"data.workers: must be >= 0, got {cfg.data.workers}")
+    need(0 <= cfg.train.drop_path < 1, f"train.drop_path: must be in [0, 1), got {cfg.train.drop_path}")
+    need(cfg.train.cutout >= 0, f"train.cutout: must be >= 0, got {cfg.train.cutout}")
+    need(cfg.train.auxiliary_weight >= 0,
+         f"train.auxiliary_weight: must be >= 0, got {cfg.train.auxiliary_weight}")
+
+
+# -- loading ------------------------------------------------------------------------------------
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into its key path and YAML-parsed value."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise InputError(f"--set {text!r}: expected key=value, e.g. search.epochs=50")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def _nest(keys: list[str], value: Any) -> dict[str, Any]:
+    out: Any = value
+    for key in reversed(keys):
+        out = {key: out}
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping from a file, with one-line errors."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise InputError(f"config file not found: {path}") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read config file {path}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise InputError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping of keys to values at the top level")
+    return data
+
+
+def build_config(data: Mapping[str, Any] | None = None, overrides: list[str] = ()) -> Config:
+    """Defaults, then ``data`` (a parsed YAML mapping), then ``key=value`` overrides; validated."""
+    cfg = Config()
+    _merge(cfg, data or {})
+    for text in overrides:
+        keys, value = parse_override(text)
+        _merge(cfg, _nest(keys, value))
+    _check_ranges(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Read a YAML config file (or the defaults alone) and apply ``key=value`` overrides."""
+    data = read_yaml(path) if path is not None else {}
+    cfg = build_config(data, overrides)
+    if not cfg.name and path is not None:
+        cfg.name = Path(path).stem
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """The config as plain data, ready for YAML."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+# -- builder keyword arguments ------------------------------------------------------------------
+def check_options(fn: Callable[..., Any], options: Mapping[str, Any], section: str,
+                  skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Check ``options`` against the keyword parameters of ``fn``; return them type-coerced."""
+    target = fn.__init__ if inspect.isclass(fn) else fn
+    params = {name: p for name, p in inspect.signature(fn).parameters.items()
+              if name not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # unresolvable annotations in a plugin: skip type checks
+        hints = {}
+    out = {}
+    for key, value in options.items():
+        if key not in params:
+            if takes_any:
+                out[key] = value
+                continue
+            raise _unknown_key(section, key, list(params))
+        tp = hints.get(key)
+        out[key] = _coerce(value, tp, f"{section}.{key}") if tp in (int, float, bool, str) or \
+            typing.get_origin(tp) in (Literal, typing.Union, types.UnionType, list) else value
+    return out

@@ -1,0 +1,180 @@
+"""One registry type for ops, search spaces, temperature schedules and datasets.
+
+Three ways in, all ending in the same table:
+  * a decorator or call in Python: ``@OPS.register("my_conv")``;
+  * an installed package's entry point in the group ``nas.<kind>`` (``nas.search_spaces`` ...);
+  * a ``package.module:attr`` or ``path/to/file.py:attr`` string wherever a name is accepted.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A registered object and where it came from."""
+
+    name: str
+    obj: Any
+    source: str  # "built-in", "entry point <dist> (<module:attr>)", "module path (<spec>)", ...
+    error: str | None = None  # set when an entry point failed to load
+
+
+def _caller_source(obj: Any) -> str:
+    module = getattr(obj, "__module__", "") or ""
+    return "built-in" if module.split(".")[0] in ("nas", "search_spaces") else f"python ({module})"
+
+
+def load_object(spec: str) -> Any:
+    """Import ``package.module:attr`` or ``path/to/file.py:attr`` and return the attribute."""
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise InputError(f"'{spec}' is not of the form 'package.module:attr' or 'file.py:attr'")
+    try:
+        if module_name.endswith(".py") or os.sep in module_name or "/" in module_name:
+            path = Path(module_name).expanduser().resolve()
+            if not path.is_file():
+                raise InputError(f"'{spec}': no such file {path}")
+            mod_name = f"_nas_plugin_{path.stem}_{abs(hash(str(path))) % 10**8}"
+            module = sys.modules.get(mod_name)
+            if module is None:
+                file_spec = importlib.util.spec_from_file_location(mod_name, path)
+                module = importlib.util.module_from_spec(file_spec)
+                sys.modules[mod_name] = module
+                try:
+                    file_spec.loader.exec_module(module)
+                except BaseException:
+                    del sys.modules[mod_name]
+                    raise
+        else:
+            # A module next to where the user runs `nas` should be found, as `python -m` would.
+            cwd = os.getcwd()
+            added = cwd not in sys.path
+            if added:
+                sys.path.insert(0, cwd)
+            try:
+                module = importlib.import_module(module_name)
+            finally:
+                if added:
+                    sys.path.remove(cwd)
+    except InputError:
+        raise
+    except ModuleNotFoundError as exc:
+        raise InputError(f"'{spec}': cannot import module '{module_name}' ({exc})") from exc
+    except Exception as exc:  # a plugin that fails while importing
+        raise InputError(f"'{spec}': importing '{module_name}' failed: {type(exc).__name__}: {exc}") from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise InputError(f"'{spec}': module '{module_name}' has no attribute '{attr}'") from None
+
+
+class Registry:
+    """A name -> object table of one kind, filled by decorators, entry points and module paths."""
+
+    def __init__(self, kind: str, group: str | None = None) -> None:
+        self.kind = kind
+        self.group = group
+        self._entries: dict[str, Entry] = {}
+        self._entry_points_loaded = group is None
+
+    def register(self, name: str | None = None, obj: Any = None, *, source: str | None = None,
+                 override: bool = False) -> Any:
+        """Register ``obj`` under ``name``; without ``obj``, return a decorator that does."""
+        def add(target: Any) -> Any:
+            key = name or getattr(target, "__name__", None)
+            if not key:
+                raise ValueError(f"cannot register a {self.kind} without a name")
+            old = self._entries.get(key)
+            if old is not None and old.obj is not target and not override and old.error is None:
+                raise ValueError(f"{self.kind} '{key}' is already registered ({old.source}); "
+                                 "pass override=True to replace it")
+            self._entries[key] = Entry(key, target, source or _caller_source(target))
+            return target
+
+        return add if obj is None else add(obj)
+
+    def _load_entry_points(self) -> None:
+        if self._entry_points_loaded:
+            return
+        self._entry_points_loaded = True
+        for ep in importlib.metadata.entry_points(group=self.group):
+            dist = getattr(ep, "dist", None)
+            where = f"entry point {dist.name if dist else '?'} ({ep.value})"
+            try:
+                target = ep.load()
+            except Exception as exc:  # one broken plugin must not hide the others
+                if ep.name not in self._entries:
+                    self._entries[ep.name] = Entry(ep.name, None, where,
+                                                   error=f"{type(exc).__name__}: {exc}")
+                continue
+            old = self._entries.get(ep.name)
+            if old is None or old.obj is target or old.error is not None:
+                self._entries[ep.name] = Entry(ep.name, target, where)
+
+    def get(self, name: str) -> Any:
+        """Return the object for a registered name or a ``module:attr`` string."""
+        if not isinstance(name, str) or not name:
+            raise InputError(f"a {self.kind} name must be a non-empty string, got {name!r}")
+        self._load_entry_points()
+        entry = self._entries.get(name)
+        if entry is None and ":" in name:
+            obj = load_object(name)
+            entry = Entry(name, obj, f"module path ({name})")
+            self._entries[name] = entry
+        if entry is None:
+            raise InputError(self.unknown_message(name))
+        if entry.error is not None:
+            raise InputError(f"{self.kind} '{name}' ({entry.source}) failed to load: {entry.error}")
+        return entry.obj
+
+    def unknown_message(self, name: str) -> str:
+        """The one-line error for an unknown name: the closest match and every known name."""
+        known = sorted(self.names())
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        listed = ", ".join(known) if known else "none registered"
+        return f"unknown {self.kind} '{name}'{hint} (known: {listed})"
+
+    def entries(self) -> list[Entry]:
+        """Every entry, sorted by name, entry points included."""
+        self._load_entry_points()
+        return sorted(self._entries.values(), key=lambda e: e.name)
+
+    def names(self) -> list[str]:
+        """Registered names that loaded, sorted."""
+        return [e.name for e in self.entries() if e.error is None]
+
+    def __contains__(self, name: object) -> bool:
+        self._load_entry_points()
+        return name in self._entries and self._entries[name].error is None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, group={self.group!r}, names={self.names()})"
+
+
+OPS = Registry("op", "nas.ops")
+SEARCH_SPACES = Registry("search space", "nas.search_spaces")
+SCHEDULES = Registry("temperature schedule", "nas.schedules")
+DATASETS = Registry("dataset", "nas.datasets")
+
+REGISTRIES: dict[str, Registry] = {
+    "search spaces": SEARCH_SPACES, "ops": OPS, "schedules": SCHEDULES, "datasets": DATASETS,
+}
+

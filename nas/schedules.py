@@ -1,0 +1,98 @@
+"""Temperature schedules: small functions of progress, and a stateful scheduler around them.
+
+A schedule is ``fn(step, total, tau_max, tau_min, **options) -> tau`` registered in
+``nas.registry.SCHEDULES``; ``step`` counts epochs or iterations (the scheduler's ``per``) from 0,
+and ``total`` is how many there are. GDAS anneals linearly from 10 to 0.1 over the epochs.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .errors import InputError
+from .registry import SCHEDULES
+
+TAU_FLOOR = 1e-4  # tau = 0 divides by zero in the softmax; no schedule goes below this
+
+
+def _progress(step: int, total: int) -> float:
+    return min(step / (total - 1), 1.0) if total > 1 else 1.0
+
+
+@SCHEDULES.register("linear")
+def linear(step: int, total: int, tau_max: float, tau_min: float) -> float:
+    """GDAS: tau_max - (tau_max - tau_min) * step / (total - 1)."""
+    return tau_max - (tau_max - tau_min) * _progress(step, total)
+
+
+@SCHEDULES.register("exponential")
+def exponential(step: int, total: int, tau_max: float, tau_min: float) -> float:
+    """Geometric decay from tau_max at the first step to tau_min at the last."""
+    return tau_max * (tau_min / tau_max) ** _progress(step, total)
+
+
+@SCHEDULES.register("cosine")
+def cosine(step: int, total: int, tau_max: float, tau_min: float) -> float:
+    """Half a cosine from tau_max at the first step to tau_min at the last."""
+    return tau_min + 0.5 * (tau_max - tau_min) * (1 + math.cos(math.pi * _progress(step, total)))
+
+
+@SCHEDULES.register("step")
+def step_decay(step: int, total: int, tau_max: float, tau_min: float, every: int = 1,
+               gamma: float = 0.5) -> float:
+    """Multiply by gamma every ``every`` steps, never below tau_min."""
+    return max(tau_max * gamma ** (step // every), tau_min)
+
+
+@SCHEDULES.register("constant")
+def constant(step: int, total: int, tau_max: float, tau_min: float) -> float:
+    """Always tau_max."""
+    return tau_max
+
+
+class TemperatureScheduler:
+    """Holds the position in a schedule; ``step()`` once per epoch or per iteration (``per``)."""
+
+    def __init__(self, schedule: str = "linear", total: int = 1, tau_max: float = 10.0,
+                 tau_min: float = 0.1, per: str = "epoch", **options: Any) -> None:
+        if per not in ("epoch", "iteration"):
+            raise InputError(f"tau.per must be 'epoch' or 'iteration', got {per!r}")
+        if not (tau_min > 0 and tau_max >= tau_min and math.isfinite(tau_max)):
+            raise InputError(f"temperature needs tau_max >= tau_min > 0, got tau_max={tau_max}, "
+                             f"tau_min={tau_min}")
+        if total < 1:
+            raise InputError(f"a temperature schedule needs total >= 1 steps, got {total}")
+        self.fn = SCHEDULES.get(schedule)
+        self.schedule, self.total, self.per = schedule, int(total), per
+        self.tau_max, self.tau_min, self.options = float(tau_max), float(tau_min), dict(options)
+        self.last_step = 0
+        try:
+            self.fn(0, self.total, self.tau_max, self.tau_min, **self.options)
+        except TypeError as exc:
+            raise InputError(f"temperature schedule '{schedule}': {exc}") from exc
+
+    @property
+    def tau(self) -> float:
+        """The temperature at the current step."""
+        value = self.fn(self.last_step, self.total, self.tau_max, self.tau_min, **self.options)
+        return max(float(value), TAU_FLOOR)
+
+    def step(self) -> None:
+        """Advance by one epoch or iteration."""
+        self.last_step += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue at exactly the same value."""
+        return {"schedule": self.schedule, "total": self.total, "per": self.per,
+                "tau_max": self.tau_max, "tau_min": self.tau_min, "options": dict(self.options),
+                "last_step": self.last_step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state from ``state_dict()``."""
+        self.__init__(state["schedule"], state["total"], state["tau_max"], state["tau_min"],
+                      state["per"], **state["options"])
+        self.last_step = int(state["last_step"])
+
+    def __repr__(self) -> str:
+        return (f"TemperatureScheduler({self.schedule!r}, total={self.total}, per={self.per!r}, "
+                f"tau={self.tau:.4g}, step={self.last_step})")
