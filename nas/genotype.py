@@ -1,0 +1,222 @@
+"""Genotypes: the discrete architecture a search derives, its file and string forms.
+
+A genotype maps each cell kind to its intermediate nodes, and each node to its incoming edges
+``(op, input)``. Inputs index the cell's states: the cell inputs first (two in DARTS, one in
+NAS-Bench-201), then the intermediate nodes in order. ``concat`` names the states whose
+concatenation is the cell's output; empty means the last node is the output.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+from .errors import InputError
+
+Edge = tuple[str, int]
+Nodes = tuple[tuple[Edge, ...], ...]
+
+
+def _freeze_nodes(nodes: Iterable[Iterable[Sequence[Any]]]) -> Nodes:
+    return tuple(tuple((str(op), int(src)) for op, src in node) for node in nodes)
+
+
+@dataclass(frozen=True)
+class Genotype:
+    """A derived architecture: cell kind -> nodes -> incoming ``(op, input)`` edges."""
+
+    cells: dict[str, Nodes]
+    concat: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    space: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cells", {k: _freeze_nodes(v) for k, v in self.cells.items()})
+        object.__setattr__(self, "concat", {k: tuple(int(i) for i in v)
+                                            for k, v in self.concat.items()})
+
+    # -- JSON ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; ``Genotype.from_dict`` reads it back."""
+        return {"space": self.space,
+                "cells": {k: [[list(e) for e in node] for node in nodes]
+                          for k, nodes in self.cells.items()},
+                "concat": {k: list(v) for k, v in self.concat.items()},
+                "string": str(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Genotype":
+        """Inverse of ``to_dict``."""
+        try:
+            return cls(cells=data["cells"], concat=data.get("concat", {}),
+                       space=data.get("space", ""))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"not a genotype dict: {exc}") from None
+
+    def save(self, path: str | Path) -> None:
+        """Write the genotype as JSON (written to a temporary file, then renamed)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Genotype":
+        """Read a genotype JSON file written by ``save``."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise InputError(f"genotype file not found: {path}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path} is not a genotype JSON file ({exc})") from None
+        if not isinstance(data, dict) or "cells" not in data:
+            raise InputError(f"{path} is not a genotype JSON file (no 'cells' key)")
+        return cls.from_dict(data)
+
+    # -- strings ------------------------------------------------------------------------------
+    def to_darts_string(self) -> str:
+        """``Genotype(normal=[...], normal_concat=[2, 3, 4, 5], reduce=[...], reduce_concat=...)``."""
+        if set(self.cells) != {"normal", "reduce"}:
+            raise ValueError("the DARTS string needs exactly the cells 'normal' and 'reduce'")
+        parts = []
+        for kind in ("normal", "reduce"):
+            edges = ", ".join(f"({op!r}, {src})" for node in self.cells[kind] for op, src in node)
+            concat = self.concat.get(kind) or tuple(range(2, 2 + len(self.cells[kind])))
+            parts.append(f"{kind}=[{edges}], {kind}_concat={list(concat)}")
+        return f"Genotype({', '.join(parts)})"
+
+    def to_nb201_string(self) -> str:
+        """``|op~0|+|op~0|op~1|+|...|``: one ``+``-separated group per node."""
+        if set(self.cells) != {"cell"}:
+            raise ValueError("the NAS-Bench-201 string needs exactly one cell named 'cell'")
+        return "+".join("|" + "|".join(f"{op}~{src}" for op, src in node) + "|"
+                        for node in self.cells["cell"])
+
+    def __str__(self) -> str:
+        if set(self.cells) == {"normal", "reduce"}:
+            return self.to_darts_string()
+        if set(self.cells) == {"cell"}:
+            return self.to_nb201_string()
+        return json.dumps({"cells": self.to_dict()["cells"], "concat": self.to_dict()["concat"]})
+
+
+_DARTS_RE = re.compile(r"^\s*Genotype\((.*)\)\s*$", re.S)
+
+
+def parse_darts(text: str) -> Genotype:
+    """Parse the DARTS ``Genotype(normal=..., reduce=...)`` string (list or range concat)."""
+    match = _DARTS_RE.match(text)
+    if not match:
+        raise InputError("not a DARTS genotype string: it must look like 'Genotype(normal=[...], "
+                         "normal_concat=[2, 3, 4, 5], reduce=[...], reduce_concat=[2, 3, 4, 5])'")
+    try:
+        call = ast.parse(f"f({match.group(1)})", mode="eval").body
+        fields = {kw.arg: kw.value for kw in call.keywords}
+        values = {}
+        for key, node in fields.items():
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id == "range"):
+                values[key] = list(range(*[ast.literal_eval(a) for a in node.args]))
+            else:
+                values[key] = ast.literal_eval(node)
+    except (SyntaxError, ValueError) as exc:
+        raise InputError(f"cannot parse DARTS genotype string: {exc}") from None
+    cells, concat = {}, {}
+    for kind in ("normal", "reduce"):
+        edges = values.get(kind)
+        if not isinstance(edges, (list, tuple)) or len(edges) % 2 or not edges:
+            raise InputError(f"DARTS genotype string: '{kind}' must be a list of (op, input) "
+                             "pairs, two per node")
+        try:
+            pairs = [(str(op), int(src)) for op, src in edges]
+        except (TypeError, ValueError):
+            raise InputError(f"DARTS genotype string: '{kind}' must hold (op, input) pairs") from None
+        cells[kind] = [pairs[i:i + 2] for i in range(0, len(pairs), 2)]
+        concat[kind] = values.get(f"{kind}_concat", list(range(2, 2 + len(cells[kind]))))
+    return Genotype(cells, concat, space="darts")
+
+
+_NB201_NODE_RE = re.compile(r"^\|([^|~]+~\d+\|)+$")
+
+
+def parse_nb201(text: str) -> Genotype:
+    """Parse a NAS-Bench-201 string ``|op~0|+|op~0|op~1|+...``."""
+    text = text.strip()
+    groups = text.split("+")
+    nodes = []
+    for k, group in enumerate(groups):
+        if not _NB201_NODE_RE.match(group):
+            raise InputError(f"not a NAS-Bench-201 string: node {k + 1} is {group!r}, expected "
+                             "'|op~input|op~input|'")
+        node = []
+        for item in group.strip("|").split("|"):
+            op, src = item.rsplit("~", 1)
+            node.append((op, int(src)))
+        nodes.append(node)
+    return Genotype({"cell": nodes}, {}, space="nasbench201")
+
+
+def parse_genotype(text: str) -> Genotype:
+    """Read a genotype from a JSON file path, a JSON text, a DARTS string or an NB201 string."""
+    stripped = text.strip()
+    if stripped.startswith("Genotype("):
+        return parse_darts(stripped)
+    if stripped.startswith("|"):
+        return parse_nb201(stripped)
+    if stripped.startswith("{"):
+        try:
+            return Genotype.from_dict(json.loads(stripped))
+        except json.JSONDecodeError as exc:
+            raise InputError(f"genotype JSON text does not parse: {exc}") from None
+    path = Path(stripped)
+    if path.is_dir() and (path / "genotype.json").is_file():
+        path = path / "genotype.json"
+    if path.is_file():
+        return Genotype.load(path)
+    raise InputError(f"'{text}' is neither a genotype file nor a DARTS / NAS-Bench-201 string")
+
+
+# -- derivation ---------------------------------------------------------------------------------
+def edge_inputs(num_inputs: int, num_nodes: int) -> list[tuple[int, int]]:
+    """``(node, input)`` of every edge in the DARTS-family order: node by node, inputs ascending."""
+    return [(node, src) for node in range(num_nodes) for src in range(num_inputs + node)]
+
+
+def derive_cell(weights: Tensor, ops: Sequence[str], num_inputs: int, keep: int | None = 2,
+                exclude: Sequence[str] = ("none",)) -> Nodes:
+    """Derive one cell's nodes from edge weights of shape ``[edges, len(ops)]``.
+
+    With ``keep=k`` (the DARTS rule) each node keeps the k incoming edges whose strongest op
+    outside ``exclude`` is strongest, strongest first, each with that op. With ``keep=None``
+    (NAS-Bench-201) every edge keeps its single strongest op, ``exclude`` ignored.
+    """
+    weights = weights.detach().float().cpu()
+    num_edges = weights.shape[0]
+    num_nodes = 0
+    while num_nodes * num_inputs + num_nodes * (num_nodes - 1) // 2 < num_edges:
+        num_nodes += 1
+    if len(edge_inputs(num_inputs, num_nodes)) != num_edges or weights.shape[1] != len(ops):
+        raise ValueError(f"weights of shape {tuple(weights.shape)} do not fit a cell with "
+                         f"{num_inputs} inputs and ops {list(ops)}")
+    allowed = torch.tensor([op not in exclude for op in ops]) if keep is not None else \
+        torch.ones(len(ops), dtype=torch.bool)
+    masked = weights.masked_fill(~allowed, float("-inf"))
+    nodes, start = [], 0
+    for node in range(num_nodes):
+        count = num_inputs + node
+        block = masked[start:start + count]
+        best_w, best_op = block.max(dim=1)
+        if keep is None:
+            chosen = range(count)
+        else:
+            # stable sort: among equal strengths, the lower input wins, as in DARTS
+            chosen = sorted(range(count), key=lambda j: -best_w[j].item())[:keep]
+        nodes.append(tuple((ops[int(best_op[j])], j) for j in chosen))
+        start += count
+    return tuple(nodes)

@@ -1,0 +1,123 @@
+"""Discrete networks from genotypes: the cell, drop path, and building a space's network.
+
+A search space supplies its own network builder (``SearchSpace.network``); this module holds
+what those builders share, and the counts reported after retraining.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .config import check_options
+from .errors import InputError
+from .genotype import Genotype, Nodes
+from .ops import build_op
+from .registry import OPS, SEARCH_SPACES
+from .supernet import node_sum
+
+
+def drop_path(x: Tensor, prob: float) -> Tensor:
+    """Zero whole samples of ``x`` with probability ``prob``, scaling the rest by 1/(1-prob)."""
+    if prob <= 0.0:
+        return x
+    keep = 1.0 - prob
+    mask = torch.empty(x.shape[0], 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)
+    return x * (mask / keep)
+
+
+class GenotypeCell(nn.Module):
+    """A cell with the ops a genotype names: node = sum of its edges' ops on earlier states.
+
+    States are the ``num_inputs`` cell inputs then the nodes; the output concatenates
+    ``concat`` or is the last node. Drop path applies, in training, to every op but identity.
+    """
+
+    def __init__(self, nodes: Nodes, C: int, num_inputs: int, reduction: bool = False,
+                 concat: Sequence[int] = (), affine: bool = True, track_running_stats: bool = True,
+                 wrap: Any = None, where: str = "cell") -> None:
+        super().__init__()
+        self.num_inputs, self.reduction, self.concat = num_inputs, reduction, tuple(concat)
+        self.node_inputs: list[list[int]] = []
+        ops = []
+        for i, node in enumerate(nodes):
+            available = num_inputs + i
+            if not node:
+                raise InputError(f"genotype {where}: node {i} has no incoming edge")
+            for op_name, src in node:
+                if not 0 <= src < available:
+                    raise InputError(f"genotype {where}: node {i} reads state {src}, but only "
+                                     f"states 0..{available - 1} exist before it")
+                if op_name not in OPS:
+                    raise InputError(f"genotype {where}: {OPS.unknown_message(op_name)}")
+                op = build_op(op_name, C, 2 if reduction and src < num_inputs else 1, affine,
+                              track_running_stats)
+                ops.append(wrap(op_name, op, C) if wrap is not None else op)
+            self.node_inputs.append([src for _, src in node])
+        total = num_inputs + len(nodes)
+        for i in self.concat:
+            if not 0 <= i < total:
+                raise InputError(f"genotype {where}: concat names state {i}, but the cell has "
+                                 f"states 0..{total - 1}")
+        self.ops = nn.ModuleList(ops)
+
+    def forward(self, inputs: Sequence[Tensor], drop_prob: float = 0.0) -> Tensor:
+        states, k = list(inputs), 0
+        for sources in self.node_inputs:
+            outs = []
+            for src in sources:
+                op = self.ops[k]
+                k += 1
+                h = op(states[src])
+                if self.training and drop_prob > 0 and not isinstance(op, nn.Identity):
+                    h = drop_path(h, drop_prob)
+                outs.append(h)
+            states.append(node_sum(outs))
+        if self.concat:
+            return torch.cat([states[i] for i in self.concat], dim=1)
+        return states[-1]
+
+
+def build_network(space: str, genotype: Genotype, num_classes: int,
+                  options: dict[str, Any] | None = None) -> nn.Module:
+    """Build the retraining network of ``space`` for ``genotype``; options from config ``network:``."""
+    spec = SEARCH_SPACES.get(space)
+    if spec.network is None:
+        raise InputError(f"search space '{space}' has no network builder, so it cannot retrain")
+    kwargs = check_options(spec.network, options or {}, "network", skip=("genotype", "num_classes"))
+    return spec.network(genotype, num_classes, **kwargs)
+
+
+def count_parameters(model: nn.Module, exclude: str = "auxiliary") -> int:
+    """Number of parameters, leaving out those whose name contains ``exclude`` (as DARTS counts)."""
+    return sum(p.numel() for name, p in model.named_parameters() if not exclude or exclude not in name)
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, input_size: Sequence[int] = (1, 3, 32, 32)) -> int:
+    """Multiply-adds of convolutions and linear layers for one forward in eval mode."""
+    total = 0
+
+    def conv_hook(module: nn.Conv2d, inputs: Any, output: Tensor) -> None:
+        nonlocal total
+        kh, kw = module.kernel_size
+        total += output.numel() * (module.in_channels // module.groups) * kh * kw
+
+    def linear_hook(module: nn.Linear, inputs: Any, output: Tensor) -> None:
+        nonlocal total
+        total += output.numel() * module.in_features
+
+    hooks = [m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    hooks += [m.register_forward_hook(linear_hook) for m in model.modules() if isinstance(m, nn.Linear)]
+    was_training = model.training
+    model.eval()
+    try:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        model(torch.zeros(*input_size, device=device))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return total // input_size[0]
