@@ -7,6 +7,7 @@ it is never sampled (unless every category of a row is masked).
 from __future__ import annotations
 
 import math
+import numbers
 from typing import NamedTuple, Sequence
 
 import torch
@@ -40,7 +41,7 @@ def perturb(logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
 def _check_tau(tau: float | Tensor) -> None:
     if isinstance(tau, Tensor):
         return  # a device tensor would cost a host sync to check
-    if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
+    if isinstance(tau, bool) or not (isinstance(tau, numbers.Real) and math.isfinite(tau) and tau > 0):
         raise ValueError(f"tau must be a positive finite number, got {tau!r}")
 
 

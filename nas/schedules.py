@@ -41,6 +41,9 @@ def cosine(step: int, total: int, tau_max: float, tau_min: float) -> float:
 def step_decay(step: int, total: int, tau_max: float, tau_min: float, every: int = 1,
                gamma: float = 0.5) -> float:
     """Multiply by gamma every ``every`` steps, never below tau_min."""
+    if every < 1 or not 0 < gamma <= 1:
+        raise ValueError(f"the step schedule needs every >= 1 and 0 < gamma <= 1, got every={every}, "
+                         f"gamma={gamma}")
     return max(tau_max * gamma ** (step // every), tau_min)
 
 
@@ -68,14 +71,17 @@ class TemperatureScheduler:
         self.last_step = 0
         try:
             self.fn(0, self.total, self.tau_max, self.tau_min, **self.options)
-        except TypeError as exc:
-            raise InputError(f"temperature schedule '{schedule}': {exc}") from exc
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"temperature schedule '{schedule}': {exc}") from None
 
     @property
     def tau(self) -> float:
         """The temperature at the current step."""
-        value = self.fn(self.last_step, self.total, self.tau_max, self.tau_min, **self.options)
-        return max(float(value), TAU_FLOOR)
+        value = float(self.fn(self.last_step, self.total, self.tau_max, self.tau_min, **self.options))
+        if not math.isfinite(value):
+            raise ValueError(f"temperature schedule '{self.schedule}' returned {value} at step "
+                             f"{self.last_step}")
+        return max(value, TAU_FLOOR)
 
     def step(self) -> None:
         """Advance by one epoch or iteration."""
