@@ -8,7 +8,6 @@ builders, checked against their signatures when the space is built.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
 import math
 import types
@@ -20,6 +19,7 @@ from typing import Any, Callable, Literal, Mapping
 import yaml
 
 from .errors import InputError
+from .registry import closest
 
 
 @dataclass
@@ -33,6 +33,7 @@ class DataConfig:
     pad: int = 4                        # random-crop padding of the standard augmentation
     split: float = 0.5                  # search: fraction of the training set for the weights
     limit: int | None = None            # use only the first N training images (quick runs)
+    test_limit: int | None = None       # evaluate on only the first N test images
     on_device: bool | None = None       # hold uint8 images on the device; None: only on CUDA
     workers: int = 2                    # DataLoader workers when not on the device
 
@@ -134,8 +135,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
-            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
+            close = closest(str(value), [str(c) for c in choices])
+            hint = f"; did you mean '{close}'?" if close else ""
             raise InputError(f"{path}: expected one of {', '.join(map(str, choices))}, "
                              f"got {_describe(value)}{hint}")
         return value
@@ -180,8 +181,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
 
 def _unknown_key(path: str, key: str, known: list[str]) -> InputError:
     where = f"{path}.{key}" if path else key
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else f" (known: {', '.join(sorted(known))})"
+    close = closest(key, known)
+    hint = f"; did you mean '{close}'?" if close else f" (known: {', '.join(sorted(known))})"
     return InputError(f"{where}: unknown key{hint}")
 
 
@@ -234,6 +235,8 @@ def _check_ranges(cfg: Config) -> None:
     need(cfg.data.pad >= 0, f"data.pad: must be >= 0, got {cfg.data.pad}")
     need(cfg.data.limit is None or cfg.data.limit >= 2,
          f"data.limit: must be at least 2 or null, got {cfg.data.limit}")
+    need(cfg.data.test_limit is None or cfg.data.test_limit >= 1,
+         f"data.test_limit: must be at least 1 or null, got {cfg.data.test_limit}")
     need(cfg.data.workers >= 0, f"data.workers: must be >= 0, got {cfg.data.workers}")
     need(0 <= cfg.train.drop_path < 1, f"train.drop_path: must be in [0, 1), got {cfg.train.drop_path}")
     need(cfg.train.cutout >= 0, f"train.cutout: must be >= 0, got {cfg.train.cutout}")

@@ -30,6 +30,15 @@ class Entry:
     error: str | None = None  # set when an entry point failed to load
 
 
+def closest(name: str, known: list[str]) -> str | None:
+    """The known name most like ``name`` (similar spelling, or one a prefix of the other)."""
+    match = difflib.get_close_matches(name, known, n=1)
+    if match:
+        return match[0]
+    prefixed = [k for k in known if k.startswith(name) or name.startswith(k)]
+    return min(prefixed, key=lambda k: abs(len(k) - len(name))) if prefixed else None
+
+
 def _caller_source(obj: Any) -> str:
     module = getattr(obj, "__module__", "") or ""
     return "built-in" if module.split(".")[0] in ("nas", "search_spaces") else f"python ({module})"
@@ -141,8 +150,8 @@ class Registry:
     def unknown_message(self, name: str) -> str:
         """The one-line error for an unknown name: the closest match and every known name."""
         known = sorted(self.names())
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
+        close = closest(name, known)
+        hint = f"; did you mean '{close}'?" if close else ""
         listed = ", ".join(known) if known else "none registered"
         return f"unknown {self.kind} '{name}'{hint} (known: {listed})"
 

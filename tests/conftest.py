@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny CIFAR-format data written to a temp dir, and small configs."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+def write_cifar10(root: Path, n_train: int = 96, n_test: int = 40, seed: int = 0,
+                  batches: int = 2) -> Path:
+    """Write a CIFAR-10 directory in the official python-pickle format with learnable images.
+
+    Each class has its own mean colour, plus noise, so a tiny network can learn something.
+    """
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    colours = rng.integers(30, 225, size=(10, 3))
+
+    def make(n: int) -> dict:
+        labels = rng.integers(0, 10, size=n)
+        img = colours[labels][:, :, None, None] + rng.normal(0, 25, size=(n, 3, 32, 32))
+        data = np.clip(img, 0, 255).astype(np.uint8).reshape(n, 3072)
+        return {b"data": data, b"labels": labels.tolist(), b"batch_label": b"synthetic"}
+
+    per = -(-n_train // batches)
+    for i in range(batches):
+        count = min(per, n_train - i * per)
+        with open(folder / f"data_batch_{i + 1}", "wb") as f:
+            pickle.dump(make(count), f)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump(make(n_test), f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)]}, f)
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar_root(tmp_path_factory) -> Path:
+    """A small CIFAR-10 directory (96 training, 40 test images)."""
+    return write_cifar10(tmp_path_factory.mktemp("cifar"))
+
+
+TINY_SEARCH = {
+    "data": {"image_size": 8, "pad": 1, "workers": 0},
+    "supernet": {"C": 4, "cells": 3},
+    "search": {"epochs": 2, "batch_size": 16, "steps_per_epoch": 2},
+    "network": {"C": 4, "cells": 3, "auxiliary": True},
+    "train": {"epochs": 2, "batch_size": 16, "steps_per_epoch": 2, "cutout": 4,
+              "eval_batch_size": 20},
+}
