@@ -4,13 +4,13 @@ The data path: ``nas.config`` -> ``nas.data`` -> ``nas.supernet`` (with a search
 ``search_spaces/`` or a plugin) -> ``nas.search`` -> ``nas.genotype`` -> ``nas.network`` ->
 ``nas.train``; ``nas.cli`` ties the verbs together.
 """
-from . import gumbel, ops
+from . import data, gumbel, ops
 from .errors import InputError
 from .registry import DATASETS, OPS, SCHEDULES, SEARCH_SPACES, Registry, load_object
 from .schedules import TemperatureScheduler
 from .genotype import Genotype, derive_cell, edge_inputs, parse_genotype
 from .supernet import (MODES, ArchSample, MixedEdge, SearchCell, SearchSpace, Supernet,
-                       node_sum, sampled_op)
+                       build_supernet, get_space, node_sum, sampled_op)
 from .network import GenotypeCell, build_network, count_macs, count_parameters, drop_path
 
 __version__ = "0.1.0"
@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ArchSample", "DATASETS", "Genotype", "GenotypeCell", "InputError", "MODES", "MixedEdge",
     "OPS", "Registry", "SCHEDULES", "SEARCH_SPACES", "SearchCell", "SearchSpace", "Supernet",
-    "TemperatureScheduler", "build_network", "count_macs", "count_parameters", "derive_cell",
+    "TemperatureScheduler", "build_network", "build_supernet", "get_space", "count_macs", "count_parameters", "derive_cell",
     "drop_path", "edge_inputs", "gumbel", "load_object", "node_sum", "ops", "parse_genotype",
     "sampled_op",
 ]

@@ -188,6 +188,16 @@ def edge_inputs(num_inputs: int, num_nodes: int) -> list[tuple[int, int]]:
     return [(node, src) for node in range(num_nodes) for src in range(num_inputs + node)]
 
 
+def num_nodes(num_edges: int, num_inputs: int) -> int:
+    """How many nodes a DARTS-family cell with ``num_edges`` edges has (ValueError if none fits)."""
+    n = 0
+    while len(edge_inputs(num_inputs, n)) < num_edges:
+        n += 1
+    if len(edge_inputs(num_inputs, n)) != num_edges:
+        raise ValueError(f"{num_edges} edges do not make a cell with {num_inputs} inputs")
+    return n
+
+
 def derive_cell(weights: Tensor, ops: Sequence[str], num_inputs: int, keep: int | None = 2,
                 exclude: Sequence[str] = ("none",)) -> Nodes:
     """Derive one cell's nodes from edge weights of shape ``[edges, len(ops)]``.
@@ -197,18 +207,15 @@ def derive_cell(weights: Tensor, ops: Sequence[str], num_inputs: int, keep: int 
     (NAS-Bench-201) every edge keeps its single strongest op, ``exclude`` ignored.
     """
     weights = weights.detach().float().cpu()
-    num_edges = weights.shape[0]
-    num_nodes = 0
-    while num_nodes * num_inputs + num_nodes * (num_nodes - 1) // 2 < num_edges:
-        num_nodes += 1
-    if len(edge_inputs(num_inputs, num_nodes)) != num_edges or weights.shape[1] != len(ops):
+    nodes_count = num_nodes(weights.shape[0], num_inputs)
+    if weights.shape[1] != len(ops):
         raise ValueError(f"weights of shape {tuple(weights.shape)} do not fit a cell with "
                          f"{num_inputs} inputs and ops {list(ops)}")
     allowed = torch.tensor([op not in exclude for op in ops]) if keep is not None else \
         torch.ones(len(ops), dtype=torch.bool)
     masked = weights.masked_fill(~allowed, float("-inf"))
     nodes, start = [], 0
-    for node in range(num_nodes):
+    for node in range(nodes_count):
         count = num_inputs + node
         block = masked[start:start + count]
         best_w, best_op = block.max(dim=1)

@@ -14,8 +14,8 @@ from .config import check_options
 from .errors import InputError
 from .genotype import Genotype, Nodes
 from .ops import build_op
-from .registry import OPS, SEARCH_SPACES
-from .supernet import node_sum
+from .registry import OPS
+from .supernet import get_space, node_sum
 
 
 def drop_path(x: Tensor, prob: float) -> Tensor:
@@ -82,7 +82,7 @@ class GenotypeCell(nn.Module):
 def build_network(space: str, genotype: Genotype, num_classes: int,
                   options: dict[str, Any] | None = None) -> nn.Module:
     """Build the retraining network of ``space`` for ``genotype``; options from config ``network:``."""
-    spec = SEARCH_SPACES.get(space)
+    spec = get_space(space)
     if spec.network is None:
         raise InputError(f"search space '{space}' has no network builder, so it cannot retrain")
     kwargs = check_options(spec.network, options or {}, "network", skip=("genotype", "num_classes"))

@@ -24,9 +24,11 @@ import torch
 from torch import Tensor, nn
 
 from . import gumbel
+from .config import check_options
 from .errors import InputError
-from .genotype import Genotype, edge_inputs
+from .genotype import Genotype, edge_inputs, num_nodes
 from .ops import build_op
+from .registry import SEARCH_SPACES
 
 MODES = ("gdas", "st", "gumbel", "softmax")
 
@@ -156,21 +158,33 @@ class Supernet(nn.Module):
     per cell kind, apart from every other parameter.
     """
 
-    def __init__(self, mode: str, arch_shapes: Mapping[str, tuple[int, int]], seed: int = 0,
-                 init_scale: float = 1e-3) -> None:
+    def __init__(self, mode: str, cells: Mapping[str, tuple[int, Sequence[str]]], seed: int = 0,
+                 cell_inputs: int | None = None, init_scale: float = 1e-3) -> None:
+        """``cells`` maps each cell kind to its number of edges and candidate op names."""
         super().__init__()
         if mode not in MODES:
             raise InputError(f"unknown sampling mode '{mode}' (known: {', '.join(MODES)})")
         self.mode = mode
         self.tau = 1.0
+        self.op_names = {kind: tuple(ops) for kind, (_, ops) in cells.items()}
+        self.cell_inputs = cell_inputs
         self.arch_logits = nn.ParameterDict(
-            {kind: nn.Parameter(init_scale * torch.randn(*shape)) for kind, shape in arch_shapes.items()})
+            {kind: nn.Parameter(init_scale * torch.randn(edges, len(ops)))
+             for kind, (edges, ops) in cells.items()})
         # Every sample is a function of (seed, samples_drawn): resumable from two integers and
         # the same on every rank of a distributed run.
         self.sample_seed = int(seed)
         self.samples_drawn = 0
         self._generators: dict[torch.device, torch.Generator] = {}
         self.last_index: dict[str, Tensor] = {}
+
+    def edge_names(self, kind: str) -> list[str]:
+        """Readable edge names, ``"3<-1"`` (node <- state) in DARTS-family cells."""
+        edges = self.arch_logits[kind].shape[0]
+        if self.cell_inputs is None:
+            return [f"edge {e}" for e in range(edges)]
+        n = num_nodes(edges, self.cell_inputs)
+        return [f"{self.cell_inputs + node}<-{src}" for node, src in edge_inputs(self.cell_inputs, n)]
 
     # -- parameters ---------------------------------------------------------------------------
     def arch_parameters(self) -> list[nn.Parameter]:
@@ -261,3 +275,28 @@ class SearchSpace:
     supernet: Callable[..., Supernet]
     network: Callable[..., nn.Module] | None = None
     description: str = ""
+
+
+def get_space(name: str) -> SearchSpace:
+    """Look up a search space by registered name or ``module:attr``; a bare Supernet class works too."""
+    obj = SEARCH_SPACES.get(name)
+    if isinstance(obj, SearchSpace):
+        return obj
+    if isinstance(obj, type) and issubclass(obj, Supernet):
+        return SearchSpace(supernet=obj)
+    raise InputError(f"search space '{name}' is a {type(obj).__name__}, not a nas.SearchSpace "
+                     "or a nas.Supernet subclass")
+
+
+def build_supernet(space: str, num_classes: int, mode: str, seed: int = 0,
+                   options: Mapping[str, Any] | None = None) -> Supernet:
+    """Build the supernet of ``space``; ``options`` (config ``supernet:``) are checked by name and type."""
+    if mode not in MODES:
+        raise InputError(f"unknown sampling mode '{mode}' (known: {', '.join(MODES)})")
+    spec = get_space(space)
+    kwargs = check_options(spec.supernet, options or {}, "supernet",
+                           skip=("num_classes", "mode", "seed"))
+    model = spec.supernet(num_classes, mode, seed=seed, **kwargs)
+    if not isinstance(model, Supernet):
+        raise InputError(f"search space '{space}' built a {type(model).__name__}, not a nas.Supernet")
+    return model

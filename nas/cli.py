@@ -1,0 +1,277 @@
+"""The ``nas`` command: search, train, run, evaluate, list, genotype show|plot.
+
+A user's mistake (bad config, flag, data, checkpoint) prints one line ``nas <verb>: error: ...``
+and exits with status 2; Ctrl-C exits with 130 and says how to resume.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .errors import InputError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors on one line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_run_options(p: argparse.ArgumentParser, config_required: bool) -> None:
+    p.add_argument("--config", required=False, metavar="FILE",
+                   help="YAML config" + (" (required unless --resume)" if config_required else ""))
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
+                   help="override config values, e.g. --set search.epochs=50 supernet.C=8")
+    p.add_argument("--data-dir", metavar="DIR", help="directory holding the dataset (data.root)")
+    p.add_argument("--run-dir", metavar="DIR",
+                   help="where to write the run (default: runs/<config name>-<date>-<time>)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite --run-dir if it already exists")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--seed", type=int, help="random seed (config key seed)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``nas`` command."""
+    parser = _Parser(prog="nas", description="Differentiable architecture search with hard "
+                     "Gumbel-softmax sampling (GDAS, DARTS, SNAS).")
+    parser.add_argument("--version", action="version", version=f"gumbel-nas {_version()}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
+    verbs.required = True
+
+    p = verbs.add_parser("search", help="search an architecture; writes genotype.json")
+    _add_run_options(p, True)
+
+    p = verbs.add_parser("train", help="retrain a genotype from scratch; writes result.json")
+    p.add_argument("--genotype", metavar="FILE|STRING",
+                   help="genotype.json, a search run directory, or a DARTS / NAS-Bench-201 string")
+    _add_run_options(p, False)
+
+    p = verbs.add_parser("run", help="search, then retrain the genotype found (two subdirectories)")
+    _add_run_options(p, True)
+
+    p = verbs.add_parser("evaluate", help="test accuracy of a trained network")
+    p.add_argument("--checkpoint", required=True, metavar="FILE",
+                   help="checkpoint.pt (or the run directory) of nas train")
+    p.add_argument("--data-dir", metavar="DIR")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int)
+
+    p = verbs.add_parser("list", help="registered search spaces, ops, schedules, datasets")
+    p.add_argument("--space", action="append", default=[], metavar="MODULE:ATTR",
+                   help="also load a search space from a module path, to check it is found")
+
+    p = verbs.add_parser("genotype", help="show or plot a genotype")
+    gverbs = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    gverbs.required = True
+    g = gverbs.add_parser("show", help="print a genotype in its string forms")
+    g.add_argument("genotype", metavar="FILE|STRING")
+    g = gverbs.add_parser("plot", help="write each cell as Graphviz DOT and PNG")
+    g.add_argument("genotype", metavar="FILE|STRING")
+    g.add_argument("--out", metavar="DIR", help="output directory (default: beside the file, "
+                   "or the current directory)")
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__
+
+
+# -- verbs --------------------------------------------------------------------------------------
+def _config(args: argparse.Namespace, verb: str, saved_config: str = "config.yaml"):
+    """The run's config and directory: a new one, or the saved one of --resume.
+
+    Nothing is created here: the verbs make the directory once their setup succeeded.
+    """
+    from .config import build_config, load_config, read_yaml
+    from .runtime import check_run_dir, default_run_dir, resolve_device
+
+    if args.resume:
+        if args.config or args.set or args.seed is not None or args.run_dir or args.force:
+            raise InputError("--resume continues a run with its saved config: drop --config, "
+                             "--set, --seed, --run-dir and --force")
+        run_dir = Path(args.resume)
+        saved = run_dir / saved_config
+        if not saved.is_file():
+            raise InputError(f"cannot resume: {saved} does not exist")
+        cfg = build_config(read_yaml(saved))
+    else:
+        if not args.config and verb != "train":
+            raise InputError("the following arguments are required: --config")
+        cfg = load_config(args.config, args.set)
+        if args.seed is not None:
+            cfg.seed = args.seed
+        run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg.name or verb)
+        check_run_dir(run_dir, force=args.force)
+    if args.data_dir:
+        cfg.data.root = args.data_dir
+    if args.device:
+        cfg.device = args.device
+    resolve_device(cfg.device)
+    args.chosen_run_dir = run_dir  # for the resume hint after Ctrl-C
+    return cfg, run_dir
+
+
+def _print_search(result) -> None:
+    print(f"genotype: {result.genotype}")
+    print(f"genotype file: {result.run_dir / 'genotype.json'}")
+    print(f"TensorBoard: tensorboard --logdir {result.run_dir}")
+
+
+def _print_train(result) -> None:
+    print(f"test accuracy: {result.test_acc:.2f}% ({result.params:,} parameters, "
+          f"{result.macs / 1e6:.1f}M multiply-adds)")
+    print(f"result file: {result.run_dir / 'result.json'}")
+    print(f"TensorBoard: tensorboard --logdir {result.run_dir}")
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .search import search
+    cfg, run_dir = _config(args, "search")
+    _print_search(search(cfg, run_dir, resume=bool(args.resume), force=args.force,
+                         quiet=args.quiet))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .genotype import Genotype, parse_genotype
+    from .train import train
+
+    if args.resume:
+        if args.genotype:
+            raise InputError("--resume continues a run with its saved genotype: drop --genotype")
+        cfg, run_dir = _config(args, "train")
+        genotype = Genotype.load(run_dir / "genotype.json")
+    else:
+        if not args.genotype:
+            raise InputError("the following arguments are required: --genotype "
+                             "(see nas train --help)")
+        genotype = parse_genotype(args.genotype)  # parse first: a bad genotype creates nothing
+        cfg, run_dir = _config(args, "train")
+    _print_train(train(cfg, genotype, run_dir, resume=bool(args.resume), force=args.force,
+                       quiet=args.quiet))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .genotype import Genotype
+    from .runtime import CHECKPOINT, load_checkpoint
+    from .search import search
+    from .train import train
+
+    cfg, run_dir = _config(args, "run", saved_config="search/config.yaml")
+    search_dir, train_dir = run_dir / "search", run_dir / "train"
+    resume_search = bool(args.resume) and (search_dir / CHECKPOINT).is_file()
+    done = (resume_search and (search_dir / "genotype.json").is_file()
+            and load_checkpoint(search_dir / CHECKPOINT, "search")["epoch"] >= cfg.search.epochs)
+    if done:
+        genotype = Genotype.load(search_dir / "genotype.json")
+    else:
+        result = search(cfg, search_dir, resume=resume_search,
+                        force=args.force or bool(args.resume), quiet=args.quiet)
+        _print_search(result)
+        genotype = result.genotype
+    resume_train = bool(args.resume) and (train_dir / CHECKPOINT).is_file()
+    _print_train(train(cfg, genotype, train_dir, resume=resume_train, force=not resume_train,
+                       quiet=args.quiet))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .train import evaluate_checkpoint
+    if args.batch_size is not None and args.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    r = evaluate_checkpoint(args.checkpoint, data_root=args.data_dir, device=args.device,
+                            batch_size=args.batch_size)
+    print(f"test accuracy: {r['test_acc']:.2f}% (loss {r['test_loss']:.4f}) on {r['images']} "
+          f"images, after {r['epoch']} epochs, {r['params']:,} parameters")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from . import data, ops, schedules  # noqa: F401  (their built-ins register on import)
+    from .registry import REGISTRIES, SEARCH_SPACES
+    from .supernet import get_space
+
+    for spec in args.space:
+        get_space(spec)
+    for title, registry in REGISTRIES.items():
+        print(f"{title}:")
+        entries = registry.entries()
+        width = max((len(e.name) for e in entries), default=0)
+        for e in entries:
+            if e.error:
+                detail = f"FAILED TO LOAD: {e.error}"
+            elif registry is SEARCH_SPACES and getattr(e.obj, "description", ""):
+                detail = e.obj.description
+            else:
+                detail = ""
+            print(f"  {e.name:<{width}}  {e.source}" + (f"  - {detail}" if detail else ""))
+    return 0
+
+
+def cmd_genotype(args: argparse.Namespace) -> int:
+    from . import plot
+    from .genotype import parse_genotype
+
+    genotype = parse_genotype(args.genotype)
+    if args.action == "show":
+        print(genotype)
+        for kind, nodes in genotype.cells.items():
+            print(f"{kind} cell:")
+            states, num_inputs = plot.cell_states(genotype, kind)
+            for i, node in enumerate(nodes):
+                edges = ", ".join(f"{op}({states[src]})" for op, src in node)
+                print(f"  node {states[num_inputs + i]} = {edges}")
+            if genotype.concat.get(kind):
+                print(f"  output = concat({', '.join(states[i] for i in genotype.concat[kind])})")
+        return 0
+    source = Path(args.genotype)
+    if args.out:
+        out = Path(args.out)
+    elif source.is_file():
+        out = source.parent
+    elif source.is_dir():
+        out = source
+    else:
+        out = Path(".")
+    out.mkdir(parents=True, exist_ok=True)
+    stem = source.stem if source.is_file() else "genotype"
+    for kind in genotype.cells:
+        dot_path, png_path = out / f"{stem}_{kind}.dot", out / f"{stem}_{kind}.png"
+        dot_path.write_text(plot.to_dot(genotype, kind))
+        how = plot.save_cell_png(genotype, kind, png_path)
+        print(f"{kind} cell: {dot_path} and {png_path} (drawn with {how})")
+    return 0
+
+
+COMMANDS = {"search": cmd_search, "train": cmd_train, "run": cmd_run, "evaluate": cmd_evaluate,
+            "list": cmd_list, "genotype": cmd_genotype}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``nas`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    verb = args.verb
+    try:
+        return COMMANDS[verb](args)
+    except InputError as exc:
+        print(f"nas {verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        where = getattr(args, "chosen_run_dir", None)
+        hint = f"; continue with: nas {verb} --resume {where}" if verb in ("search", "train", "run") \
+            and where else ""
+        print(f"\nnas {verb}: interrupted{hint}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""What every run shares: the device, seeding, RNG states, the run directory and checkpoints."""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import InputError
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> cuda when available, else cpu; anything else is checked to exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"unknown device '{name}' (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device '{name}' requested but CUDA is not available here; "
+                             "use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(f"device '{name}' does not exist: {torch.cuda.device_count()} "
+                             "CUDA device(s) here")
+    elif device.type not in ("cpu", "mps"):
+        raise InputError(f"unsupported device '{name}' (use auto, cpu, cuda or cuda:N)")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, and torch's CPU and CUDA, random number generators."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG state, to put in a checkpoint."""
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` captured."""
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def check_run_dir(path: str | Path, *, resume: bool = False, force: bool = False) -> Path:
+    """Fail early, changing nothing, if a run cannot start (or resume) in ``path``."""
+    path = Path(path)
+    if resume:
+        if not (path / CHECKPOINT).is_file():
+            raise InputError(f"cannot resume: {path / CHECKPOINT} does not exist")
+    elif path.exists() and (not path.is_dir() or any(path.iterdir())) and not force:
+        raise InputError(f"run directory {path} already exists; pass --resume {path} to "
+                         "continue it, --force to overwrite it, or choose another --run-dir")
+    return path
+
+
+def prepare_run_dir(path: str | Path, *, resume: bool = False, force: bool = False) -> Path:
+    """Create the run directory (emptying it first with ``force``); call once setup succeeded."""
+    path = check_run_dir(path, resume=resume, force=force)
+    if not resume and path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def default_run_dir(name: str, root: str | Path = "runs") -> Path:
+    """``runs/<name>-<date>-<time>``: a new directory for every run."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path(root) / f"{name or 'run'}-{stamp}"
+    k = 1
+    while path.exists():
+        k += 1
+        path = Path(root) / f"{name or 'run'}-{stamp}-{k}"
+    return path
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Write a checkpoint atomically: a crash mid-write leaves the previous one intact."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]:
+    """Read a checkpoint on the CPU; ``kind`` ('search' or 'train') is checked when given."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise InputError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise InputError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or "kind" not in state:
+        raise InputError(f"{path} is not a gumbel-nas checkpoint")
+    if kind is not None and state["kind"] != kind:
+        raise InputError(f"{path} is a {state['kind']} checkpoint, not a {kind} checkpoint")
+    return state

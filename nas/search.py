@@ -1,0 +1,233 @@
+"""The search loop: alternate a weight step and an architecture step, anneal the temperature.
+
+Each step, as the GDAS reference does: an SGD step of the weights on a batch of the weight
+split, then an Adam step of the architecture logits on a batch of the architecture split
+(``search.order: arch_first`` swaps them, as DARTS does), each forward drawing its own sample.
+The weight step does not compute gradients for the logits, nor the architecture step for the
+weights. Every epoch ends with a checkpoint from which ``resume`` continues exactly.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import Config, save_config, to_dict
+from .data import Batches, ImageSet, load_dataset, seed_of, split_indices
+from .errors import InputError
+from .genotype import Genotype
+from .monitor import Monitor
+from .runtime import (CHECKPOINT, check_run_dir, load_checkpoint, prepare_run_dir,
+                      resolve_device, rng_state, save_checkpoint, seed_everything, set_rng_state)
+from .schedules import TemperatureScheduler
+from .supernet import Supernet, build_supernet
+
+
+@dataclass
+class SearchResult:
+    """What a finished search hands back."""
+
+    genotype: Genotype
+    run_dir: Path
+    metrics: dict[str, Any]
+
+
+class Meter:
+    """Running loss and accuracy kept on the device; read (one sync) only when asked."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.count = 0
+
+    def add(self, loss: Tensor, logits: Tensor, target: Tensor) -> None:
+        n = target.shape[0]
+        self.loss += loss.detach() * n
+        self.correct += (logits.detach().argmax(1) == target).sum()
+        self.count += n
+
+    def read(self) -> tuple[float, float]:
+        """Mean loss and accuracy (%) so far; NaN when nothing was added."""
+        if not self.count:
+            return math.nan, math.nan
+        return self.loss.item() / self.count, 100.0 * self.correct.item() / self.count
+
+
+@contextlib.contextmanager
+def frozen(params: list[nn.Parameter]) -> Iterator[None]:
+    """Record a forward in which ``params`` need no gradient."""
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` when enabled."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def load_search_data(cfg: Config) -> ImageSet:
+    """The training set of the configured dataset, cut to ``data.limit`` images."""
+    d = cfg.data
+    data = load_dataset(d.dataset, d.root, train=True, download=d.download, image_size=d.image_size)
+    if d.limit is not None and d.limit < len(data):
+        data = data.subset(torch.arange(d.limit))
+    return data
+
+
+def weight_step(model: Supernet, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
+                grad_clip: float, amp: bool) -> tuple[Tensor, Tensor]:
+    """One SGD step of the weights; the logits get no gradient. Returns (loss, logits)."""
+    with frozen(model.arch_parameters()), autocast(x.device, amp):
+        logits = model(x)
+    loss = F.cross_entropy(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.weight_parameters(), grad_clip)
+    optimizer.step()
+    return loss.detach(), logits.detach()
+
+
+def arch_step(model: Supernet, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
+              amp: bool) -> tuple[Tensor, Tensor]:
+    """One Adam step of the logits; no weight gradient is computed. Returns (loss, logits)."""
+    params = model.arch_parameters()
+    with autocast(x.device, amp):
+        logits = model(x)
+    loss = F.cross_entropy(logits.float(), y)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    for p, g in zip(params, grads):
+        p.grad = torch.zeros_like(p) if g is None else g
+    optimizer.step()
+    return loss.detach(), logits.detach()
+
+
+def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: bool = False,
+           quiet: bool = False) -> SearchResult:
+    """Run (or resume) a search into ``run_dir``; write checkpoints, genotypes and logs there.
+
+    An existing ``run_dir`` is refused unless ``resume`` (continue it) or ``force`` (replace
+    it, once the data and the supernet are ready).
+    """
+    run_dir = check_run_dir(run_dir, resume=resume, force=force)
+    s = cfg.search
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    data = load_search_data(cfg)
+    w_idx, a_idx = split_indices(len(data), cfg.data.split, cfg.seed)
+    on_device = cfg.data.on_device if cfg.data.on_device is not None else device.type == "cuda"
+    steps = min(len(w_idx), len(a_idx)) // s.batch_size or 1
+    steps = min(steps, s.steps_per_epoch) if s.steps_per_epoch else steps
+
+    def batches(idx: Tensor, tag: int) -> Batches:
+        return Batches(data.subset(idx), s.batch_size, train=True, device=device,
+                       on_device=on_device, workers=cfg.data.workers, pad=cfg.data.pad,
+                       seed=seed_of(cfg.seed, tag), max_steps=steps)
+
+    w_batches, a_batches = batches(w_idx, 1), batches(a_idx, 2)
+    model = build_supernet(cfg.space, data.num_classes, s.mode, cfg.seed, cfg.supernet).to(device)
+    if s.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    w_opt = torch.optim.SGD(model.weight_parameters(), s.lr, momentum=s.momentum,
+                            weight_decay=s.weight_decay, nesterov=s.nesterov and s.momentum > 0)
+    lr_sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, s.epochs, eta_min=s.lr_min)
+    a_opt = torch.optim.Adam(model.arch_parameters(), s.arch_lr, betas=tuple(s.arch_betas),
+                             weight_decay=s.arch_weight_decay)
+    tau_total = s.epochs if s.tau.per == "epoch" else s.epochs * steps
+    tau = TemperatureScheduler(s.tau.schedule, tau_total, s.tau.max, s.tau.min, s.tau.per,
+                               **s.tau.options)
+
+    start = 0
+    prepare_run_dir(run_dir, resume=resume, force=force)
+    if resume:
+        state = load_checkpoint(run_dir / CHECKPOINT, "search")
+        try:
+            model.load_state_dict(state["model"])
+            w_opt.load_state_dict(state["w_opt"])
+            a_opt.load_state_dict(state["a_opt"])
+            lr_sched.load_state_dict(state["lr_sched"])
+            tau.load_state_dict(state["tau"])
+            set_rng_state(state["rng"])
+            start = int(state["epoch"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"{run_dir / CHECKPOINT} does not match the saved config: "
+                             f"{str(exc).splitlines()[0] if str(exc) else repr(exc)}") from None
+    else:
+        save_config(cfg, run_dir / "config.yaml")
+    (run_dir / "genotypes").mkdir(exist_ok=True)
+
+    monitor = Monitor(run_dir, epochs=s.epochs, start_epoch=start, quiet=quiet, title="search")
+    if not resume:
+        n_params = sum(p.numel() for p in model.weight_parameters())
+        monitor.print(f"search: {cfg.space} space, {s.mode} mode, {len(w_idx)}/{len(a_idx)} "
+                      f"images (weights/architecture), {steps} steps/epoch, {n_params:,} "
+                      f"weights, device {device}")
+    else:
+        monitor.print(f"resuming {run_dir} at epoch {start + 1}/{s.epochs}")
+    metrics: dict[str, Any] = {}
+    try:
+        for epoch in range(start, s.epochs):
+            started = time.time()
+            w_batches.set_epoch(epoch)
+            a_batches.set_epoch(epoch)
+            update_arch = epoch >= s.warmup_epochs
+            train_meter, arch_meter = Meter(device), Meter(device)
+            lr, tau_used = w_opt.param_groups[0]["lr"], tau.tau
+            model.train()
+            for (xw, yw), (xa, ya) in monitor.steps(zip(w_batches, a_batches), steps, epoch):
+                if s.channels_last:
+                    xw = xw.contiguous(memory_format=torch.channels_last)
+                    xa = xa.contiguous(memory_format=torch.channels_last)
+                model.tau = tau.tau
+                if update_arch and s.order == "arch_first":
+                    arch_meter.add(*arch_step(model, a_opt, xa, ya, s.amp), ya)
+                train_meter.add(*weight_step(model, w_opt, xw, yw, s.grad_clip, s.amp), yw)
+                if update_arch and s.order == "weights_first":
+                    arch_meter.add(*arch_step(model, a_opt, xa, ya, s.amp), ya)
+                if tau.per == "iteration":
+                    tau.step()
+                if monitor.want_postfix():
+                    loss, acc = train_meter.read()
+                    monitor.postfix(loss=loss, acc=acc, tau=model.tau)
+            lr_sched.step()
+            if tau.per == "epoch":
+                tau.step()
+            genotype = model.genotype()
+            genotype.save(run_dir / "genotypes" / f"epoch_{epoch + 1:03d}.json")
+            train_loss, train_acc = train_meter.read()
+            arch_loss, arch_acc = arch_meter.read()
+            metrics = {"train_loss": train_loss, "train_acc": train_acc, "arch_loss": arch_loss,
+                       "arch_acc": arch_acc, "tau": tau_used, "lr": lr, "arch_lr": s.arch_lr,
+                       "entropy": model.entropy(), "seconds": time.time() - started}
+            metrics = {k: (None if isinstance(v, float) and math.isnan(v) else v)
+                       for k, v in metrics.items()}
+            scalars = {"loss/train": train_loss, "accuracy/train": train_acc, "tau": tau_used,
+                       "lr/weights": lr, "lr/arch": s.arch_lr, "entropy": metrics["entropy"]}
+            if update_arch:
+                scalars.update({"loss/arch": arch_loss, "accuracy/arch": arch_acc})
+            monitor.epoch_end(epoch, {**metrics, "genotype": str(genotype)}, scalars)
+            monitor.architecture(epoch, model, genotype)
+            save_checkpoint({
+                "kind": "search", "epoch": epoch + 1, "config": to_dict(cfg),
+                "num_classes": data.num_classes, "model": model.state_dict(),
+                "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(),
+                "lr_sched": lr_sched.state_dict(), "tau": tau.state_dict(), "rng": rng_state(),
+                "genotype": genotype.to_dict(),
+            }, run_dir / CHECKPOINT)
+    finally:
+        monitor.close()
+    genotype = model.genotype()
+    genotype.save(run_dir / "genotype.json")
+    return SearchResult(genotype, run_dir, metrics)

@@ -1,0 +1,211 @@
+"""Retraining a genotype from scratch, and evaluating a trained network (DARTS recipe).
+
+SGD with a cosine learning rate, an auxiliary head whose loss is weighted by
+``train.auxiliary_weight``, drop path rising linearly from 0 to ``train.drop_path``, cutout
+augmentation, and a test-set evaluation after every epoch. The run directory follows the
+search's conventions; it ends with ``result.json``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import Config, build_config, save_config, to_dict
+from .data import Batches, ImageSet, load_dataset, seed_of
+from .errors import InputError
+from .genotype import Genotype
+from .monitor import Monitor
+from .network import build_network, count_macs, count_parameters
+from .runtime import (CHECKPOINT, check_run_dir, load_checkpoint, prepare_run_dir,
+                      resolve_device, rng_state, save_checkpoint, seed_everything, set_rng_state)
+from .search import Meter, autocast
+
+
+@dataclass
+class TrainResult:
+    """What a finished retraining hands back (also written to ``result.json``)."""
+
+    test_acc: float
+    test_loss: float
+    params: int
+    macs: int
+    run_dir: Path
+
+
+def _outputs(out: Any) -> tuple[Tensor, Tensor | None]:
+    """Networks return logits, or (logits, auxiliary logits or None)."""
+    if isinstance(out, tuple):
+        return out[0], out[1] if len(out) > 1 else None
+    return out, None
+
+
+def load_split(cfg: Config, train: bool) -> ImageSet:
+    """The configured dataset's training or test split, cut to its limit."""
+    d = cfg.data
+    data = load_dataset(d.dataset, d.root, train=train, download=d.download,
+                        image_size=d.image_size)
+    limit = d.limit if train else d.test_limit
+    if limit is not None and limit < len(data):
+        data = data.subset(torch.arange(limit))
+    return data
+
+
+def space_of(cfg: Config, genotype: Genotype) -> str:
+    """The search space a genotype belongs to: its own record, else the config's."""
+    return genotype.space or cfg.space
+
+
+@torch.no_grad()
+def evaluate_model(model: nn.Module, batches: Batches, amp: bool = False,
+                   channels_last: bool = False) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (%) over every batch."""
+    model.eval()
+    meter = Meter(batches.device)
+    batches.set_epoch(0)
+    for x, y in batches:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(x.device, amp):
+            logits, _ = _outputs(model(x))
+        meter.add(F.cross_entropy(logits.float(), y), logits, y)
+    return meter.read()
+
+
+def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool = False,
+          force: bool = False, quiet: bool = False) -> TrainResult:
+    """Train the network of ``genotype`` from scratch into ``run_dir`` (or resume it there).
+
+    An existing ``run_dir`` is refused unless ``resume`` or ``force``, as in ``search``.
+    """
+    run_dir = check_run_dir(run_dir, resume=resume, force=force)
+    t = cfg.train
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    train_data, test_data = load_split(cfg, True), load_split(cfg, False)
+    if test_data.num_classes != train_data.num_classes:
+        raise InputError("the training and test splits have different numbers of classes")
+    space = space_of(cfg, genotype)
+    model = build_network(space, genotype, train_data.num_classes, cfg.network)
+    params = count_parameters(model)
+    macs = count_macs(model, (1, 3, cfg.data.image_size, cfg.data.image_size))
+    model = model.to(device)
+    if t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    on_device = cfg.data.on_device if cfg.data.on_device is not None else device.type == "cuda"
+    train_batches = Batches(train_data, t.batch_size, train=True, device=device,
+                            on_device=on_device, workers=cfg.data.workers, pad=cfg.data.pad,
+                            cutout=t.cutout, seed=seed_of(cfg.seed, 3), max_steps=t.steps_per_epoch)
+    test_batches = Batches(test_data, t.eval_batch_size, train=False, device=device,
+                           on_device=on_device, workers=cfg.data.workers)
+    optimizer = torch.optim.SGD(model.parameters(), t.lr, momentum=t.momentum,
+                                weight_decay=t.weight_decay, nesterov=t.nesterov and t.momentum > 0)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, t.epochs, eta_min=t.lr_min)
+
+    start = 0
+    prepare_run_dir(run_dir, resume=resume, force=force)
+    if resume:
+        state = load_checkpoint(run_dir / CHECKPOINT, "train")
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"])
+            start = int(state["epoch"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"{run_dir / CHECKPOINT} does not match the saved config: "
+                             f"{str(exc).splitlines()[0] if str(exc) else repr(exc)}") from None
+    else:
+        save_config(cfg, run_dir / "config.yaml")
+        genotype.save(run_dir / "genotype.json")
+
+    monitor = Monitor(run_dir, epochs=t.epochs, start_epoch=start, quiet=quiet, title="train")
+    if resume:
+        monitor.print(f"resuming {run_dir} at epoch {start + 1}/{t.epochs}")
+    else:
+        monitor.print(f"train: {space} network, {params:,} parameters (auxiliary head "
+                      f"excluded), {macs / 1e6:.1f}M multiply-adds, {len(train_data)} training / "
+                      f"{len(test_data)} test images, {len(train_batches)} steps/epoch, "
+                      f"device {device}")
+    test_loss = test_acc = math.nan
+    try:
+        for epoch in range(start, t.epochs):
+            started = time.time()
+            drop_prob = t.drop_path * epoch / t.epochs
+            if hasattr(model, "drop_path_prob"):
+                model.drop_path_prob = drop_prob
+            lr = optimizer.param_groups[0]["lr"]
+            train_batches.set_epoch(epoch)
+            meter = Meter(device)
+            model.train()
+            for x, y in monitor.steps(train_batches, len(train_batches), epoch):
+                if t.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with autocast(device, t.amp):
+                    logits, aux = _outputs(model(x))
+                loss = F.cross_entropy(logits.float(), y)
+                total = loss
+                if aux is not None and t.auxiliary_weight > 0:
+                    total = loss + t.auxiliary_weight * F.cross_entropy(aux.float(), y)
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                if t.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                optimizer.step()
+                meter.add(loss.detach(), logits.detach(), y)
+                if monitor.want_postfix():
+                    mean_loss, acc = meter.read()
+                    monitor.postfix(loss=mean_loss, acc=acc)
+            scheduler.step()
+            train_loss, train_acc = meter.read()
+            test_loss, test_acc = evaluate_model(model, test_batches, t.amp, t.channels_last)
+            metrics = {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
+                       "test_acc": test_acc, "lr": lr, "drop_path": drop_prob,
+                       "seconds": time.time() - started}
+            monitor.epoch_end(epoch, metrics, {
+                "loss/train": train_loss, "accuracy/train": train_acc, "loss/test": test_loss,
+                "accuracy/test": test_acc, "lr": lr, "drop_path": drop_prob})
+            save_checkpoint({
+                "kind": "train", "epoch": epoch + 1, "config": to_dict(cfg), "space": space,
+                "num_classes": train_data.num_classes, "genotype": genotype.to_dict(),
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": rng_state(),
+                "test_acc": test_acc, "test_loss": test_loss,
+            }, run_dir / CHECKPOINT)
+    finally:
+        monitor.close()
+    if math.isnan(test_acc):  # resumed a finished run: evaluate what it holds
+        test_loss, test_acc = evaluate_model(model, test_batches, t.amp, t.channels_last)
+    result = {"test_acc": test_acc, "test_loss": test_loss, "params": params, "macs": macs,
+              "epochs": t.epochs, "space": space, "genotype": str(genotype)}
+    (run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    return TrainResult(test_acc, test_loss, params, macs, run_dir)
+
+
+def evaluate_checkpoint(path: str | Path, *, data_root: str | None = None, device: str = "auto",
+                        batch_size: int | None = None) -> dict[str, Any]:
+    """Test accuracy of the network in a ``nas train`` checkpoint."""
+    state = load_checkpoint(path, "train")
+    overrides = [f"device={device}"]
+    cfg = build_config(state["config"], overrides)
+    if data_root is not None:
+        cfg.data.root = data_root
+    genotype = Genotype.from_dict(state["genotype"])
+    dev = resolve_device(cfg.device)
+    model = build_network(state["space"], genotype, state["num_classes"], cfg.network)
+    model.load_state_dict(state["model"])
+    model = model.to(dev)
+    test_data = load_split(cfg, False)
+    on_device = cfg.data.on_device if cfg.data.on_device is not None else dev.type == "cuda"
+    batches = Batches(test_data, batch_size or cfg.train.eval_batch_size, train=False, device=dev,
+                      on_device=on_device, workers=cfg.data.workers)
+    loss, acc = evaluate_model(model, batches)
+    return {"test_acc": acc, "test_loss": loss, "images": len(test_data), "epoch": state["epoch"],
+            "params": count_parameters(model)}
