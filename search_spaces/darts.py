@@ -106,7 +106,7 @@ class DartsSupernet(nas.Supernet):
         self.ops = tuple(ops)
         edges = len(nas.edge_inputs(2, NODES))
         kinds = ("normal",) if fixed_reduction else ("normal", "reduce")
-        super().__init__(mode, {k: (edges, len(self.ops)) for k in kinds}, seed)
+        super().__init__(mode, {k: (edges, self.ops) for k in kinds}, seed, cell_inputs=2)
         self.fixed_reduction = fixed_reduction
         C_stem = stem_multiplier * C
         self.stem = _stem(3, C_stem)

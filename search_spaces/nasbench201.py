@@ -56,7 +56,8 @@ class NB201Supernet(nas.Supernet):
                  cells_per_stage: int = 5, track_running_stats: bool = False,
                  ops: Sequence[str] = PRIMITIVES) -> None:
         self.ops = tuple(ops)
-        super().__init__(mode, {"cell": (len(nas.edge_inputs(1, NODES)), len(self.ops))}, seed)
+        super().__init__(mode, {"cell": (len(nas.edge_inputs(1, NODES)), self.ops)}, seed,
+                         cell_inputs=1)
         self.stem = _stem(C)
         self.layers, C_last = _skeleton(C, cells_per_stage, lambda c: nas.SearchCell(
             self.ops, c, num_inputs=1, num_nodes=NODES, affine=False,
