@@ -36,27 +36,39 @@ class Genotype:
     space: str = ""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "cells", {k: _freeze_nodes(v) for k, v in self.cells.items()})
-        object.__setattr__(self, "concat", {k: tuple(int(i) for i in v)
-                                            for k, v in self.concat.items()})
+        if not isinstance(self.cells, dict) or not isinstance(self.concat, dict):
+            raise InputError("a genotype's 'cells' and 'concat' must map cell kinds to values")
+        try:
+            cells = {str(k): _freeze_nodes(v) for k, v in self.cells.items()}
+            concat = {str(k): tuple(int(i) for i in v) for k, v in self.concat.items()}
+        except (TypeError, ValueError):
+            raise InputError("a genotype cell must be a list of nodes, each a list of "
+                             "(op, input) pairs, and a concat a list of state indices") from None
+        object.__setattr__(self, "cells", cells)
+        object.__setattr__(self, "concat", concat)
+
+    def __hash__(self) -> int:
+        return hash((tuple(sorted(self.cells.items())), tuple(sorted(self.concat.items())),
+                     self.space))
 
     # -- JSON ---------------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict; ``Genotype.from_dict`` reads it back."""
+    def _plain(self) -> dict[str, Any]:
         return {"space": self.space,
                 "cells": {k: [[list(e) for e in node] for node in nodes]
                           for k, nodes in self.cells.items()},
-                "concat": {k: list(v) for k, v in self.concat.items()},
-                "string": str(self)}
+                "concat": {k: list(v) for k, v in self.concat.items()}}
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (with the string form, for people); ``from_dict`` reads it back."""
+        return {**self._plain(), "string": str(self)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Genotype":
         """Inverse of ``to_dict``."""
-        try:
-            return cls(cells=data["cells"], concat=data.get("concat", {}),
-                       space=data.get("space", ""))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"not a genotype dict: {exc}") from None
+        if not isinstance(data, dict) or "cells" not in data:
+            raise InputError("not a genotype: expected a mapping with a 'cells' key")
+        return cls(cells=data["cells"], concat=data.get("concat") or {},
+                   space=str(data.get("space") or ""))
 
     def save(self, path: str | Path) -> None:
         """Write the genotype as JSON (written to a temporary file, then renamed)."""
@@ -103,7 +115,7 @@ class Genotype:
             return self.to_darts_string()
         if set(self.cells) == {"cell"}:
             return self.to_nb201_string()
-        return json.dumps({"cells": self.to_dict()["cells"], "concat": self.to_dict()["concat"]})
+        return json.dumps(self._plain())  # other cell kinds (e.g. GDAS-FRC): compact JSON
 
 
 _DARTS_RE = re.compile(r"^\s*Genotype\((.*)\)\s*$", re.S)
@@ -117,16 +129,21 @@ def parse_darts(text: str) -> Genotype:
                          "normal_concat=[2, 3, 4, 5], reduce=[...], reduce_concat=[2, 3, 4, 5])'")
     try:
         call = ast.parse(f"f({match.group(1)})", mode="eval").body
-        fields = {kw.arg: kw.value for kw in call.keywords}
         values = {}
-        for key, node in fields.items():
+        for kw in call.keywords:
+            node = kw.value
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
                     and node.func.id == "range"):
-                values[key] = list(range(*[ast.literal_eval(a) for a in node.args]))
+                values[kw.arg] = list(range(*[int(ast.literal_eval(a)) for a in node.args]))
             else:
-                values[key] = ast.literal_eval(node)
-    except (SyntaxError, ValueError) as exc:
+                values[kw.arg] = ast.literal_eval(node)
+    except (SyntaxError, ValueError, TypeError) as exc:
         raise InputError(f"cannot parse DARTS genotype string: {exc}") from None
+    known = {"normal", "normal_concat", "reduce", "reduce_concat"}
+    unknown = sorted(set(values) - known)
+    if unknown or call.args:
+        raise InputError(f"DARTS genotype string: unexpected field {unknown[0] if unknown else 'without a name'}"
+                         "; expected normal, normal_concat, reduce, reduce_concat")
     cells, concat = {}, {}
     for kind in ("normal", "reduce"):
         edges = values.get(kind)
@@ -138,7 +155,12 @@ def parse_darts(text: str) -> Genotype:
         except (TypeError, ValueError):
             raise InputError(f"DARTS genotype string: '{kind}' must hold (op, input) pairs") from None
         cells[kind] = [pairs[i:i + 2] for i in range(0, len(pairs), 2)]
-        concat[kind] = values.get(f"{kind}_concat", list(range(2, 2 + len(cells[kind]))))
+        kind_concat = values.get(f"{kind}_concat", list(range(2, 2 + len(cells[kind]))))
+        if not isinstance(kind_concat, (list, tuple)) or \
+                not all(isinstance(i, int) and not isinstance(i, bool) for i in kind_concat):
+            raise InputError(f"DARTS genotype string: '{kind}_concat' must be a list of state "
+                             "indices, e.g. [2, 3, 4, 5]")
+        concat[kind] = kind_concat
     return Genotype(cells, concat, space="darts")
 
 

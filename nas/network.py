@@ -110,14 +110,15 @@ def count_macs(model: nn.Module, input_size: Sequence[int] = (1, 3, 32, 32)) -> 
 
     hooks = [m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
     hooks += [m.register_forward_hook(linear_hook) for m in model.modules() if isinstance(m, nn.Linear)]
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         model(torch.zeros(*input_size, device=device))
     finally:
-        model.train(was_training)
+        for m, training in modes.items():
+            m.training = training
         for h in hooks:
             h.remove()
     return total // input_size[0]

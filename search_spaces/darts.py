@@ -29,6 +29,9 @@ CONCAT = (2, 3, 4, 5)
 
 def reduction_layers(cells: int) -> tuple[int, int]:
     """Indices of the two reduction cells: 1/3 and 2/3 of the depth."""
+    if cells < 3:
+        raise nas.InputError(f"the darts space needs at least 3 cells (a normal cell and two "
+                             f"reduction cells), got cells={cells}")
     return cells // 3, 2 * cells // 3
 
 
@@ -112,8 +115,9 @@ class DartsSupernet(nas.Supernet):
         self.stem = _stem(3, C_stem)
         C_pp, C_p, C_curr, reduction_prev = C_stem, C_stem, C, False
         self.cells = nn.ModuleList()
+        reductions = reduction_layers(cells)
         for i in range(cells):
-            reduction = i in reduction_layers(cells)
+            reduction = i in reductions
             C_curr = C_curr * 2 if reduction else C_curr
             if reduction and fixed_reduction:
                 cell = FixedReductionCell(C_pp, C_p, C_curr, reduction_prev, False,
@@ -206,8 +210,9 @@ class DartsNetwork(nn.Module):
         C_pp, C_p, C_curr, reduction_prev = C_stem, C_stem, C, False
         self.cells = nn.ModuleList()
         C_aux = C_p
+        reductions = reduction_layers(cells)
         for i in range(cells):
-            reduction = i in reduction_layers(cells)
+            reduction = i in reductions
             C_curr = C_curr * 2 if reduction else C_curr
             if reduction and "reduce" not in kinds:
                 cell: nn.Module = FixedReductionCell(C_pp, C_p, C_curr, reduction_prev, affine,

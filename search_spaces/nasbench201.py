@@ -87,6 +87,11 @@ class NB201Network(nn.Module):
             raise nas.InputError(
                 f"genotype does not fit the nasbench201 space: it needs one cell 'cell' of "
                 f"{NODES} nodes, got cells {sorted(genotype.cells)}")
+        for i, node in enumerate(genotype.cells["cell"]):
+            if sorted(src for _, src in node) != list(range(i + 1)):
+                raise nas.InputError(
+                    f"genotype does not fit the nasbench201 space: node {i + 1} must have one "
+                    f"edge from each of the nodes 0..{i}, got inputs {[src for _, src in node]}")
         self.drop_path_prob = 0.0
         self.stem = _stem(C)
         self.layers, C_last = _skeleton(C, cells_per_stage, lambda c: nas.GenotypeCell(

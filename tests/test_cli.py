@@ -1,0 +1,231 @@
+"""`nas search` end to end: artefacts, TensorBoard, resume, overrides and every error path."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import nas
+import nas.search
+from nas.cli import main
+from conftest import TINY_SEARCH
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def tiny_config(tmp_path, cifar_root) -> Path:
+    """A config for a search that takes a second or two: 8x8 images, C=4, 3 cells."""
+    cfg = {**TINY_SEARCH, "data": {**TINY_SEARCH["data"], "root": str(cifar_root)}}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def snapshot(directory: Path) -> dict[str, str]:
+    """Path -> content hash of every file below ``directory``."""
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_search_writes_every_artefact(tmp_path, tiny_config):
+    run = tmp_path / "run"
+    out = subprocess.run([sys.executable, "-m", "nas", "search", "--config", str(tiny_config),
+                          "--run-dir", str(run), "--seed", "1"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert f"genotype file: {run / 'genotype.json'}" in out.stdout
+    assert f"tensorboard --logdir {run}" in out.stdout
+    assert "search epoch 2/2" in out.stdout  # not a terminal: one plain line per epoch
+
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["seed"] == 1 and saved["search"]["epochs"] == 2 and saved["supernet"]["C"] == 4
+
+    genotype = nas.Genotype.load(run / "genotype.json")
+    assert set(genotype.cells) == {"normal", "reduce"}
+    assert nas.Genotype.load(run / "genotypes" / "epoch_002.json") == genotype
+    assert (run / "genotypes" / "epoch_001.json").is_file()
+
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [l["epoch"] for l in lines] == [1, 2]
+    assert lines[0]["tau"] == 10.0 and lines[1]["tau"] == pytest.approx(0.1)
+    assert lines[1]["lr"] < lines[0]["lr"]
+    for key in ("train_loss", "train_acc", "arch_loss", "arch_acc", "entropy", "genotype"):
+        assert lines[1][key] is not None
+    assert lines[1]["genotype"] == str(genotype)
+
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert state["kind"] == "search" and state["epoch"] == 2
+    assert {"model", "w_opt", "a_opt", "lr_sched", "tau", "rng", "config"} <= set(state)
+    assert state["tau"]["last_step"] == 2 and state["model"]["_extra_state"]["samples_drawn"] > 0
+    assert not list(run.glob("*.tmp"))  # atomic writes leave no temporaries
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run), size_guidance={"images": 0, "histograms": 0, "tensors": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"loss/train", "loss/arch", "accuracy/train", "accuracy/arch", "tau", "lr/weights",
+            "lr/arch", "entropy"} <= set(tags["scalars"])
+    assert [round(e.value, 4) for e in events.Scalars("tau")] == [10.0, 0.1]
+    assert {"arch/normal", "arch/reduce", "genotype/normal", "genotype/reduce"} <= set(tags["images"])
+    assert len(tags["histograms"]) == 28 and "edges/reduce/5<-4" in tags["histograms"]
+    assert "genotype/text_summary" in tags["tensors"]
+
+
+def run_search(args: list[str], capsys) -> tuple[int, str, str]:
+    code = main(["search", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def final_logits(run: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    return {k: v for k, v in state["model"].items() if k.startswith("arch_logits.")}
+
+
+def test_interrupted_then_resumed_equals_straight_through(tmp_path, tiny_config, capsys,
+                                                          monkeypatch):
+    args = ["--config", str(tiny_config), "--set", "search.epochs=3", "--quiet"]
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    assert run_search([*args, "--run-dir", str(straight)], capsys)[0] == 0
+
+    real_save, calls = nas.search.save_checkpoint, []
+
+    def save_then_interrupt(state, path):  # Ctrl-C right after the first epoch's checkpoint
+        real_save(state, path)
+        calls.append(path)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(nas.search, "save_checkpoint", save_then_interrupt)
+    code, _, err = run_search([*args, "--run-dir", str(broken)], capsys)
+    assert code == 130 and f"continue with: nas search --resume {broken}" in err
+    assert torch.load(broken / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    monkeypatch.setattr(nas.search, "save_checkpoint", real_save)
+
+    code, out, _ = run_search(["--resume", str(broken), "--quiet"], capsys)
+    assert code == 0 and "genotype file:" in out
+    a, b = final_logits(straight), final_logits(broken)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert nas.Genotype.load(straight / "genotype.json") == nas.Genotype.load(broken / "genotype.json")
+    strip = lambda p: [{k: v for k, v in json.loads(l).items() if k != "seconds"}
+                       for l in (p / "metrics.jsonl").read_text().splitlines()]
+    assert strip(straight) == strip(broken)
+
+
+def test_set_overrides_reach_the_run(tmp_path, tiny_config, capsys):
+    run = tmp_path / "run"
+    code, _, _ = run_search(["--config", str(tiny_config), "--run-dir", str(run), "--quiet",
+                             "--set", "search.epochs=1", "search.mode=softmax",
+                             "search.tau.per=iteration", "search.order=arch_first"], capsys)
+    assert code == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text())["search"]
+    assert (saved["epochs"], saved["mode"], saved["order"]) == (1, "softmax", "arch_first")
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert state["tau"]["per"] == "iteration" and state["tau"]["last_step"] == 2  # 2 steps
+
+
+@pytest.mark.parametrize("mode", ["st", "gumbel"])
+def test_other_modes_and_warmup(tmp_path, tiny_config, capsys, mode):
+    run = tmp_path / mode
+    code, _, _ = run_search(["--config", str(tiny_config), "--run-dir", str(run), "--quiet",
+                             "--set", f"search.mode={mode}", "search.warmup_epochs=1"], capsys)
+    assert code == 0
+    first, second = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert first["arch_loss"] is None and second["arch_loss"] is not None  # warm-up: weights only
+
+
+def test_quiet_prints_only_the_result(tmp_path, tiny_config, capsys):
+    code, out, err = run_search(["--config", str(tiny_config), "--run-dir",
+                                 str(tmp_path / "q"), "--quiet"], capsys)
+    assert code == 0 and "epoch" not in out and err == ""
+    assert out.splitlines()[0].startswith("genotype: Genotype(")
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "the following arguments are required: --config"),
+    (["--set", "search.epochz=3"], "search.epochz: unknown key; did you mean 'epochs'?"),
+    (["--set", "search.arch_lr=abc"], "search.arch_lr: expected a number, got 'abc'"),
+    (["--set", "space=dartz"], "unknown search space 'dartz'; did you mean 'darts'?"),
+    (["--set", "supernet.cell=2"], "supernet.cell: unknown key; did you mean 'cells'?"),
+    (["--data-dir", "/nonexistent/dir"], "CIFAR-10 not found"),
+    (["--device", "cuda:7"], "device 'cuda:7'"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--set", "search.tau.schedule=linaer"], "did you mean 'linear'?"),
+])
+def test_input_errors_exit_2_with_one_line(tmp_path, tiny_config, capsys, extra, message):
+    args = ([] if not extra or extra[0] != "--config" else [])
+    base = ["--config", str(tiny_config)] if extra != [] else []
+    run = tmp_path / "never"
+    code, out, err = run_search([*base, *extra, "--run-dir", str(run)], capsys)
+    assert code == 2
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not run.exists()  # a failed start leaves nothing behind
+
+
+def test_existing_run_dir_is_refused_and_untouched(tmp_path, tiny_config, capsys):
+    run = tmp_path / "run"
+    assert run_search(["--config", str(tiny_config), "--run-dir", str(run), "--quiet"], capsys)[0] == 0
+    before = snapshot(run)
+    code, _, err = run_search(["--config", str(tiny_config), "--run-dir", str(run)], capsys)
+    assert code == 2 and "already exists" in err and "--resume" in err and "--force" in err
+    assert snapshot(run) == before
+    # --force replaces it, but only once the new run can start
+    code, _, err = run_search(["--config", str(tiny_config), "--run-dir", str(run), "--force",
+                               "--data-dir", str(tmp_path / "missing")], capsys)
+    assert code == 2 and snapshot(run) == before
+    (run / "stale.txt").write_text("old")
+    code, _, _ = run_search(["--config", str(tiny_config), "--run-dir", str(run), "--force",
+                             "--quiet", "--set", "search.epochs=1"], capsys)
+    assert code == 0 and not (run / "stale.txt").exists()
+
+
+def test_resume_errors(tmp_path, tiny_config, capsys):
+    code, _, err = run_search(["--resume", str(tmp_path / "nothing")], capsys)
+    assert code == 2 and "cannot resume" in err
+    run = tmp_path / "run"
+    assert run_search(["--config", str(tiny_config), "--run-dir", str(run), "--quiet"], capsys)[0] == 0
+    code, _, err = run_search(["--resume", str(run), "--set", "search.epochs=5"], capsys)
+    assert code == 2 and "saved config" in err
+    torch.save({"kind": "train", "epoch": 1}, run / "checkpoint.pt")
+    code, _, err = run_search(["--resume", str(run)], capsys)
+    assert code == 2 and "is a train checkpoint, not a search checkpoint" in err
+    (run / "checkpoint.pt").write_bytes(b"garbage")
+    code, _, err = run_search(["--resume", str(run)], capsys)
+    assert code == 2 and "not a readable checkpoint" in err
+
+
+def test_usage_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["search", "--bogus"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unrecognized arguments: --bogus" in err
+
+
+def test_genotype_show_and_plot(tmp_path, capsys):
+    nb = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
+    assert main(["genotype", "show", nb]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == nb and "node 2 = nor_conv_3x3(0), avg_pool_3x3(1)" in out
+    path = tmp_path / "g.json"
+    nas.parse_genotype(nb).save(path)
+    assert main(["genotype", "plot", str(path), "--out", str(tmp_path / "pics")]) == 0
+    dot = (tmp_path / "pics" / "g_cell.dot").read_text()
+    assert '"0" -> "3" [label="skip_connect"];' in dot and '"1" -> "2" [label="avg_pool_3x3"];' in dot and dot.startswith('digraph "cell"')
+    assert (tmp_path / "pics" / "g_cell.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["genotype", "show", "|bad|"]) == 2
+    assert "not a NAS-Bench-201 string" in capsys.readouterr().err
+
+
+def test_python_dash_m_and_console_script_agree():
+    out = subprocess.run([sys.executable, "-m", "nas", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == f"gumbel-nas {nas.__version__}"

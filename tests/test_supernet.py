@@ -1,0 +1,521 @@
+"""Tests of nas.supernet (sampling modes, the GDAS estimator, parameters, seeding) on tiny
+supernets of both built-in search spaces.
+
+The networks are tiny (C=4, 8x8 images, batch 2) so that the whole file runs in seconds on a
+2-core CPU. DARTS with ``cells=3`` has one normal cell (cell 0) and two reduction cells (cells 1
+and 2, at cells//3 and 2*cells//3), so both cell kinds, and two cells sharing one sample, are
+exercised. NAS-Bench-201 with ``cells_per_stage=1`` has three cells sharing one sample.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import nas
+from nas import gumbel
+
+SPACES = {"darts": {"C": 4, "cells": 3}, "nasbench201": {"C": 4, "cells_per_stage": 1}}
+KINDS = {"darts": ("normal", "reduce"), "nasbench201": ("cell",)}
+NUM_OPS = {"darts": 8, "nasbench201": 5}
+EDGES = {"darts": 14, "nasbench201": 6}
+IMAGE = 8
+CLASSES = 10
+
+
+def make(space: str, mode: str, seed: int = 0, init_seed: int = 0, **options) -> nas.Supernet:
+    """A tiny supernet; ``init_seed`` fixes weights and logits, ``seed`` the sample stream."""
+    torch.manual_seed(init_seed)
+    opts = {**SPACES[space], **options}
+    return nas.SEARCH_SPACES.get(space).supernet(CLASSES, mode, seed=seed, **opts)
+
+
+def batch(seed: int = 0, n: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, IMAGE, IMAGE, generator=g), torch.randint(0, CLASSES, (n,), generator=g)
+
+
+def search_cells(model: nas.Supernet) -> list[nas.SearchCell]:
+    return [m for m in model.modules() if isinstance(m, nas.SearchCell)]
+
+
+def kind_of(space: str, cell: nas.SearchCell) -> str:
+    if space == "nasbench201":
+        return "cell"
+    return "reduce" if cell.reduction else "normal"
+
+
+def randomize_logits(model: nas.Supernet, seed: int = 0, scale: float = 1.0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.arch_parameters():
+            p.copy_(scale * torch.randn(p.shape, generator=g))
+
+
+def test_tiny_darts_supernet_has_both_cell_kinds():
+    """Guards the premise of the other tests: cells=3 gives 1 normal and 2 reduction cells."""
+    model = make("darts", "gdas")
+    kinds = [kind_of("darts", c) for c in search_cells(model)]
+    assert kinds == ["normal", "reduce", "reduce"]
+    assert all(len(c.edges) == 14 for c in search_cells(model))
+    assert all(len(e.ops) == 8 for c in search_cells(model) for e in c.edges)
+
+
+def test_unknown_mode_is_an_input_error():
+    with pytest.raises(nas.InputError, match="unknown sampling mode 'hard'.*gdas, st, gumbel, softmax"):
+        make("darts", "hard")
+
+
+# -- 1. every mode trains both the logits and the weights ---------------------------------------
+@pytest.mark.parametrize("mode", nas.MODES)
+@pytest.mark.parametrize("space", SPACES)
+def test_every_mode_gives_gradients_to_logits_and_weights(space, mode):
+    model = make(space, mode, seed=1)
+    x, y = batch()
+    out = model(x)
+    assert out.shape == (2, CLASSES)
+    F.cross_entropy(out, y).backward()
+
+    assert set(model.arch_logits) == set(KINDS[space])
+    for kind, logits in model.arch_logits.items():
+        grad = logits.grad
+        assert grad is not None, kind
+        assert torch.isfinite(grad).all(), kind
+        assert grad.abs().sum() > 0, kind
+        if mode in ("softmax", "gumbel"):
+            # every op of every edge contributes to the output: every row moves
+            assert (grad.abs().sum(dim=1) > 0).all(), kind
+
+    for p in model.weight_parameters():
+        if p.grad is not None:
+            assert torch.isfinite(p.grad).all()
+    assert model.stem[0].weight.grad.abs().sum() > 0
+    assert model.classifier.weight.grad.abs().sum() > 0
+    assert model.classifier.bias.grad.abs().sum() > 0
+    op_grads = [p.grad for cell in search_cells(model) for edge in cell.edges
+                for p in edge.ops.parameters() if p.grad is not None]
+    assert op_grads, "no op parameter of any mixed edge got a gradient"
+    assert any(g.abs().sum() > 0 for g in op_grads)
+
+
+# -- 2. gdas runs exactly the sampled op of each edge -------------------------------------------
+@pytest.mark.parametrize("space", SPACES)
+def test_gdas_runs_exactly_the_sampled_op_per_edge(space):
+    model = make(space, "gdas", seed=2)
+    cells = search_cells(model)
+    ran: list[tuple[int, int, int]] = []
+    handles = []
+    for c, cell in enumerate(cells):
+        for e, edge in enumerate(cell.edges):
+            for i, op in enumerate(edge.ops):
+                handles.append(op.register_forward_hook(
+                    lambda module, inp, out, key=(c, e, i): ran.append(key)))
+    x, y = batch()
+    try:
+        out = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+
+    num_edges = sum(len(cell.edges) for cell in cells)
+    assert num_edges == len(cells) * EDGES[space]
+    assert len(ran) == num_edges  # one op execution per edge, in total
+    assert sorted((c, e) for c, e, _ in ran) == [(c, e) for c, cell in enumerate(cells)
+                                                  for e in range(len(cell.edges))]
+    assert set(model.last_index) == set(KINDS[space])
+    for kind in KINDS[space]:
+        assert model.last_index[kind].shape == (EDGES[space],)
+    for c, e, i in ran:
+        # every cell of a kind runs the op of the one sample of that kind
+        assert i == int(model.last_index[kind_of(space, cells[c])][e]), (c, e)
+
+    F.cross_entropy(out, y).backward()
+    sampled_with_params = 0
+    for cell in cells:
+        index = model.last_index[kind_of(space, cell)]
+        for e, edge in enumerate(cell.edges):
+            for i, op in enumerate(edge.ops):
+                params = list(op.parameters())
+                if i == int(index[e]):
+                    assert all(p.grad is not None for p in params), (e, edge.op_names[i])
+                    sampled_with_params += bool(params)
+                else:
+                    assert all(p.grad is None for p in params), (e, edge.op_names[i])
+    assert sampled_with_params > 0  # the check above was not vacuous
+
+
+# -- 3. gdas and st: same sample, same forward, same gradients where they must agree ------------
+def _capture_samples(monkeypatch) -> list[torch.Tensor]:
+    """Record (with retained gradients) every hard/soft sample the supernet draws."""
+    captured: list[torch.Tensor] = []
+    real = gumbel.gumbel_softmax
+
+    def recording(*args, **kwargs):
+        result = real(*args, **kwargs)
+        result.sample.retain_grad()
+        captured.append(result.sample)
+        return result
+
+    monkeypatch.setattr(gumbel, "gumbel_softmax", recording)
+    return captured
+
+
+@pytest.mark.parametrize("space", SPACES)
+def test_gdas_and_st_agree_for_the_same_sample(space, monkeypatch):
+    captured = _capture_samples(monkeypatch)
+    x, _ = batch(3)
+    r = torch.randn(2, CLASSES, generator=torch.Generator().manual_seed(4))
+    runs = {}
+    for mode in ("gdas", "st"):
+        captured.clear()
+        model = make(space, mode, seed=7, init_seed=5)
+        out = model(x)
+        (out * r).sum().backward()
+        runs[mode] = (model, out, dict(zip(model.arch_logits, captured)))
+    (gdas, out_g, hard_g), (st, out_s, hard_s) = runs["gdas"], runs["st"]
+
+    for kind in KINDS[space]:
+        assert torch.equal(gdas.last_index[kind], st.last_index[kind])
+        # both forwards used the same exact one-hot weights
+        expected = F.one_hot(gdas.last_index[kind], NUM_OPS[space]).float()
+        assert torch.equal(hard_g[kind].detach(), expected)
+        assert torch.equal(hard_s[kind].detach(), expected)
+
+    # The hard weights are exactly 0 and 1, so st's weighted sum adds exact zeros to the sampled
+    # op's output: the forwards agree up to (here absent) rounding.
+    torch.testing.assert_close(out_g, out_s, rtol=0, atol=1e-6)
+
+    # Weight gradients: every parameter gdas trains gets the same gradient in st (the only
+    # difference is the order in which autograd accumulates), and the ops gdas did not run get
+    # exactly zero in st (their hard weight is 0).
+    checked = 0
+    for (name, p_g), (name_s, p_s) in zip(gdas.named_parameters(), st.named_parameters()):
+        assert name == name_s
+        if name.startswith("arch_logits"):
+            continue
+        if p_g.grad is None:
+            assert p_s.grad is None or p_s.grad.abs().max() == 0, name
+        else:
+            torch.testing.assert_close(p_g.grad, p_s.grad, rtol=1e-4, atol=1e-6, msg=name)
+            checked += ".edges." in name
+    assert checked > 0  # some sampled op had weights
+
+    # Gradients w.r.t. the hard weights: equal for the sampled op (<grad, op_k(x)> in both).
+    # For an unsampled op st gives <grad, op_i(x)> and gdas the GDAS estimate sum(grad), which is
+    # the same for every unsampled op of the edge.
+    for kind in KINDS[space]:
+        g_g, g_s, idx = hard_g[kind].grad, hard_s[kind].grad, gdas.last_index[kind]
+        rows = torch.arange(EDGES[space])
+        torch.testing.assert_close(g_g[rows, idx], g_s[rows, idx], rtol=1e-4, atol=1e-6)
+        assert (g_s[:, 0] == 0).all()  # 'none' is op 0 in both spaces: <grad, 0> = 0
+        for e in range(EDGES[space]):
+            others = torch.cat([g_g[e, :idx[e]], g_g[e, idx[e] + 1:]])
+            assert torch.equal(others, others[:1].expand_as(others)), (kind, e)
+
+
+@pytest.mark.parametrize("mode", ["gdas", "st"])
+@pytest.mark.parametrize("space", SPACES)
+def test_hard_weight_gradients_are_the_estimators(space, mode, monkeypatch):
+    """Recompute the gradient of every hard weight from the edges' output gradients g and the
+    ops' outputs: st gives <g, op_i(x)> for every op; gdas gives that for the sampled op and
+    sum(g) for every other op. Summed over the cells that share the sample."""
+    captured = _capture_samples(monkeypatch)
+    model = make(space, mode, seed=13, init_seed=2)
+    cells = search_cells(model)
+    op_out, edge_grad, handles = {}, {}, []
+
+    def keep_output(key):
+        def hook(module, inputs, output):
+            op_out[key] = output.detach()
+        return hook
+
+    def keep_grad(key):
+        def hook(module, inputs, output):
+            output.register_hook(lambda g: edge_grad.__setitem__(key, g.detach()))
+        return hook
+
+    for c, cell in enumerate(cells):
+        for e, edge in enumerate(cell.edges):
+            handles.append(edge.register_forward_hook(keep_grad((c, e))))
+            for i, op in enumerate(edge.ops):
+                handles.append(op.register_forward_hook(keep_output((c, e, i))))
+    x, y = batch(6)
+    F.cross_entropy(model(x), y).backward()
+    for h in handles:
+        h.remove()
+    hard = dict(zip(model.arch_logits, captured))
+
+    for kind in KINDS[space]:
+        expected = torch.zeros(EDGES[space], NUM_OPS[space], dtype=torch.float64)
+        index = model.last_index[kind]
+        for c, cell in enumerate(cells):
+            if kind_of(space, cell) != kind:
+                continue
+            for e in range(EDGES[space]):
+                g = edge_grad[(c, e)].double()
+                for i in range(NUM_OPS[space]):
+                    if mode == "gdas" and i != int(index[e]):
+                        expected[e, i] += g.sum()
+                    else:
+                        expected[e, i] += (g * op_out[(c, e, i)].double()).sum()
+        assert expected.abs().max() > 0
+        torch.testing.assert_close(hard[kind].grad.double(), expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "channels_last",
+                                    "channels_last_grad", "expanded_grad"])
+def test_sampled_op_forward_and_gdas_backward(layout):
+    torch.manual_seed(0)
+    k, num_ops = 2, 5
+    if layout == "transposed":
+        src = torch.randn(6, 7, requires_grad=True)
+        out = src.t()
+        assert not out.is_contiguous()
+    elif layout == "channels_last":
+        src = torch.randn(2, 3, 4, 5, requires_grad=True)
+        out = src.contiguous(memory_format=torch.channels_last)
+        assert not out.is_contiguous()
+    else:
+        src = torch.randn(2, 3, 4, 5, requires_grad=True)
+        out = src * 1.0
+    weights = F.one_hot(torch.tensor(k), num_ops).float().requires_grad_()
+    y = nas.sampled_op(out, weights, k)
+    assert torch.equal(y, out) and y.data_ptr() == out.data_ptr()  # unchanged, no copy
+
+    if layout == "expanded_grad":
+        grad = torch.ones(()).expand_as(y)  # what .sum().backward() feeds: stride 0
+        y.sum().backward()
+    else:
+        grad = torch.randn(y.shape)
+        if layout == "channels_last_grad":
+            grad = grad.contiguous(memory_format=torch.channels_last)
+        y.backward(grad)
+
+    # Reference: the GDAS edge output w_k * out + sum_{i != k} w_i, differentiated by autograd.
+    ref_w = weights.detach().clone().requires_grad_()
+    ref_out = out.detach().clone().requires_grad_()
+    ref = ref_w[k] * ref_out + sum(ref_w[i] for i in range(num_ops) if i != k)
+    ref.backward(grad)
+
+    expected = torch.full((num_ops,), grad.sum().item())
+    expected[k] = (grad * out.detach()).sum()
+    torch.testing.assert_close(weights.grad, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(weights.grad, ref_w.grad, rtol=1e-5, atol=1e-5)
+    # the gradient reaching the op output is the edge gradient itself
+    expected_src = grad.t() if layout == "transposed" else grad
+    torch.testing.assert_close(src.grad, expected_src, rtol=0, atol=0)
+
+
+def test_sampled_op_keeps_the_weights_dtype_and_is_a_no_op_without_grad():
+    torch.manual_seed(0)
+    out = torch.randn(2, 3, 4, 4).to(torch.bfloat16).requires_grad_()
+    weights = torch.tensor([0.0, 1.0, 0.0], requires_grad=True)  # float32, as under autocast
+    y = nas.sampled_op(out, weights, 1)
+    grad = torch.randn(y.shape).to(torch.bfloat16)
+    y.backward(grad)
+    assert weights.grad.dtype == torch.float32
+    g, o = grad.float(), out.detach().float()
+    torch.testing.assert_close(weights.grad, torch.stack([g.sum(), (g * o).sum(), g.sum()]),
+                               rtol=2e-2, atol=2e-2)  # the dot product runs in bfloat16
+
+    plain = torch.randn(3)
+    assert nas.sampled_op(plain, torch.tensor([1.0, 0.0]), 0) is plain
+
+
+# -- 4. the parameter partition -----------------------------------------------------------------
+@pytest.mark.parametrize("space, options, shapes", [
+    ("darts", {}, {"normal": (14, 8), "reduce": (14, 8)}),
+    ("darts", {"fixed_reduction": True}, {"normal": (14, 8)}),
+    ("darts", {"ops": ("none", "skip_connect", "sep_conv_3x3")}, {"normal": (14, 3), "reduce": (14, 3)}),
+    ("nasbench201", {}, {"cell": (6, 5)}),
+])
+def test_parameter_partition_is_exact(space, options, shapes):
+    model = make(space, "gdas", **options)
+    arch, weights = model.arch_parameters(), model.weight_parameters()
+    every = list(model.parameters())
+    arch_ids, weight_ids = {id(p) for p in arch}, {id(p) for p in weights}
+    assert len(arch_ids) == len(arch) and len(weight_ids) == len(weights)  # no duplicates
+    assert not arch_ids & weight_ids
+    assert arch_ids | weight_ids == {id(p) for p in every}
+    assert len(arch) + len(weights) == len(every)
+    names = {name: p for name, p in model.named_parameters() if id(p) in arch_ids}
+    assert {n: tuple(p.shape) for n, p in names.items()} == \
+        {f"arch_logits.{k}": s for k, s in shapes.items()}
+    assert all(p is model.arch_logits[k] for k, p in zip(shapes, arch))
+    assert sum(p.numel() for p in weights) > 0
+
+
+# -- 5. samples are a function of (seed, samples_drawn) -----------------------------------------
+def _index_sequence(model: nas.Supernet, steps: int = 4, disturb: bool = False) -> list[dict]:
+    x, _ = batch()
+    seq = []
+    with torch.no_grad():
+        for _ in range(steps):
+            if disturb:
+                torch.rand(100)  # the global RNG must not matter
+            model(x)
+            seq.append({k: v.clone() for k, v in model.last_index.items()})
+    return seq
+
+
+def _same(a: list[dict], b: list[dict]) -> bool:
+    return all(da.keys() == db.keys() and all(torch.equal(da[k], db[k]) for k in da)
+               for da, db in zip(a, b))
+
+
+@pytest.mark.parametrize("space", SPACES)
+def test_same_seed_gives_same_samples(space):
+    kinds = len(KINDS[space])
+    a, b, c = (make(space, "gdas", seed=s) for s in (11, 11, 12))
+    seq_a = _index_sequence(a)
+    assert a.samples_drawn == 4 * kinds
+    seq_b = _index_sequence(b, disturb=True)
+    seq_c = _index_sequence(c)
+    assert _same(seq_a, seq_b)
+    assert not _same(seq_a, seq_c)
+    # successive draws of one stream differ too
+    assert not all(_same([seq_a[0]], [s]) for s in seq_a[1:])
+    # eval mode draws nothing
+    a.eval()
+    _index_sequence(a, steps=1)
+    assert a.samples_drawn == 4 * kinds
+
+
+def test_state_dict_restores_the_sample_stream():
+    a = make("darts", "gdas", seed=21, init_seed=1)
+    _index_sequence(a, steps=2)
+    a.tau = 0.37
+    state = a.state_dict()
+    assert state["_extra_state"] == {"sample_seed": 21, "samples_drawn": 4, "tau": 0.37}
+
+    b = make("darts", "gdas", seed=0, init_seed=2)
+    b.load_state_dict(state)
+    assert (b.sample_seed, b.samples_drawn, b.tau) == (21, 4, 0.37)
+    x, _ = batch(5)
+    with torch.no_grad():
+        out_a, out_b = a(x), b(x)
+    assert all(torch.equal(a.last_index[k], b.last_index[k]) for k in KINDS["darts"])
+    torch.testing.assert_close(out_a, out_b, rtol=0, atol=0)
+
+
+# -- 6. soft modes and eval mode ----------------------------------------------------------------
+@pytest.mark.parametrize("space", SPACES)
+def test_softmax_mode_weights_are_exactly_the_softmax(space):
+    model = make(space, "softmax")
+    randomize_logits(model, seed=3)
+    sample = model.sample()
+    for kind, logits in model.arch_logits.items():
+        assert sample[kind].index is None
+        assert torch.equal(sample[kind].weights, logits.softmax(-1))
+    assert model.samples_drawn == 0 and model.last_index == {}
+
+
+@pytest.mark.parametrize("space", SPACES)
+def test_gumbel_mode_weights_are_noisy_points_of_the_simplex(space):
+    soft, gdas, st = (make(space, mode, seed=9) for mode in ("gumbel", "gdas", "st"))
+    for m in (soft, gdas, st):
+        randomize_logits(m, seed=3)
+    s_soft, s_gdas, s_st = soft.sample(), gdas.sample(), st.sample()
+    for kind, logits in soft.arch_logits.items():
+        w = s_soft[kind].weights
+        assert s_soft[kind].index is None
+        assert (w > 0).all()
+        torch.testing.assert_close(w.sum(-1), torch.ones(EDGES[space]), rtol=0, atol=1e-6)
+        assert (w - logits.softmax(-1)).abs().max() > 1e-2  # noise was added
+        # the same (seed, samples_drawn) gives the same noise in every mode: the hard sample of
+        # gdas/st is the argmax of the soft one
+        assert torch.equal(gdas.last_index[kind], w.argmax(-1))
+        assert s_gdas[kind].index == w.argmax(-1).tolist()
+        assert s_st[kind].index is None  # st runs every op
+        assert torch.equal(s_st[kind].weights, F.one_hot(w.argmax(-1), NUM_OPS[space]).float())
+
+
+def test_gumbel_mode_divides_by_tau():
+    """Same noise, two temperatures: log-weight differences scale exactly by 1/tau."""
+    model = make("nasbench201", "gumbel", seed=4)
+    randomize_logits(model, seed=1)
+    logs = {}
+    for tau in (1.0, 0.25):
+        model.tau, model.samples_drawn = tau, 0
+        w = model.sample()["cell"].weights.detach().double()
+        logs[tau] = w.log() - w.log()[:, :1]
+    torch.testing.assert_close(logs[0.25], 4.0 * logs[1.0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", nas.MODES)
+@pytest.mark.parametrize("space", SPACES)  # darts tracks BN statistics, NB201 does not
+def test_eval_mode_is_deterministic_and_noise_free(space, mode):
+    model = make(space, mode, seed=6)
+    randomize_logits(model, seed=2)
+    model.eval()
+    x, _ = batch(1)
+    with torch.no_grad():
+        out1, out2 = model(x), model(x)
+    assert torch.equal(out1, out2)
+    assert model.samples_drawn == 0
+    sample = model.sample()
+    for kind, logits in model.arch_logits.items():
+        if mode in ("gdas", "st"):
+            assert torch.equal(model.last_index[kind], logits.argmax(-1))
+            assert sample[kind].index == logits.argmax(-1).tolist()
+            assert torch.equal(sample[kind].weights.detach(),
+                               F.one_hot(logits.argmax(-1), NUM_OPS[space]).float())
+        else:
+            assert sample[kind].index is None
+            assert torch.equal(sample[kind].weights, logits.softmax(-1))
+
+
+@pytest.mark.parametrize("space", SPACES)
+def test_eval_gdas_and_st_run_the_same_argmax_network(space):
+    x, _ = batch(2)
+    outs = []
+    for mode in ("gdas", "st"):
+        model = make(space, mode, init_seed=8)
+        randomize_logits(model, seed=5)
+        model.eval()
+        with torch.no_grad():
+            outs.append(model(x))
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=1e-6)
+
+
+def test_entropy_of_uniform_logits_is_log_num_ops():
+    model = make("darts", "softmax")
+    with torch.no_grad():
+        for p in model.arch_parameters():
+            p.zero_()
+    assert model.entropy() == pytest.approx(math.log(8), abs=1e-6)
+    probs = model.probabilities()
+    assert not any(p.requires_grad for p in probs.values())
+
+
+# -- 7. host syncs -----------------------------------------------------------------------------
+@pytest.mark.parametrize("space, mode, training, expected", [
+    ("darts", "gdas", True, 1),   # normal + reduce indices in one transfer
+    ("darts", "gdas", False, 1),
+    ("darts", "st", True, 0),
+    ("darts", "gumbel", True, 0),
+    ("darts", "softmax", True, 0),
+    ("nasbench201", "gdas", True, 1),
+])
+def test_host_syncs_per_forward(space, mode, training, expected, monkeypatch):
+    model = make(space, mode, seed=3)
+    model.train(training)
+    x, _ = batch()
+    calls = {"tolist": 0, "item": 0}
+    real_tolist, real_item = torch.Tensor.tolist, torch.Tensor.item
+
+    def tolist(self, *args, **kwargs):
+        calls["tolist"] += 1
+        return real_tolist(self, *args, **kwargs)
+
+    def item(self, *args, **kwargs):
+        calls["item"] += 1
+        return real_item(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "tolist", tolist)
+    monkeypatch.setattr(torch.Tensor, "item", item)
+    model(x)
+    monkeypatch.undo()
+    assert calls == {"tolist": expected, "item": 0}
