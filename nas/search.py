@@ -9,6 +9,7 @@ weights. Every epoch ends with a checkpoint from which ``resume`` continues exac
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -204,7 +205,7 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
             lr_sched.step()
             if tau.per == "epoch":
                 tau.step()
-            genotype = model.genotype()
+            genotype = _stamped(model.genotype(), cfg.space)
             genotype.save(run_dir / "genotypes" / f"epoch_{epoch + 1:03d}.json")
             train_loss, train_acc = train_meter.read()
             arch_loss, arch_acc = arch_meter.read()
@@ -228,6 +229,11 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
             }, run_dir / CHECKPOINT)
     finally:
         monitor.close()
-    genotype = model.genotype()
+    genotype = _stamped(model.genotype(), cfg.space)
     genotype.save(run_dir / "genotype.json")
     return SearchResult(genotype, run_dir, metrics)
+
+
+def _stamped(genotype: Genotype, space: str) -> Genotype:
+    """Record the search space in the genotype, so that `nas train` needs no config to build it."""
+    return genotype if genotype.space else dataclasses.replace(genotype, space=space)

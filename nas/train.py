@@ -93,7 +93,13 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
     if test_data.num_classes != train_data.num_classes:
         raise InputError("the training and test splits have different numbers of classes")
     space = space_of(cfg, genotype)
-    model = build_network(space, genotype, train_data.num_classes, cfg.network)
+    try:
+        model = build_network(space, genotype, train_data.num_classes, cfg.network)
+    except InputError as exc:
+        if space == cfg.space:
+            raise
+        raise InputError(f"{exc} (the genotype belongs to the {space} space, the config is for "
+                         f"{cfg.space})") from None
     params = count_parameters(model)
     macs = count_macs(model, (1, 3, cfg.data.image_size, cfg.data.image_size))
     model = model.to(device)

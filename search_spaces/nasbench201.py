@@ -78,10 +78,15 @@ class NB201Supernet(nas.Supernet):
 
 
 class NB201Network(nn.Module):
-    """The NAS-Bench-201 network for a genotype (returns logits)."""
+    """The NAS-Bench-201 network for a genotype (returns logits).
+
+    ``affine=False, track_running_stats=False`` give the cells the search-time flavour of the
+    ops, for comparing with a supernet's sampled subnetwork.
+    """
 
     def __init__(self, genotype: nas.Genotype, num_classes: int = 10, C: int = 16,
-                 cells_per_stage: int = 5) -> None:
+                 cells_per_stage: int = 5, affine: bool = True,
+                 track_running_stats: bool = True) -> None:
         super().__init__()
         if set(genotype.cells) != {"cell"} or len(genotype.cells["cell"]) != NODES:
             raise nas.InputError(
@@ -95,7 +100,8 @@ class NB201Network(nn.Module):
         self.drop_path_prob = 0.0
         self.stem = _stem(C)
         self.layers, C_last = _skeleton(C, cells_per_stage, lambda c: nas.GenotypeCell(
-            genotype.cells["cell"], c, num_inputs=1, where="cell"))
+            genotype.cells["cell"], c, num_inputs=1, affine=affine,
+            track_running_stats=track_running_stats, where="cell"))
         self.lastact = nn.Sequential(nn.BatchNorm2d(C_last), nn.ReLU(inplace=True))
         self.classifier = nn.Linear(C_last, num_classes)
 

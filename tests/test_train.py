@@ -1,0 +1,156 @@
+"""`nas train`, `nas run`, `nas evaluate`: retraining a genotype and reading its accuracy."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import nas
+import nas.train
+from nas.cli import main
+from nas.config import build_config
+from conftest import TINY_SEARCH, write_cifar10
+
+ROOT = Path(__file__).resolve().parents[1]
+V2 = ("Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), "
+      "('sep_conv_3x3', 1), ('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), "
+      "('dil_conv_3x3', 2)], normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), "
+      "('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 1), ('max_pool_3x3', 0), "
+      "('skip_connect', 2), ('skip_connect', 2), ('max_pool_3x3', 1)], reduce_concat=[2, 3, 4, 5])")
+NB = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
+
+
+@pytest.fixture
+def tiny_config(tmp_path, cifar_root) -> Path:
+    cfg = {**TINY_SEARCH, "data": {**TINY_SEARCH["data"], "root": str(cifar_root)}}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_retraining_lowers_the_training_loss(tmp_path):
+    # easy data (one colour per class) and a small NB201 network: the loss must fall clearly
+    root = write_cifar10(tmp_path / "data", n_train=256, n_test=64, seed=1)
+    cfg = build_config({"space": "nasbench201", "data": {"root": str(root), "image_size": 8,
+                                                         "pad": 0, "workers": 0},
+                        "network": {"C": 8, "cells_per_stage": 1},
+                        "train": {"epochs": 6, "batch_size": 32, "lr": 0.05, "cutout": 0,
+                                  "auxiliary_weight": 0, "drop_path": 0}})
+    result = nas.train.train(cfg, nas.parse_genotype(NB), tmp_path / "run", quiet=True)
+    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 6
+    assert lines[-1]["train_loss"] < 0.7 * lines[0]["train_loss"]
+    assert lines[-1]["test_acc"] > 30  # chance is 10%
+    saved = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert saved["test_acc"] == pytest.approx(result.test_acc) == pytest.approx(lines[-1]["test_acc"])
+    net = nas.build_network("nasbench201", nas.parse_genotype(NB), 10, {"C": 8, "cells_per_stage": 1})
+    assert saved["params"] == nas.count_parameters(net) == result.params
+    assert saved["macs"] == nas.count_macs(net, (1, 3, 8, 8)) > 0
+
+
+def test_drop_path_rises_linearly_and_aux_loss_is_used(tmp_path, tiny_config, capsys, monkeypatch):
+    seen = []
+    real = torch.nn.functional.cross_entropy
+    monkeypatch.setattr(nas.train.F, "cross_entropy",
+                        lambda logits, y, **kw: seen.append(logits.shape) or real(logits, y, **kw))
+    run = tmp_path / "run"
+    code = main(["train", "--genotype", V2, "--config", str(tiny_config), "--run-dir", str(run),
+                 "--quiet", "--set", "train.epochs=4", "train.drop_path=0.4"])
+    assert code == 0
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [round(l["drop_path"], 6) for l in lines] == [0.0, 0.1, 0.2, 0.3]
+    # per training step: the main loss and the auxiliary loss
+    assert len(seen) >= 2 * 4 * 2
+
+
+def test_interrupted_then_resumed_training_equals_straight_through(tmp_path, tiny_config, capsys,
+                                                                   monkeypatch):
+    args = ["train", "--genotype", V2, "--config", str(tiny_config), "--quiet",
+            "--set", "train.epochs=3"]
+    assert main([*args, "--run-dir", str(tmp_path / "straight")]) == 0
+    real_save, calls = nas.train.save_checkpoint, []
+
+    def save_then_interrupt(state, path):
+        real_save(state, path)
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(nas.train, "save_checkpoint", save_then_interrupt)
+    assert main([*args, "--run-dir", str(tmp_path / "broken")]) == 130
+    assert f"nas train --resume {tmp_path / 'broken'}" in capsys.readouterr().err
+    monkeypatch.setattr(nas.train, "save_checkpoint", real_save)
+    assert main(["train", "--resume", str(tmp_path / "broken"), "--quiet"]) == 0
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "broken" / "checkpoint.pt", weights_only=False)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ra = json.loads((tmp_path / "straight" / "result.json").read_text())
+    rb = json.loads((tmp_path / "broken" / "result.json").read_text())
+    assert ra == rb
+
+
+def test_search_then_train_then_evaluate(tmp_path, tiny_config, capsys):
+    run = tmp_path / "run"
+    assert main(["run", "--config", str(tiny_config), "--run-dir", str(run), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "genotype file:" in out and "test accuracy:" in out
+    for path in ("search/genotype.json", "search/checkpoint.pt", "train/result.json",
+                 "train/checkpoint.pt", "train/genotype.json", "train/config.yaml"):
+        assert (run / path).is_file(), path
+    searched = nas.Genotype.load(run / "search" / "genotype.json")
+    assert searched.space == "darts"
+    assert nas.Genotype.load(run / "train" / "genotype.json") == searched
+    result = json.loads((run / "train" / "result.json").read_text())
+    assert result["genotype"] == str(searched)
+
+    assert main(["evaluate", "--checkpoint", str(run / "train" / "checkpoint.pt")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"test accuracy: {result['test_acc']:.2f}%")
+
+    # a run directory names its genotype; missing data fails before anything is created
+    code = main(["train", "--genotype", str(run / "search"), "--run-dir", str(tmp_path / "t2"),
+                 "--quiet", "--set", f"data.root={tiny_config.parent / 'missing'}"])
+    assert code == 2 and "CIFAR-10 not found" in capsys.readouterr().err
+    assert not (tmp_path / "t2").exists()
+
+
+def test_genotype_that_does_not_fit_fails_with_one_line(tmp_path, tiny_config, capsys):
+    bad = V2.replace("('dil_conv_3x3', 2)", "('dil_conv_3x3', 7)")
+    for genotype, message in [
+            (bad, "genotype normal cell: node 3 reads state 7, but only states 0..4 exist"),
+            (V2.replace("sep_conv_3x3", "sep_conv_3x4", 1), "did you mean 'sep_conv_3x3'?"),
+            (NB, "(the genotype belongs to the nasbench201 space, the config is for darts)"),
+            ("not a genotype", "is neither a genotype file nor")]:
+        run = tmp_path / "never"
+        code = main(["train", "--genotype", genotype, "--config", str(tiny_config),
+                     "--run-dir", str(run)])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and err.count("\n") == 1, err
+        assert not run.exists()
+
+
+def test_evaluate_errors(tmp_path, capsys):
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "none.pt")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    torch.save({"kind": "search", "epoch": 1}, tmp_path / "s.pt")
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "s.pt")]) == 2
+    assert "is a search checkpoint, not a train checkpoint" in capsys.readouterr().err
+
+
+def test_example_plugin_runs_from_its_file(tmp_path, cifar_root, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the config names the plugin by a path relative to the repository
+    run = tmp_path / "run"
+    code = main(["run", "--config", "configs/example_plugin.yaml", "--data-dir", str(cifar_root),
+                 "--run-dir", str(run), "--quiet", "--set", "data.image_size=8",
+                 "search.epochs=1", "search.steps_per_epoch=2", "train.epochs=1",
+                 "train.steps_per_epoch=2", "network.C=8"])
+    assert code == 0, capsys.readouterr().err
+    genotype = nas.Genotype.load(run / "search" / "genotype.json")
+    assert genotype.space == "scripts/example_plugin.py:SPACE"
+    assert len(genotype.cells["cell"]) == 2
+    assert {op for node in genotype.cells["cell"] for op, _ in node} <= {
+        "skip_connect", "avg_pool_3x3", "nor_conv_3x3", "mbconv_3x3"}
+    assert json.loads((run / "train" / "result.json").read_text())["params"] > 0
