@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .errors import InputError
+from .errors import Diverged, InputError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -107,7 +107,9 @@ def _config(args: argparse.Namespace, verb: str, saved_config: str = "config.yam
         cfg = load_config(args.config, args.set)
         if args.seed is not None:
             cfg.seed = args.seed
-        run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg.name or verb)
+        name = cfg.name or verb
+        name = f"{name}-train" if verb == "train" and name != "train" else name
+        run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(name)
         check_run_dir(run_dir, force=args.force)
     if args.data_dir:
         cfg.data.root = args.data_dir
@@ -265,6 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as exc:
         print(f"nas {verb}: error: {exc}", file=sys.stderr)
         return 2
+    except Diverged as exc:
+        print(f"nas {verb}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         where = getattr(args, "chosen_run_dir", None)
         hint = f"; continue with: nas {verb} --resume {where}" if verb in ("search", "train", "run") \

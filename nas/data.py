@@ -202,7 +202,7 @@ def split_indices(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
 
 
 # -- augmentation -------------------------------------------------------------------------------
-def augment(images: Tensor, mean: Sequence[float], std: Sequence[float], *, pad: int = 0,
+def augment(images: Tensor, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor, *, pad: int = 0,
             flip: bool = False, cutout: int = 0,
             generator: torch.Generator | None = None) -> Tensor:
     """uint8 ``[B, 3, H, W]`` -> normalised float batch with random crop, flip and cutout."""
@@ -221,8 +221,9 @@ def augment(images: Tensor, mean: Sequence[float], std: Sequence[float], *, pad:
     if flip:
         flips = torch.rand(B, device=device, generator=generator) < 0.5
         x = torch.where(flips.view(B, 1, 1, 1), x.flip(-1), x)
-    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    # (a pageable host-to-device copy would wait for the GPU: pass device tensors to avoid it)
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     x = (x - mean_t) / std_t
     if cutout > 0:
         cy = torch.randint(0, H, (B, 1, 1), device=device, generator=generator)
@@ -271,7 +272,9 @@ class Batches:
         self.device, self.on_device, self.workers = torch.device(device), on_device, workers
         self.images = data.images.to(self.device) if on_device else data.images
         self.labels = data.labels.to(self.device) if on_device else data.labels
-        self.mean, self.std = data.mean, data.std
+        where = self.device if on_device else torch.device("cpu")
+        self.mean = torch.tensor(data.mean, dtype=torch.float32, device=where)
+        self.std = torch.tensor(data.std, dtype=torch.float32, device=where)
         self.batch_size, self.train, self.seed = batch_size, train, seed
         self.pad, self.cutout = (pad, cutout) if train else (0, 0)
         self.max_steps = max_steps
@@ -289,33 +292,32 @@ class Batches:
         return self.steps
 
     def make_batch(self, idx: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        """Gather and augment the images at ``idx``."""
-        if self.on_device:
-            idx = idx.to(self.device)
+        """Gather and augment the images at ``idx`` (on the images' device)."""
         images, labels = self.images[idx], self.labels[idx]
         x = augment(images, self.mean, self.std, pad=self.pad, flip=self.train,
                     cutout=self.cutout, generator=generator)
         return x, labels
 
-    def _order(self) -> list[Tensor]:
+    def _order(self) -> Tensor:
         n = self.labels.shape[0]
         if self.train:
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(
                 seed_of(self.seed, self.epoch, 1)))
         else:
             perm = torch.arange(n)
-        return [perm[i * self.batch_size:(i + 1) * self.batch_size] for i in range(self.steps)]
+        return perm[:self.steps * self.batch_size]
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         order = self._order()
         epoch_seed = seed_of(self.seed, self.epoch, 2)
         if self.on_device:
+            # one host-to-device copy of the epoch's order, not one per batch
             gen = torch.Generator(device=self.device).manual_seed(epoch_seed)
-            for idx in order:
+            for idx in order.to(self.device).split(self.batch_size):
                 yield self.make_batch(idx, gen)
             return
         loader = torch.utils.data.DataLoader(
-            _EpochBatches(self, order, epoch_seed), batch_size=None, shuffle=False,
-            num_workers=self.workers, pin_memory=self.device.type == "cuda")
+            _EpochBatches(self, list(order.split(self.batch_size)), epoch_seed), batch_size=None,
+            shuffle=False, num_workers=self.workers, pin_memory=self.device.type == "cuda")
         for x, y in loader:
             yield (x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True))

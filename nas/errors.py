@@ -3,3 +3,7 @@
 
 class InputError(ValueError):
     """Bad user input; the CLI prints its message as one line and exits with status 2."""
+
+
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss; the CLI prints its message as one line, status 1."""

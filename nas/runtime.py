@@ -116,3 +116,23 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
     if kind is not None and state["kind"] != kind:
         raise InputError(f"{path} is a {state['kind']} checkpoint, not a {kind} checkpoint")
     return state
+
+
+def checkpoint_state(kind: str, epoch: int, objects: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """A checkpoint: every object's ``state_dict()``, the RNG states, the kind and the epoch."""
+    return {"kind": kind, "epoch": epoch, **{k: obj.state_dict() for k, obj in objects.items()},
+            "rng": rng_state(), **extra}
+
+
+def resume_from(run_dir: str | Path, kind: str, objects: dict[str, Any]) -> int:
+    """Load ``run_dir``'s checkpoint into every object and the RNGs; return the epochs done."""
+    path = Path(run_dir) / CHECKPOINT
+    state = load_checkpoint(path, kind)
+    try:
+        for key, obj in objects.items():
+            obj.load_state_dict(state[key])
+        set_rng_state(state["rng"])
+        return int(state["epoch"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else repr(exc)
+        raise InputError(f"{path} does not match the saved config: {detail}") from None

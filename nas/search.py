@@ -22,11 +22,11 @@ from torch import Tensor, nn
 
 from .config import Config, save_config, to_dict
 from .data import Batches, ImageSet, load_dataset, seed_of, split_indices
-from .errors import InputError
+from .errors import Diverged, InputError
 from .genotype import Genotype
 from .monitor import Monitor
-from .runtime import (CHECKPOINT, check_run_dir, load_checkpoint, prepare_run_dir,
-                      resolve_device, rng_state, save_checkpoint, seed_everything, set_rng_state)
+from .runtime import (CHECKPOINT, check_run_dir, checkpoint_state, prepare_run_dir,
+                      resolve_device, resume_from, save_checkpoint, seed_everything)
 from .schedules import TemperatureScheduler
 from .supernet import Supernet, build_supernet
 
@@ -152,19 +152,9 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
 
     start = 0
     prepare_run_dir(run_dir, resume=resume, force=force)
+    objects = {"model": model, "w_opt": w_opt, "a_opt": a_opt, "lr_sched": lr_sched, "tau": tau}
     if resume:
-        state = load_checkpoint(run_dir / CHECKPOINT, "search")
-        try:
-            model.load_state_dict(state["model"])
-            w_opt.load_state_dict(state["w_opt"])
-            a_opt.load_state_dict(state["a_opt"])
-            lr_sched.load_state_dict(state["lr_sched"])
-            tau.load_state_dict(state["tau"])
-            set_rng_state(state["rng"])
-            start = int(state["epoch"])
-        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-            raise InputError(f"{run_dir / CHECKPOINT} does not match the saved config: "
-                             f"{str(exc).splitlines()[0] if str(exc) else repr(exc)}") from None
+        start = resume_from(run_dir, "search", objects)
     else:
         save_config(cfg, run_dir / "config.yaml")
     (run_dir / "genotypes").mkdir(exist_ok=True)
@@ -209,6 +199,7 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
             genotype.save(run_dir / "genotypes" / f"epoch_{epoch + 1:03d}.json")
             train_loss, train_acc = train_meter.read()
             arch_loss, arch_acc = arch_meter.read()
+            check_finite([train_loss, arch_loss] if update_arch else [train_loss], epoch, run_dir)
             metrics = {"train_loss": train_loss, "train_acc": train_acc, "arch_loss": arch_loss,
                        "arch_acc": arch_acc, "tau": tau_used, "lr": lr, "arch_lr": s.arch_lr,
                        "entropy": model.entropy(), "seconds": time.time() - started}
@@ -220,18 +211,23 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
                 scalars.update({"loss/arch": arch_loss, "accuracy/arch": arch_acc})
             monitor.epoch_end(epoch, {**metrics, "genotype": str(genotype)}, scalars)
             monitor.architecture(epoch, model, genotype)
-            save_checkpoint({
-                "kind": "search", "epoch": epoch + 1, "config": to_dict(cfg),
-                "num_classes": data.num_classes, "model": model.state_dict(),
-                "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(),
-                "lr_sched": lr_sched.state_dict(), "tau": tau.state_dict(), "rng": rng_state(),
-                "genotype": genotype.to_dict(),
-            }, run_dir / CHECKPOINT)
+            save_checkpoint(checkpoint_state("search", epoch + 1, objects, config=to_dict(cfg),
+                                             num_classes=data.num_classes,
+                                             genotype=genotype.to_dict()), run_dir / CHECKPOINT)
     finally:
         monitor.close()
     genotype = _stamped(model.genotype(), cfg.space)
     genotype.save(run_dir / "genotype.json")
     return SearchResult(genotype, run_dir, metrics)
+
+
+def check_finite(losses: list[float], epoch: int, run_dir: Path) -> None:
+    """Stop with a clear message when an epoch's loss is inf or nan."""
+    bad = [v for v in losses if not math.isfinite(v)]
+    if bad:
+        last = f"; the last good checkpoint is {run_dir / CHECKPOINT} (epoch {epoch})" if epoch else ""
+        raise Diverged(f"the loss became {bad[0]} in epoch {epoch + 1}: try a lower learning "
+                       f"rate (lr, arch_lr) or gradient clipping{last}")
 
 
 def _stamped(genotype: Genotype, space: str) -> Genotype:

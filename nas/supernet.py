@@ -115,7 +115,6 @@ def node_sum(tensors: Sequence[Tensor]) -> Tensor:
     return out
 
 
-
 class SearchCell(nn.Module):
     """A DARTS-family search cell: a ``MixedEdge`` from every earlier state to every node.
 

@@ -24,9 +24,10 @@ from .errors import InputError
 from .genotype import Genotype
 from .monitor import Monitor
 from .network import build_network, count_macs, count_parameters
-from .runtime import (CHECKPOINT, check_run_dir, load_checkpoint, prepare_run_dir,
-                      resolve_device, rng_state, save_checkpoint, seed_everything, set_rng_state)
-from .search import Meter, autocast
+from .runtime import (CHECKPOINT, check_run_dir, checkpoint_state, load_checkpoint,
+                      prepare_run_dir, resolve_device, resume_from, save_checkpoint,
+                      seed_everything)
+from .search import Meter, autocast, check_finite
 
 
 @dataclass
@@ -117,17 +118,9 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
 
     start = 0
     prepare_run_dir(run_dir, resume=resume, force=force)
+    objects = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
     if resume:
-        state = load_checkpoint(run_dir / CHECKPOINT, "train")
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            set_rng_state(state["rng"])
-            start = int(state["epoch"])
-        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-            raise InputError(f"{run_dir / CHECKPOINT} does not match the saved config: "
-                             f"{str(exc).splitlines()[0] if str(exc) else repr(exc)}") from None
+        start = resume_from(run_dir, "train", objects)
     else:
         save_config(cfg, run_dir / "config.yaml")
         genotype.save(run_dir / "genotype.json")
@@ -171,6 +164,7 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
                     monitor.postfix(loss=mean_loss, acc=acc)
             scheduler.step()
             train_loss, train_acc = meter.read()
+            check_finite([train_loss], epoch, run_dir)
             test_loss, test_acc = evaluate_model(model, test_batches, t.amp, t.channels_last)
             metrics = {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
                        "test_acc": test_acc, "lr": lr, "drop_path": drop_prob,
@@ -178,13 +172,10 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
             monitor.epoch_end(epoch, metrics, {
                 "loss/train": train_loss, "accuracy/train": train_acc, "loss/test": test_loss,
                 "accuracy/test": test_acc, "lr": lr, "drop_path": drop_prob})
-            save_checkpoint({
-                "kind": "train", "epoch": epoch + 1, "config": to_dict(cfg), "space": space,
-                "num_classes": train_data.num_classes, "genotype": genotype.to_dict(),
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": rng_state(),
-                "test_acc": test_acc, "test_loss": test_loss,
-            }, run_dir / CHECKPOINT)
+            save_checkpoint(checkpoint_state(
+                "train", epoch + 1, objects, config=to_dict(cfg), space=space,
+                num_classes=train_data.num_classes, genotype=genotype.to_dict(),
+                test_acc=test_acc, test_loss=test_loss), run_dir / CHECKPOINT)
     finally:
         monitor.close()
     if math.isnan(test_acc):  # resumed a finished run: evaluate what it holds

@@ -229,3 +229,10 @@ def test_genotype_show_and_plot(tmp_path, capsys):
 def test_python_dash_m_and_console_script_agree():
     out = subprocess.run([sys.executable, "-m", "nas", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == f"gumbel-nas {nas.__version__}"
+
+
+def test_a_diverging_search_stops_with_one_line(tmp_path, tiny_config, capsys):
+    run = tmp_path / "run"
+    code, _, err = run_search(["--config", str(tiny_config), "--run-dir", str(run), "--quiet",
+                               "--set", "search.lr=1e30", "search.grad_clip=0"], capsys)
+    assert code == 1 and "the loss became nan in epoch" in err and err.count("\n") == 1
