@@ -54,34 +54,51 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
     return (a * b).sum()
 
 
-class _SampledOp(torch.autograd.Function):
-    """The output of the one op that ran, as if weighted by the one-hot hard sample.
+class _SampledNode(torch.autograd.Function):
+    """A node's sum of sampled-op outputs, as if each were weighted by its one-hot hard sample.
 
-    Forward returns ``out`` unchanged: its hard weight is exactly 1, so no multiply runs.
-    Backward gives the sampled weight ``<grad, out>`` and every unsampled weight ``sum(grad)``:
+    Forward returns the plain sum: every hard weight is exactly 1, so no multiply runs. Backward
+    gives each edge's sampled weight ``<grad, out>`` and its unsampled weights ``sum(grad)``:
     GDAS adds the unsampled (zero-valued) hard weights to the edge output as scalars, so every
-    logit of the edge receives a gradient although only one op ran.
+    logit of the edge receives a gradient although only one op ran. ``sum(grad)`` is shared by
+    the node's edges, so it is computed once per node.
     """
 
     @staticmethod
-    def forward(ctx, out: Tensor, weights: Tensor, index: int) -> Tensor:  # type: ignore[override]
-        ctx.index, ctx.num_ops, ctx.dtype = index, weights.shape[0], weights.dtype
-        ctx.save_for_backward(out)
-        return out
+    def forward(ctx, weights: Tensor, first: int, index: Sequence[int],  # type: ignore[override]
+                *outs: Tensor) -> Tensor:
+        ctx.first, ctx.index = first, tuple(index)
+        ctx.weights_meta = weights.shape, weights.dtype
+        ctx.save_for_backward(*outs)
+        return node_sum(outs)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        (out,) = ctx.saved_tensors
-        grad_weights = grad.sum(dtype=ctx.dtype).repeat(ctx.num_ops)
-        grad_weights[ctx.index] = _dot(grad, out).to(ctx.dtype)
-        return grad, grad_weights, None
+        grad_weights = None
+        if ctx.needs_input_grad[0]:
+            weights_shape, dtype = ctx.weights_meta
+            grad_weights = torch.zeros(weights_shape, dtype=dtype, device=grad.device)
+            rows = grad_weights[ctx.first:ctx.first + len(ctx.index)]
+            rows.fill_(grad.sum(dtype=dtype))
+            for row, k, out in zip(rows, ctx.index, ctx.saved_tensors):
+                row[k] = _dot(grad, out)
+        return (grad_weights, None, None, *([grad] * len(ctx.index)))
+
+
+def sampled_node(weights: Tensor, first: int, index: Sequence[int], outs: Sequence[Tensor]) -> Tensor:
+    """Sum the outputs of the ops sampled on edges ``first, first+1, ...`` of one node.
+
+    ``weights`` is the cell kind's hard sample ``[edges, ops]`` and ``index[j]`` the op that ran
+    on edge ``first + j``; the weights get the GDAS gradient (see ``_SampledNode``).
+    """
+    if not weights.requires_grad:
+        return node_sum(outs)
+    return _SampledNode.apply(weights, first, index, *outs)
 
 
 def sampled_op(out: Tensor, weights: Tensor, index: int) -> Tensor:
     """Attach the output of the sampled op ``index`` to its edge's hard weights ``[ops]``."""
-    if not weights.requires_grad:
-        return out
-    return _SampledOp.apply(out, weights, index)
+    return sampled_node(weights.unsqueeze(0), 0, (index,), (out,))
 
 
 class MixedEdge(nn.Module):
@@ -97,10 +114,15 @@ class MixedEdge(nn.Module):
             built = [wrap(name, op, C) for name, op in zip(ops, built)]
         self.ops = nn.ModuleList(built)
 
-    def forward(self, x: Tensor, weights: Tensor, index: int | None = None) -> Tensor:
-        """Run op ``index`` alone, or every op weighted by ``weights`` when index is None."""
+    def forward(self, x: Tensor, weights: Tensor | None, index: int | None = None) -> Tensor:
+        """Run op ``index`` alone, or every op weighted by ``weights`` when index is None.
+
+        With an index and ``weights=None`` the op's output comes back unweighted: the caller
+        attaches the hard weights itself, as ``SearchCell`` does for a whole node at once.
+        """
         if index is not None:
-            return sampled_op(self.ops[index](x), weights, index)
+            out = self.ops[index](x)
+            return out if weights is None else sampled_op(out, weights, index)
         out = weights[0] * self.ops[0](x)
         for w, op in zip(weights[1:], self.ops[1:]):
             out = out + w * op(x)
@@ -140,8 +162,15 @@ class SearchCell(nn.Module):
         states, e = list(inputs), 0
         for _ in range(self.num_nodes):
             count = len(states)
-            states.append(node_sum([self.edges[e + j](states[j], *sample[e + j])
-                                    for j in range(count)]))
+            if sample.index is None:  # every op of every edge runs, weighted
+                out = node_sum([self.edges[e + j](states[j], sample.weights[e + j])
+                                for j in range(count)])
+            else:  # one op per edge; the node attaches the hard weights of all its edges at once
+                index = sample.index[e:e + count]
+                out = sampled_node(sample.weights, e, index,
+                                   [self.edges[e + j](states[j], None, index[j])
+                                    for j in range(count)])
+            states.append(out)
             e += count
         if self.concat:
             return torch.cat([states[i] for i in self.concat], dim=1)

@@ -233,7 +233,11 @@ def test_hard_weight_gradients_are_the_estimators(space, mode, monkeypatch):
 
     def keep_grad(key):
         def hook(module, inputs, output):
-            output.register_hook(lambda g: edge_grad.__setitem__(key, g.detach()))
+            # a fresh view, so that only this edge's gradient reaches the hook (an identity op
+            # returns its input, which other edges read too)
+            view = output.view_as(output)
+            view.register_hook(lambda g: edge_grad.__setitem__(key, g.detach()))
+            return view
         return hook
 
     for c, cell in enumerate(cells):
