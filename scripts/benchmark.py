@@ -70,16 +70,24 @@ def reference_gdas(supernet, w_opt, a_opt, xw, yw, xa, ya, device, amp):
     import nas
     from nas.search import autocast
 
-    def edge_forward(self, x, weights, index=None):
-        k = int(weights.argmax().item())
-        out = 0
-        for i, op in enumerate(self.ops):
-            out = out + (weights[i] * op(x) if i == k else weights[i])
-        return out
+    def cell_forward(self, inputs, sample):
+        states, e = list(inputs), 0
+        for _ in range(self.num_nodes):
+            outs = []
+            for j, state in enumerate(states):
+                weights, ops = sample.weights[e + j], self.edges[e + j].ops
+                k = int(weights.argmax().item())
+                outs.append(sum(weights[i] * ops[i](state) if i == k else weights[i]
+                                for i in range(len(ops))))
+            e += len(states)
+            states.append(sum(outs))
+        if self.concat:
+            return torch.cat([states[i] for i in self.concat], dim=1)
+        return states[-1]
 
-    for edge in supernet.modules():
-        if isinstance(edge, nas.MixedEdge):
-            edge.forward = edge_forward.__get__(edge)
+    for cell in supernet.modules():
+        if isinstance(cell, nas.SearchCell):
+            cell.forward = cell_forward.__get__(cell)
 
     def step():
         with autocast(device, amp):
@@ -99,8 +107,9 @@ def reference_gdas(supernet, w_opt, a_opt, xw, yw, xa, ya, device, amp):
 
 
 def measure(space: str, mode: str, batch: int, steps: int, warmup: int, device_name: str,
-            amp: bool, channels_last: bool) -> dict:
-    """Time ``steps`` search steps (after ``warmup``) of one mode, or of the lower limit."""
+            amp: bool, channels_last: bool, min_time: float = 0.0) -> dict:
+    """Time search steps of one mode, or of the lower limit, after ``warmup`` steps: at least
+    ``steps`` of them, and more (up to 100) until ``min_time`` seconds have been measured."""
     import torch
     import torch.nn.functional as F
     import nas
@@ -170,17 +179,18 @@ def measure(space: str, mode: str, batch: int, steps: int, warmup: int, device_n
     base_rss = rss_mb()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for i in range(warmup + steps):
+    for _ in range(warmup):
+        step()
+    times: list[float] = []
+    while len(times) < steps or (sum(times) < min_time and len(times) < 100):
         sync()
         start = time.perf_counter()
         step()
         sync()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
+        times.append(time.perf_counter() - start)
     median = statistics.median(times)
     result = {"space": space, "mode": mode, "batch": batch, "device": str(device),
-              "median_s": median, "min_s": min(times), "steps": steps,
+              "median_s": median, "min_s": min(times), "steps": len(times),
               "images_per_s": 2 * batch / median, "params": params}
     if device.type == "cuda":
         result["peak_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
@@ -197,9 +207,10 @@ def table(results: list[dict]) -> str:
     """The Markdown table of one run."""
     device = results[0].get("device_name") or results[0]["device"]
     lines = [f"Device: {device}" + (f", {results[0]['threads']} threads" if "threads" in results[0] else "")
-             + f"; batch {results[0]['batch']}, 32x32; median of {results[0]['steps']} steps.", "",
-             "| space | mode | step (s) | vs lower limit | vs softmax | images/s | peak memory (MB) |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+             + f"; batch {results[0]['batch']}, 32x32; step time: the median over the steps "
+             "counted (at least 3, and at least 30 s of steps).", "",
+             "| space | mode | step (s) | steps | vs lower limit | vs softmax | images/s | peak memory (MB) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for space in SPACES:
         rows = {r["mode"]: r for r in results if r["space"] == space}
         if not rows:
@@ -214,7 +225,7 @@ def table(results: list[dict]) -> str:
             mem = f"{r['peak_mb']:.0f}" + (f" (+{r['growth_mb']:.0f})" if "growth_mb" in r else "")
             name = {"lower": "lower limit (sampled subnetwork)",
                     "gdas-reference": "gdas, done as the reference code does"}.get(mode, mode)
-            lines.append(f"| {space} | {name} | {r['median_s']:.3f} | {vs_lower} | {vs_soft} | "
+            lines.append(f"| {space} | {name} | {r['median_s']:.3f} | {r['steps']} | {vs_lower} | {vs_soft} | "
                          f"{r['images_per_s']:.0f} | {mem} |")
     lines += ["", f"Targets: {TARGETS}."]
     if any("growth_mb" in r for r in results):
@@ -228,7 +239,9 @@ def main() -> int:
     parser.add_argument("--space", nargs="+", default=list(SPACES), choices=list(SPACES))
     parser.add_argument("--modes", nargs="+", default=list(ROWS), choices=ROWS)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=3, help="measured steps per row")
+    parser.add_argument("--steps", type=int, default=3, help="fewest measured steps per row")
+    parser.add_argument("--min-time", type=float, default=30.0,
+                        help="measure more steps (up to 100) until this many seconds")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast")
@@ -239,7 +252,7 @@ def main() -> int:
 
     if args.one:
         print(json.dumps(measure(args.one[0], args.one[1], args.batch, args.steps, args.warmup,
-                                 args.device, args.amp, args.channels_last)))
+                                 args.device, args.amp, args.channels_last, args.min_time)))
         return 0
     results = []
     try:
@@ -249,7 +262,8 @@ def main() -> int:
     jobs = [(s, m) for s in args.space for m in args.modes]
     for space, mode in tqdm(jobs, desc="benchmark", unit="row"):
         cmd = [sys.executable, __file__, "--one", space, mode, "--batch", str(args.batch),
-               "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device]
+               "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
+               "--min-time", str(args.min_time)]
         cmd += ["--amp"] * args.amp + ["--channels-last"] * args.channels_last
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:

@@ -523,3 +523,32 @@ def test_host_syncs_per_forward(space, mode, training, expected, monkeypatch):
     model(x)
     monkeypatch.undo()
     assert calls == {"tolist": expected, "item": 0}
+
+
+# -- the benchmark's guard (not timed) ----------------------------------------------------------
+@pytest.mark.parametrize("order", ["weights_first", "arch_first"])
+@pytest.mark.parametrize("space", SPACES)
+def test_guard_gdas_never_runs_more_ops_than_edges(space, order):
+    """Through real search steps (weight step and architecture step of nas.search, backward
+    included), no forward of a gdas supernet ever runs more op modules than it has edges."""
+    from nas.search import arch_step, weight_step
+
+    model = make(space, "gdas", seed=4)
+    edges = sum(len(cell.edges) for cell in search_cells(model))
+    counts: list[int] = []
+    model.register_forward_pre_hook(lambda module, args: counts.append(0))
+    op_modules = [op for cell in search_cells(model) for edge in cell.edges for op in edge.ops]
+    for op in op_modules:
+        op.register_forward_hook(lambda module, inputs, output: counts.__setitem__(-1, counts[-1] + 1))
+    w_opt = torch.optim.SGD(model.weight_parameters(), 0.05, momentum=0.9)
+    a_opt = torch.optim.Adam(model.arch_parameters(), 0.1)
+    model.tau = 5.0
+    for step in range(4):
+        (xw, yw), (xa, ya) = batch(2 * step), batch(2 * step + 1)
+        if order == "arch_first":
+            arch_step(model, a_opt, xa, ya, amp=False)
+        weight_step(model, w_opt, xw, yw, grad_clip=5.0, amp=False)
+        if order == "weights_first":
+            arch_step(model, a_opt, xa, ya, amp=False)
+    assert len(counts) == 8  # two forwards per step, nothing re-run in backward
+    assert max(counts) <= edges and min(counts) == edges
