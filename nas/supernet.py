@@ -49,9 +49,9 @@ class ArchSample:
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
-    if a.is_contiguous() and b.is_contiguous():
+    if a.dtype == b.dtype and a.is_contiguous() and b.is_contiguous():
         return torch.dot(a.view(-1), b.view(-1))  # no temporary the size of the activation
-    return (a * b).sum()
+    return (a * b).sum(dtype=torch.float32)  # other memory layouts, or mixed dtypes under autocast
 
 
 class _SampledNode(torch.autograd.Function):

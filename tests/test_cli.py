@@ -236,3 +236,14 @@ def test_a_diverging_search_stops_with_one_line(tmp_path, tiny_config, capsys):
     code, _, err = run_search(["--config", str(tiny_config), "--run-dir", str(run), "--quiet",
                                "--set", "search.lr=1e30", "search.grad_clip=0"], capsys)
     assert code == 1 and "the loss became nan in epoch" in err and err.count("\n") == 1
+
+
+def test_bf16_autocast_and_channels_last_run(tmp_path, tiny_config, capsys):
+    # meant for CUDA, but both work on the CPU too: an accepted flag works
+    run = tmp_path / "run"
+    code, _, err = run_search(["--config", str(tiny_config), "--run-dir", str(run), "--quiet",
+                               "--set", "search.epochs=1", "search.amp=true",
+                               "search.channels_last=true"], capsys)
+    assert code == 0, err
+    line = json.loads((run / "metrics.jsonl").read_text())
+    assert line["train_loss"] > 0 and line["arch_loss"] > 0
