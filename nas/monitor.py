@@ -20,6 +20,9 @@ from .genotype import Genotype
 from .supernet import Supernet
 
 
+BAR_KEYS = ("train_loss", "train_acc", "arch_acc", "test_acc", "tau")  # beside the epoch bar
+
+
 def _is_tty() -> bool:
     return hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
 
@@ -81,11 +84,12 @@ class Monitor:
             self.writer.add_scalar(tag, value, epoch + 1)
         self.writer.flush()
         shown = {k: v for k, v in metrics.items() if isinstance(v, float)}
-        line = " ".join(f"{k}={v:.4g}" for k, v in shown.items())
         if self.bars:
+            brief = {k: shown[k] for k in BAR_KEYS if k in shown}
             self.epoch_bar.update(1)
-            self.epoch_bar.set_postfix_str(line[:120])
+            self.epoch_bar.set_postfix_str(" ".join(f"{k}={v:.4g}" for k, v in brief.items()))
         else:
+            line = " ".join(f"{k}={v:.4g}" for k, v in shown.items())
             self.print(f"{self.title} epoch {epoch + 1}/{self.epochs} {line}")
 
     def architecture(self, epoch: int, model: Supernet, genotype: Genotype) -> None:
