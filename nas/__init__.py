@@ -16,7 +16,7 @@ from .network import GenotypeCell, build_network, count_macs, count_parameters, 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ArchSample", "DATASETS", "Genotype", "GenotypeCell", "InputError", "MODES", "MixedEdge",
+    "ArchSample", "DATASETS", "data", "Genotype", "GenotypeCell", "InputError", "MODES", "MixedEdge",
     "OPS", "Registry", "SCHEDULES", "SEARCH_SPACES", "SearchCell", "SearchSpace", "Supernet",
     "TemperatureScheduler", "build_network", "build_supernet", "get_space", "count_macs", "count_parameters", "derive_cell",
     "drop_path", "edge_inputs", "gumbel", "load_object", "node_sum", "ops", "parse_genotype",

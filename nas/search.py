@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .config import Config, save_config, to_dict
 from .data import Batches, ImageSet, load_dataset, seed_of, split_indices
-from .errors import Diverged, InputError
+from .errors import Diverged
 from .genotype import Genotype
 from .monitor import Monitor
 from .runtime import (CHECKPOINT, check_run_dir, checkpoint_state, prepare_run_dir,

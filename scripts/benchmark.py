@@ -41,7 +41,7 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2 ** 20
 
 
-def sampled_genotype(model, sample) -> "nas.Genotype":
+def sampled_genotype(model, sample):
     """The discrete subnetwork a single-path sample selects: every edge with its sampled op."""
     import nas
     cells, concat = {}, {}

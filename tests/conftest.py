@@ -50,6 +50,13 @@ def cifar_root(tmp_path_factory) -> Path:
     return write_cifar10(tmp_path_factory.mktemp("cifar"))
 
 
+DARTS_V2 = (
+    "Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), "
+    "('sep_conv_3x3', 1), ('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), "
+    "('dil_conv_3x3', 2)], normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), "
+    "('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 1), ('max_pool_3x3', 0), "
+    "('skip_connect', 2), ('skip_connect', 2), ('max_pool_3x3', 1)], reduce_concat=[2, 3, 4, 5])")
+
 TINY_SEARCH = {
     "data": {"image_size": 8, "pad": 1, "workers": 0},
     "supernet": {"C": 4, "cells": 3},
@@ -58,3 +65,13 @@ TINY_SEARCH = {
     "train": {"epochs": 2, "batch_size": 16, "steps_per_epoch": 2, "cutout": 4,
               "eval_batch_size": 20},
 }
+
+
+@pytest.fixture
+def tiny_config(tmp_path, cifar_root) -> Path:
+    """A config for a search or retraining that takes a second or two: 8x8 images, C=4, 3 cells."""
+    import yaml
+    cfg = {**TINY_SEARCH, "data": {**TINY_SEARCH["data"], "root": str(cifar_root)}}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,18 +14,8 @@ import yaml
 import nas
 import nas.search
 from nas.cli import main
-from conftest import TINY_SEARCH
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def tiny_config(tmp_path, cifar_root) -> Path:
-    """A config for a search that takes a second or two: 8x8 images, C=4, 3 cells."""
-    cfg = {**TINY_SEARCH, "data": {**TINY_SEARCH["data"], "root": str(cifar_root)}}
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 def snapshot(directory: Path) -> dict[str, str]:
@@ -162,8 +151,7 @@ def test_quiet_prints_only_the_result(tmp_path, tiny_config, capsys):
     (["--set", "search.tau.schedule=linaer"], "did you mean 'linear'?"),
 ])
 def test_input_errors_exit_2_with_one_line(tmp_path, tiny_config, capsys, extra, message):
-    args = ([] if not extra or extra[0] != "--config" else [])
-    base = ["--config", str(tiny_config)] if extra != [] else []
+    base = ["--config", str(tiny_config)] if extra else []
     run = tmp_path / "never"
     code, out, err = run_search([*base, *extra, "--run-dir", str(run)], capsys)
     assert code == 2

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 import nas
-from nas.data import Batches, ImageSet, augment, load_dataset, split_indices
+from nas.data import Batches, augment, load_dataset, split_indices
 from conftest import write_cifar10
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -6,29 +6,15 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 import nas
 import nas.train
 from nas.cli import main
 from nas.config import build_config
-from conftest import TINY_SEARCH, write_cifar10
+from conftest import DARTS_V2 as V2, write_cifar10
 
 ROOT = Path(__file__).resolve().parents[1]
-V2 = ("Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), "
-      "('sep_conv_3x3', 1), ('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), "
-      "('dil_conv_3x3', 2)], normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), "
-      "('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 1), ('max_pool_3x3', 0), "
-      "('skip_connect', 2), ('skip_connect', 2), ('max_pool_3x3', 1)], reduce_concat=[2, 3, 4, 5])")
 NB = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
-
-
-@pytest.fixture
-def tiny_config(tmp_path, cifar_root) -> Path:
-    cfg = {**TINY_SEARCH, "data": {**TINY_SEARCH["data"], "root": str(cifar_root)}}
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 def test_retraining_lowers_the_training_loss(tmp_path):
