@@ -188,7 +188,7 @@ def test_fixed_reduction_genotype_saves_and_reloads(tmp_path):
 
 
 # -- genotypes that do not fit --------------------------------------------------------------------
-def one_line_input_error(build, pattern: str) -> str:
+def check_one_line_input_error(build, pattern: str) -> str:
     with pytest.raises(nas.InputError, match=pattern) as info:
         build()
     message = str(info.value)
@@ -198,41 +198,41 @@ def one_line_input_error(build, pattern: str) -> str:
 
 def test_nb201_genotype_does_not_fit_darts():
     g = nas.parse_genotype(NB201_ARCH)
-    one_line_input_error(lambda: darts().network(g, 10, **TINY_DARTS),
+    check_one_line_input_error(lambda: darts().network(g, 10, **TINY_DARTS),
                          r"does not fit the darts space.*\['cell'\]")
 
 
 def test_darts_genotype_does_not_fit_nb201():
     g = nas.parse_genotype(DARTS_V2)
-    one_line_input_error(lambda: nb201().network(g, 10, C=4, cells_per_stage=1),
+    check_one_line_input_error(lambda: nb201().network(g, 10, C=4, cells_per_stage=1),
                          "does not fit the nasbench201 space")
     two_nodes = nas.parse_genotype("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|")
-    one_line_input_error(lambda: nb201().network(two_nodes, 10, C=4, cells_per_stage=1),
+    check_one_line_input_error(lambda: nb201().network(two_nodes, 10, C=4, cells_per_stage=1),
                          "needs one cell 'cell' of 3 nodes")
 
 
 def test_darts_genotype_with_an_input_out_of_range():
     g = nas.parse_genotype(DARTS_V2.replace("('dil_conv_3x3', 2)", "('dil_conv_3x3', 6)"))
-    one_line_input_error(lambda: darts().network(g, 10, **TINY_DARTS),
+    check_one_line_input_error(lambda: darts().network(g, 10, **TINY_DARTS),
                          r"normal cell: node 3 reads state 6, but only states 0\.\.4 exist")
     g = nas.parse_genotype(DARTS_V2.replace("('max_pool_3x3', 0), ('max_pool_3x3', 1), "
                                             "('skip_connect', 2)",
                                             "('max_pool_3x3', -1), ('max_pool_3x3', 1), "
                                             "('skip_connect', 2)"))
-    one_line_input_error(lambda: darts().network(g, 10, **TINY_DARTS),
+    check_one_line_input_error(lambda: darts().network(g, 10, **TINY_DARTS),
                          r"reduce cell: node 0 reads state -1")
     g = nas.parse_genotype(DARTS_V2.replace("normal_concat=[2, 3, 4, 5]", "normal_concat=[2, 3, 9]"))
-    one_line_input_error(lambda: darts().network(g, 10, **TINY_DARTS),
+    check_one_line_input_error(lambda: darts().network(g, 10, **TINY_DARTS),
                          r"normal cell: concat names state 9")
 
 
 def test_unknown_op_name_suggests_the_closest():
     g = nas.parse_genotype(DARTS_V2.replace("('dil_conv_3x3', 2)", "('sep_conv_3x4', 2)"))
-    message = one_line_input_error(lambda: darts().network(g, 10, **TINY_DARTS),
+    message = check_one_line_input_error(lambda: darts().network(g, 10, **TINY_DARTS),
                                    "unknown op 'sep_conv_3x4'; did you mean 'sep_conv_3x3'")
     assert "normal cell" in message
     g = nas.parse_genotype(NB201_ARCH.replace("skip_connect", "skip_conect"))
-    one_line_input_error(lambda: nb201().network(g, 10, C=4, cells_per_stage=1),
+    check_one_line_input_error(lambda: nb201().network(g, 10, C=4, cells_per_stage=1),
                          "did you mean 'skip_connect'")
 
 
@@ -240,7 +240,7 @@ def test_build_network_checks_options():
     g = nas.parse_genotype(DARTS_V2)
     net = nas.build_network("darts", g, 10, {**TINY_DARTS, "auxiliary": False})
     assert len(net.cells) == 3 and net.auxiliary_head is None
-    one_line_input_error(lambda: nas.build_network("darts", g, 10, {"cell": 3}),
+    check_one_line_input_error(lambda: nas.build_network("darts", g, 10, {"cell": 3}),
                          "network.cell: unknown key; did you mean 'cells'")
 
 
