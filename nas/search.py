@@ -166,7 +166,8 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
                       f"images (weights/architecture), {steps} steps/epoch, {n_params:,} "
                       f"weights, device {device}")
     else:
-        monitor.print(f"resuming {run_dir} at epoch {start + 1}/{s.epochs}")
+        monitor.print(f"resuming {run_dir} at epoch {start + 1}/{s.epochs}" if start < s.epochs
+                      else f"{run_dir} has finished all {s.epochs} epochs")
     metrics: dict[str, Any] = {}
     try:
         for epoch in range(start, s.epochs):

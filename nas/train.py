@@ -127,7 +127,8 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
 
     monitor = Monitor(run_dir, epochs=t.epochs, start_epoch=start, quiet=quiet, title="train")
     if resume:
-        monitor.print(f"resuming {run_dir} at epoch {start + 1}/{t.epochs}")
+        monitor.print(f"resuming {run_dir} at epoch {start + 1}/{t.epochs}" if start < t.epochs
+                      else f"{run_dir} has finished all {t.epochs} epochs")
     else:
         monitor.print(f"train: {space} network, {params:,} parameters (auxiliary head "
                       f"excluded), {macs / 1e6:.1f}M multiply-adds, {len(train_data)} training / "
