@@ -6,6 +6,7 @@ and exits with status 2; Ctrl-C exits with 130 and says how to resume.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -270,6 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Diverged as exc:
         print(f"nas {verb}: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         where = getattr(args, "chosen_run_dir", None)
         hint = f"; continue with: nas {verb} --resume {where}" if verb in ("search", "train", "run") \
