@@ -12,7 +12,7 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,9 @@ from torch import Tensor
 
 from .errors import InputError
 from .registry import DATASETS
+
+if TYPE_CHECKING:
+    from .config import DataConfig
 
 
 @dataclass
@@ -183,6 +186,16 @@ def load_dataset(name: str, root: str | Path, train: bool, download: bool = Fals
     return data
 
 
+def load_split(cfg: "DataConfig", train: bool) -> ImageSet:
+    """The training or test split that a config's ``data:`` section names, cut to its limit."""
+    data = load_dataset(cfg.dataset, cfg.root, train=train, download=cfg.download,
+                        image_size=cfg.image_size)
+    limit = cfg.limit if train else cfg.test_limit
+    if limit is not None and limit < len(data):
+        data = data.subset(torch.arange(limit))
+    return data
+
+
 def resize(images: Tensor, size: int) -> Tensor:
     """Resize uint8 images (antialiased bilinear), in chunks to bound memory."""
     out = torch.empty(images.shape[0], 3, size, size, dtype=torch.uint8)
@@ -260,16 +273,18 @@ class Batches:
     """Shuffled, augmented batches of an ``ImageSet``, one epoch per iteration.
 
     ``on_device=True`` moves the uint8 images to ``device`` once and augments each batch there;
-    otherwise ``workers`` DataLoader processes augment batches on the CPU. Call
+    otherwise ``workers`` DataLoader processes augment batches on the CPU. ``None`` chooses the
+    device path on CUDA only. Call
     ``set_epoch(epoch)`` before iterating: the order and augmentation depend on (seed, epoch).
     """
 
     def __init__(self, data: ImageSet, batch_size: int, *, train: bool, device: torch.device,
-                 on_device: bool, workers: int = 0, pad: int = 4, cutout: int = 0,
+                 on_device: bool | None = None, workers: int = 0, pad: int = 4, cutout: int = 0,
                  seed: int = 0, max_steps: int | None = None) -> None:
         if len(data) == 0:
             raise InputError("no images to make batches from")
-        self.device, self.on_device, self.workers = torch.device(device), on_device, workers
+        self.device, self.workers = torch.device(device), workers
+        self.on_device = on_device = self.device.type == "cuda" if on_device is None else on_device
         self.images = data.images.to(self.device) if on_device else data.images
         self.labels = data.labels.to(self.device) if on_device else data.labels
         where = self.device if on_device else torch.device("cpu")

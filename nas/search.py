@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import Config, save_config, to_dict
-from .data import Batches, ImageSet, load_dataset, seed_of, split_indices
+from .data import Batches, load_split, seed_of, split_indices
 from .errors import Diverged
 from .genotype import Genotype
 from .monitor import Monitor
@@ -78,15 +78,6 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def load_search_data(cfg: Config) -> ImageSet:
-    """The training set of the configured dataset, cut to ``data.limit`` images."""
-    d = cfg.data
-    data = load_dataset(d.dataset, d.root, train=True, download=d.download, image_size=d.image_size)
-    if d.limit is not None and d.limit < len(data):
-        data = data.subset(torch.arange(d.limit))
-    return data
-
-
 def weight_step(model: Supernet, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
                 grad_clip: float, amp: bool) -> tuple[Tensor, Tensor]:
     """One SGD step of the weights; the logits get no gradient. Returns (loss, logits)."""
@@ -126,15 +117,14 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
     s = cfg.search
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    data = load_search_data(cfg)
+    data = load_split(cfg.data, train=True)
     w_idx, a_idx = split_indices(len(data), cfg.data.split, cfg.seed)
-    on_device = cfg.data.on_device if cfg.data.on_device is not None else device.type == "cuda"
     steps = min(len(w_idx), len(a_idx)) // s.batch_size or 1
     steps = min(steps, s.steps_per_epoch) if s.steps_per_epoch else steps
 
     def batches(idx: Tensor, tag: int) -> Batches:
         return Batches(data.subset(idx), s.batch_size, train=True, device=device,
-                       on_device=on_device, workers=cfg.data.workers, pad=cfg.data.pad,
+                       on_device=cfg.data.on_device, workers=cfg.data.workers, pad=cfg.data.pad,
                        seed=seed_of(cfg.seed, tag), max_steps=steps)
 
     w_batches, a_batches = batches(w_idx, 1), batches(a_idx, 2)

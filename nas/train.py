@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import Config, build_config, save_config, to_dict
-from .data import Batches, ImageSet, load_dataset, seed_of
+from .data import Batches, load_split, seed_of
 from .errors import InputError
 from .genotype import Genotype
 from .monitor import Monitor
@@ -46,17 +46,6 @@ def _outputs(out: Any) -> tuple[Tensor, Tensor | None]:
     if isinstance(out, tuple):
         return out[0], out[1] if len(out) > 1 else None
     return out, None
-
-
-def load_split(cfg: Config, train: bool) -> ImageSet:
-    """The configured dataset's training or test split, cut to its limit."""
-    d = cfg.data
-    data = load_dataset(d.dataset, d.root, train=train, download=d.download,
-                        image_size=d.image_size)
-    limit = d.limit if train else d.test_limit
-    if limit is not None and limit < len(data):
-        data = data.subset(torch.arange(limit))
-    return data
 
 
 def space_of(cfg: Config, genotype: Genotype) -> str:
@@ -90,7 +79,7 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
     t = cfg.train
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    train_data, test_data = load_split(cfg, True), load_split(cfg, False)
+    train_data, test_data = load_split(cfg.data, True), load_split(cfg.data, False)
     if test_data.num_classes != train_data.num_classes:
         raise InputError("the training and test splits have different numbers of classes")
     space = space_of(cfg, genotype)
@@ -106,12 +95,11 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
     model = model.to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    on_device = cfg.data.on_device if cfg.data.on_device is not None else device.type == "cuda"
     train_batches = Batches(train_data, t.batch_size, train=True, device=device,
-                            on_device=on_device, workers=cfg.data.workers, pad=cfg.data.pad,
+                            on_device=cfg.data.on_device, workers=cfg.data.workers, pad=cfg.data.pad,
                             cutout=t.cutout, seed=seed_of(cfg.seed, 3), max_steps=t.steps_per_epoch)
     test_batches = Batches(test_data, t.eval_batch_size, train=False, device=device,
-                           on_device=on_device, workers=cfg.data.workers)
+                           on_device=cfg.data.on_device, workers=cfg.data.workers)
     optimizer = torch.optim.SGD(model.parameters(), t.lr, momentum=t.momentum,
                                 weight_decay=t.weight_decay, nesterov=t.nesterov and t.momentum > 0)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, t.epochs, eta_min=t.lr_min)
@@ -200,10 +188,9 @@ def evaluate_checkpoint(path: str | Path, *, data_root: str | None = None, devic
     model = build_network(state["space"], genotype, state["num_classes"], cfg.network)
     model.load_state_dict(state["model"])
     model = model.to(dev)
-    test_data = load_split(cfg, False)
-    on_device = cfg.data.on_device if cfg.data.on_device is not None else dev.type == "cuda"
+    test_data = load_split(cfg.data, False)
     batches = Batches(test_data, batch_size or cfg.train.eval_batch_size, train=False, device=dev,
-                      on_device=on_device, workers=cfg.data.workers)
+                      on_device=cfg.data.on_device, workers=cfg.data.workers)
     loss, acc = evaluate_model(model, batches)
     return {"test_acc": acc, "test_loss": loss, "images": len(test_data), "epoch": state["epoch"],
             "params": count_parameters(model)}
