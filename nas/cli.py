@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     verbs.required = True
 
     p = verbs.add_parser("search", help="search an architecture; writes genotype.json")
+    p.add_argument("--benchmark", metavar="TABLE",
+                   help="NAS-Bench-201 table (CSV or NATS-Bench files): log the derived cell's "
+                        "accuracy every epoch (config key search.benchmark)")
     _add_run_options(p, True)
 
     p = verbs.add_parser("train", help="retrain a genotype from scratch; writes result.json")
@@ -72,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     gverbs.required = True
     g = gverbs.add_parser("show", help="print a genotype in its string forms")
     g.add_argument("genotype", metavar="FILE|STRING")
+    g.add_argument("--benchmark", metavar="TABLE",
+                   help="NAS-Bench-201 table (CSV or NATS-Bench files): print the cell's "
+                        "accuracies and rank")
     g = gverbs.add_parser("plot", help="write each cell as Graphviz DOT and PNG")
     g.add_argument("genotype", metavar="FILE|STRING")
     g.add_argument("--out", metavar="DIR", help="output directory (default: beside the file, "
@@ -124,6 +130,8 @@ def _config(args: argparse.Namespace, verb: str, saved_config: str = "config.yam
 def _print_search(result) -> None:
     print(f"genotype: {result.genotype}")
     print(f"genotype file: {result.run_dir / 'genotype.json'}")
+    if result.benchmark is not None:
+        print(result.benchmark.summary())
     print(f"TensorBoard: tensorboard --logdir {result.run_dir}")
 
 
@@ -137,6 +145,8 @@ def _print_train(result) -> None:
 def cmd_search(args: argparse.Namespace) -> int:
     from .search import search
     cfg, run_dir = _config(args, "search")
+    if args.benchmark:
+        cfg.search.benchmark = args.benchmark
     _print_search(search(cfg, run_dir, resume=bool(args.resume), force=args.force,
                          quiet=args.quiet))
     return 0
@@ -225,6 +235,10 @@ def cmd_genotype(args: argparse.Namespace) -> int:
 
     genotype = parse_genotype(args.genotype)
     if args.action == "show":
+        result = None
+        if args.benchmark:
+            from .benchmarks import load_table
+            result = load_table(args.benchmark).query(genotype)
         print(genotype)
         for kind, nodes in genotype.cells.items():
             print(f"{kind} cell:")
@@ -234,6 +248,11 @@ def cmd_genotype(args: argparse.Namespace) -> int:
                 print(f"  node {states[num_inputs + i]} = {edges}")
             if genotype.concat.get(kind):
                 print(f"  output = concat({', '.join(states[i] for i in genotype.concat[kind])})")
+        if result is not None:
+            print(result.summary())
+            if result.class_size > 1:
+                print(f"isomorphic to {result.class_size - 1} other cell(s) of the table; class "
+                      f"mean cifar10 {result.class_accuracy['cifar10']:.2f}")
         return 0
     source = Path(args.genotype)
     if args.out:

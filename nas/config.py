@@ -59,6 +59,9 @@ class SearchConfig:
     steps_per_epoch: int | None = None  # cap on steps per epoch; None: one pass of the split
     order: Literal["weights_first", "arch_first"] = "weights_first"
     warmup_epochs: int = 0              # epochs that train the weights only
+    weight_sampling: Literal["arch", "uniform"] = "arch"  # ops of the weight steps' subnetworks
+    estimator: Literal["gdas", "reinforce"] = "gdas"  # gradient of the architecture step (gdas mode)
+    samples: int = 4                    # reinforce: subnetworks per architecture step (RLOO)
     lr: float = 0.025                   # weights: SGD, cosine from lr to lr_min
     lr_min: float = 0.001
     momentum: float = 0.9
@@ -71,6 +74,7 @@ class SearchConfig:
     tau: TauConfig = field(default_factory=TauConfig)
     amp: bool = False                   # bf16 autocast (CUDA only)
     channels_last: bool = False         # channels_last memory format (CUDA only)
+    benchmark: str | None = None        # NAS-Bench-201 table: log the derived cell's accuracy
 
 
 @dataclass
@@ -227,6 +231,9 @@ def _check_ranges(cfg: Config) -> None:
     need(cfg.search.arch_lr > 0, f"search.arch_lr: must be positive, got {cfg.search.arch_lr}")
     need(0 <= cfg.search.warmup_epochs <= cfg.search.epochs,
          f"search.warmup_epochs: must be in [0, search.epochs], got {cfg.search.warmup_epochs}")
+    need(cfg.search.samples >= 2, f"search.samples: must be at least 2, got {cfg.search.samples}")
+    need(cfg.search.estimator == "gdas" or cfg.search.mode == "gdas",
+         f"search.estimator: {cfg.search.estimator} needs search.mode: gdas, got {cfg.search.mode}")
     tau = cfg.search.tau
     need(tau.min > 0, f"search.tau.min: must be positive, got {tau.min}")
     need(tau.max >= tau.min, f"search.tau.max: must be >= search.tau.min, got {tau.max}")

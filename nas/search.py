@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .benchmarks import BenchmarkResult, load_table
 from .config import Config, save_config, to_dict
 from .data import Batches, load_split, seed_of, split_indices
 from .errors import Diverged
@@ -38,6 +39,7 @@ class SearchResult:
     genotype: Genotype
     run_dir: Path
     metrics: dict[str, Any]
+    benchmark: BenchmarkResult | None = None  # the genotype in search.benchmark's table
 
 
 class Meter:
@@ -106,6 +108,34 @@ def arch_step(model: Supernet, optimizer: torch.optim.Optimizer, x: Tensor, y: T
     return loss.detach(), logits.detach()
 
 
+def reinforce_step(model: Supernet, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
+                   samples: int, amp: bool) -> tuple[Tensor, Tensor]:
+    """One Adam step of the logits by the score function with a leave-one-out baseline (RLOO).
+
+    ``samples`` subnetworks drawn from softmax(logits) are run forward only on the same batch;
+    each one's log-probability is weighted by its loss minus the mean loss of the others, so no
+    gradient flows through the ops. Returns the mean loss and the first subnetwork's logits.
+    """
+    losses, indices, first = [], [], None
+    with torch.no_grad(), autocast(x.device, amp):
+        for _ in range(samples):
+            logits = model(x)
+            first = logits if first is None else first
+            losses.append(F.cross_entropy(logits.float(), y))
+            indices.append(dict(model.last_index))
+    loss = torch.stack(losses)
+    advantage = loss - (loss.sum() - loss) / (samples - 1)
+    params = model.arch_parameters()
+    log_prob = torch.stack([
+        sum(model.arch_logits[k].log_softmax(-1).gather(1, i.unsqueeze(1)).sum()
+            for k, i in index.items()) for index in indices])
+    grads = torch.autograd.grad((advantage * log_prob).mean(), params, allow_unused=True)
+    for p, g in zip(params, grads):
+        p.grad = torch.zeros_like(p) if g is None else g
+    optimizer.step()
+    return loss.mean(), first
+
+
 def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: bool = False,
            quiet: bool = False) -> SearchResult:
     """Run (or resume) a search into ``run_dir``; write checkpoints, genotypes and logs there.
@@ -139,6 +169,15 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
     tau_total = s.epochs if s.tau.per == "epoch" else s.epochs * steps
     tau = TemperatureScheduler(s.tau.schedule, tau_total, s.tau.max, s.tau.min, s.tau.per,
                                **s.tau.options)
+    # Monitoring only: the table is read after each epoch's genotype is fixed, never by a step.
+    table = load_table(s.benchmark) if s.benchmark else None
+    if table is not None:
+        table.query(model.genotype())  # a space the table cannot score fails before the run starts
+
+    def update(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        if s.estimator == "reinforce":
+            return reinforce_step(model, a_opt, x, y, s.samples, s.amp)
+        return arch_step(model, a_opt, x, y, s.amp)
 
     start = 0
     prepare_run_dir(run_dir, resume=resume, force=force)
@@ -174,10 +213,12 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
                     xa = xa.contiguous(memory_format=torch.channels_last)
                 model.tau = tau.tau
                 if update_arch and s.order == "arch_first":
-                    arch_meter.add(*arch_step(model, a_opt, xa, ya, s.amp), ya)
+                    arch_meter.add(*update(xa, ya), ya)
+                model.uniform = s.weight_sampling == "uniform"
                 train_meter.add(*weight_step(model, w_opt, xw, yw, s.grad_clip, s.amp), yw)
+                model.uniform = False
                 if update_arch and s.order == "weights_first":
-                    arch_meter.add(*arch_step(model, a_opt, xa, ya, s.amp), ya)
+                    arch_meter.add(*update(xa, ya), ya)
                 if tau.per == "iteration":
                     tau.step()
                 if monitor.want_postfix():
@@ -198,6 +239,9 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
                        for k, v in metrics.items()}
             scalars = {"loss/train": train_loss, "accuracy/train": train_acc, "tau": tau_used,
                        "lr/weights": lr, "lr/arch": s.arch_lr, "entropy": metrics["entropy"]}
+            if table is not None:
+                scalars.update(table.query(genotype).scalars())
+                metrics.update(scalars_to_metrics(scalars))
             if update_arch:
                 scalars.update({"loss/arch": arch_loss, "accuracy/arch": arch_acc})
             monitor.epoch_end(epoch, {**metrics, "genotype": str(genotype)}, scalars)
@@ -209,7 +253,13 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
         monitor.close()
     genotype = _stamped(model.genotype(), cfg.space)
     genotype.save(run_dir / "genotype.json")
-    return SearchResult(genotype, run_dir, metrics)
+    return SearchResult(genotype, run_dir, metrics,
+                        table.query(genotype) if table is not None else None)
+
+
+def scalars_to_metrics(scalars: dict[str, float]) -> dict[str, float]:
+    """``benchmark/cifar10`` -> ``benchmark_cifar10``: the metrics.jsonl names of table values."""
+    return {k.replace("/", "_"): v for k, v in scalars.items() if k.startswith("benchmark/")}
 
 
 def check_finite(losses: list[float], epoch: int, run_dir: Path) -> None:
