@@ -1,0 +1,159 @@
+"""The search-quality remedies (uniform weight steps, the REINFORCE estimator) and the table monitor."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import Tensor
+
+import nas
+from nas.cli import main
+from nas.config import build_config
+from nas.search import reinforce_step
+from test_benchmarks import write_table
+from test_cli import final_logits
+
+TINY_NB201 = {
+    "space": "nasbench201",
+    "data": {"image_size": 8, "pad": 1, "workers": 0},
+    "supernet": {"C": 4, "cells_per_stage": 1},
+    "search": {"epochs": 2, "batch_size": 16, "steps_per_epoch": 2, "arch_lr": 0.05,
+               "estimator": "reinforce", "weight_sampling": "uniform", "samples": 3},
+}
+
+
+@pytest.fixture
+def nb201_config(tmp_path, cifar_root) -> Path:
+    path = tmp_path / "nb201.yaml"
+    path.write_text(yaml.safe_dump({**TINY_NB201, "data": {**TINY_NB201["data"], "root": str(cifar_root)}}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory) -> Path:
+    return write_table(tmp_path_factory.mktemp("table") / "nb201.csv")
+
+
+def test_the_table_is_logged_every_epoch_and_never_changes_the_search(tmp_path, nb201_config,
+                                                                        table, capsys):
+    with_table, without = tmp_path / "with", tmp_path / "without"
+    assert main(["search", "--config", str(nb201_config), "--run-dir", str(with_table),
+                 "--benchmark", str(table), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert main(["search", "--config", str(nb201_config), "--run-dir", str(without), "--quiet"]) == 0
+    capsys.readouterr()
+
+    a, b = final_logits(with_table), final_logits(without)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    genotype = nas.Genotype.load(with_table / "genotype.json")
+    expected = nas.benchmarks.load_table(table).query(genotype)
+    assert expected.summary() in out  # the final lines print the table's accuracies and rank
+    lines = [json.loads(l) for l in (with_table / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 2
+    assert lines[-1]["benchmark_cifar10"] == pytest.approx(expected.accuracy["cifar10"])
+    assert lines[-1]["benchmark_rank"] == expected.rank
+    plain = json.loads((without / "metrics.jsonl").read_text().splitlines()[-1])
+    assert not any(k.startswith("benchmark") for k in plain)
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(with_table), size_guidance={"images": 0, "histograms": 0,
+                                                              "tensors": 0})
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"benchmark/cifar10", "benchmark/cifar100", "benchmark/ImageNet16-120",
+            "benchmark/rank"} <= tags
+    assert [round(e.value, 4) for e in events.Scalars("benchmark/cifar100")][-1] == \
+        round(expected.accuracy["cifar100"], 4)
+
+
+def test_a_table_that_cannot_score_the_space_fails_before_the_run(tmp_path, tiny_config, table,
+                                                                  capsys):
+    run = tmp_path / "run"
+    assert main(["search", "--config", str(tiny_config), "--run-dir", str(run),
+                 "--benchmark", str(table)]) == 2  # tiny_config searches the DARTS space
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a NAS-Bench-201 genotype" in err[0]
+    assert not run.exists()
+
+
+def test_uniform_weight_steps_ignore_the_logits():
+    torch.manual_seed(0)
+    model = nas.build_supernet("nasbench201", 10, "gdas", seed=3, options={"C": 4, "cells_per_stage": 1})
+    with torch.no_grad():
+        model.arch_logits["cell"].copy_(torch.tensor([8.0, 0, 0, 0, 0]).expand(6, 5))
+    counts = {False: torch.zeros(5), True: torch.zeros(5)}
+    for uniform in (False, True):
+        model.uniform = uniform
+        for _ in range(400):
+            index = model.sample()["cell"].index
+            counts[uniform] += torch.bincount(torch.tensor(index), minlength=5)
+    n = 400 * 6
+    # logits pick op 0 with probability e^8 / (e^8 + 4) = 0.9987
+    assert counts[False][0] > 0.99 * n
+    # uniform: chi-square with 4 degrees of freedom; 18.5 is its 0.999 quantile
+    expected = n / 5
+    chi2 = ((counts[True] - expected) ** 2 / expected).sum().item()
+    assert chi2 < 18.5, counts[True]
+
+
+class ToySupernet(nas.Supernet):
+    """Two edges of three ops whose sampled ops fix the loss: an exact expectation to compare with."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__("gdas", {"cell": (2, ("a", "b", "c"))}, seed=seed)
+        self.cost = torch.tensor([[0.2, 1.0, 3.0], [2.0, 0.5, 0.1]])
+        self.weight = torch.nn.Parameter(torch.ones(()))
+        with torch.no_grad():
+            self.arch_logits["cell"].copy_(torch.tensor([[0.3, -0.2, 0.5], [0.0, 0.4, -0.6]]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        index = self.sample()["cell"].index
+        margin = self.weight * sum(self.cost[e, k] for e, k in enumerate(index))
+        # cross-entropy of [margin, 0] against class 1 is softplus(margin): a function of the sample
+        return torch.stack([margin, torch.zeros(())]).expand(x.shape[0], 2)
+
+    def expected_loss(self) -> Tensor:
+        p = self.arch_logits["cell"].softmax(-1)
+        loss = torch.nn.functional.softplus(self.cost[0][:, None] + self.cost[1][None, :])
+        return (p[0][:, None] * p[1][None, :] * loss).sum()
+
+
+def test_reinforce_with_a_leave_one_out_baseline_is_unbiased():
+    model = ToySupernet(seed=0)
+    opt = torch.optim.SGD(model.arch_parameters(), lr=0.0)  # keep the logits, read the gradient
+    exact = torch.autograd.grad(model.expected_loss(), model.arch_parameters())[0]
+    x, y = torch.zeros(2, 1), torch.ones(2, dtype=torch.long)
+    total, n = torch.zeros_like(exact), 3000
+    for _ in range(n):
+        reinforce_step(model, opt, x, y, samples=4, amp=False)
+        total += model.arch_logits["cell"].grad
+    estimate = total / n
+    # the estimator's per-step standard deviation is about 0.3 per entry: 3000 steps -> 0.006
+    assert torch.allclose(estimate, exact, atol=0.03), (estimate, exact)
+    assert model.weight.grad is None  # no gradient reaches the weights
+
+
+def test_reinforce_runs_forward_only_samples_times_and_returns_the_mean_loss():
+    model = ToySupernet(seed=1)
+    opt = torch.optim.SGD(model.arch_parameters(), lr=0.0)
+    before = model.samples_drawn
+    loss, logits = reinforce_step(model, opt, torch.zeros(2, 1), torch.ones(2, dtype=torch.long),
+                                  samples=5, amp=False)
+    assert model.samples_drawn - before == 5
+    assert logits.shape == (2, 2) and not logits.requires_grad
+    assert 0 < loss.item() < math.log1p(math.exp(4.0))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["search.estimator=reinforce", "search.mode=softmax"], "needs search.mode: gdas"),
+    (["search.samples=1"], "search.samples: must be at least 2"),
+    (["search.weight_sampling=logits"], "expected one of arch, uniform"),
+])
+def test_remedy_options_are_checked(overrides, message):
+    with pytest.raises(nas.InputError, match=message):
+        build_config({}, overrides)
