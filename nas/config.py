@@ -59,7 +59,7 @@ class SearchConfig:
     steps_per_epoch: int | None = None  # cap on steps per epoch; None: one pass of the split
     order: Literal["weights_first", "arch_first"] = "weights_first"
     warmup_epochs: int = 0              # epochs that train the weights only
-    weight_sampling: Literal["arch", "uniform"] = "arch"  # ops of the weight steps' subnetworks
+    weight_sampling: Literal["arch", "uniform", "params"] = "arch"  # ops the weight steps train
     estimator: Literal["gdas", "reinforce"] = "gdas"  # gradient of the architecture step (gdas mode)
     samples: int = 4                    # reinforce: subnetworks per architecture step (RLOO)
     lr: float = 0.025                   # weights: SGD, cosine from lr to lr_min
@@ -232,6 +232,9 @@ def _check_ranges(cfg: Config) -> None:
     need(0 <= cfg.search.warmup_epochs <= cfg.search.epochs,
          f"search.warmup_epochs: must be in [0, search.epochs], got {cfg.search.warmup_epochs}")
     need(cfg.search.samples >= 2, f"search.samples: must be at least 2, got {cfg.search.samples}")
+    need(cfg.search.weight_sampling == "arch" or cfg.search.mode != "softmax",
+         f"search.weight_sampling: {cfg.search.weight_sampling} needs a sampling mode (gdas, st, "
+         "gumbel), got softmax")
     need(cfg.search.estimator == "gdas" or cfg.search.mode == "gdas",
          f"search.estimator: {cfg.search.estimator} needs search.mode: gdas, got {cfg.search.mode}")
     tau = cfg.search.tau

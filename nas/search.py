@@ -29,6 +29,7 @@ from .monitor import Monitor
 from .runtime import (CHECKPOINT, check_run_dir, checkpoint_state, prepare_run_dir,
                       resolve_device, resume_from, save_checkpoint, seed_everything)
 from .schedules import TemperatureScheduler
+from .ops import build_op
 from .supernet import Supernet, build_supernet
 
 
@@ -136,6 +137,27 @@ def reinforce_step(model: Supernet, optimizer: torch.optim.Optimizer, x: Tensor,
     return loss.mean(), first
 
 
+def op_parameters(name: str) -> int:
+    """Trainable parameters of op ``name`` on a 16-channel stride-1 edge of a supernet."""
+    return sum(p.numel() for p in build_op(name, 16, 1, False, False).parameters())
+
+
+def weight_sampling_logits(model: Supernet, how: str) -> dict[str, Tensor] | None:
+    """Fixed logits the weight steps sample from: None (the architecture's), uniform, or params.
+
+    ``params`` samples op k with probability proportional to ``n_k + mean(n)``, ``n`` the ops'
+    parameter counts: ops with weights to learn get more of the training, and ops without any
+    keep at least half their uniform share, so every subnetwork stays in the supernet's reach.
+    """
+    if how == "arch":
+        return None
+    out = {}
+    for kind, ops in model.op_names.items():
+        n = torch.tensor([float(op_parameters(op)) for op in ops])
+        out[kind] = torch.zeros(len(ops)) if how == "uniform" else (n + n.mean()).log()
+    return out
+
+
 def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: bool = False,
            quiet: bool = False) -> SearchResult:
     """Run (or resume) a search into ``run_dir``; write checkpoints, genotypes and logs there.
@@ -174,6 +196,8 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
     if table is not None:
         table.query(model.genotype())  # a space the table cannot score fails before the run starts
 
+    weight_logits = weight_sampling_logits(model, s.weight_sampling)
+
     def update(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         if s.estimator == "reinforce":
             return reinforce_step(model, a_opt, x, y, s.samples, s.amp)
@@ -191,7 +215,9 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
     monitor = Monitor(run_dir, epochs=s.epochs, start_epoch=start, quiet=quiet, title="search")
     if not resume:
         n_params = sum(p.numel() for p in model.weight_parameters())
-        monitor.print(f"search: {cfg.space} space, {s.mode} mode, {len(w_idx)}/{len(a_idx)} "
+        how = "".join([f", {s.estimator} estimator" if s.estimator != "gdas" else "",
+                       f", {s.weight_sampling} weight sampling" if s.weight_sampling != "arch" else ""])
+        monitor.print(f"search: {cfg.space} space, {s.mode} mode{how}, {len(w_idx)}/{len(a_idx)} "
                       f"images (weights/architecture), {steps} steps/epoch, {n_params:,} "
                       f"weights, device {device}")
     else:
@@ -214,9 +240,9 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
                 model.tau = tau.tau
                 if update_arch and s.order == "arch_first":
                     arch_meter.add(*update(xa, ya), ya)
-                model.uniform = s.weight_sampling == "uniform"
+                model.sampling_logits = weight_logits
                 train_meter.add(*weight_step(model, w_opt, xw, yw, s.grad_clip, s.amp), yw)
-                model.uniform = False
+                model.sampling_logits = None
                 if update_arch and s.order == "weights_first":
                     arch_meter.add(*update(xa, ya), ya)
                 if tau.per == "iteration":

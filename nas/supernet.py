@@ -205,9 +205,10 @@ class Supernet(nn.Module):
         self.samples_drawn = 0
         self._generators: dict[torch.device, torch.Generator] = {}
         self.last_index: dict[str, Tensor] = {}
-        # When set, training-mode samples ignore the logits and pick every op equally often
-        # (the search's uniform weight steps); the sample stays a function of the seed.
-        self.uniform = False
+        # When set, training-mode samples are drawn from these fixed logits (one [ops] or
+        # [edges, ops] tensor per cell kind) instead of the architecture's: the search's weight
+        # steps under weight_sampling uniform/params. The sample stays a function of the seed.
+        self.sampling_logits: dict[str, Tensor] | None = None
 
     def edge_names(self, kind: str) -> list[str]:
         """Readable edge names, ``"3<-1"`` (node <- state) in DARTS-family cells."""
@@ -254,8 +255,8 @@ class Supernet(nn.Module):
             for kind, value in logits.items():
                 gen = self._generator(value.device)
                 self.samples_drawn += 1
-                if self.uniform:
-                    value = torch.zeros_like(value)
+                if self.sampling_logits is not None:
+                    value = self.sampling_logits[kind].to(value).expand_as(value)
                 weights[kind], idx = gumbel.gumbel_softmax(value, self.tau, hard=hard, generator=gen)
                 if hard:
                     index[kind] = idx

@@ -54,13 +54,13 @@ class NB201Supernet(nas.Supernet):
 
     def __init__(self, num_classes: int = 10, mode: str = "gdas", seed: int = 0, C: int = 16,
                  cells_per_stage: int = 5, track_running_stats: bool = False,
-                 ops: Sequence[str] = PRIMITIVES) -> None:
+                 ops: Sequence[str] = PRIMITIVES, affine: bool = False) -> None:
         self.ops = tuple(ops)
         super().__init__(mode, {"cell": (len(nas.edge_inputs(1, NODES)), self.ops)}, seed,
                          cell_inputs=1)
         self.stem = _stem(C)
         self.layers, C_last = _skeleton(C, cells_per_stage, lambda c: nas.SearchCell(
-            self.ops, c, num_inputs=1, num_nodes=NODES, affine=False,
+            self.ops, c, num_inputs=1, num_nodes=NODES, affine=affine,
             track_running_stats=track_running_stats))
         self.lastact = nn.Sequential(nn.BatchNorm2d(C_last), nn.ReLU(inplace=True))
         self.classifier = nn.Linear(C_last, num_classes)

@@ -13,7 +13,7 @@ from torch import Tensor
 import nas
 from nas.cli import main
 from nas.config import build_config
-from nas.search import reinforce_step
+from nas.search import reinforce_step, weight_sampling_logits
 from test_benchmarks import write_table
 from test_cli import final_logits
 
@@ -81,24 +81,40 @@ def test_a_table_that_cannot_score_the_space_fails_before_the_run(tmp_path, tiny
     assert not run.exists()
 
 
-def test_uniform_weight_steps_ignore_the_logits():
-    torch.manual_seed(0)
+@pytest.mark.parametrize("how, expected", [
+    ("uniform", [0.2, 0.2, 0.2, 0.2, 0.2]),
+    # parameters of none, skip, 1x1 conv, 3x3 conv, pool at 16 channels: 0, 0, 256, 2304, 0;
+    # probability (n + mean n) / sum = (512, 512, 768, 2816, 512) / 5120
+    ("params", [0.1, 0.1, 0.15, 0.55, 0.1]),
+])
+def test_weight_steps_sample_from_fixed_logits_not_the_architecture(how, expected):
     model = nas.build_supernet("nasbench201", 10, "gdas", seed=3, options={"C": 4, "cells_per_stage": 1})
     with torch.no_grad():
         model.arch_logits["cell"].copy_(torch.tensor([8.0, 0, 0, 0, 0]).expand(6, 5))
-    counts = {False: torch.zeros(5), True: torch.zeros(5)}
-    for uniform in (False, True):
-        model.uniform = uniform
-        for _ in range(400):
-            index = model.sample()["cell"].index
-            counts[uniform] += torch.bincount(torch.tensor(index), minlength=5)
-    n = 400 * 6
-    # logits pick op 0 with probability e^8 / (e^8 + 4) = 0.9987
-    assert counts[False][0] > 0.99 * n
-    # uniform: chi-square with 4 degrees of freedom; 18.5 is its 0.999 quantile
-    expected = n / 5
-    chi2 = ((counts[True] - expected) ** 2 / expected).sum().item()
-    assert chi2 < 18.5, counts[True]
+    draws = 400
+    counts = {}
+    for fixed in (None, weight_sampling_logits(model, how)):
+        model.sampling_logits = fixed
+        counts[fixed is None] = torch.zeros(5)
+        for _ in range(draws):
+            counts[fixed is None] += torch.bincount(torch.tensor(model.sample()["cell"].index), minlength=5)
+    n = draws * 6
+    # the logits pick op 0 with probability e^8 / (e^8 + 4) = 0.9987
+    assert counts[True][0] > 0.99 * n
+    # chi-square with 4 degrees of freedom; 18.5 is its 0.999 quantile
+    exp = torch.tensor(expected) * n
+    chi2 = ((counts[False] - exp) ** 2 / exp).sum().item()
+    assert chi2 < 18.5, counts[False]
+    assert weight_sampling_logits(model, "arch") is None
+
+
+def test_params_sampling_follows_the_op_list_not_op_names():
+    """Reordering the ops reorders the weight-step probabilities the same way."""
+    ops = ("avg_pool_3x3", "nor_conv_3x3", "none", "nor_conv_1x1", "skip_connect")
+    model = nas.build_supernet("nasbench201", 10, "gdas", options={"C": 4, "cells_per_stage": 1,
+                                                                    "ops": list(ops)})
+    probs = weight_sampling_logits(model, "params")["cell"].softmax(-1)
+    assert torch.allclose(probs, torch.tensor([0.1, 0.55, 0.1, 0.15, 0.1]))
 
 
 class ToySupernet(nas.Supernet):
@@ -152,7 +168,8 @@ def test_reinforce_runs_forward_only_samples_times_and_returns_the_mean_loss():
 @pytest.mark.parametrize("overrides, message", [
     (["search.estimator=reinforce", "search.mode=softmax"], "needs search.mode: gdas"),
     (["search.samples=1"], "search.samples: must be at least 2"),
-    (["search.weight_sampling=logits"], "expected one of arch, uniform"),
+    (["search.weight_sampling=logits"], "expected one of arch, uniform, params"),
+    (["search.weight_sampling=uniform", "search.mode=softmax"], "needs a sampling mode"),
 ])
 def test_remedy_options_are_checked(overrides, message):
     with pytest.raises(nas.InputError, match=message):

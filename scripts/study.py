@@ -1,0 +1,456 @@
+#!/usr/bin/env python
+"""A study: search methods x seeds on NAS-Bench-201, compared by the table accuracy of their cells.
+
+    python scripts/study.py configs/studies/nb201_cpu.yaml [--out DIR] [--jobs N] [--seeds 0 1 2]
+                            [--only NAME ...] [--data-dir DIR] [--benchmark TABLE]
+
+Each (method, seed) is one ``nas search`` in its own process, in OUT/runs/METHOD/seed_S (OUT
+defaults to runs/<study file name>); ``--jobs`` of them run at once, sharing the cores. Running
+the same command again continues the study: finished runs are kept, interrupted ones resumed
+from their checkpoint (use another --out after changing a method). The optional random-search
+baseline trains random cells for the mean wall time of one search of the first method and keeps
+the best by its validation accuracy. The table only scores the cells the runs picked. Writes
+OUT/study.json and OUT/study.md and prints the table. Bad input: one line ``study: error: ...``,
+exit 2, nothing created; failed runs are listed at the end, exit 1.
+
+STUDY.yaml (relative paths are relative to the current directory):
+
+    benchmark: ../shared/benchmarks/nats_tss_200ep.csv
+    data_dir: ../shared/data
+    seeds: [0, 1, 2]
+    set: []                         # --set overrides for every method
+    methods:                        # name -> a config file and its own --set overrides
+      gdas: {config: configs/gdas_nb201_cpu.yaml, set: [search.arch_lr=3e-3]}
+    random_search: {epochs: 3}      # epochs per random cell; seconds: the budget if no search ran
+    published: true                 # add the published full-scale figures
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import inspect
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from nas.benchmarks import NB201Table, load_table
+from nas.config import load_config, read_yaml
+from nas.errors import InputError
+from nas.genotype import Genotype
+
+REPO = Path(__file__).resolve().parents[1]
+KEYS = ("benchmark", "data_dir", "seeds", "set", "methods", "random_search", "published")
+PUBLISHED = (("GDAS", 93.61, 70.70), ("DARTS", 54.30, 15.61), ("DrNAS", 94.36, 73.51),
+             ("optimum", 94.37, 73.51))
+
+
+@dataclass
+class Method:
+    """A method of the study: its config file and its overrides."""
+
+    config: Path
+    sets: list[str]
+
+
+@dataclass
+class Study:
+    """A checked study file, with the command line's overrides applied."""
+
+    path: Path
+    table: NB201Table
+    benchmark: Path
+    data_dir: Path | None
+    seeds: list[int]
+    methods: dict[str, Method]
+    random_search: dict[str, Any] | None
+    published: bool
+
+
+class RunFailed(Exception):
+    """A child process failed; the message ends with its stderr tail."""
+
+
+def cores() -> int:
+    """CPU cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _strings(value: Any, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InputError(f"{where}: expected a list of KEY=VALUE strings, got {value!r}")
+    return value
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise InputError(message)
+
+
+def load_study(path: str | Path, seeds: Sequence[int] | None = None, only: Sequence[str] = (),
+               data_dir: str | None = None, benchmark: str | None = None) -> Study:
+    """Read and check a study file with the command line's overrides; creates nothing."""
+    raw = read_yaml(path)
+    unknown = sorted(set(map(str, raw)) - set(KEYS))
+    _check(not unknown, f"{path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(KEYS)})")
+    specs = raw.get("methods")
+    _check(isinstance(specs, dict) and bool(specs),
+           f"{path}: methods: expected a mapping of names to {{config: FILE, set: [...]}}")
+    for name in only:
+        _check(name in specs, f"--only: unknown method '{name}' (the study has {', '.join(specs)})")
+    common, methods = _strings(raw.get("set") or [], f"{path}: set"), {}
+    for name, spec in specs.items():
+        where = f"{path}: methods.{name}"
+        _check(bool(re.fullmatch(r"[A-Za-z0-9_.-]+", str(name))) and name != "random_search",
+               f"{where}: a name is letters, digits, _ . - (random_search is taken)")
+        _check(isinstance(spec, dict) and "config" in spec and not set(spec) - {"config", "set"},
+               f"{where}: expected {{config: FILE, set: [KEY=VALUE, ...]}}, got {spec!r}")
+        sets = common + _strings(spec.get("set") or [], f"{where}.set")
+        try:  # a missing file or a bad override fails now, not in a child an hour later
+            cfg = load_config(spec["config"], sets)
+        except InputError as exc:
+            raise InputError(f"{where}: {exc}") from None
+        _check(cfg.space == "nasbench201", f"{where}: the table scores only NAS-Bench-201 cells, "
+               f"the config's space is {cfg.space}")
+        if not only or name in only:
+            methods[name] = Method(Path(spec["config"]).resolve(), sets)
+    seeds = seeds if seeds is not None else raw.get("seeds", [0])
+    _check(isinstance(seeds, list) and bool(seeds) and len(set(seeds)) == len(seeds) and
+           all(type(s) is int for s in seeds), f"seeds: expected distinct integers, got {seeds!r}")
+    rs = raw.get("random_search")
+    _check(rs is None or isinstance(rs, dict) and not set(rs) - {"epochs", "seconds"} and
+           type(rs.get("epochs", 1)) is int and rs.get("epochs", 1) >= 1 and
+           type(rs.get("seconds", 1)) in (int, float) and rs.get("seconds", 1) > 0,
+           f"{path}: random_search: expected {{epochs: N >= 1, seconds: S > 0}} or null")
+    _check(type(raw.get("published", False)) is bool, f"{path}: published: expected true or false")
+    bench, data = benchmark or raw.get("benchmark"), data_dir or raw.get("data_dir")
+    _check(bool(bench), f"{path}: no benchmark table: set benchmark: or pass --benchmark")
+    table = load_table(bench)
+    _check(not data or Path(data).is_dir(), f"data directory not found: {data}")
+    return Study(Path(path), table, Path(bench).resolve(), Path(data).resolve() if data else None,
+                 list(seeds), methods, rs, raw.get("published", False))
+
+
+# -- running ------------------------------------------------------------------------------------
+def child(cmd: list[str], jobs: int) -> float:
+    """Run one child with its share of the cores; its wall time (s), or RunFailed."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores() // jobs))}
+    started = time.time()
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+    if proc.returncode:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        raise RunFailed(f"exit status {proc.returncode}: {' '.join(cmd)}\n{tail}")
+    return time.time() - started
+
+
+def logged_seconds(run: Path) -> float:
+    """Seconds of the epochs metrics.jsonl records (the last line of each epoch counts)."""
+    path = run / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return sum({r["epoch"]: r.get("seconds") or 0.0 for r in map(json.loads, lines)}.values())
+
+
+def search_run(study: Study, name: str, seed: int, run: Path, jobs: int) -> str:
+    """Start, or resume, one search; record its wall time in study_time.json."""
+    cmd = [sys.executable, "-m", "nas", "search"]
+    tail = ["--benchmark", str(study.benchmark), "--quiet"]
+    tail += ["--data-dir", str(study.data_dir)] if study.data_dir else []
+    if (run / "checkpoint.pt").is_file():
+        before, note = logged_seconds(run), "resumed"  # the time of the interrupted invocation
+        cmd += ["--resume", str(run), *tail]
+    else:
+        shutil.rmtree(run, ignore_errors=True)  # died before its first checkpoint: start afresh
+        m = study.methods[name]
+        before, note = 0.0, "done"
+        cmd += ["--config", str(m.config), *(["--set", *m.sets] if m.sets else []),
+                "--seed", str(seed), "--run-dir", str(run), *tail]
+    seconds = before + child(cmd, jobs)
+    (run / "study_time.json").write_text(json.dumps({"seconds": seconds}) + "\n")
+    return f"{note} in {seconds:.0f} s"
+
+
+def random_run(study: Study, seed: int, run: Path, jobs: int, budget: float | None) -> str:
+    """One random-search baseline in its own process."""
+    if budget is None:
+        raise RunFailed(f"no budget: no search of {next(iter(study.methods))} finished and "
+                        "random_search has no seconds:")
+    m = next(iter(study.methods.values()))
+    run.mkdir(parents=True, exist_ok=True)
+    spec = {"config": str(m.config), "set": m.sets, "seed": seed, "budget": budget,
+            "data_dir": str(study.data_dir) if study.data_dir else None, "started": time.time(),
+            "epochs": study.random_search.get("epochs", 1), "out": str(run / "result.json")}
+    child([sys.executable, str(Path(__file__).resolve()), "--random-search-worker",
+           json.dumps(spec)], jobs)
+    res = json.loads((run / "result.json").read_text())
+    return f"{res['cells']} cell(s) in {res['seconds']:.0f} s (budget {budget:.0f} s)"
+
+
+def random_search_worker(spec: dict[str, Any]) -> None:
+    """Train random cells on the weight split until the budget is spent; keep the best one."""
+    import torch
+    import torch.nn.functional as F
+    from nas.data import Batches, load_split, seed_of, split_indices
+    from nas.genotype import parse_genotype
+    from nas.runtime import resolve_device, seed_everything
+    from nas.train import evaluate_model
+    from search_spaces.nasbench201 import PRIMITIVES, NB201Network, NB201Supernet
+
+    cfg, seed, epochs = load_config(spec["config"], spec["set"]), spec["seed"], spec["epochs"]
+    cfg.data.root = spec["data_dir"] or cfg.data.root
+    s, device = cfg.search, resolve_device(cfg.device)
+    data = load_split(cfg.data, train=True)
+    w_idx, a_idx = split_indices(len(data), cfg.data.split, seed)
+    steps = min(len(w_idx), len(a_idx)) // s.batch_size or 1  # the search's steps per epoch
+    steps = min(steps, s.steps_per_epoch) if s.steps_per_epoch else steps
+    defaults = inspect.signature(NB201Supernet).parameters
+    C = cfg.supernet.get("C", defaults["C"].default)
+    per_stage = cfg.supernet.get("cells_per_stage", defaults["cells_per_stage"].default)
+    train_data = data.subset(w_idx)
+    kw = dict(on_device=cfg.data.on_device, workers=cfg.data.workers)
+    val = Batches(data.subset(a_idx), s.batch_size, train=False, device=device, **kw)
+    gen, tried, deadline = torch.Generator().manual_seed(seed), [], spec["started"] + spec["budget"]
+    while True:
+        t0, ops = time.time(), iter(torch.randint(len(PRIMITIVES), (6,), generator=gen).tolist())
+        arch = "+".join("|" + "".join(f"{PRIMITIVES[next(ops)]}~{j}|" for j in range(i + 1))
+                        for i in range(3))
+        seed_everything(seed_of(seed, 4, len(tried)))
+        model = NB201Network(parse_genotype(arch), data.num_classes, C=C,
+                             cells_per_stage=per_stage).to(device)
+        batches = Batches(train_data, s.batch_size, train=True, device=device, pad=cfg.data.pad,
+                          seed=seed_of(seed, 1, len(tried)), max_steps=steps, **kw)
+        opt = torch.optim.SGD(model.parameters(), s.lr, momentum=0.9, nesterov=True,
+                              weight_decay=s.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs, eta_min=s.lr_min)
+        for epoch in range(epochs):
+            batches.set_epoch(epoch)
+            model.train()
+            for x, y in batches:
+                loss = F.cross_entropy(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if s.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+                opt.step()
+            sched.step()
+        tried.append({"arch": arch, "val_acc": evaluate_model(model, val)[1],
+                      "seconds": time.time() - t0})
+        # stop before a cell that would not finish in time: the baseline never gets more time
+        if time.time() + statistics.mean(t["seconds"] for t in tried) > deadline:
+            break
+    best = max(tried, key=lambda t: t["val_acc"])
+    result = {"arch": best["arch"], "val_acc": best["val_acc"], "cells": len(tried),
+              "seconds": time.time() - spec["started"], "budget": spec["budget"], "tried": tried}
+    out = Path(spec["out"])
+    out.with_suffix(".tmp").write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".tmp").replace(out)
+
+
+def run_pool(tasks: list[tuple[str, Callable[[], str]]], jobs: int,
+             say: Callable[[str], None]) -> list[str]:
+    """Run the tasks, ``jobs`` at once; returns the labels of those that failed."""
+    failed = []
+    with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
+        futures = {pool.submit(fn): label for label, fn in tasks}
+        try:
+            for fut in concurrent.futures.as_completed(futures):
+                try:
+                    say(f"{futures[fut]}: {fut.result()}")
+                except RunFailed as exc:
+                    failed.append(futures[fut])
+                    say(f"{futures[fut]}: FAILED, {exc}")
+        except KeyboardInterrupt:
+            pool.shutdown(cancel_futures=True)  # the running children got the Ctrl-C too
+            raise
+    return failed
+
+
+# -- results ------------------------------------------------------------------------------------
+def scored(table: NB201Table, cell: Genotype | str) -> dict[str, Any]:
+    """A cell's table accuracies and rank."""
+    r = table.query(cell)
+    return {"arch": r.arch, "cifar10": r.accuracy["cifar10"], "cifar100": r.accuracy["cifar100"],
+            "rank": r.rank, "top_percent": r.top_percent}
+
+
+def search_record(table: NB201Table, run: Path) -> dict[str, Any]:
+    """A finished search's cell in the table, its final entropy and its wall time."""
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    timing = run / "study_time.json"
+    seconds = json.loads(timing.read_text())["seconds"] if timing.is_file() else logged_seconds(run)
+    return {**scored(table, Genotype.load(run / "genotype.json")), "seconds": seconds,
+            "entropy": json.loads(lines[-1]).get("entropy") if lines else None}
+
+
+def random_record(table: NB201Table, run: Path) -> dict[str, Any]:
+    """The random-search pick, scored in the table only now, after the pick."""
+    res = json.loads((run / "result.json").read_text())
+    return {**scored(table, res["arch"]), "seconds": res["seconds"], "entropy": None,
+            "cells": res["cells"], "val_acc": res["val_acc"]}
+
+
+def summarize(records: list[dict[str, Any]], cells: int) -> dict[str, Any]:
+    """Mean (and std, min, max) of each value over a method's finished runs."""
+    def mean(key: str) -> float | None:
+        v = [r[key] for r in records if r[key] is not None]
+        return statistics.mean(v) if v else None
+
+    c10, c100 = [r["cifar10"] for r in records], [r["cifar100"] for r in records]
+    return {"runs": len(records), "cifar10_mean": mean("cifar10"),
+            "cifar10_std": statistics.stdev(c10) if len(c10) > 1 else None,
+            "cifar10_min": min(c10, default=None), "cifar10_max": max(c10, default=None),
+            "cifar100_mean": mean("cifar100"),
+            "cifar100_std": statistics.stdev(c100) if len(c100) > 1 else None,
+            "rank_mean": mean("rank"), "top_percent_mean": mean("top_percent"),
+            "entropy_mean": mean("entropy"), "seconds_mean": mean("seconds")}
+
+
+def markdown(study: Study, out: dict[str, Any]) -> str:
+    """The study as a Markdown table and a list of runs."""
+    def f(v: float | None, fmt: str = ".2f", std: float | None = None) -> str:
+        return "—" if v is None else format(v, fmt) + ("" if std is None else f" ± {std:.2f}")
+
+    def row(name: str, s: dict[str, Any]) -> str:
+        rank = s["rank_mean"] and f"{s['rank_mean']:,.0f} (top {s['top_percent_mean']:.1f}%)"
+        cols = [name, s["runs"], f(s["cifar10_mean"], std=s["cifar10_std"]), f(s["cifar10_min"]),
+                f(s["cifar10_max"]), f(s["cifar100_mean"], std=s["cifar100_std"]), rank or "—",
+                f(s["entropy_mean"], ".3f"), f(s["seconds_mean"], ".0f")]
+        return "| " + " | ".join(map(str, cols)) + " |"
+
+    t10, t100 = out["table"]["cifar10"], out["table"]["cifar100"]
+    lines = [f"# Study {study.path.name}", "",
+             f"{out['date']}, commit {out['commit'] or 'unknown'}, study file {study.path}, "
+             f"machine {out['machine']}", "",
+             "| method | runs | CIFAR-10 mean ± std | min | max | CIFAR-100 mean ± std | "
+             "mean rank | final entropy | s / run |", "|---|---:|---|---:|---:|---|---|---:|---:|"]
+    lines += [row(name, s) for name, s in out["summary"].items()]
+    lines.append(f"| random cell (the whole table) | {len(study.table):,} cells | mean "
+                 f"{t10['mean']:.2f}, median {t10['median']:.2f} | — | {t10['best']:.2f} | mean "
+                 f"{t100['mean']:.2f}, median {t100['median']:.2f} | — | — | — |")
+    if out["random_search_summary"] is not None:
+        lines.append(row("random search, same wall time", out["random_search_summary"]))
+    for name, c10, c100 in PUBLISHED if study.published else ():
+        lines.append(f"| {name} (published, full CIFAR, not this proxy) | — | {c10:.2f} | — | "
+                     f"— | {c100:.2f} | — | — | — |")
+    lines += ["", "Runs (the CIFAR-10 accuracy of each derived cell in the table):", ""]
+    for r in out["runs"] + out["random_search"]:
+        how = f" (best of {r['cells']} cells, validation {r['val_acc']:.2f}%)" if "cells" in r \
+            else ""
+        lines.append(f"- {r['method']}, seed {r['seed']}: `{r['arch']}` {r['cifar10']:.2f}{how}")
+    return "\n".join(lines) + "\n"
+
+
+def run_study(study: Study, out: Path, jobs: int) -> int:
+    """Run what is missing, then write study.json and study.md; 1 if a run failed."""
+    from tqdm import tqdm
+
+    runs = [(name, seed, out / "runs" / name / f"seed_{seed}") for name in study.methods
+            for seed in study.seeds]
+    randoms = [(seed, out / "runs" / "random_search" / f"seed_{seed}")
+               for seed in (study.seeds if study.random_search is not None else ())]
+    bar = tqdm(total=len(runs) + len(randoms), unit="run", disable=not sys.stderr.isatty())
+
+    def say(message: str) -> None:
+        if bar.disable:
+            print(message, flush=True)
+        else:
+            bar.write(message)
+        bar.update(1)
+
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = []
+    for name, seed, run in runs:
+        if (run / "genotype.json").is_file():
+            say(f"{name} seed {seed}: skip (finished)")
+        else:
+            tasks.append((f"{name} seed {seed}",
+                          lambda n=name, s=seed, r=run: search_run(study, n, s, r, jobs)))
+    failed = run_pool(tasks, jobs, say)
+    records = [{"method": name, "seed": seed, "run_dir": str(run),
+                **search_record(study.table, run)}
+               for name, seed, run in runs if (run / "genotype.json").is_file()]
+    times = [r["seconds"] for r in records if r["method"] == next(iter(study.methods))]
+    budget = statistics.mean(times) if times else (study.random_search or {}).get("seconds")
+    tasks = []
+    for seed, run in randoms:
+        if (run / "result.json").is_file():
+            say(f"random_search seed {seed}: skip (finished)")
+        else:
+            tasks.append((f"random_search seed {seed}",
+                          lambda s=seed, r=run: random_run(study, s, r, jobs, budget)))
+    failed += run_pool(tasks, jobs, say)
+    bar.close()
+    rs = [{"method": "random_search", "seed": seed, "run_dir": str(run),
+           **random_record(study.table, run)}
+          for seed, run in randoms if (run / "result.json").is_file()]
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                         text=True)
+    cells = len(study.table)
+    result = {
+        "study": str(study.path), "date": time.strftime("%Y-%m-%d %H:%M"),
+        "commit": git.stdout.strip() if git.returncode == 0 else None,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "benchmark": str(study.benchmark), "seeds": study.seeds, "jobs": jobs,
+        "summary": {name: summarize([r for r in records if r["method"] == name], cells)
+                    for name in study.methods},
+        "random_search_summary": summarize(rs, cells) if randoms else None,
+        "table": {d: study.table.stats(d) for d in ("cifar10", "cifar100")},
+        "published": [dict(method=n, cifar10=a, cifar100=b) for n, a, b in PUBLISHED]
+        if study.published else [],
+        "runs": records, "random_search": rs, "failed": failed}
+    (out / "study.json").write_text(json.dumps(result, indent=2) + "\n")
+    text = markdown(study, result)
+    (out / "study.md").write_text(text)
+    print(text, end="")
+    if failed:
+        print(f"study: {len(failed)} run(s) failed: {', '.join(sorted(failed))}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"study: error: {message} (see --help)\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--random-search-worker"]:  # the baseline's own process (see random_run)
+        random_search_worker(json.loads(argv[1]))
+        return 0
+    p = _Parser(prog="study.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("study", metavar="STUDY.yaml")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: runs/<study name>)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds instead of the study's")
+    p.add_argument("--only", nargs="+", default=[], metavar="NAME", help="only these methods")
+    p.add_argument("--data-dir", metavar="DIR", help="instead of the study's data_dir")
+    p.add_argument("--benchmark", metavar="TABLE", help="instead of the study's benchmark")
+    args = p.parse_args(argv)
+    try:
+        if args.jobs < 1:
+            raise InputError(f"--jobs must be at least 1, got {args.jobs}")
+        study = load_study(args.study, args.seeds, args.only, args.data_dir, args.benchmark)
+    except InputError as exc:
+        print(f"study: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return run_study(study, Path(args.out or Path("runs") / Path(args.study).stem), args.jobs)
+    except InputError as exc:  # a finished run the table cannot score
+        print(f"study: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nstudy: interrupted; run the same command again to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""scripts/study.py: a tiny study end to end, resuming, the random-search baseline, bad input."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import nas
+from conftest import write_cifar10
+from nas.benchmarks import load_table
+from nas.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLE = ROOT.parent / "shared" / "benchmarks" / "nats_tss_200ep.csv"
+needs_table = pytest.mark.skipif(not TABLE.is_file(), reason=f"no NAS-Bench-201 table at {TABLE}")
+
+spec = importlib.util.spec_from_file_location("study", ROOT / "scripts" / "study.py")
+study = importlib.util.module_from_spec(spec)
+sys.modules["study"] = study  # dataclasses look their module up while the class is built
+spec.loader.exec_module(study)
+
+TINY = {"space": "nasbench201", "device": "cpu",
+        "data": {"image_size": 8, "pad": 1, "limit": 64, "workers": 0},
+        "supernet": {"C": 4, "cells_per_stage": 1},
+        "search": {"epochs": 2, "batch_size": 16, "steps_per_epoch": 2}}
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    """tmp_path as the current directory, with tiny CIFAR data in data/ and tiny.yaml."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(study, "cores", lambda: 1)  # one thread per child, whatever the machine
+    write_cifar10(tmp_path / "data", n_train=64, n_test=16)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    return tmp_path
+
+
+def write_study(path: Path, **changes) -> Path:
+    body = {"benchmark": str(TABLE), "data_dir": "data", "seeds": [0],
+            "methods": {"a": {"config": "tiny.yaml"},
+                        "b": {"config": "tiny.yaml", "set": ["search.arch_lr=3e-3"]}},
+            "random_search": {"epochs": 1, "seconds": 1}, "published": True, **changes}
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+@needs_table
+def test_study_runs_scores_and_skips_finished_runs(workdir, capsys):
+    code = study.main([str(write_study(workdir / "s.yaml")), "--out", "out"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    table = load_table(TABLE)
+    data = json.loads((workdir / "out" / "study.json").read_text())
+    assert [(r["method"], r["seed"]) for r in data["runs"]] == [("a", 0), ("b", 0)]
+    for r in data["runs"]:
+        run = workdir / "out" / "runs" / r["method"] / "seed_0"
+        truth = table.query(nas.Genotype.load(run / "genotype.json"))
+        assert (r["cifar10"], r["cifar100"], r["rank"]) == \
+            (truth.accuracy["cifar10"], truth.accuracy["cifar100"], truth.rank)
+        assert r["entropy"] > 0 and r["seconds"] > 0
+        assert json.loads((run / "study_time.json").read_text())["seconds"] == r["seconds"]
+        assert data["summary"][r["method"]]["cifar10_mean"] == truth.accuracy["cifar10"]
+    (rs,) = data["random_search"]
+    picked = json.loads((workdir / "out" / "runs" / "random_search" / "seed_0" / "result.json")
+                        .read_text())
+    assert picked["cells"] >= 1 and picked["val_acc"] == max(t["val_acc"] for t in picked["tried"])
+    assert rs["cifar10"] == table.query(picked["arch"]).accuracy["cifar10"]
+    assert picked["budget"] == data["runs"][0]["seconds"]  # the first method's time, not seconds:
+
+    md = (workdir / "out" / "study.md").read_text()
+    assert md in out.out  # the table is printed too
+    rows = {line.split(" | ")[0][2:]: line for line in md.splitlines() if line.startswith("| ")}
+    assert f"| 1 | {data['runs'][0]['cifar10']:.2f} |" in rows["a"]
+    assert "| 15,625 cells | mean 87.06, median 90.75 |" in rows["random cell (the whole table)"]
+    assert f"| 1 | {rs['cifar10']:.2f} |" in rows["random search, same wall time"]
+    assert "| — | 93.61 | — | — | 70.70 |" in rows["GDAS (published, full CIFAR, not this proxy)"]
+    assert "optimum (published, full CIFAR, not this proxy)" in rows
+    assert f"- b, seed 0: `{data['runs'][1]['arch']}` {data['runs'][1]['cifar10']:.2f}" in md
+
+    finished = [p for p in (workdir / "out" / "runs").rglob("*.json")]
+    mtimes = {p: p.stat().st_mtime_ns for p in finished}
+    started = time.time()
+    assert study.main([str(workdir / "s.yaml"), "--out", "out"]) == 0
+    assert time.time() - started < 10  # no child ran
+    assert capsys.readouterr().out.count("skip (finished)") == 3
+    assert {p: p.stat().st_mtime_ns for p in finished} == mtimes
+    again = json.loads((workdir / "out" / "study.json").read_text())
+    assert again["runs"] == data["runs"] and again["random_search"] == data["random_search"]
+
+
+def test_search_run_resumes_or_restarts(tmp_path, monkeypatch):
+    calls = []
+
+    def child(cmd: list[str], jobs: int) -> float:
+        calls.append(cmd)
+        run.mkdir(parents=True, exist_ok=True)  # as `nas search` does
+        return 2.0
+
+    monkeypatch.setattr(study, "child", child)
+    s = study.Study(tmp_path / "s.yaml", None, tmp_path / "t.csv", tmp_path / "data", [3],
+                    {"a": study.Method(tmp_path / "a.yaml", ["search.epochs=1"])}, None, False)
+    run = tmp_path / "runs" / "a" / "seed_3"
+    run.mkdir(parents=True)
+    (run / "checkpoint.pt").write_bytes(b"")
+    (run / "metrics.jsonl").write_text('{"epoch": 1, "seconds": 1.5}\n{"epoch": 1, "seconds": 1}\n')
+    assert study.search_run(s, "a", 3, run, 1) == "resumed in 3 s"
+    assert json.loads((run / "study_time.json").read_text())["seconds"] == 3.0
+    args = build_parser().parse_args(calls[-1][3:])  # `nas search` takes the resume command
+    assert (args.resume, args.config, args.set, args.seed, args.run_dir, args.benchmark) == \
+        (str(run), None, [], None, None, str(s.benchmark))
+    assert args.data_dir == str(tmp_path / "data") and args.quiet
+
+    (run / "checkpoint.pt").unlink()  # died before its first checkpoint: started afresh
+    assert study.search_run(s, "a", 3, run, 1) == "done in 2 s"
+    args = build_parser().parse_args(calls[-1][3:])
+    assert (args.resume, args.config, args.set, args.seed, args.run_dir) == \
+        (None, str(tmp_path / "a.yaml"), ["search.epochs=1"], 3, str(run))
+    assert not (run / "metrics.jsonl").exists()
+
+
+@needs_table
+def test_random_search_picks_by_validation_only(workdir):
+    out = workdir / "result.json"
+    study.random_search_worker({"config": "tiny.yaml", "set": [], "seed": 1, "epochs": 1,
+                                "data_dir": "data", "budget": 0.0, "started": time.time(),
+                                "out": str(out)})
+    res = json.loads(out.read_text())
+    assert res["cells"] == 1 and len(res["tried"]) == 1  # at least one cell, even with no time
+    assert res["arch"] == res["tried"][0]["arch"] and 0 <= res["val_acc"] <= 100
+    assert set(res) == {"arch", "val_acc", "cells", "seconds", "budget", "tried"}  # no table values
+    load_table(TABLE).query(res["arch"])  # a cell of the table
+
+
+@needs_table
+def test_failed_run_does_not_stop_the_study(workdir, capsys):
+    (workdir / "empty").mkdir()
+    path = write_study(workdir / "s.yaml", data_dir="empty", random_search=None, published=False,
+                       methods={"a": {"config": "tiny.yaml"}})
+    assert study.main([str(path), "--out", "out", "--seeds", "0", "1"]) == 1
+    out = capsys.readouterr()
+    assert "a seed 0: FAILED" in out.out and "CIFAR-10 not found" in out.out
+    assert "study: 2 run(s) failed: a seed 0, a seed 1" in out.err
+    assert "| a | 0 | — |" in (workdir / "out" / "study.md").read_text()
+
+
+@pytest.mark.parametrize("change, args, message", [
+    ({"method": "x"}, [], "unknown key(s) method"),
+    ({"methods": {"a": {"config": "missing.yaml"}}}, [], "config file not found: missing.yaml"),
+    ({}, ["--only", "c"], "--only: unknown method 'c'"),
+    ({"benchmark": "nowhere.csv"}, [], "NAS-Bench-201 table not found: nowhere.csv"),
+    ({"methods": {"a": {"config": "tiny.yaml", "set": ["search.epochs=0"]}}}, [], "search.epochs"),
+])
+def test_bad_input_is_one_line_and_creates_nothing(workdir, capsys, change, args, message):
+    code = study.main([str(write_study(workdir / "s.yaml", **change)), "--out", "out", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("study: error: ") and message in err
+    assert err.count("\n") == 1 and not (workdir / "out").exists()
