@@ -48,11 +48,9 @@ class BenchmarkResult:
         """The rank as a percentage of all cells (0.01 = the best one)."""
         return 100.0 * self.rank / self.cells
 
-    def scalars(self) -> dict[str, float]:
+    def scalars(self) -> dict[str, float | int]:
         """Flat metrics for metrics.jsonl and TensorBoard (``benchmark/cifar10``, ...)."""
-        out = {f"benchmark/{k}": v for k, v in self.accuracy.items()}
-        out["benchmark/rank"] = float(self.rank)
-        return out
+        return {**{f"benchmark/{k}": v for k, v in self.accuracy.items()}, "benchmark/rank": self.rank}
 
     def summary(self) -> str:
         """One line: the three accuracies and the rank."""

@@ -5,6 +5,11 @@ split, then an Adam step of the architecture logits on a batch of the architectu
 (``search.order: arch_first`` swaps them, as DARTS does), each forward drawing its own sample.
 The weight step does not compute gradients for the logits, nor the architecture step for the
 weights. Every epoch ends with a checkpoint from which ``resume`` continues exactly.
+
+Two choices beyond GDAS (README, "Search quality"): ``weight_sampling`` draws the weight steps'
+subnetworks from fixed op probabilities (uniform, or by parameter count) instead of the logits,
+and ``estimator: reinforce`` replaces the GDAS gradient of the architecture step by the
+score-function gradient with a leave-one-out baseline over several forward-only samples.
 """
 from __future__ import annotations
 
@@ -266,8 +271,9 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
             scalars = {"loss/train": train_loss, "accuracy/train": train_acc, "tau": tau_used,
                        "lr/weights": lr, "lr/arch": s.arch_lr, "entropy": metrics["entropy"]}
             if table is not None:
-                scalars.update(table.query(genotype).scalars())
-                metrics.update(scalars_to_metrics(scalars))
+                bench = table.query(genotype).scalars()
+                scalars.update(bench)
+                metrics.update({k.replace("/", "_"): v for k, v in bench.items()})
             if update_arch:
                 scalars.update({"loss/arch": arch_loss, "accuracy/arch": arch_acc})
             monitor.epoch_end(epoch, {**metrics, "genotype": str(genotype)}, scalars)
@@ -281,11 +287,6 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
     genotype.save(run_dir / "genotype.json")
     return SearchResult(genotype, run_dir, metrics,
                         table.query(genotype) if table is not None else None)
-
-
-def scalars_to_metrics(scalars: dict[str, float]) -> dict[str, float]:
-    """``benchmark/cifar10`` -> ``benchmark_cifar10``: the metrics.jsonl names of table values."""
-    return {k.replace("/", "_"): v for k, v in scalars.items() if k.startswith("benchmark/")}
 
 
 def check_finite(losses: list[float], epoch: int, run_dir: Path) -> None:

@@ -79,9 +79,11 @@ def final_logits(run: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state["model"].items() if k.startswith("arch_logits.")}
 
 
+@pytest.mark.parametrize("remedies", [[], ["search.estimator=reinforce", "search.weight_sampling=params",
+                                           "search.warmup_epochs=1"]], ids=["gdas", "remedies"])
 def test_interrupted_then_resumed_equals_straight_through(tmp_path, tiny_config, capsys,
-                                                          monkeypatch):
-    args = ["--config", str(tiny_config), "--set", "search.epochs=3", "--quiet"]
+                                                          monkeypatch, remedies):
+    args = ["--config", str(tiny_config), "--set", "search.epochs=3", *remedies, "--quiet"]
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     assert run_search([*args, "--run-dir", str(straight)], capsys)[0] == 0
 

@@ -174,3 +174,12 @@ def test_reinforce_runs_forward_only_samples_times_and_returns_the_mean_loss():
 def test_remedy_options_are_checked(overrides, message):
     with pytest.raises(nas.InputError, match=message):
         build_config({}, overrides)
+
+
+def test_the_cpu_config_has_the_remedies_on_by_default():
+    from nas.config import load_config
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "gdas_nb201_cpu.yaml")
+    s = cfg.search
+    assert (cfg.space, s.mode, s.estimator, s.weight_sampling) == ("nasbench201", "gdas", "reinforce", "params")
+    assert 0 < s.warmup_epochs < s.epochs and s.samples >= 2 and s.benchmark is None
+    assert cfg.supernet == {"C": 8, "cells_per_stage": 1, "track_running_stats": False}

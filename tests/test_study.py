@@ -160,3 +160,16 @@ def test_bad_input_is_one_line_and_creates_nothing(workdir, capsys, change, args
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("study: error: ") and message in err
     assert err.count("\n") == 1 and not (workdir / "out").exists()
+
+
+@needs_table
+@pytest.mark.skipif(not (ROOT.parent / "shared" / "data").is_dir(), reason="no shared data")
+def test_the_shipped_study_loads_with_its_methods_in_order(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    s = study.load_study("configs/studies/nb201_cpu.yaml")
+    # the first method sets the random-search budget: it must be the shipped config itself
+    assert list(s.methods) == ["gdas_nb201_cpu", "reinforce_uniform", "gdas_params", "gdas"]
+    assert s.methods["gdas_nb201_cpu"].sets == []
+    assert s.seeds == [10, 11, 12, 13, 14] and s.random_search == {"epochs": 3}
+    plain = nas.config.load_config(s.methods["gdas"].config, s.methods["gdas"].sets).search
+    assert (plain.estimator, plain.weight_sampling, plain.warmup_epochs) == ("gdas", "arch", 0)
