@@ -60,8 +60,8 @@ class SearchConfig:
     order: Literal["weights_first", "arch_first"] = "weights_first"
     warmup_epochs: int = 0              # epochs that train the weights only
     weight_sampling: Literal["arch", "uniform", "params"] = "arch"  # ops the weight steps train
-    estimator: Literal["gdas", "reinforce"] = "gdas"  # gradient of the architecture step (gdas mode)
-    samples: int = 4                    # reinforce: subnetworks per architecture step (RLOO)
+    estimator: Literal["gdas", "reinforce", "gumbel_rao", "reinmax"] = "gdas"  # the arch gradient
+    samples: int = 4                    # reinforce: subnetworks per arch step; gumbel_rao: draws
     lr: float = 0.025                   # weights: SGD, cosine from lr to lr_min
     lr_min: float = 0.001
     momentum: float = 0.9
@@ -235,8 +235,11 @@ def _check_ranges(cfg: Config) -> None:
     need(cfg.search.weight_sampling == "arch" or cfg.search.mode != "softmax",
          f"search.weight_sampling: {cfg.search.weight_sampling} needs a sampling mode (gdas, st, "
          "gumbel), got softmax")
-    need(cfg.search.estimator == "gdas" or cfg.search.mode == "gdas",
-         f"search.estimator: {cfg.search.estimator} needs search.mode: gdas, got {cfg.search.mode}")
+    need(cfg.search.estimator != "reinforce" or cfg.search.mode == "gdas",
+         f"search.estimator: reinforce needs search.mode: gdas, got {cfg.search.mode}")
+    need(cfg.search.estimator in ("gdas", "reinforce") or cfg.search.mode in ("gdas", "st"),
+         f"search.estimator: {cfg.search.estimator} needs a hard sample (search.mode: gdas or st), "
+         f"got {cfg.search.mode}")
     tau = cfg.search.tau
     need(tau.min > 0, f"search.tau.min: must be positive, got {tau.min}")
     need(tau.max >= tau.min, f"search.tau.max: must be >= search.tau.min, got {tau.max}")

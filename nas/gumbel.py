@@ -78,6 +78,59 @@ def gumbel_softmax(logits: Tensor, tau: float | Tensor = 1.0, hard: bool = False
     return GumbelSample(sample.to(logits.dtype), index)
 
 
+def conditional_gumbel(logits: Tensor, index: Tensor, samples: int, dim: int = -1,
+                       generator: torch.Generator | None = None) -> Tensor:
+    """``samples`` draws of ``logits + g`` conditioned on their argmax being ``index``.
+
+    Returns float32 of shape ``[samples, *logits.shape]``. Top-down sampling (Maddison et al.
+    2014): the maximum is Gumbel around logsumexp(logits) and sits at ``index``; every other
+    entry is its own Gumbel draw truncated below that maximum. Masked (-inf) entries stay -inf.
+    """
+    logits = logits.float()
+    shape = (samples, *logits.shape)
+    top = torch.logsumexp(logits, dim, keepdim=True) + gumbel_noise(
+        (samples, *logits.shape[:dim % logits.dim()], 1, *logits.shape[dim % logits.dim() + 1:]),
+        device=logits.device, generator=generator)
+    free = logits + gumbel_noise(shape, device=logits.device, generator=generator)
+    below = -torch.logaddexp(-top, -free)  # a Gumbel truncated below top, by inversion
+    index = index.unsqueeze(dim).unsqueeze(0).expand(samples, *index.unsqueeze(dim).shape)
+    return below.scatter(dim, index, top.expand_as(below).gather(dim, index))
+
+
+def gumbel_rao(logits: Tensor, index: Tensor, tau: float | Tensor, samples: int, dim: int = -1,
+               generator: torch.Generator | None = None) -> Tensor:
+    """The one-hot of ``index`` with the Gumbel-Rao gradient (Paulus et al. 2021).
+
+    The backward pass goes through the mean of ``samples`` soft samples softmax((logits + g)/tau)
+    whose noise g is drawn conditioned on argmax(logits + g) = index: the straight-through
+    Gumbel-softmax gradient, Rao-Blackwellised over the noise, for K softmaxes more.
+    """
+    _check_tau(tau)
+    with torch.no_grad():
+        z = conditional_gumbel(logits, index, samples, dim, generator)
+        noise = torch.where(torch.isfinite(z), z - logits.float(), torch.zeros_like(z))
+    soft = torch.softmax((logits.float() + noise) / tau, dim=dim % logits.dim() + 1).mean(0)
+    return straight_through(soft, index, dim).to(logits.dtype)
+
+
+def reinmax(logits: Tensor, index: Tensor, tau: float | Tensor, dim: int = -1) -> Tensor:
+    """The one-hot of ``index`` with the ReinMax gradient (Liu et al. 2023).
+
+    ``index`` must be a sample of softmax(logits). With D its one-hot, pi0 = softmax(logits) and
+    pi1 = (D + softmax(logits / tau)) / 2, the backward pass goes through 2 * pi1 - pi0 / 2, where
+    pi1 is differentiated as softmax(logits + c) at the constant c that makes it equal pi1 (Heun's
+    method: second-order accurate where straight-through is first-order).
+    """
+    _check_tau(tau)
+    logits32 = logits.float()
+    pi0 = torch.softmax(logits32, dim)
+    hard = torch.zeros_like(pi0).scatter_(dim, index.unsqueeze(dim), 1.0)
+    pi1 = (hard + torch.softmax(logits32 / tau, dim)) / 2
+    shift = torch.where(torch.isfinite(logits32), pi1.log() - logits32, torch.zeros_like(pi1))
+    pi1 = torch.softmax(shift.detach() + logits32, dim)
+    return straight_through(2 * pi1 - pi0 / 2, index, dim).to(logits.dtype)
+
+
 def gumbel_max(logits: Tensor, dim: int = -1, generator: torch.Generator | None = None) -> Tensor:
     """Categorical sample of indices with probabilities softmax(logits), by the Gumbel-max trick."""
     return perturb(logits, generator).argmax(dim=dim)

@@ -202,6 +202,8 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
         table.query(model.genotype())  # a space the table cannot score fails before the run starts
 
     weight_logits = weight_sampling_logits(model, s.weight_sampling)
+    model.estimator = s.estimator if s.estimator in ("gumbel_rao", "reinmax") else "gdas"
+    model.rao_samples = s.samples
 
     def update(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         if s.estimator == "reinforce":

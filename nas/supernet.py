@@ -209,6 +209,10 @@ class Supernet(nn.Module):
         # [edges, ops] tensor per cell kind) instead of the architecture's: the search's weight
         # steps under weight_sampling uniform/params. The sample stays a function of the seed.
         self.sampling_logits: dict[str, Tensor] | None = None
+        # The gradient surrogate of a hard sample (gdas, st): the soft Gumbel sample itself
+        # ("gdas"), Gumbel-Rao's mean of rao_samples conditional soft samples, or ReinMax's.
+        self.estimator = "gdas"
+        self.rao_samples = 4
 
     def edge_names(self, kind: str) -> list[str]:
         """Readable edge names, ``"3<-1"`` (node <- state) in DARTS-family cells."""
@@ -260,6 +264,12 @@ class Supernet(nn.Module):
                 weights[kind], idx = gumbel.gumbel_softmax(value, self.tau, hard=hard, generator=gen)
                 if hard:
                     index[kind] = idx
+                    # the same one-hot, with another surrogate for its gradient
+                    if self.estimator == "gumbel_rao":
+                        weights[kind] = gumbel.gumbel_rao(value, idx, self.tau, self.rao_samples,
+                                                          generator=gen)
+                    elif self.estimator == "reinmax":
+                        weights[kind] = gumbel.reinmax(value, idx, self.tau)
         self.last_index = index
         if single_path:
             # one transfer for all edges of all cell kinds

@@ -168,7 +168,8 @@ def test_the_shipped_study_loads_with_its_methods_in_order(monkeypatch):
     monkeypatch.chdir(ROOT)
     s = study.load_study("configs/studies/nb201_cpu.yaml")
     # the first method sets the random-search budget: it must be the shipped config itself
-    assert list(s.methods) == ["gdas_nb201_cpu", "reinforce_uniform", "gdas_params", "gdas"]
+    assert list(s.methods) == ["gdas_nb201_cpu", "reinforce_uniform", "gdas_params",
+                              "gumbel_rao_params", "reinmax_params", "gdas"]
     assert s.methods["gdas_nb201_cpu"].sets == []
     assert s.seeds == [10, 11, 12, 13, 14] and s.random_search == {"epochs": 3}
     plain = nas.config.load_config(s.methods["gdas"].config, s.methods["gdas"].sets).search

@@ -1,0 +1,141 @@
+"""Gumbel-Rao and ReinMax: conditional Gumbel noise, their gradients, and their place in a search."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import nas
+from nas import gumbel
+from nas.cli import main
+
+EULER = 0.5772156649
+
+
+def test_conditional_gumbel_has_the_right_argmax_and_marginals():
+    theta = torch.tensor([0.5, -1.0, 0.2, 1.0])
+    gen = torch.Generator().manual_seed(0)
+    z = gumbel.conditional_gumbel(theta, torch.tensor(1), 40000, generator=gen)
+    assert z.shape == (40000, 4) and bool((z.argmax(-1) == 1).all())
+    # the maximum of theta + g is Gumbel around logsumexp(theta): mean lse + Euler's constant
+    assert z[:, 1].mean().item() == pytest.approx(torch.logsumexp(theta, 0).item() + EULER, abs=0.03)
+    # drawing the index from softmax(theta) first and the noise given it recovers plain Gumbels
+    n, total = 60000, torch.zeros(4)
+    counts = torch.multinomial(theta.softmax(0), n, replacement=True, generator=gen).bincount(minlength=4)
+    for k in range(4):
+        total += gumbel.conditional_gumbel(theta, torch.tensor(k), int(counts[k]), generator=gen).sum(0)
+    assert torch.allclose(total / n, theta + EULER, atol=0.03)
+
+
+def test_conditional_gumbel_keeps_masked_entries_out_and_works_per_row():
+    theta = torch.tensor([[0.0, float("-inf"), 1.0], [2.0, 0.0, -1.0]])
+    z = gumbel.conditional_gumbel(theta, torch.tensor([2, 1]), 500)
+    assert bool(torch.isneginf(z[:, 0, 1]).all()) and bool(torch.isfinite(z[:, 1]).all())
+    assert z.argmax(-1).eq(torch.tensor([2, 1])).all()
+
+
+def _st_gradient(theta, v, tau, gen):
+    """Straight-through Gumbel-softmax gradient of v . D for one draw, and its index."""
+    t = theta.clone().requires_grad_(True)
+    d, index = gumbel.gumbel_softmax(t, tau, hard=True, generator=gen)
+    (d * v).sum().backward()
+    return t.grad, index
+
+
+def test_gumbel_rao_is_straight_through_rao_blackwellised():
+    """Same mean as straight-through Gumbel-softmax (the noise is averaged out), lower variance."""
+    theta, v, tau = torch.tensor([0.3, -0.5, 1.0, 0.0]), torch.tensor([1.0, -2.0, 0.5, 3.0]), 0.7
+    gen = torch.Generator().manual_seed(1)
+    st, rao = [], []
+    for _ in range(6000):
+        g, index = _st_gradient(theta, v, tau, gen)
+        st.append(g)
+        t = theta.clone().requires_grad_(True)
+        d = gumbel.gumbel_rao(t, index, tau, samples=8, generator=gen)
+        assert torch.equal(d, torch.nn.functional.one_hot(index, 4).float())  # the same one-hot
+        (d * v).sum().backward()
+        rao.append(t.grad)
+    st, rao = torch.stack(st), torch.stack(rao)
+    assert torch.allclose(st.mean(0), rao.mean(0), atol=0.04), (st.mean(0), rao.mean(0))
+    assert (rao.var(0).sum() < 0.8 * st.var(0).sum()).item()
+
+
+def test_reinmax_gradient_is_the_papers_formula():
+    """Hand-computed: grad = 2 J(pi1) v - J(pi0) v / 2, J(p) = diag(p) - p p^T."""
+    theta = torch.tensor([0.2, -0.4, 0.9])
+    v, tau, index = torch.tensor([1.5, -1.0, 0.25]), 2.0, torch.tensor(1)
+    t = theta.clone().requires_grad_(True)
+    d = gumbel.reinmax(t, index, tau)
+    assert torch.equal(d, torch.tensor([0.0, 1.0, 0.0]))
+    (d * v).sum().backward()
+    pi0 = theta.softmax(0)
+    pi1 = (torch.tensor([0.0, 1.0, 0.0]) + (theta / tau).softmax(0)) / 2
+
+    def jvp(p):
+        return p * v - p * (p * v).sum()
+
+    assert torch.allclose(t.grad, 2 * jvp(pi1) - jvp(pi0) / 2, atol=1e-6)
+
+
+@pytest.mark.parametrize("estimator", ["gumbel_rao", "reinmax"])
+def test_supernet_estimators_run_the_gdas_sample_and_reach_every_logit(estimator):
+    opts = {"C": 4, "cells_per_stage": 1}
+    x = torch.randn(2, 3, 8, 8)
+    ref = nas.build_supernet("nasbench201", 10, "gdas", seed=5, options=opts)
+    model = nas.build_supernet("nasbench201", 10, "gdas", seed=5, options=opts)
+    model.load_state_dict(ref.state_dict())
+    model.estimator, ref.tau, model.tau = estimator, 2.0, 2.0
+    for _ in range(3):  # the same one-hot sample as gdas, step after step
+        ref.sample()
+        model(x).sum().backward()
+        assert torch.equal(model.last_index["cell"], ref.last_index["cell"])
+    grad = model.arch_logits["cell"].grad
+    assert grad is not None and bool(torch.isfinite(grad).all()) and bool((grad != 0).all())
+
+
+@pytest.mark.parametrize("estimator", ["gumbel_rao", "reinmax"])
+def test_a_search_runs_with_each_estimator(tmp_path, tiny_config, capsys, estimator):
+    run = tmp_path / "run"
+    assert main(["search", "--config", str(tiny_config), "--run-dir", str(run), "--quiet",
+                 "--set", f"search.estimator={estimator}", "search.samples=3"]) == 0
+    capsys.readouterr()
+    state = torch.load(run / "checkpoint.pt", weights_only=False)["model"]
+    assert all(math.isfinite(v) for k, t in state.items() if k.startswith("arch_logits")
+               for v in t.flatten().tolist())
+
+
+def test_estimators_need_a_hard_sample():
+    with pytest.raises(nas.InputError, match="needs a hard sample"):
+        nas.config.build_config({}, ["search.estimator=reinmax", "search.mode=gumbel"])
+
+
+def _script():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "scripts" / "estimators.py"
+    spec = importlib.util.spec_from_file_location("estimators_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_estimator_script_measures_against_the_exact_gradient(tmp_path, capsys):
+    est = _script()
+    gen = torch.Generator().manual_seed(0)
+    probs = est.problems(gen)
+    theta, loss = probs["categorical"]
+    f = loss(torch.eye(6).unsqueeze(1)).squeeze()  # the loss of each outcome
+    p = theta.softmax(0)
+    assert torch.allclose(est.exact_gradient(theta, loss), p * (f - (p * f).sum()), atol=1e-6)
+    theta, loss = probs["cell"]
+    exact = est.exact_gradient(theta, loss)
+    g = est.estimate("reinforce", theta, loss, 1.0, 4000, gen)
+    assert g.shape == (4000, 3, 5)
+    # unbiased: the mean of 4000 draws is within a few standard errors of the exact gradient
+    assert (g.mean(0) - exact).norm() < 4 * (g.var(0).sum() / 4000).sqrt()
+    assert est.main(["--draws", "50", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "estimators.md").read_text()
+    assert text.count("| toy |") == 4 and "| cell | reinmax |" in text
+    from PIL import Image
+    assert Image.open(tmp_path / "estimators.png").size[0] > 600
