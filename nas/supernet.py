@@ -264,7 +264,7 @@ class Supernet(nn.Module):
                 weights[kind], idx = gumbel.gumbel_softmax(value, self.tau, hard=hard, generator=gen)
                 if hard:
                     index[kind] = idx
-                    # the same one-hot, with another surrogate for its gradient
+                if hard and value.requires_grad:  # the same one-hot, another gradient surrogate
                     if self.estimator == "gumbel_rao":
                         weights[kind] = gumbel.gumbel_rao(value, idx, self.tau, self.rao_samples,
                                                           generator=gen)
