@@ -12,7 +12,9 @@ For the DARTS space (C=16, 8 cells) and NAS-Bench-201 (C=16, 5 cells per stage),
   * peak memory: CUDA ``max_memory_allocated``; on the CPU the peak resident memory of a fresh
     process per measurement (and its growth over the process's memory before the first step);
   * images per second (2 x batch images per search step);
-  * for comparison, a gdas step done the way the GDAS reference code does it.
+  * for comparison, a gdas step done the way the GDAS reference code does it;
+  * gdas steps with the other architecture-gradient estimators (gumbel_rao with 4 draws,
+    reinmax, reinforce with 4 forward-only samples).
 Each measurement runs in a fresh process. Writes ``benchmark.json`` and ``benchmark.md``.
 
     python scripts/benchmark.py --out bench            # everything (CPU: about 20 minutes)
@@ -31,7 +33,8 @@ from pathlib import Path
 
 SPACES = {"darts": {"C": 16, "cells": 8}, "nasbench201": {"C": 16, "cells_per_stage": 5}}
 MODES = ("gdas", "st", "gumbel", "softmax")
-ROWS = ("lower", "gdas-reference", *MODES)
+ESTIMATORS = ("gdas+gumbel_rao", "gdas+reinmax", "gdas+reinforce")  # gdas mode, another estimator
+ROWS = ("lower", "gdas-reference", *MODES, *ESTIMATORS)
 TARGETS = "gdas step <= 1.15 x lower limit; gdas >= 4x faster than softmax with <= 1/3 of its peak memory (DARTS space)"
 
 
@@ -114,7 +117,7 @@ def measure(space: str, mode: str, batch: int, steps: int, warmup: int, device_n
     import torch.nn.functional as F
     import nas
     from nas.runtime import resolve_device
-    from nas.search import arch_step, autocast, weight_step
+    from nas.search import arch_step, autocast, reinforce_step, weight_step
 
     device = resolve_device(device_name)
     torch.manual_seed(0)
@@ -163,10 +166,16 @@ def measure(space: str, mode: str, batch: int, steps: int, warmup: int, device_n
         a_opt = torch.optim.Adam(supernet.arch_parameters(), 3e-4, betas=(0.5, 0.999),
                                  weight_decay=1e-3)
         supernet.train()
+        estimator = mode.partition("+")[2]
+        if estimator in ("gumbel_rao", "reinmax"):
+            supernet.estimator, supernet.rao_samples = estimator, 4
 
         def step():
             weight_step(supernet, w_opt, xw, yw, 5.0, amp)
-            arch_step(supernet, a_opt, xa, ya, amp)
+            if estimator == "reinforce":
+                reinforce_step(supernet, a_opt, xa, ya, 4, amp)
+            else:
+                arch_step(supernet, a_opt, xa, ya, amp)
 
         if mode == "gdas-reference":
             step = reference_gdas(supernet, w_opt, a_opt, xw, yw, xa, ya, device, amp)
