@@ -139,3 +139,18 @@ def test_the_estimator_script_measures_against_the_exact_gradient(tmp_path, caps
     assert text.count("| toy |") == 4 and "| cell | reinmax |" in text
     from PIL import Image
     assert Image.open(tmp_path / "estimators.png").size[0] > 600
+
+
+@pytest.mark.parametrize("row", ["gdas+gumbel_rao", "gdas+reinmax", "gdas+reinforce"])
+def test_the_benchmark_times_a_step_with_each_estimator(row):
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+    spec = importlib.util.spec_from_file_location("benchmark_script", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert row in bench.ROWS
+    r = bench.measure("nasbench201", row, batch=2, steps=1, warmup=0, device_name="cpu",
+                      amp=False, channels_last=False)
+    assert r["mode"] == row and r["steps"] == 1 and r["median_s"] > 0
+    assert "| nasbench201 | " + row + " |" in bench.table([r])
