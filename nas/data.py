@@ -57,10 +57,31 @@ CIFAR = {
 }
 
 
+# What CIFAR pickles may name: numpy's array and dtype rebuilders, and _codecs.encode (how
+# Python 3 writes bytes at protocol 2), nothing else.
+# A downloaded batch file is data: a pickle naming any other callable could run code when read.
+_CIFAR_GLOBALS = {(module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+                  for name in ("_reconstruct", "scalar")} | {
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles plain containers, bytes, str, numbers and numpy arrays; refuses anything else."""
+
+    def find_class(self, module: str, name: str):  # noqa: D102
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR batch file "
+                                         "never does; refusing to load it")
+        return super().find_class(module, name)
+
+
 def _read_batch(path: Path, label_key: bytes, classes: int) -> tuple[Tensor, Tensor]:
     try:
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="bytes")
+            entry = _CifarUnpickler(f, encoding="bytes").load()
+    except pickle.UnpicklingError as exc:
+        raise InputError(f"{path} is not a CIFAR python batch file: {exc}") from None
     except Exception as exc:
         raise InputError(f"{path} is not a CIFAR python batch file ({type(exc).__name__})") from None
     if not isinstance(entry, dict):

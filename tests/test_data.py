@@ -199,3 +199,36 @@ def test_the_shared_real_cifar_subset_loads():
     # real photographs: per-channel means near CIFAR-10's published ones
     means = train.images.float().mean((0, 2, 3)) / 255
     assert torch.allclose(means, torch.tensor(train.mean), atol=0.02)
+
+
+class _RunsCode:
+    """Unpickling this calls its __reduce__ callable: what a crafted batch file would do."""
+
+    def __init__(self, call, *args):
+        self.call, self.args = call, args
+
+    def __reduce__(self):
+        return self.call, self.args
+
+
+@pytest.mark.parametrize("payload", [
+    lambda marker: _RunsCode(__import__("os").system, f"touch {marker}"),
+    lambda marker: {b"data": _RunsCode(exec, f"open({str(marker)!r}, 'w').close()"), b"labels": []},
+    lambda marker: {b"data": __import__("collections").OrderedDict(), b"labels": []},
+], ids=["os.system", "exec inside the dict", "a harmless but foreign class"])
+def test_a_crafted_batch_file_is_refused_without_running_code(tmp_path, payload):
+    root = write_cifar10(tmp_path / "data", n_train=8, n_test=4, batches=1)
+    marker = tmp_path / "ran"
+    with open(root / "cifar-10-batches-py" / "data_batch_1", "wb") as f:
+        pickle.dump(payload(marker), f)
+    with pytest.raises(nas.InputError, match="not a CIFAR python batch file: it names .*refusing"):
+        load_dataset("cifar10", root, train=True)
+    assert not marker.exists()
+
+
+def test_bytes_written_by_python3_at_protocol_2_still_load(tmp_path):
+    root = write_cifar10(tmp_path / "data", n_train=8, n_test=4, batches=1)
+    path = root / "cifar-10-batches-py" / "data_batch_1"
+    entry = pickle.loads(path.read_bytes())
+    path.write_bytes(pickle.dumps(entry, protocol=2))  # bytes become _codecs.encode calls
+    assert len(load_dataset("cifar10", root, train=True)) == 8
