@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import shutil
 import time
@@ -108,9 +109,14 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
     if not path.is_file():
         raise InputError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        # tensors and plain values only: a downloaded checkpoint is data and must not run code
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise InputError(f"{path} holds objects other than tensors and plain Python values; it "
+                         "is not loaded, since unpickling them could run code") from None
     except Exception as exc:
-        raise InputError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise InputError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {detail})") from None
     if not isinstance(state, dict) or "kind" not in state:
         raise InputError(f"{path} is not a gumbel-nas checkpoint")
     if kind is not None and state["kind"] != kind:

@@ -140,3 +140,25 @@ def test_example_plugin_runs_from_its_file(tmp_path, cifar_root, capsys, monkeyp
     assert {op for node in genotype.cells["cell"] for op, _ in node} <= {
         "skip_connect", "avg_pool_3x3", "nor_conv_3x3", "mbconv_3x3"}
     assert json.loads((run / "train" / "result.json").read_text())["params"] > 0
+
+
+class _RunsCode:
+    """Unpickling this calls exec: what a crafted checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').close()",)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_with_one_line(tmp_path, capsys):
+    from nas.runtime import load_checkpoint
+    marker, path = tmp_path / "ran", tmp_path / "evil.pt"
+    torch.save({"kind": "train", "epoch": 1, "model": {}, "payload": _RunsCode(marker)}, path)
+    assert main(["evaluate", "--checkpoint", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "objects other than tensors and plain Python values" in err[0]
+    with pytest.raises(nas.InputError, match="could run code"):
+        load_checkpoint(path, "search")  # the path resume takes
+    assert not marker.exists()
