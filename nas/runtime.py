@@ -111,11 +111,12 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
     try:
         # tensors and plain values only: a downloaded checkpoint is data and must not run code
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise InputError(f"{path} holds objects other than tensors and plain Python values; it "
-                         "is not loaded, since unpickling them could run code") from None
     except Exception as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in str(exc):
+            raise InputError(f"{path} holds objects other than tensors and plain Python values; "
+                             "it is not loaded, since unpickling them could run code") from None
+        detail = "not a torch.save file" if isinstance(exc, pickle.UnpicklingError) else \
+            (str(exc).strip().splitlines() or [""])[0]
         raise InputError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {detail})") from None
     if not isinstance(state, dict) or "kind" not in state:
         raise InputError(f"{path} is not a gumbel-nas checkpoint")
