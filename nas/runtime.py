@@ -64,10 +64,42 @@ def check_run_dir(path: str | Path, *, resume: bool = False, force: bool = False
     if resume:
         if not (path / CHECKPOINT).is_file():
             raise InputError(f"cannot resume: {path / CHECKPOINT} does not exist")
-    elif path.exists() and (not path.is_dir() or any(path.iterdir())) and not force:
-        raise InputError(f"run directory {path} already exists; pass --resume {path} to "
-                         "continue it, --force to overwrite it, or choose another --run-dir")
+    elif path.is_symlink() or (path.exists() and (not path.is_dir() or any(path.iterdir()))):
+        if not force:
+            raise InputError(f"run directory {path} already exists; pass --resume {path} to "
+                             "continue it, --force to overwrite it, or choose another --run-dir")
+        check_replaceable(path)
     return path
+
+
+def is_run_dir(path: Path) -> bool:
+    """A directory this tool wrote: its config.yaml beside run output, or a `nas run` pair."""
+    if (path / "config.yaml").is_file() and (
+            any((path / f).is_file() for f in (CHECKPOINT, "metrics.jsonl", "genotype.json",
+                                                "result.json"))
+            or any(path.glob("events.out.tfevents.*"))):
+        return True
+    return any(is_run_dir(path / sub) for sub in ("search", "train") if (path / sub).is_dir())
+
+
+def check_replaceable(path: Path) -> None:
+    """Refuse --force on anything but a run directory of this tool (nothing is touched)."""
+    what = None
+    if path.is_symlink():
+        what = "a symbolic link"
+    else:
+        real, cwd = path.resolve(), Path.cwd().resolve()
+        if real == cwd or real in cwd.parents:
+            what = "the current directory or one of its parents"
+        elif real == Path.home().resolve():
+            what = "the home directory"
+        elif not path.is_dir():
+            what = "a file"
+        elif not is_run_dir(path):
+            what = "not a run directory of gumbel-nas (no config.yaml beside a checkpoint, metrics or TensorBoard events)"
+    if what:
+        raise InputError(f"--force replaces only a run directory of gumbel-nas, and {path} is "
+                         f"{what}; nothing was changed: choose another --run-dir")
 
 
 def prepare_run_dir(path: str | Path, *, resume: bool = False, force: bool = False) -> Path:

@@ -237,3 +237,48 @@ def test_bf16_autocast_and_channels_last_run(tmp_path, tiny_config, capsys):
     assert code == 0, err
     line = json.loads((run / "metrics.jsonl").read_text())
     assert line["train_loss"] > 0 and line["arch_loss"] > 0
+
+
+def _user_files(directory: Path) -> dict[str, str]:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "notes.txt").write_text("my notes\n")
+    (directory / "config.yaml").write_text("mine: true\n")  # a config alone does not make a run
+    return snapshot(directory)
+
+
+@pytest.mark.parametrize("where", ["cwd", "parent", "home", "user dir", "symlink", "file"])
+def test_force_never_replaces_what_is_not_a_run(tmp_path, tiny_config, capsys, monkeypatch, where):
+    work = tmp_path / "work" / "deep"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    target = {"cwd": Path("."), "parent": Path(".."), "home": tmp_path / "home",
+              "user dir": tmp_path / "notes", "symlink": tmp_path / "link",
+              "file": tmp_path / "afile"}[where]
+    if where == "symlink":
+        real = tmp_path / "real_run"
+        assert run_search(["--config", str(tiny_config), "--run-dir", str(real), "--quiet"], capsys)[0] == 0
+        target.symlink_to(real, target_is_directory=True)
+        guarded = real
+    elif where == "file":
+        target.write_text("data\n")
+        guarded = tmp_path
+    else:
+        guarded = tmp_path / "home" if where == "home" else target.resolve()
+        _user_files(guarded)
+    before = snapshot(guarded) if guarded.is_dir() else None
+    code, _, err = run_search(["--config", str(tiny_config), "--run-dir", str(target), "--force",
+                               "--quiet"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "--force replaces only a run directory" in err, err
+    assert snapshot(guarded) == before
+    if where == "file":
+        assert target.read_text() == "data\n"
+
+
+def test_force_replaces_a_run_directory(tmp_path, tiny_config, capsys):
+    run = tmp_path / "run"
+    assert run_search(["--config", str(tiny_config), "--run-dir", str(run), "--quiet"], capsys)[0] == 0
+    (run / "stale.txt").write_text("from the old run\n")
+    assert run_search(["--config", str(tiny_config), "--run-dir", str(run), "--force", "--quiet",
+                       "--seed", "3"], capsys)[0] == 0
+    assert not (run / "stale.txt").exists() and (run / "genotype.json").is_file()
