@@ -37,8 +37,17 @@ class Monitor:
         self.run_dir = Path(run_dir)
         self.quiet, self.bars = quiet, (not quiet) and _is_tty()
         self.title, self.epochs = title, epochs
-        self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=start_epoch or None)
+        # Epoch k is logged at step k: a resumed run drops what epochs after its checkpoint
+        # wrote before the interruption, so its files equal a run straight through.
+        self.writer = SummaryWriter(log_dir=str(self.run_dir),
+                                    purge_step=start_epoch + 1 if start_epoch else None)
         self.metrics_path = self.run_dir / "metrics.jsonl"
+        if start_epoch and self.metrics_path.is_file():
+            kept = [line for line in self.metrics_path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("epoch", 0) <= start_epoch]
+            tmp = self.metrics_path.with_name("metrics.jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            tmp.replace(self.metrics_path)
         self.epoch_bar = tqdm(total=epochs, initial=start_epoch, desc=title, unit="epoch",
                               dynamic_ncols=True, disable=not self.bars)
         self._step_bar: tqdm | None = None

@@ -218,6 +218,9 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
     else:
         save_config(cfg, run_dir / "config.yaml")
     (run_dir / "genotypes").mkdir(exist_ok=True)
+    for stale in (run_dir / "genotypes").glob("epoch_*.json"):  # written after the checkpoint
+        if stale.stem[6:].isdigit() and int(stale.stem[6:]) > start:
+            stale.unlink()
 
     monitor = Monitor(run_dir, epochs=s.epochs, start_epoch=start, quiet=quiet, title="search")
     if not resume:

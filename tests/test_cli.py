@@ -282,3 +282,35 @@ def test_force_replaces_a_run_directory(tmp_path, tiny_config, capsys):
     assert run_search(["--config", str(tiny_config), "--run-dir", str(run), "--force", "--quiet",
                        "--seed", "3"], capsys)[0] == 0
     assert not (run / "stale.txt").exists() and (run / "genotype.json").is_file()
+
+
+def test_a_kill_between_metrics_and_checkpoint_leaves_no_duplicate_epoch(tmp_path, tiny_config,
+                                                                         capsys, monkeypatch):
+    args = ["--config", str(tiny_config), "--set", "search.epochs=3", "--quiet"]
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    assert run_search([*args, "--run-dir", str(straight)], capsys)[0] == 0
+    real_save, calls = nas.search.save_checkpoint, []
+
+    def killed_before_the_second_checkpoint(state, path):
+        calls.append(path)
+        if len(calls) == 2:  # epoch 2's metrics, genotype and TensorBoard are written already
+            raise KeyboardInterrupt
+        real_save(state, path)
+
+    monkeypatch.setattr(nas.search, "save_checkpoint", killed_before_the_second_checkpoint)
+    assert run_search([*args, "--run-dir", str(broken)], capsys)[0] == 130
+    assert (broken / "genotypes" / "epoch_002.json").is_file()
+    monkeypatch.setattr(nas.search, "save_checkpoint", real_save)
+    assert run_search(["--resume", str(broken), "--quiet"], capsys)[0] == 0
+
+    strip = lambda p: [{k: v for k, v in json.loads(l).items() if k != "seconds"}
+                       for l in (p / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in strip(broken)] == [1, 2, 3]
+    assert strip(broken) == strip(straight)
+    assert sorted(p.name for p in (broken / "genotypes").iterdir()) == \
+        sorted(p.name for p in (straight / "genotypes").iterdir())
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(broken), size_guidance={"images": 0, "histograms": 0, "tensors": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss/train")] == [1, 2, 3]
