@@ -62,7 +62,7 @@ def check_run_dir(path: str | Path, *, resume: bool = False, force: bool = False
     """Fail early, changing nothing, if a run cannot start (or resume) in ``path``."""
     path = Path(path)
     if resume:
-        if not (path / CHECKPOINT).is_file():
+        if not (path / CHECKPOINT).is_file() and not (path / "config.yaml").is_file():
             raise InputError(f"cannot resume: {path / CHECKPOINT} does not exist")
     elif path.is_symlink() or (path.exists() and (not path.is_dir() or any(path.iterdir()))):
         if not force:
@@ -100,6 +100,15 @@ def check_replaceable(path: Path) -> None:
     if what:
         raise InputError(f"--force replaces only a run directory of gumbel-nas, and {path} is "
                          f"{what}; nothing was changed: choose another --run-dir")
+
+
+def start_mode(path: str | Path, resume: bool, force: bool) -> tuple[Path, bool, bool]:
+    """Check ``path`` and return it with (resume, force); a run stopped before its first
+    checkpoint (its config saved, no checkpoint yet) is resumed by starting it again."""
+    path = check_run_dir(path, resume=resume, force=force)
+    if resume and not (path / CHECKPOINT).is_file():
+        return path, False, True
+    return path, resume, force
 
 
 def prepare_run_dir(path: str | Path, *, resume: bool = False, force: bool = False) -> Path:

@@ -31,7 +31,7 @@ from .data import Batches, load_split, seed_of, split_indices
 from .errors import Diverged
 from .genotype import Genotype
 from .monitor import Monitor
-from .runtime import (CHECKPOINT, check_run_dir, checkpoint_state, prepare_run_dir,
+from .runtime import (CHECKPOINT, checkpoint_state, prepare_run_dir, start_mode,
                       resolve_device, resume_from, save_checkpoint, seed_everything)
 from .schedules import TemperatureScheduler
 from .ops import build_op
@@ -170,7 +170,7 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
     An existing ``run_dir`` is refused unless ``resume`` (continue it) or ``force`` (replace
     it, once the data and the supernet are ready).
     """
-    run_dir = check_run_dir(run_dir, resume=resume, force=force)
+    run_dir, resume, force = start_mode(run_dir, resume, force)
     s = cfg.search
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)

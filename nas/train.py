@@ -24,8 +24,8 @@ from .errors import InputError
 from .genotype import Genotype
 from .monitor import Monitor
 from .network import build_network, count_macs, count_parameters
-from .runtime import (CHECKPOINT, check_run_dir, checkpoint_state, load_checkpoint,
-                      prepare_run_dir, resolve_device, resume_from, save_checkpoint,
+from .runtime import (CHECKPOINT, checkpoint_state, load_checkpoint,
+                      prepare_run_dir, resolve_device, resume_from, save_checkpoint, start_mode,
                       seed_everything)
 from .search import Meter, autocast, check_finite
 
@@ -75,7 +75,7 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
 
     An existing ``run_dir`` is refused unless ``resume`` or ``force``, as in ``search``.
     """
-    run_dir = check_run_dir(run_dir, resume=resume, force=force)
+    run_dir, resume, force = start_mode(run_dir, resume, force)
     t = cfg.train
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)

@@ -314,3 +314,23 @@ def test_a_kill_between_metrics_and_checkpoint_leaves_no_duplicate_epoch(tmp_pat
     events = EventAccumulator(str(broken), size_guidance={"images": 0, "histograms": 0, "tensors": 0})
     events.Reload()
     assert [e.step for e in events.Scalars("loss/train")] == [1, 2, 3]
+
+
+def test_a_run_stopped_before_its_first_checkpoint_resumes_from_the_start(tmp_path, tiny_config,
+                                                                           capsys, monkeypatch):
+    args = ["--config", str(tiny_config), "--set", "search.epochs=2", "--quiet"]
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    assert run_search([*args, "--run-dir", str(straight)], capsys)[0] == 0
+
+    def interrupted(state, path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nas.search, "save_checkpoint", interrupted)
+    code, _, err = run_search([*args, "--run-dir", str(broken)], capsys)
+    assert code == 130 and f"nas search --resume {broken}" in err
+    assert not (broken / "checkpoint.pt").exists() and (broken / "config.yaml").is_file()
+    monkeypatch.undo()
+    assert run_search(["--resume", str(broken), "--quiet"], capsys)[0] == 0  # the hint works
+    a, b = final_logits(straight), final_logits(broken)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len((broken / "metrics.jsonl").read_text().splitlines()) == 2
