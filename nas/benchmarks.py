@@ -70,7 +70,7 @@ def canonical_arch(genotype: Genotype | str) -> str:
         if [src for _, src in node] != list(range(i + 1)):
             raise InputError(f"not a NAS-Bench-201 cell: node {i + 1} needs one edge from each of "
                              f"the nodes 0..{i}, got inputs {[src for _, src in node]}")
-    return "+".join("|" + "|".join(f"{op}~{src}" for op, src in node) + "|" for node in nodes)
+    return Genotype({"cell": nodes}).to_nb201_string()
 
 
 class NB201Table:
@@ -82,10 +82,10 @@ class NB201Table:
         self.archs = archs
         self.accuracy = accuracy
         self.index = {a: i for i, a in enumerate(archs)}
-        self.unique = unique
+        self._class_of = unique or archs  # without UniqueString every cell is its own class
         self._sorted = sorted(accuracy["cifar10"])
         self._classes: dict[str, list[int]] = {}
-        for i, u in enumerate(unique or archs):
+        for i, u in enumerate(self._class_of):
             self._classes.setdefault(u, []).append(i)
 
     def __len__(self) -> int:
@@ -98,7 +98,7 @@ class NB201Table:
         if i is None:
             raise InputError(f"{arch} is not in the NAS-Bench-201 table {self.source} (an op "
                              f"outside {', '.join(self.ops())}?)")
-        members = self._classes[(self.unique or self.archs)[i]]
+        members = self._classes[self._class_of[i]]
         return BenchmarkResult(
             arch=arch, accuracy={d: v[i] for d, v in self.accuracy.items()},
             rank=1 + len(self._sorted) - bisect.bisect_right(self._sorted, self.accuracy["cifar10"][i]),
