@@ -33,9 +33,24 @@ def gumbel_noise(shape: Sequence[int] | torch.Size, *, device: torch.device | st
     return u.clamp_(min=_U_MIN).log_().neg_().log_().neg_()
 
 
-def perturb(logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Return ``logits + g`` in float32, with g standard Gumbel noise of the logits' shape."""
-    return logits.float() + gumbel_noise(logits.shape, device=logits.device, generator=generator)
+def shifted(logits: Tensor, dim: int = -1) -> Tensor:
+    """``logits`` minus their largest finite entry along ``dim``, in float32.
+
+    Softmax and argmax do not change, but huge logits (1e6, or float64 beyond float32's range)
+    become small, so float32 Gumbel noise added to them is not rounded away.
+    """
+    # float64 is shifted in float64 (its range exceeds float32's); the rest exactly in float32
+    wide = logits if logits.dtype == torch.float64 else logits.float()
+    finite = torch.isfinite(wide)
+    top = wide.detach().masked_fill(~finite, float("-inf")).amax(dim, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    return (wide - top).float()
+
+
+def perturb(logits: Tensor, generator: torch.Generator | None = None, dim: int = -1) -> Tensor:
+    """Return ``logits + g`` in float32 (logits shifted as by ``shifted``), g standard Gumbel noise."""
+    return shifted(logits, dim) + gumbel_noise(logits.shape, device=logits.device,
+                                               generator=generator)
 
 
 def _check_tau(tau: float | Tensor) -> None:
@@ -70,7 +85,7 @@ def gumbel_softmax(logits: Tensor, tau: float | Tensor = 1.0, hard: bool = False
                    generator: torch.Generator | None = None) -> GumbelSample:
     """Sample softmax((logits + g) / tau); with ``hard``, a straight-through one-hot sample."""
     _check_tau(tau)
-    z = perturb(logits, generator)
+    z = perturb(logits, generator, dim)
     soft = torch.softmax(z / tau, dim=dim)
     # argmax of z, not of soft: with a tiny tau soft can underflow to ties.
     index = z.argmax(dim=dim)
@@ -80,13 +95,13 @@ def gumbel_softmax(logits: Tensor, tau: float | Tensor = 1.0, hard: bool = False
 
 def conditional_gumbel(logits: Tensor, index: Tensor, samples: int, dim: int = -1,
                        generator: torch.Generator | None = None) -> Tensor:
-    """``samples`` draws of ``logits + g`` conditioned on their argmax being ``index``.
+    """``samples`` draws of ``shifted(logits) + g`` conditioned on their argmax being ``index``.
 
-    Returns float32 of shape ``[samples, *logits.shape]``. Top-down sampling (Maddison et al.
+    (``shifted``: the logits minus their row maximum.) Returns float32 of shape ``[samples, *logits.shape]``. Top-down sampling (Maddison et al.
     2014): the maximum is Gumbel around logsumexp(logits) and sits at ``index``; every other
     entry is its own Gumbel draw truncated below that maximum. Masked (-inf) entries stay -inf.
     """
-    logits = logits.float()
+    logits = shifted(logits, dim)
     shape = (samples, *logits.shape)
     top = torch.logsumexp(logits, dim, keepdim=True) + gumbel_noise(
         (samples, *logits.shape[:dim % logits.dim()], 1, *logits.shape[dim % logits.dim() + 1:]),
@@ -108,8 +123,8 @@ def gumbel_rao(logits: Tensor, index: Tensor, tau: float | Tensor, samples: int,
     _check_tau(tau)
     with torch.no_grad():
         z = conditional_gumbel(logits, index, samples, dim, generator)
-        noise = torch.where(torch.isfinite(z), z - logits.float(), torch.zeros_like(z))
-    soft = torch.softmax((logits.float() + noise) / tau, dim=dim % logits.dim() + 1).mean(0)
+        noise = torch.where(torch.isfinite(z), z - shifted(logits, dim), torch.zeros_like(z))
+    soft = torch.softmax((shifted(logits, dim) + noise) / tau, dim=dim % logits.dim() + 1).mean(0)
     return straight_through(soft, index, dim).to(logits.dtype)
 
 
@@ -133,7 +148,7 @@ def reinmax(logits: Tensor, index: Tensor, tau: float | Tensor, dim: int = -1) -
 
 def gumbel_max(logits: Tensor, dim: int = -1, generator: torch.Generator | None = None) -> Tensor:
     """Categorical sample of indices with probabilities softmax(logits), by the Gumbel-max trick."""
-    return perturb(logits, generator).argmax(dim=dim)
+    return perturb(logits, generator, dim).argmax(dim=dim)
 
 
 def gumbel_topk(logits: Tensor, k: int, dim: int = -1,
@@ -142,7 +157,7 @@ def gumbel_topk(logits: Tensor, k: int, dim: int = -1,
     size = logits.shape[dim]
     if not 1 <= k <= size:
         raise ValueError(f"k must be in [1, {size}], got {k}")
-    return perturb(logits, generator).topk(k, dim=dim).indices
+    return perturb(logits, generator, dim).topk(k, dim=dim).indices
 
 
 def concrete_log_prob(sample: Tensor, logits: Tensor, tau: float | Tensor, dim: int = -1) -> Tensor:

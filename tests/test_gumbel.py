@@ -545,3 +545,36 @@ def test_valid_tau_forms_agree():
     c = gumbel_softmax(logits, 2, generator=gen(151)).sample  # an int tau is fine
     assert torch.isfinite(c).all()
     assert gumbel.GumbelSample._fields == ("sample", "index")
+
+
+@pytest.mark.parametrize("offset, dtype", [(1e6, torch.float32), (1e8, torch.float32),
+                                           (-1e8, torch.float32), (1e300, torch.float64)])
+def test_huge_logits_sample_exactly(offset, dtype):
+    # Before the row maximum was subtracted, float32 noise added to 1e6 was rounded to
+    # multiples of 1/16 (two equal logits split 51/49) and at 1e8 to multiples of 8 (98/2).
+    base = torch.tensor([0.0, 0.5, -1.0], dtype=torch.float64)
+    logits = (base + offset).to(dtype) if dtype == torch.float64 else \
+        torch.tensor([offset, offset + 0.5, offset - 1.0], dtype=dtype)
+    exact = torch.softmax(logits.double() - logits.double().max(), 0)
+    rows = logits.expand(N_CAT, -1)
+    assert_categorical(gumbel_max(rows, generator=gen(150)), exact)
+    sample, index = gumbel_softmax(rows, tau=0.5, hard=True, generator=gen(151))
+    assert_categorical(index, exact)
+    assert torch.isfinite(sample).all() and sample.dtype == dtype
+    soft = gumbel_softmax(rows[:1000], tau=1.0, generator=gen(152)).sample
+    assert torch.isfinite(soft).all() and ((soft.sum(-1) - 1).abs() < 1e-5).all()
+
+
+def test_huge_logits_gumbel_rao_gradient_matches_shifted():
+    # The Gumbel-Rao backward conditions noise on the sample; a shift of all logits must not
+    # change it, even when float32 could not represent logits + noise.
+    small = torch.tensor([[0.25, -0.5, 0.125]], requires_grad=True)
+    huge = (small.detach().double() + 1e9).requires_grad_()  # float32 would round it to 64s
+    idx = torch.tensor([1])
+    w = torch.tensor([[1.0, -2.0, 0.5]])
+    (g_small,) = torch.autograd.grad((gumbel.gumbel_rao(small, idx, 0.7, 64, generator=gen(160))
+                                      * w).sum(), small)
+    (g_huge,) = torch.autograd.grad((gumbel.gumbel_rao(huge, idx, 0.7, 64, generator=gen(160))
+                                     * w).sum(), huge)
+    assert torch.isfinite(g_huge).all()
+    torch.testing.assert_close(g_huge.float(), g_small, atol=1e-5, rtol=1e-4)
