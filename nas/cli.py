@@ -35,6 +35,23 @@ def _add_run_options(p: argparse.ArgumentParser, config_required: bool) -> None:
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int, help="random seed (config key seed)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    _add_plugin_option(p)
+
+
+def _add_plugin_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE:ATTR",
+                   help="trust and import this plugin reference (module:attr or file.py:attr) "
+                        "when a saved config, genotype or checkpoint names it; a --config file's "
+                        "references need no --plugin")
+
+
+def _trust_plugins(args: argparse.Namespace) -> None:
+    """Import every --plugin reference (so a bad one fails first) and trust it."""
+    from .registry import is_spec, load_object, trust
+    for spec in getattr(args, "plugin", []):
+        if not is_spec(spec):
+            raise InputError(f"--plugin {spec}: expected package.module:attr or path/file.py:attr")
+        load_object(trust(spec))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", metavar="DIR")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int)
+    _add_plugin_option(p)
 
     p = verbs.add_parser("list", help="registered search spaces, ops, schedules, datasets")
     p.add_argument("--space", action="append", default=[], metavar="MODULE:ATTR",
@@ -96,7 +114,8 @@ def _config(args: argparse.Namespace, verb: str, saved_config: str = "config.yam
 
     Nothing is created here: the verbs make the directory once their setup succeeded.
     """
-    from .config import build_config, load_config, read_yaml
+    from .config import build_config, config_specs, load_config, read_yaml
+    from .registry import trust
     from .runtime import check_run_dir, default_run_dir, resolve_device
 
     if args.resume:
@@ -111,9 +130,10 @@ def _config(args: argparse.Namespace, verb: str, saved_config: str = "config.yam
     else:
         if not args.config and verb != "train":
             raise InputError("the following arguments are required: --config")
-        cfg = load_config(args.config, args.set)
-        if args.seed is not None:
-            cfg.seed = args.seed
+        seed = [] if args.seed is None else [f"seed={args.seed}"]  # range-checked like --set
+        cfg = load_config(args.config, [*args.set, *seed])
+        for spec in config_specs(cfg):  # named by the user: --config and --set may import code
+            trust(spec)
         name = cfg.name or verb
         name = f"{name}-train" if verb == "train" and name != "train" else name
         run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(name)
@@ -209,11 +229,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from . import data, ops, schedules  # noqa: F401  (their built-ins register on import)
-    from .registry import REGISTRIES, SEARCH_SPACES
+    from .registry import REGISTRIES, SEARCH_SPACES, trust
     from .supernet import get_space
 
     for spec in args.space:
-        get_space(spec)
+        get_space(trust(spec))
     for title, registry in REGISTRIES.items():
         print(f"{title}:")
         entries = registry.entries()
@@ -282,8 +302,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     verb = args.verb
+    from .registry import guarded
     try:
-        return COMMANDS[verb](args)
+        with guarded():
+            _trust_plugins(args)
+            return COMMANDS[verb](args)
     except InputError as exc:
         print(f"nas {verb}: error: {exc}", file=sys.stderr)
         return 2

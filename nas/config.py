@@ -19,7 +19,7 @@ from typing import Any, Callable, Literal, Mapping
 import yaml
 
 from .errors import InputError
-from .registry import closest
+from .registry import closest, is_spec, resolve_spec
 
 
 @dataclass
@@ -111,6 +111,9 @@ class Config:
     search: SearchConfig = field(default_factory=SearchConfig)
     network: dict = field(default_factory=dict)    # keyword arguments of the space's network
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+MAX_IMAGE_SIZE = 1024  # images are resized once and held in memory: beyond this, a typo
 
 
 # -- type checking ------------------------------------------------------------------------------
@@ -226,9 +229,15 @@ def _check_ranges(cfg: Config) -> None:
         need(0 <= s.lr_min <= s.lr, f"{sec}.lr_min: must be in [0, lr], got {s.lr_min}")
         need(s.grad_clip >= 0, f"{sec}.grad_clip: must be >= 0, got {s.grad_clip}")
         need(s.weight_decay >= 0, f"{sec}.weight_decay: must be >= 0, got {s.weight_decay}")
+        need(0 <= s.momentum < 1, f"{sec}.momentum: must be in [0, 1), got {s.momentum}")
     need(len(cfg.search.arch_betas) == 2 and all(0 <= b < 1 for b in cfg.search.arch_betas),
          f"search.arch_betas: expected two numbers in [0, 1), got {cfg.search.arch_betas}")
     need(cfg.search.arch_lr > 0, f"search.arch_lr: must be positive, got {cfg.search.arch_lr}")
+    need(cfg.search.arch_weight_decay >= 0,
+         f"search.arch_weight_decay: must be >= 0, got {cfg.search.arch_weight_decay}")
+    need(cfg.train.eval_batch_size >= 1,
+         f"train.eval_batch_size: must be at least 1, got {cfg.train.eval_batch_size}")
+    need(0 <= cfg.seed < 2 ** 63, f"seed: must be in [0, 2^63), got {cfg.seed}")
     need(0 <= cfg.search.warmup_epochs <= cfg.search.epochs,
          f"search.warmup_epochs: must be in [0, search.epochs], got {cfg.search.warmup_epochs}")
     need(cfg.search.samples >= 2, f"search.samples: must be at least 2, got {cfg.search.samples}")
@@ -244,7 +253,10 @@ def _check_ranges(cfg: Config) -> None:
     need(tau.min > 0, f"search.tau.min: must be positive, got {tau.min}")
     need(tau.max >= tau.min, f"search.tau.max: must be >= search.tau.min, got {tau.max}")
     need(0 < cfg.data.split < 1, f"data.split: must be in (0, 1), got {cfg.data.split}")
-    need(cfg.data.image_size >= 4, f"data.image_size: must be at least 4, got {cfg.data.image_size}")
+    size = cfg.data.image_size
+    need(4 <= size <= MAX_IMAGE_SIZE and size % 2 == 0,
+         f"data.image_size: must be an even number from 4 to {MAX_IMAGE_SIZE}, got {size}")
+    need(cfg.data.pad <= size, f"data.pad: must be at most data.image_size ({size}), got {cfg.data.pad}")
     need(cfg.data.pad >= 0, f"data.pad: must be >= 0, got {cfg.data.pad}")
     need(cfg.data.limit is None or cfg.data.limit >= 2,
          f"data.limit: must be at least 2 or null, got {cfg.data.limit}")
@@ -301,14 +313,43 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def build_config(data: Mapping[str, Any] | None = None, overrides: list[str] = ()) -> Config:
-    """Defaults, then ``data`` (a parsed YAML mapping), then ``key=value`` overrides; validated."""
+    """Defaults, then ``data`` (a parsed YAML mapping), then ``key=value`` overrides; validated.
+
+    File-path plugin references (``my_space.py:SPACE``) are made absolute, so that the saved
+    config works from any directory.
+    """
     cfg = Config()
     _merge(cfg, data or {})
     for text in overrides:
         keys, value = parse_override(text)
         _merge(cfg, _nest(keys, value))
     _check_ranges(cfg)
+    _map_specs(cfg, resolve_spec)
     return cfg
+
+
+def _map_specs(obj: Any, fn: Callable[[str], str]) -> Any:
+    """Apply ``fn`` to every plugin reference in a config (dataclasses, dicts, lists), in place."""
+    def visit(value: Any) -> Any:
+        if is_spec(value):
+            return fn(value)
+        if dataclasses.is_dataclass(value):
+            for f in dataclasses.fields(value):
+                setattr(value, f.name, visit(getattr(value, f.name)))
+        elif isinstance(value, dict):
+            for k in value:
+                value[k] = visit(value[k])
+        elif isinstance(value, list):
+            value[:] = [visit(v) for v in value]
+        return value
+    return visit(obj)
+
+
+def config_specs(cfg: Config) -> list[str]:
+    """Every plugin reference (``module:attr``, ``file.py:attr``) that ``cfg`` names."""
+    found: list[str] = []
+    _map_specs(cfg, lambda spec: found.append(spec) or spec)
+    return found
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:

@@ -7,3 +7,10 @@ class InputError(ValueError):
 
 class Diverged(RuntimeError):
     """Training produced a non-finite loss; the CLI prints its message as one line, status 1."""
+
+
+def check_positive(section: str, **sizes: int) -> None:
+    """Raise InputError naming ``section.key`` for the first size below 1 (C, cells, ...)."""
+    for key, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{section}.{key}: must be a whole number of at least 1, got {value!r}")

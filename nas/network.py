@@ -15,7 +15,7 @@ from .errors import InputError
 from .genotype import Genotype, Nodes
 from .ops import build_op
 from .registry import OPS
-from .supernet import get_space, node_sum
+from .supernet import build_or_explain, get_space, node_sum
 
 
 def drop_path(x: Tensor, prob: float) -> Tensor:
@@ -86,7 +86,8 @@ def build_network(space: str, genotype: Genotype, num_classes: int,
     if spec.network is None:
         raise InputError(f"search space '{space}' has no network builder, so it cannot retrain")
     kwargs = check_options(spec.network, options or {}, "network", skip=("genotype", "num_classes"))
-    return spec.network(genotype, num_classes, **kwargs)
+    return build_or_explain(f"search space '{space}'", "network", spec.network, kwargs,
+                            genotype, num_classes)
 
 
 def count_parameters(model: nn.Module, exclude: str = "auxiliary") -> int:

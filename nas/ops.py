@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .errors import InputError
 from .registry import OPS
 
 
@@ -106,4 +107,8 @@ OPS.register("nor_conv_3x3", lambda C, stride, affine, track:
 def build_op(name: str, C: int, stride: int = 1, affine: bool = True,
              track_running_stats: bool = True) -> nn.Module:
     """Build the registered op ``name`` for C channels and the given stride."""
-    return OPS.get(name)(C, stride, affine, track_running_stats)
+    op = OPS.get(name)(C, stride, affine, track_running_stats)
+    if not isinstance(op, nn.Module):
+        raise InputError(f"op '{name}' returned {type(op).__name__}, not a torch.nn.Module: its "
+                         "factory must return the module for (C, stride, affine, track)")
+    return op

@@ -4,6 +4,10 @@ Three ways in, all ending in the same table:
   * a decorator or call in Python: ``@OPS.register("my_conv")``;
   * an installed package's entry point in the group ``nas.<kind>`` (``nas.search_spaces`` ...);
   * a ``package.module:attr`` or ``path/to/file.py:attr`` string wherever a name is accepted.
+
+The trust boundary: inside the ``nas`` command (``guarded()``), a module path is imported only
+when the user named it (``--config`` file, ``--set``, ``--plugin``; see ``trust``). A saved
+config, a genotype or a checkpoint is data, so a module path found only there is refused.
 """
 from __future__ import annotations
 
@@ -11,7 +15,9 @@ import difflib
 import importlib
 import importlib.metadata
 import importlib.util
+import contextlib
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +48,50 @@ def closest(name: str, known: list[str]) -> str | None:
 def _caller_source(obj: Any) -> str:
     module = getattr(obj, "__module__", "") or ""
     return "built-in" if module.split(".")[0] in ("nas", "search_spaces") else f"python ({module})"
+
+
+_MODULE_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+_trusted: set[str] = set()
+_guarded = False
+
+
+def _is_file(module_name: str) -> bool:
+    return module_name.endswith(".py") or os.sep in module_name or "/" in module_name
+
+
+def is_spec(text: Any) -> bool:
+    """Whether ``text`` is a ``package.module:attr`` or ``file.py:attr`` reference."""
+    if not isinstance(text, str):
+        return False
+    module_name, sep, attr = text.rpartition(":")
+    return bool(sep and attr.isidentifier() and module_name
+                and (_is_file(module_name) or _MODULE_RE.match(module_name)))
+
+
+def resolve_spec(spec: str) -> str:
+    """A reference with its file path made absolute (from the current directory); others as given."""
+    module_name, sep, attr = spec.rpartition(":")
+    if not (is_spec(spec) and _is_file(module_name)):
+        return spec
+    return f"{Path(module_name).expanduser().resolve()}:{attr}"
+
+
+def trust(spec: str) -> str:
+    """Allow ``spec`` (which the user named) to be imported under ``guarded()``; return it resolved."""
+    key = resolve_spec(spec)
+    _trusted.add(key)
+    return key
+
+
+@contextlib.contextmanager
+def guarded() -> Iterator[None]:
+    """Within, import only trusted module paths (the ``nas`` command runs inside this)."""
+    global _guarded
+    old, _guarded = _guarded, True
+    try:
+        yield
+    finally:
+        _guarded = old
 
 
 def load_object(spec: str) -> Any:
@@ -138,8 +188,17 @@ class Registry:
         self._load_entry_points()
         entry = self._entries.get(name)
         if entry is None and ":" in name:
-            obj = load_object(name)
-            entry = Entry(name, obj, f"module path ({name})")
+            key = resolve_spec(name)
+            entry = self._entries.get(key)
+            if entry is None:
+                if _guarded and key not in _trusted:
+                    raise InputError(
+                        f"{self.kind} '{name}' is a module path found in a file that is data (a "
+                        "saved config, a genotype or a checkpoint), so it was not imported; if "
+                        f"you trust that code, pass --plugin {key}")
+                origin = "file" if _is_file(key.rpartition(":")[0]) else "module path"
+                entry = Entry(key, load_object(key), f"{origin} ({key})")
+                self._entries[key] = entry
             self._entries[name] = entry
         if entry is None:
             raise InputError(self.unknown_message(name))
@@ -158,7 +217,8 @@ class Registry:
     def entries(self) -> list[Entry]:
         """Every entry, sorted by name, entry points included."""
         self._load_entry_points()
-        return sorted(self._entries.values(), key=lambda e: e.name)
+        unique = {id(e): e for e in self._entries.values()}  # a module path may have two keys
+        return sorted(unique.values(), key=lambda e: e.name)
 
     def names(self) -> list[str]:
         """Registered names that loaded, sorted."""

@@ -1,6 +1,7 @@
 """What every run shares: the device, seeding, RNG states, the run directory and checkpoints."""
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import random
@@ -69,6 +70,16 @@ def check_run_dir(path: str | Path, *, resume: bool = False, force: bool = False
             raise InputError(f"run directory {path} already exists; pass --resume {path} to "
                              "continue it, --force to overwrite it, or choose another --run-dir")
         check_replaceable(path)
+    else:
+        ancestor = path
+        while not ancestor.exists() and ancestor.parent != ancestor:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise InputError(f"cannot create the run directory {path}: {ancestor} is a file; "
+                             "choose another --run-dir")
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise InputError(f"cannot create the run directory {path}: {ancestor} is not "
+                             "writable; choose another --run-dir")
     return path
 
 
@@ -111,6 +122,9 @@ def start_mode(path: str | Path, resume: bool, force: bool) -> tuple[Path, bool,
     return path, resume, force
 
 
+_created: dict[Path, Path] = {}  # run directory -> the outermost directory its creation made
+
+
 def prepare_run_dir(path: str | Path, *, resume: bool = False, force: bool = False) -> Path:
     """Create the run directory (emptying it first with ``force``); call once setup succeeded."""
     path = check_run_dir(path, resume=resume, force=force)
@@ -119,8 +133,29 @@ def prepare_run_dir(path: str | Path, *, resume: bool = False, force: bool = Fal
             shutil.rmtree(path)
         else:
             path.unlink()
-    path.mkdir(parents=True, exist_ok=True)
+    outermost = path
+    while not outermost.parent.exists() and outermost.parent != outermost:
+        outermost = outermost.parent
+    try:
+        existed = path.exists()
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a read-only parent, a path under a regular file, ...
+        raise InputError(f"cannot create the run directory {path}: {exc.strerror or exc}; "
+                         "choose another --run-dir") from None
+    if not resume:
+        _created[path] = path if existed else outermost
     return path
+
+
+def discard_failed_start(path: str | Path) -> None:
+    """Remove a run directory this process created, if the run failed before its first checkpoint.
+
+    A failed start must leave nothing behind, so that the same command can simply be run again.
+    """
+    path = Path(path)
+    root = _created.pop(path, None)
+    if root is not None and not (path / CHECKPOINT).exists():
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def default_run_dir(name: str, root: str | Path = "runs") -> Path:
@@ -172,15 +207,86 @@ def checkpoint_state(kind: str, epoch: int, objects: dict[str, Any], **extra: An
             "rng": rng_state(), **extra}
 
 
-def resume_from(run_dir: str | Path, kind: str, objects: dict[str, Any]) -> int:
-    """Load ``run_dir``'s checkpoint into every object and the RNGs; return the epochs done."""
+# Keys a resumed run may take from an edited config.yaml (or flags): where the data is, how it
+# is read and what is monitored change no result; epochs may grow (the schedules stretch).
+RESUME_MAY_CHANGE = ("data.root", "data.download", "data.workers", "data.on_device", "device",
+                     "search.benchmark")
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any], done: int) -> dict[str, tuple]:
+    """``{key: (old, new)}`` of the epochs that grew; InputError for any other edit of the config."""
+    old, new = _flat(saved), _flat(current)
+    grown = {}
+    for key in sorted(old.keys() | new.keys()):
+        a, b = old.get(key), new.get(key)
+        if a == b or key in RESUME_MAY_CHANGE:
+            continue
+        if key.endswith(".epochs") and isinstance(a, int) and isinstance(b, int) and b >= max(a, done):
+            grown[key] = (a, b)
+            continue
+        allowed = "search.epochs and train.epochs may grow" if not key.endswith(".epochs") else \
+            f"epochs may grow, not shrink below the {max(a or 0, done)} the checkpoint planned or did"
+        raise InputError(f"config.yaml was edited since the checkpoint: {key} is {b!r}, the run "
+                         f"used {a!r}; a resumed run keeps its config ({allowed}): undo the edit "
+                         "or start a new run")
+    return grown
+
+
+def stretch_cosine(scheduler: torch.optim.lr_scheduler.CosineAnnealingLR, epochs: int) -> None:
+    """Make a resumed cosine schedule end at ``epochs``: the learning rate jumps to that curve."""
+    scheduler.T_max = epochs
+    t = scheduler.last_epoch
+    for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = scheduler.eta_min + (base - scheduler.eta_min) * (
+            1 + math.cos(math.pi * t / epochs)) / 2
+    scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
+
+
+def _first_mismatch(obj: Any, state: Any) -> str | None:
+    """The first tensor of a module's state that the saved one lacks, adds or shapes otherwise."""
+    if not (isinstance(obj, torch.nn.Module) and isinstance(state, dict)):
+        return None
+    mine = obj.state_dict()
+    for key, value in mine.items():
+        if key not in state:
+            return f"the checkpoint has no tensor '{key}'"
+        if isinstance(value, torch.Tensor) and isinstance(state[key], torch.Tensor) \
+                and value.shape != state[key].shape:
+            return (f"tensor '{key}' has shape {list(state[key].shape)} in the checkpoint, "
+                    f"{list(value.shape)} in the model the config builds")
+    extra = [k for k in state if k not in mine]
+    return f"the checkpoint has a tensor '{extra[0]}' the model lacks" if extra else None
+
+
+def resume_from(run_dir: str | Path, kind: str, objects: dict[str, Any],
+                config: dict[str, Any] | None = None) -> tuple[int, dict[str, tuple]]:
+    """Load ``run_dir``'s checkpoint into every object and the RNGs.
+
+    Returns the epochs done and the epoch counts the (edited) ``config`` grew, ``{key: (old, new)}``.
+    """
     path = Path(run_dir) / CHECKPOINT
     state = load_checkpoint(path, kind)
+    epoch = int(state.get("epoch", 0))
+    grown = config_changes(state["config"], config, epoch) \
+        if config is not None and isinstance(state.get("config"), dict) else {}
+    for key, obj in objects.items():
+        problem = _first_mismatch(obj, state.get(key))
+        if problem:
+            raise InputError(f"{path} does not match the saved config: {problem}")
     try:
         for key, obj in objects.items():
             obj.load_state_dict(state[key])
         set_rng_state(state["rng"])
-        return int(state["epoch"])
+        return epoch, grown
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else repr(exc)
         raise InputError(f"{path} does not match the saved config: {detail}") from None

@@ -7,6 +7,7 @@ and ``total`` is how many there are. GDAS anneals linearly from 10 to 0.1 over t
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 from .errors import InputError
@@ -69,10 +70,18 @@ class TemperatureScheduler:
         self.schedule, self.total, self.per = schedule, int(total), per
         self.tau_max, self.tau_min, self.options = float(tau_max), float(tau_min), dict(options)
         self.last_step = 0
-        try:
-            self.fn(0, self.total, self.tau_max, self.tau_min, **self.options)
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"temperature schedule '{schedule}': {exc}") from None
+        # Every step's value is checked now, so a bad schedule fails before the run starts.
+        steps = range(self.total + 1) if self.total <= 100_000 else (0, self.total // 2, self.total)
+        for step in steps:
+            try:
+                value = self.fn(step, self.total, self.tau_max, self.tau_min, **self.options)
+            except Exception as exc:  # a plugin's schedule, or options it does not take
+                raise InputError(f"temperature schedule '{schedule}' failed at step {step}: "
+                                 f"{type(exc).__name__}: {exc}") from None
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+                    or not math.isfinite(value):
+                raise InputError(f"temperature schedule '{schedule}' returned {value!r} at step "
+                                 f"{step}; it must return a finite number")
 
     @property
     def tau(self) -> float:

@@ -31,11 +31,12 @@ from .data import Batches, load_split, seed_of, split_indices
 from .errors import Diverged
 from .genotype import Genotype
 from .monitor import Monitor
-from .runtime import (CHECKPOINT, checkpoint_state, prepare_run_dir, start_mode,
-                      resolve_device, resume_from, save_checkpoint, seed_everything)
+from .runtime import (CHECKPOINT, checkpoint_state, discard_failed_start, prepare_run_dir,
+                      resolve_device, resume_from, save_checkpoint, seed_everything, start_mode,
+                      stretch_cosine)
 from .schedules import TemperatureScheduler
 from .ops import build_op
-from .supernet import Supernet, build_supernet
+from .supernet import Supernet, build_supernet, check_forward
 
 
 @dataclass
@@ -186,6 +187,7 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
 
     w_batches, a_batches = batches(w_idx, 1), batches(a_idx, 2)
     model = build_supernet(cfg.space, data.num_classes, s.mode, cfg.seed, cfg.supernet).to(device)
+    check_forward(model, cfg.data.image_size, data.num_classes, f"search space '{cfg.space}'")
     if s.channels_last:
         model = model.to(memory_format=torch.channels_last)
     w_opt = torch.optim.SGD(model.weight_parameters(), s.lr, momentum=s.momentum,
@@ -213,8 +215,12 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
     start = 0
     prepare_run_dir(run_dir, resume=resume, force=force)
     objects = {"model": model, "w_opt": w_opt, "a_opt": a_opt, "lr_sched": lr_sched, "tau": tau}
+    grown: dict[str, tuple] = {}
     if resume:
-        start = resume_from(run_dir, "search", objects)
+        start, grown = resume_from(run_dir, "search", objects, to_dict(cfg))
+        if "search.epochs" in grown:  # the saved config was edited: the schedules stretch
+            stretch_cosine(lr_sched, s.epochs)
+            tau.total = tau_total
     else:
         save_config(cfg, run_dir / "config.yaml")
     (run_dir / "genotypes").mkdir(exist_ok=True)
@@ -233,6 +239,10 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
     else:
         monitor.print(f"resuming {run_dir} at epoch {start + 1}/{s.epochs}" if start < s.epochs
                       else f"{run_dir} has finished all {s.epochs} epochs")
+        for key, (was, now) in grown.items():
+            monitor.print(f"config.yaml was edited: {key} {was} -> {now}" + (
+                "; the learning-rate and temperature schedules now end there"
+                if key == "search.epochs" else ""))
     metrics: dict[str, Any] = {}
     try:
         for epoch in range(start, s.epochs):
@@ -286,6 +296,10 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
             save_checkpoint(checkpoint_state("search", epoch + 1, objects, config=to_dict(cfg),
                                              num_classes=data.num_classes,
                                              genotype=genotype.to_dict()), run_dir / CHECKPOINT)
+    except Exception:
+        monitor.close()
+        discard_failed_start(run_dir)
+        raise
     finally:
         monitor.close()
     genotype = _stamped(model.genotype(), cfg.space)

@@ -192,6 +192,14 @@ class Supernet(nn.Module):
         super().__init__()
         if mode not in MODES:
             raise InputError(f"unknown sampling mode '{mode}' (known: {', '.join(MODES)})")
+        for kind, (edges, ops) in cells.items():
+            if isinstance(edges, bool) or not isinstance(edges, int) or edges < 1:
+                raise InputError(f"{type(self).__name__}: cell kind '{kind}' needs at least one "
+                                 f"edge, got {edges!r}")
+            if isinstance(ops, str) or not ops or not all(isinstance(o, str) and o for o in ops) \
+                    or len(set(ops)) != len(ops):
+                raise InputError(f"{type(self).__name__}: the ops of cell kind '{kind}' must be a "
+                                 f"non-empty list of distinct op names, got {ops!r}")
         self.mode = mode
         self.tau = 1.0
         self.op_names = {kind: tuple(ops) for kind, (_, ops) in cells.items()}
@@ -321,6 +329,53 @@ class SearchSpace:
     description: str = ""
 
 
+def build_or_explain(who: str, section: str, fn: Callable[..., Any], options: Mapping[str, Any],
+                     *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs, **options)``; a builder's own exception becomes one line naming it."""
+    try:
+        return fn(*args, **kwargs, **options)
+    except InputError:
+        raise
+    except Exception as exc:  # a plugin's or torch's complaint about the options given
+        detail = (str(exc).strip().splitlines() or [""])[0]
+        raise InputError(f"{who} could not build its {section} from {section}: "
+                         f"{dict(options)} ({type(exc).__name__}: {detail})") from None
+
+
+def check_forward(model: nn.Module, image_size: int, num_classes: int, who: str) -> None:
+    """Run two blank images through ``model`` in eval mode, which changes no state, so that a
+    model that cannot run (an image size its reductions cannot halve, a plugin's wrong output)
+    fails in one line before a run directory exists."""
+    was_training = model.training
+    device = next(iter(model.parameters()), torch.zeros(())).device
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, 3, image_size, image_size, device=device))
+    except InputError:
+        raise
+    except Exception as exc:
+        detail = (str(exc).strip().splitlines() or [""])[0]
+        raise InputError(f"{who} fails on {image_size}x{image_size} images ({type(exc).__name__}: "
+                         f"{detail}); check data.image_size and its options") from None
+    finally:
+        model.train(was_training)
+    out = out[0] if isinstance(out, (tuple, list)) and out else out  # (logits, auxiliary)
+    if not isinstance(out, Tensor) or tuple(out.shape) != (2, num_classes):
+        got = f"shape {list(out.shape)}" if isinstance(out, Tensor) else type(out).__name__
+        raise InputError(f"{who} returned {got} for 2 images; its forward must return logits of "
+                         f"shape [2, {num_classes}] (batch, classes)")
+    if isinstance(model, Supernet):
+        try:
+            genotype = model.genotype()
+        except NotImplementedError:
+            raise InputError(f"{who}: {type(model).__name__} does not implement genotype(), which "
+                             "derives the architecture the search found") from None
+        if not isinstance(genotype, Genotype):
+            raise InputError(f"{who}: {type(model).__name__}.genotype() returned "
+                             f"{type(genotype).__name__}, not a nas.Genotype")
+
+
 def get_space(name: str) -> SearchSpace:
     """Look up a search space by registered name or ``module:attr``; a bare Supernet class works too."""
     obj = SEARCH_SPACES.get(name)
@@ -340,7 +395,8 @@ def build_supernet(space: str, num_classes: int, mode: str, seed: int = 0,
     spec = get_space(space)
     kwargs = check_options(spec.supernet, options or {}, "supernet",
                            skip=("num_classes", "mode", "seed"))
-    model = spec.supernet(num_classes, mode, seed=seed, **kwargs)
+    model = build_or_explain(f"search space '{space}'", "supernet", spec.supernet, kwargs,
+                             num_classes, mode, seed=seed)
     if not isinstance(model, Supernet):
         raise InputError(f"search space '{space}' built a {type(model).__name__}, not a nas.Supernet")
     return model

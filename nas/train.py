@@ -24,9 +24,10 @@ from .errors import InputError
 from .genotype import Genotype
 from .monitor import Monitor
 from .network import build_network, count_macs, count_parameters
-from .runtime import (CHECKPOINT, checkpoint_state, load_checkpoint,
+from .supernet import check_forward
+from .runtime import (CHECKPOINT, checkpoint_state, discard_failed_start, load_checkpoint,
                       prepare_run_dir, resolve_device, resume_from, save_checkpoint, start_mode,
-                      seed_everything)
+                      seed_everything, stretch_cosine)
 from .search import Meter, autocast, check_finite
 
 
@@ -90,6 +91,8 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
             raise
         raise InputError(f"{exc} (the genotype belongs to the {space} space, the config is for "
                          f"{cfg.space})") from None
+    check_forward(model, cfg.data.image_size, train_data.num_classes,
+                  f"the {space} network of the genotype")
     params = count_parameters(model)
     macs = count_macs(model, (1, 3, cfg.data.image_size, cfg.data.image_size))
     model = model.to(device)
@@ -107,8 +110,11 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
     start = 0
     prepare_run_dir(run_dir, resume=resume, force=force)
     objects = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
+    grown: dict[str, tuple] = {}
     if resume:
-        start = resume_from(run_dir, "train", objects)
+        start, grown = resume_from(run_dir, "train", objects, to_dict(cfg))
+        if "train.epochs" in grown:  # the saved config was edited: the schedule stretches
+            stretch_cosine(scheduler, t.epochs)
     else:
         save_config(cfg, run_dir / "config.yaml")
         genotype.save(run_dir / "genotype.json")
@@ -117,6 +123,9 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
     if resume:
         monitor.print(f"resuming {run_dir} at epoch {start + 1}/{t.epochs}" if start < t.epochs
                       else f"{run_dir} has finished all {t.epochs} epochs")
+        for key, (was, now) in grown.items():
+            monitor.print(f"config.yaml was edited: {key} {was} -> {now}" + (
+                "; the learning-rate schedule now ends there" if key == "train.epochs" else ""))
     else:
         monitor.print(f"train: {space} network, {params:,} parameters (auxiliary head "
                       f"excluded), {macs / 1e6:.1f}M multiply-adds, {len(train_data)} training / "
@@ -165,6 +174,10 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
                 "train", epoch + 1, objects, config=to_dict(cfg), space=space,
                 num_classes=train_data.num_classes, genotype=genotype.to_dict(),
                 test_acc=test_acc, test_loss=test_loss), run_dir / CHECKPOINT)
+    except Exception:
+        monitor.close()
+        discard_failed_start(run_dir)
+        raise
     finally:
         monitor.close()
     if math.isnan(test_acc):  # resumed a finished run: evaluate what it holds

@@ -106,6 +106,7 @@ class DartsSupernet(nas.Supernet):
     def __init__(self, num_classes: int = 10, mode: str = "gdas", seed: int = 0, C: int = 16,
                  cells: int = 8, stem_multiplier: int = 3, fixed_reduction: bool = False,
                  track_running_stats: bool = True, ops: Sequence[str] = PRIMITIVES) -> None:
+        nas.check_positive("supernet", C=C, cells=cells, stem_multiplier=stem_multiplier)
         self.ops = tuple(ops)
         edges = len(nas.edge_inputs(2, NODES))
         kinds = ("normal",) if fixed_reduction else ("normal", "reduce")
@@ -198,6 +199,7 @@ class DartsNetwork(nn.Module):
                  affine: bool = True, track_running_stats: bool = True,
                  pool_bn: bool = False) -> None:
         super().__init__()
+        nas.check_positive("network", C=C, cells=cells, stem_multiplier=stem_multiplier)
         kinds = set(genotype.cells)
         if "normal" not in kinds or not kinds <= {"normal", "reduce"}:
             raise nas.InputError(f"genotype does not fit the darts space: it has cells "

@@ -55,6 +55,7 @@ class NB201Supernet(nas.Supernet):
     def __init__(self, num_classes: int = 10, mode: str = "gdas", seed: int = 0, C: int = 16,
                  cells_per_stage: int = 5, track_running_stats: bool = False,
                  ops: Sequence[str] = PRIMITIVES, affine: bool = False) -> None:
+        nas.check_positive("supernet", C=C, cells_per_stage=cells_per_stage)
         self.ops = tuple(ops)
         super().__init__(mode, {"cell": (len(nas.edge_inputs(1, NODES)), self.ops)}, seed,
                          cell_inputs=1)
@@ -88,6 +89,7 @@ class NB201Network(nn.Module):
                  cells_per_stage: int = 5, affine: bool = True,
                  track_running_stats: bool = True) -> None:
         super().__init__()
+        nas.check_positive("network", C=C, cells_per_stage=cells_per_stage)
         if set(genotype.cells) != {"cell"} or len(genotype.cells["cell"]) != NODES:
             raise nas.InputError(
                 f"genotype does not fit the nasbench201 space: it needs one cell 'cell' of "

@@ -11,7 +11,7 @@ import nas
 import nas.train
 from nas.cli import main
 from nas.config import build_config
-from conftest import DARTS_V2 as V2, write_cifar10
+from conftest import DARTS_V2 as V2, ROOT, write_cifar10
 
 ROOT = Path(__file__).resolve().parents[1]
 NB = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
@@ -135,7 +135,7 @@ def test_example_plugin_runs_from_its_file(tmp_path, cifar_root, capsys, monkeyp
                  "train.steps_per_epoch=2", "network.C=8"])
     assert code == 0, capsys.readouterr().err
     genotype = nas.Genotype.load(run / "search" / "genotype.json")
-    assert genotype.space == "scripts/example_plugin.py:SPACE"
+    assert genotype.space == f"{ROOT / 'scripts/example_plugin.py'}:SPACE"  # stored absolute
     assert len(genotype.cells["cell"]) == 2
     assert {op for node in genotype.cells["cell"] for op, _ in node} <= {
         "skip_connect", "avg_pool_3x3", "nor_conv_3x3", "mbconv_3x3"}
