@@ -3,22 +3,48 @@
 The data path: ``nas.config`` -> ``nas.data`` -> ``nas.supernet`` (with a search space from
 ``search_spaces/`` or a plugin) -> ``nas.search`` -> ``nas.genotype`` -> ``nas.network`` ->
 ``nas.train``; ``nas.cli`` ties the verbs together.
+
+The names below load on first use, so that ``nas`` (the command) starts without importing
+torch and Ctrl-C in its first second ends it with one line.
 """
-from . import data, gumbel, ops
-from .errors import InputError, check_positive
-from .registry import DATASETS, OPS, SCHEDULES, SEARCH_SPACES, Registry, load_object
-from .schedules import TemperatureScheduler
-from .genotype import Genotype, derive_cell, edge_inputs, parse_genotype
-from .supernet import (MODES, ArchSample, MixedEdge, SearchCell, SearchSpace, Supernet,
-                       build_supernet, get_space, node_sum, sampled_node, sampled_op)
-from .network import GenotypeCell, build_network, count_macs, count_parameters, drop_path
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ArchSample", "check_positive", "DATASETS", "data", "Genotype", "GenotypeCell", "InputError", "MODES", "MixedEdge",
-    "OPS", "Registry", "SCHEDULES", "SEARCH_SPACES", "SearchCell", "SearchSpace", "Supernet",
-    "TemperatureScheduler", "build_network", "build_supernet", "get_space", "count_macs", "count_parameters", "derive_cell",
-    "drop_path", "edge_inputs", "gumbel", "load_object", "node_sum", "ops", "parse_genotype",
-    "sampled_node", "sampled_op",
-]
+_EXPORTS = {
+    "data": "data", "gumbel": "gumbel", "ops": "ops",
+    "InputError": "errors", "check_positive": "errors",
+    "DATASETS": "registry", "OPS": "registry", "SCHEDULES": "registry", "SEARCH_SPACES": "registry",
+    "Registry": "registry", "load_object": "registry",
+    "TemperatureScheduler": "schedules",
+    "Genotype": "genotype", "derive_cell": "genotype", "edge_inputs": "genotype",
+    "parse_genotype": "genotype",
+    "MODES": "supernet", "ArchSample": "supernet", "MixedEdge": "supernet",
+    "SearchCell": "supernet", "SearchSpace": "supernet", "Supernet": "supernet",
+    "build_supernet": "supernet", "get_space": "supernet", "node_sum": "supernet",
+    "sampled_node": "supernet", "sampled_op": "supernet",
+    "GenotypeCell": "network", "build_network": "network", "count_macs": "network",
+    "count_parameters": "network", "drop_path": "network",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nas' has no attribute '{name}'")
+    if module == "registry":  # the built-in ops, schedules and datasets register on import
+        for builtin in ("ops", "schedules", "data"):
+            importlib.import_module(f".{builtin}", __name__)
+    value = importlib.import_module(f".{module}", __name__)
+    value = value if module == name else getattr(value, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

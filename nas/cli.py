@@ -283,7 +283,12 @@ def cmd_genotype(args: argparse.Namespace) -> int:
         out = source
     else:
         out = Path(".")
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; --out names the directory to write the pictures in")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create --out {out}: {exc.strerror or exc}") from None
     stem = source.stem if source.is_file() else "genotype"
     for kind in genotype.cells:
         dot_path, png_path = out / f"{stem}_{kind}.dot", out / f"{stem}_{kind}.png"
@@ -299,11 +304,11 @@ COMMANDS = {"search": cmd_search, "train": cmd_train, "run": cmd_run, "evaluate"
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nas`` console script; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    verb = args.verb
-    from .registry import guarded
+    verb, args = "", None
     try:
+        args = build_parser().parse_args(argv)
+        verb = args.verb
+        from .registry import guarded
         with guarded():
             _trust_plugins(args)
             return COMMANDS[verb](args)
@@ -320,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = getattr(args, "chosen_run_dir", None)
         hint = f"; continue with: nas {verb} --resume {where}" if verb in ("search", "train", "run") \
             and where else ""
-        print(f"\nnas {verb}: interrupted{hint}", file=sys.stderr)
+        print(f"\nnas{' ' + verb if verb else ''}: interrupted{hint}", file=sys.stderr)
         return 130
 
 

@@ -9,6 +9,7 @@ batches as one run straight through.
 """
 from __future__ import annotations
 
+import numbers
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,8 +91,15 @@ def _read_batch(path: Path, label_key: bytes, classes: int) -> tuple[Tensor, Ten
     if b"data" not in entry or label_key not in entry:
         raise InputError(f"{path} is not a CIFAR python batch file (needs the keys 'data' and "
                          f"'{label_key.decode()}')")
-    data = torch.as_tensor(entry[b"data"])
-    labels = torch.as_tensor(list(entry[label_key]), dtype=torch.int64)
+    try:
+        data = torch.as_tensor(entry[b"data"])
+        raw = list(entry[label_key])
+        if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in raw):
+            raise TypeError
+        labels = torch.as_tensor(raw, dtype=torch.int64)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        raise InputError(f"{path}: 'data' must be a uint8 array and '{label_key.decode()}' a list "
+                         "of integer class indices") from None
     if data.dtype != torch.uint8 or data.dim() != 2 or data.shape[1] != 3072:
         raise InputError(f"{path}: 'data' must be uint8 rows of 3072 values (32x32x3), got "
                          f"{data.dtype} of shape {tuple(data.shape)}")

@@ -23,8 +23,29 @@ Edge = tuple[str, int]
 Nodes = tuple[tuple[Edge, ...], ...]
 
 
+MAX_STATES = 10_000  # far beyond any cell; a larger index is a corrupt or crafted file
+
+
+def _index(value: Any) -> int:
+    """A state index: a whole number in [0, MAX_STATES) (or its digits), else ValueError."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            (isinstance(value, float) and not value.is_integer()) or not 0 <= value < MAX_STATES:
+        raise ValueError(f"a state index must be a whole number in [0, {MAX_STATES}), got {value!r}")
+    return int(value)
+
+
 def _freeze_nodes(nodes: Iterable[Iterable[Sequence[Any]]]) -> Nodes:
-    return tuple(tuple((str(op), int(src)) for op, src in node) for node in nodes)
+    if isinstance(nodes, (str, bytes)):
+        raise TypeError("a cell must be a list of nodes")
+    return tuple(tuple((_op_name(op), _index(src)) for op, src in node) for node in nodes)
+
+
+def _op_name(op: Any) -> str:
+    if not isinstance(op, str) or not op:
+        raise ValueError(f"an op must be a non-empty name, got {op!r}")
+    return op
 
 
 @dataclass(frozen=True)
@@ -40,8 +61,10 @@ class Genotype:
             raise InputError("a genotype's 'cells' and 'concat' must map cell kinds to values")
         try:
             cells = {str(k): _freeze_nodes(v) for k, v in self.cells.items()}
-            concat = {str(k): tuple(int(i) for i in v) for k, v in self.concat.items()}
-        except (TypeError, ValueError):
+            concat = {str(k): tuple(_index(i) for i in v) for k, v in self.concat.items()}
+        except ValueError as exc:
+            raise InputError(f"not a valid genotype: {exc}") from None
+        except TypeError:
             raise InputError("a genotype cell must be a list of nodes, each a list of "
                              "(op, input) pairs, and a concat a list of state indices") from None
         object.__setattr__(self, "cells", cells)
@@ -134,7 +157,10 @@ def parse_darts(text: str) -> Genotype:
             node = kw.value
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
                     and node.func.id == "range"):
-                values[kw.arg] = list(range(*[int(ast.literal_eval(a)) for a in node.args]))
+                span = range(*[int(ast.literal_eval(a)) for a in node.args])
+                if len(span) > MAX_STATES:
+                    raise ValueError(f"{kw.arg} = range() of {len(span)} states")
+                values[kw.arg] = list(span)
             else:
                 values[kw.arg] = ast.literal_eval(node)
     except (SyntaxError, ValueError, TypeError) as exc:
@@ -151,7 +177,7 @@ def parse_darts(text: str) -> Genotype:
             raise InputError(f"DARTS genotype string: '{kind}' must be a list of (op, input) "
                              "pairs, two per node")
         try:
-            pairs = [(str(op), int(src)) for op, src in edges]
+            pairs = [(_op_name(op), _index(src)) for op, src in edges]
         except (TypeError, ValueError):
             raise InputError(f"DARTS genotype string: '{kind}' must hold (op, input) pairs") from None
         cells[kind] = [pairs[i:i + 2] for i in range(0, len(pairs), 2)]

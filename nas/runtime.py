@@ -32,7 +32,11 @@ def resolve_device(name: str = "auto") -> torch.device:
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise InputError(f"device '{name}' does not exist: {torch.cuda.device_count()} "
                              "CUDA device(s) here")
-    elif device.type not in ("cpu", "mps"):
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise InputError(f"device '{name}' (Apple's Metal) is not available on this machine; "
+                             "use --device cpu")
+    elif device.type != "cpu":
         raise InputError(f"unsupported device '{name}' (use auto, cpu, cuda or cuda:N)")
     return device
 
@@ -181,6 +185,10 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
     """Read a checkpoint on the CPU; ``kind`` ('search' or 'train') is checked when given."""
     path = Path(path)
     if path.is_dir():
+        inner = [path / sub for sub in ("train", "search") if (path / sub / CHECKPOINT).is_file()]
+        if not (path / CHECKPOINT).is_file() and inner:
+            raise InputError(f"{path} is a `nas run` directory, which holds two runs: pass "
+                             f"{inner[0]} (its {inner[0].name} run)")
         path = path / CHECKPOINT
     if not path.is_file():
         raise InputError(f"checkpoint not found: {path}")
@@ -251,8 +259,8 @@ def stretch_cosine(scheduler: torch.optim.lr_scheduler.CosineAnnealingLR, epochs
     scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
 
 
-def _first_mismatch(obj: Any, state: Any) -> str | None:
-    """The first tensor of a module's state that the saved one lacks, adds or shapes otherwise."""
+def first_mismatch(obj: Any, state: Any) -> str | None:
+    """For a module: the first tensor of a module's state that the saved one lacks, adds or shapes otherwise."""
     if not (isinstance(obj, torch.nn.Module) and isinstance(state, dict)):
         return None
     mine = obj.state_dict()
@@ -279,7 +287,7 @@ def resume_from(run_dir: str | Path, kind: str, objects: dict[str, Any],
     grown = config_changes(state["config"], config, epoch) \
         if config is not None and isinstance(state.get("config"), dict) else {}
     for key, obj in objects.items():
-        problem = _first_mismatch(obj, state.get(key))
+        problem = first_mismatch(obj, state.get(key))
         if problem:
             raise InputError(f"{path} does not match the saved config: {problem}")
     try:

@@ -24,11 +24,11 @@ from .errors import InputError
 from .genotype import Genotype
 from .monitor import Monitor
 from .network import build_network, count_macs, count_parameters
-from .supernet import check_forward
-from .runtime import (CHECKPOINT, checkpoint_state, discard_failed_start, load_checkpoint,
-                      prepare_run_dir, resolve_device, resume_from, save_checkpoint, start_mode,
-                      seed_everything, stretch_cosine)
+from .runtime import (CHECKPOINT, checkpoint_state, discard_failed_start, first_mismatch,
+                      load_checkpoint, prepare_run_dir, resolve_device, resume_from,
+                      save_checkpoint, seed_everything, start_mode, stretch_cosine)
 from .search import Meter, autocast, check_finite
+from .supernet import check_forward
 
 
 @dataclass
@@ -199,6 +199,9 @@ def evaluate_checkpoint(path: str | Path, *, data_root: str | None = None, devic
     genotype = Genotype.from_dict(state["genotype"])
     dev = resolve_device(cfg.device)
     model = build_network(state["space"], genotype, state["num_classes"], cfg.network)
+    problem = first_mismatch(model, state["model"])
+    if problem:
+        raise InputError(f"{path} does not match the network its config builds: {problem}")
     model.load_state_dict(state["model"])
     model = model.to(dev)
     test_data = load_split(cfg.data, False)
