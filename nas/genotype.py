@@ -178,7 +178,12 @@ def parse_darts(text: str) -> Genotype:
                              "pairs, two per node")
         try:
             pairs = [(_op_name(op), _index(src)) for op, src in edges]
-        except (TypeError, ValueError):
+        except ValueError as exc:
+            if "state index" not in str(exc) and "an op must" not in str(exc):
+                raise InputError(f"DARTS genotype string: '{kind}' must hold (op, input) "
+                                 "pairs") from None
+            raise InputError(f"DARTS genotype string: '{kind}': {exc}") from None
+        except TypeError:
             raise InputError(f"DARTS genotype string: '{kind}' must hold (op, input) pairs") from None
         cells[kind] = [pairs[i:i + 2] for i in range(0, len(pairs), 2)]
         kind_concat = values.get(f"{kind}_concat", list(range(2, 2 + len(cells[kind]))))

@@ -86,12 +86,13 @@ def trust(spec: str) -> str:
 @contextlib.contextmanager
 def guarded() -> Iterator[None]:
     """Within, import only trusted module paths (the ``nas`` command runs inside this)."""
-    global _guarded
-    old, _guarded = _guarded, True
+    global _guarded, _trusted
+    old = _guarded, _trusted
+    _guarded, _trusted = True, set()  # what one command trusts ends with it
     try:
         yield
     finally:
-        _guarded = old
+        _guarded, _trusted = old
 
 
 def load_object(spec: str) -> Any:
@@ -187,15 +188,15 @@ class Registry:
             raise InputError(f"a {self.kind} name must be a non-empty string, got {name!r}")
         self._load_entry_points()
         entry = self._entries.get(name)
-        if entry is None and ":" in name:
+        if (entry is None or entry.source.startswith(("file (", "module path ("))) and ":" in name:
             key = resolve_spec(name)
+            if _guarded and key not in _trusted:
+                raise InputError(
+                    f"{self.kind} '{name}' is a module path found in a file that is data (a "
+                    "saved config, a genotype or a checkpoint), so it was not imported; if "
+                    f"you trust that code, pass --plugin {key}")
             entry = self._entries.get(key)
             if entry is None:
-                if _guarded and key not in _trusted:
-                    raise InputError(
-                        f"{self.kind} '{name}' is a module path found in a file that is data (a "
-                        "saved config, a genotype or a checkpoint), so it was not imported; if "
-                        f"you trust that code, pass --plugin {key}")
                 origin = "file" if _is_file(key.rpartition(":")[0]) else "module path"
                 entry = Entry(key, load_object(key), f"{origin} ({key})")
                 self._entries[key] = entry

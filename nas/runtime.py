@@ -196,7 +196,7 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
         # tensors and plain values only: a downloaded checkpoint is data and must not run code
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in str(exc):
+        if isinstance(exc, pickle.UnpicklingError) and "unsupported global" in str(exc).lower():
             raise InputError(f"{path} holds objects other than tensors and plain Python values; "
                              "it is not loaded, since unpickling them could run code") from None
         detail = "not a torch.save file" if isinstance(exc, pickle.UnpicklingError) else \

@@ -343,12 +343,14 @@ def build_or_explain(who: str, section: str, fn: Callable[..., Any], options: Ma
 
 
 def check_forward(model: nn.Module, image_size: int, num_classes: int, who: str) -> None:
-    """Run two blank images through ``model`` in eval mode, which changes no state, so that a
-    model that cannot run (an image size its reductions cannot halve, a plugin's wrong output)
-    fails in one line before a run directory exists."""
-    was_training = model.training
+    """Run two blank images through ``model`` in eval mode, which changes no state (a supernet
+    runs all its ops, as in softmax mode), so that a model that cannot run (an image size its
+    reductions cannot halve, a plugin's wrong output) fails in one line before the run starts."""
+    was_training, mode = model.training, getattr(model, "mode", None)
     device = next(iter(model.parameters()), torch.zeros(())).device
     model.eval()
+    if isinstance(model, Supernet):
+        model.mode = "softmax"  # every op of every edge runs, not only the strongest
     try:
         with torch.no_grad():
             out = model(torch.zeros(2, 3, image_size, image_size, device=device))
@@ -360,6 +362,8 @@ def check_forward(model: nn.Module, image_size: int, num_classes: int, who: str)
                          f"{detail}); check data.image_size and its options") from None
     finally:
         model.train(was_training)
+        if isinstance(model, Supernet):
+            model.mode = mode
     out = out[0] if isinstance(out, (tuple, list)) and out else out  # (logits, auxiliary)
     if not isinstance(out, Tensor) or tuple(out.shape) != (2, num_classes):
         got = f"shape {list(out.shape)}" if isinstance(out, Tensor) else type(out).__name__

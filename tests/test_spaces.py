@@ -215,12 +215,11 @@ def test_darts_genotype_with_an_input_out_of_range():
     g = nas.parse_genotype(DARTS_V2.replace("('dil_conv_3x3', 2)", "('dil_conv_3x3', 6)"))
     check_one_line_input_error(lambda: darts().network(g, 10, **TINY_DARTS),
                          r"normal cell: node 3 reads state 6, but only states 0\.\.4 exist")
-    g = nas.parse_genotype(DARTS_V2.replace("('max_pool_3x3', 0), ('max_pool_3x3', 1), "
-                                            "('skip_connect', 2)",
-                                            "('max_pool_3x3', -1), ('max_pool_3x3', 1), "
-                                            "('skip_connect', 2)"))
-    check_one_line_input_error(lambda: darts().network(g, 10, **TINY_DARTS),
-                         r"reduce cell: node 0 reads state -1")
+    # a negative index is refused when the genotype is read, before any network is built
+    check_one_line_input_error(lambda: nas.parse_genotype(DARTS_V2.replace(
+        "('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2)",
+        "('max_pool_3x3', -1), ('max_pool_3x3', 1), ('skip_connect', 2)")),
+        r"state index must be a whole number in \[0, 10000\), got -1")
     g = nas.parse_genotype(DARTS_V2.replace("normal_concat=[2, 3, 4, 5]", "normal_concat=[2, 3, 9]"))
     check_one_line_input_error(lambda: darts().network(g, 10, **TINY_DARTS),
                          r"normal cell: concat names state 9")
