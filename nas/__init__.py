@@ -11,7 +11,8 @@ from .schedules import TemperatureScheduler
 from .genotype import Genotype, derive_cell, edge_inputs, parse_genotype
 from .supernet import (MODES, ArchSample, MixedEdge, SearchCell, SearchSpace, Supernet,
                        build_supernet, get_space, node_sum, sampled_node, sampled_op)
-from .network import GenotypeCell, build_network, count_macs, count_parameters, drop_path
+from .network import (GenotypeCell, build_network, count_macs, count_parameters, drop_path,
+                      set_drop_path)
 
 __version__ = "0.1.0"
 
@@ -20,5 +21,5 @@ __all__ = [
     "OPS", "Registry", "SCHEDULES", "SEARCH_SPACES", "SearchCell", "SearchSpace", "Supernet",
     "TemperatureScheduler", "build_network", "build_supernet", "get_space", "count_macs", "count_parameters", "derive_cell",
     "drop_path", "edge_inputs", "gumbel", "load_object", "node_sum", "ops", "parse_genotype",
-    "sampled_node", "sampled_op",
+    "sampled_node", "sampled_op", "set_drop_path",
 ]

@@ -41,7 +41,12 @@ def closest(name: str, known: list[str]) -> str | None:
 
 def _caller_source(obj: Any) -> str:
     module = getattr(obj, "__module__", "") or ""
+    if module.startswith(_FILE_MODULE):  # loaded from `path/to/file.py:attr`: show the file
+        return f"file ({getattr(sys.modules.get(module), '__file__', module)})"
     return "built-in" if module.split(".")[0] in ("nas", "search_spaces") else f"python ({module})"
+
+
+_FILE_MODULE = "_nas_plugin_"
 
 
 def load_object(spec: str) -> Any:
@@ -54,7 +59,7 @@ def load_object(spec: str) -> Any:
             path = Path(module_name).expanduser().resolve()
             if not path.is_file():
                 raise InputError(f"'{spec}': no such file {path}")
-            mod_name = f"_nas_plugin_{path.stem}_{abs(hash(str(path))) % 10**8}"
+            mod_name = f"{_FILE_MODULE}{path.stem}_{abs(hash(str(path))) % 10**8}"
             module = sys.modules.get(mod_name)
             if module is None:
                 file_spec = importlib.util.spec_from_file_location(mod_name, path)

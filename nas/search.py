@@ -35,7 +35,7 @@ from .runtime import (CHECKPOINT, checkpoint_state, prepare_run_dir, start_mode,
                       resolve_device, resume_from, save_checkpoint, seed_everything)
 from .schedules import TemperatureScheduler
 from .ops import build_op
-from .supernet import Supernet, build_supernet
+from .supernet import Supernet, build_supernet, check_supernet
 
 
 @dataclass
@@ -186,6 +186,7 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
 
     w_batches, a_batches = batches(w_idx, 1), batches(a_idx, 2)
     model = build_supernet(cfg.space, data.num_classes, s.mode, cfg.seed, cfg.supernet).to(device)
+    check_supernet(model, cfg.space, data.num_classes, cfg.data.image_size)  # before any file
     if s.channels_last:
         model = model.to(memory_format=torch.channels_last)
     w_opt = torch.optim.SGD(model.weight_parameters(), s.lr, momentum=s.momentum,

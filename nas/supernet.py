@@ -332,6 +332,26 @@ def get_space(name: str) -> SearchSpace:
                      "or a nas.Supernet subclass")
 
 
+def check_supernet(model: Supernet, space: str, num_classes: int, image_size: int) -> None:
+    """Check a supernet before a search starts: ``genotype()`` works and the logits fit (one line)."""
+    from .network import check_network, first_line  # network imports this module
+
+    who = f"search space '{space}'"
+    if type(model).genotype is Supernet.genotype:
+        raise InputError(f"{who}: {type(model).__name__} does not implement genotype(), which "
+                         "derives the architecture from the logits (see README, plugins)")
+    try:
+        genotype = model.genotype()
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{who}: {type(model).__name__}.genotype() failed: {first_line(exc)}") from exc
+    if not isinstance(genotype, Genotype):
+        raise InputError(f"{who}: {type(model).__name__}.genotype() returned a "
+                         f"{type(genotype).__name__}, expected a nas.Genotype")
+    check_network(model, num_classes, image_size, who)
+
+
 def build_supernet(space: str, num_classes: int, mode: str, seed: int = 0,
                    options: Mapping[str, Any] | None = None) -> Supernet:
     """Build the supernet of ``space``; ``options`` (config ``supernet:``) are checked by name and type."""

@@ -23,7 +23,7 @@ from .data import Batches, load_split, seed_of
 from .errors import InputError
 from .genotype import Genotype
 from .monitor import Monitor
-from .network import build_network, count_macs, count_parameters
+from .network import build_network, check_network, count_macs, count_parameters, set_drop_path
 from .runtime import (CHECKPOINT, checkpoint_state, load_checkpoint,
                       prepare_run_dir, resolve_device, resume_from, save_checkpoint, start_mode,
                       seed_everything)
@@ -90,6 +90,11 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
             raise
         raise InputError(f"{exc} (the genotype belongs to the {space} space, the config is for "
                          f"{cfg.space})") from None
+    check_network(model, train_data.num_classes, cfg.data.image_size, f"search space '{space}'")
+    if t.drop_path > 0 and set_drop_path(model, 0.0) == 0:
+        raise InputError(f"search space '{space}': its network has no nas.GenotypeCell and no "
+                         f"drop_path_prob attribute, so train.drop_path={t.drop_path} would do "
+                         "nothing; set train.drop_path: 0, or build the cells from nas.GenotypeCell")
     params = count_parameters(model)
     macs = count_macs(model, (1, 3, cfg.data.image_size, cfg.data.image_size))
     model = model.to(device)
@@ -127,8 +132,7 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
         for epoch in range(start, t.epochs):
             started = time.time()
             drop_prob = t.drop_path * epoch / t.epochs
-            if hasattr(model, "drop_path_prob"):
-                model.drop_path_prob = drop_prob
+            set_drop_path(model, drop_prob)  # every GenotypeCell, and drop_path_prob if any
             lr = optimizer.param_groups[0]["lr"]
             train_batches.set_epoch(epoch)
             meter = Meter(device)

@@ -74,12 +74,11 @@ class ChainNetwork(nn.Module):
         self.layers, C = _skeleton(C, cells, lambda c: nas.GenotypeCell(
             genotype.cells["cell"], c, num_inputs=1))
         self.classifier = nn.Linear(C, num_classes)
-        self.drop_path_prob = 0.0  # set by `nas train` each epoch
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.stem(x)
-        for layer in self.layers:
-            x = layer((x,), self.drop_path_prob) if isinstance(layer, nas.GenotypeCell) else layer(x)
+        for layer in self.layers:  # `nas train` sets each GenotypeCell's drop path itself
+            x = layer((x,)) if isinstance(layer, nas.GenotypeCell) else layer(x)
         return self.classifier(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
