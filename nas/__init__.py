@@ -6,7 +6,7 @@ The data path: ``nas.config`` -> ``nas.data`` -> ``nas.supernet`` (with a search
 """
 from . import data, gumbel, ops
 from .errors import InputError
-from .registry import DATASETS, OPS, SCHEDULES, SEARCH_SPACES, Registry, load_object
+from .registry import DATASETS, GENOTYPES, OPS, SCHEDULES, SEARCH_SPACES, Registry, load_object
 from .schedules import TemperatureScheduler
 from .genotype import Genotype, derive_cell, edge_inputs, parse_genotype
 from .supernet import (MODES, ArchSample, MixedEdge, SearchCell, SearchSpace, Supernet,
@@ -17,7 +17,7 @@ from .network import (GenotypeCell, build_network, count_macs, count_parameters,
 __version__ = "0.1.0"
 
 __all__ = [
-    "ArchSample", "DATASETS", "data", "Genotype", "GenotypeCell", "InputError", "MODES", "MixedEdge",
+    "ArchSample", "DATASETS", "data", "GENOTYPES", "Genotype", "GenotypeCell", "InputError", "MODES", "MixedEdge",
     "OPS", "Registry", "SCHEDULES", "SEARCH_SPACES", "SearchCell", "SearchSpace", "Supernet",
     "TemperatureScheduler", "build_network", "build_supernet", "get_space", "count_macs", "count_parameters", "derive_cell",
     "drop_path", "edge_inputs", "gumbel", "load_object", "node_sum", "ops", "parse_genotype",

@@ -37,6 +37,10 @@ def _add_run_options(p: argparse.ArgumentParser, config_required: bool) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
 
+GENOTYPE_HELP = ("genotype.json, a search run directory, a published genotype's name (DARTS_V2; "
+                 "see nas list), or a DARTS / NAS-Bench-201 string")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``nas`` command."""
     parser = _Parser(prog="nas", description="Differentiable architecture search with hard "
@@ -52,8 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p, True)
 
     p = verbs.add_parser("train", help="retrain a genotype from scratch; writes result.json")
-    p.add_argument("--genotype", metavar="FILE|STRING",
-                   help="genotype.json, a search run directory, or a DARTS / NAS-Bench-201 string")
+    p.add_argument("--genotype", metavar="FILE|NAME|STRING", help=GENOTYPE_HELP)
     _add_run_options(p, False)
 
     p = verbs.add_parser("run", help="search, then retrain the genotype found (two subdirectories)")
@@ -66,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int)
 
-    p = verbs.add_parser("list", help="registered search spaces, ops, schedules, datasets")
+    p = verbs.add_parser("list", help="registered search spaces, ops, schedules, datasets and "
+                         "published genotypes")
     p.add_argument("--space", action="append", default=[], metavar="MODULE:ATTR",
                    help="also load a search space from a module path, to check it is found")
 
@@ -74,12 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     gverbs = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
     gverbs.required = True
     g = gverbs.add_parser("show", help="print a genotype in its string forms")
-    g.add_argument("genotype", metavar="FILE|STRING")
+    g.add_argument("genotype", metavar="FILE|NAME|STRING", help=GENOTYPE_HELP)
     g.add_argument("--benchmark", metavar="TABLE",
                    help="NAS-Bench-201 table (CSV or NATS-Bench files): print the cell's "
                         "accuracies and rank")
     g = gverbs.add_parser("plot", help="write each cell as Graphviz DOT and PNG")
-    g.add_argument("genotype", metavar="FILE|STRING")
+    g.add_argument("genotype", metavar="FILE|NAME|STRING", help=GENOTYPE_HELP)
     g.add_argument("--out", metavar="DIR", help="output directory (default: beside the file, "
                    "or the current directory)")
     return parser
@@ -209,7 +213,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from . import data, ops, schedules  # noqa: F401  (their built-ins register on import)
-    from .registry import REGISTRIES, SEARCH_SPACES
+    from .registry import GENOTYPES, REGISTRIES, SEARCH_SPACES
     from .supernet import get_space
 
     for spec in args.space:
@@ -223,6 +227,8 @@ def cmd_list(args: argparse.Namespace) -> int:
                 detail = f"FAILED TO LOAD: {e.error}"
             elif registry is SEARCH_SPACES and getattr(e.obj, "description", ""):
                 detail = e.obj.description
+            elif registry is GENOTYPES:
+                detail = f"{e.obj.space or '?'} space" + (f"; {e.obj.source}" if e.obj.source else "")
             else:
                 detail = ""
             print(f"  {e.name:<{width}}  {e.source}" + (f"  - {detail}" if detail else ""))
@@ -232,6 +238,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_genotype(args: argparse.Namespace) -> int:
     from . import plot
     from .genotype import parse_genotype
+    from .registry import GENOTYPES
 
     genotype = parse_genotype(args.genotype)
     if args.action == "show":
@@ -264,7 +271,8 @@ def cmd_genotype(args: argparse.Namespace) -> int:
     else:
         out = Path(".")
     out.mkdir(parents=True, exist_ok=True)
-    stem = source.stem if source.is_file() else "genotype"
+    stem = source.stem if source.is_file() else args.genotype if args.genotype in GENOTYPES \
+        else "genotype"
     for kind in genotype.cells:
         dot_path, png_path = out / f"{stem}_{kind}.dot", out / f"{stem}_{kind}.png"
         dot_path.write_text(plot.to_dot(genotype, kind))

@@ -130,7 +130,7 @@ def test_module_path_strings_load_files_and_modules(tmp_path, monkeypatch):
 def test_nas_list_shows_where_each_plugin_came_from(tmp_path):
     write_plugin(tmp_path, "listplug", "listplug_space", "conv_1x3_list")
     (tmp_path / "file_space.py").write_text(PLUGIN_MODULE.format(op="conv_1x3_listfile"))
-    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(Path(__file__).parents[1])]))
     out = subprocess.run([sys.executable, "-m", "nas", "list", "--space",
                           f"{tmp_path / 'file_space.py'}:SPACE"],
                          capture_output=True, text=True, env=env, cwd=tmp_path)

@@ -109,7 +109,7 @@ def test_genotype_that_does_not_fit_fails_with_one_line(tmp_path, tiny_config, c
             (bad, "genotype normal cell: node 3 reads state 7, but only states 0..4 exist"),
             (V2.replace("sep_conv_3x3", "sep_conv_3x4", 1), "did you mean 'sep_conv_3x3'?"),
             (NB, "(the genotype belongs to the nasbench201 space, the config is for darts)"),
-            ("not a genotype", "is neither a genotype file nor")]:
+            ("not a genotype", "is neither a genotype file, a DARTS / NAS-Bench-201 string nor")]:
         run = tmp_path / "never"
         code = main(["train", "--genotype", genotype, "--config", str(tiny_config),
                      "--run-dir", str(run)])
