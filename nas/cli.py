@@ -248,8 +248,9 @@ def cmd_genotype(args: argparse.Namespace) -> int:
             result = load_table(args.benchmark).query(genotype)
         print(genotype)
         for kind, nodes in genotype.cells.items():
-            print(f"{kind} cell:")
             states, num_inputs = plot.cell_states(genotype, kind)
+            inputs = ", ".join(plot.state_label(i, num_inputs) for i in range(num_inputs))
+            print(f"{kind} cell (states {inputs}, then the nodes):")
             for i, node in enumerate(nodes):
                 edges = ", ".join(f"{op}({states[src]})" for op, src in node)
                 print(f"  node {states[num_inputs + i]} = {edges}")

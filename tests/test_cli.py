@@ -364,3 +364,19 @@ def test_custom_scalars_layout_draws_each_edge_with_one_line_per_op():
     tags = list(prob_scalars(model))
     matched = [[t for t in tags if re.search(p, t)] for p in patterns]
     assert kind == "Multiline" and matched == [[f"probs/cell/3<-1/{op}"] for op in model.op_names["cell"]]
+
+
+@pytest.mark.parametrize("name", ["DARTS_V2", "GDAS", "DRNAS_NB201"])
+def test_cell_picture_routes_no_edge_through_a_node(name):
+    from nas import plot
+    genotype = nas.parse_genotype(name)
+    for kind in genotype.cells:
+        labels, boxes, arcs, width, height = plot.cell_layout(genotype, kind)
+        assert len(arcs) == sum(len(n) for n in genotype.cells[kind]) + len(genotype.concat.get(kind, ()))
+        for pts, _ in arcs:
+            for x, y in pts:
+                assert 0 <= x <= width and 0 <= y <= height
+                assert not any(x0 < x < x1 and y0 < y < y1 for x0, y0, x1, y1 in boxes), (kind, x, y)
+        # the boxes sit in one row, in state order, without overlapping
+        assert all(a[2] < b[0] for a, b in zip(boxes, boxes[1:]))
+        assert plot.cell_image(genotype, kind).size == (width, height)
