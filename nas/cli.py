@@ -1,4 +1,4 @@
-"""The ``nas`` command: search, train, run, evaluate, list, genotype show|plot.
+"""The ``nas`` command: search, train, run, evaluate, list, plot, genotype show|plot.
 
 A user's mistake (bad config, flag, data, checkpoint) prints one line ``nas <verb>: error: ...``
 and exits with status 2; Ctrl-C exits with 130 and says how to resume.
@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "published genotypes")
     p.add_argument("--space", action="append", default=[], metavar="MODULE:ATTR",
                    help="also load a search space from a module path, to check it is found")
+
+    p = verbs.add_parser("plot", help="draw finished runs: each edge's op probabilities over the "
+                         "epochs, and the runs' loss, entropy and accuracy curves side by side")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (search, train or run)")
+    p.add_argument("--out", metavar="DIR", help="where to write the PNGs (default: RUN/plots for "
+                   "one run, ./plots for several)")
 
     p = verbs.add_parser("genotype", help="show or plot a genotype")
     gverbs = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
@@ -282,7 +288,15 @@ def cmd_genotype(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"search": cmd_search, "train": cmd_train, "run": cmd_run, "evaluate": cmd_evaluate,
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .plot import plot_runs, run_files
+    out = args.out or (run_files(args.runs[0]) / "plots" if len(args.runs) == 1 else "plots")
+    for path in plot_runs(args.runs, out):
+        print(path)
+    return 0
+
+
+COMMANDS = {"search": cmd_search, "plot": cmd_plot, "train": cmd_train, "run": cmd_run, "evaluate": cmd_evaluate,
             "list": cmd_list, "genotype": cmd_genotype}
 
 

@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .errors import InputError
 from .genotype import Genotype
 
 _FONT = ImageFont.load_default()
@@ -196,3 +197,123 @@ def image_to_tensor(img: Image.Image) -> torch.Tensor:
     """A Pillow RGB image as a uint8 ``[3, H, W]`` tensor (for TensorBoard)."""
     data = torch.frombuffer(bytearray(img.convert("RGB").tobytes()), dtype=torch.uint8)
     return data.view(img.height, img.width, 3).permute(2, 0, 1).contiguous()
+
+
+# -- curves over epochs: `nas plot RUN [RUN ...]` ------------------------------------------------
+_PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+Series = dict[str, list[tuple[float, float]]]
+
+
+def _axes(draw: ImageDraw.ImageDraw, box: Box, series: Series, colors: dict[str, tuple],
+          title: str, ylim: tuple[float, float] | None) -> None:
+    """One chart: frame, min/max ticks on both axes, a polyline per series."""
+    x0, y0, x1, y1 = box
+    points = [p for pts in series.values() for p in pts]
+    if not points:
+        draw.text((x0 + 4, y0 + 4), f"{title}: no data", fill="black", font=_FONT)
+        return
+    lo_x, hi_x = min(p[0] for p in points), max(p[0] for p in points)
+    lo_y, hi_y = ylim or (min(p[1] for p in points), max(p[1] for p in points))
+    hi_x, hi_y = (hi_x if hi_x > lo_x else lo_x + 1), (hi_y if hi_y > lo_y else lo_y + 1)
+    left, bottom, top = x0 + 40, y1 - 16, y0 + 16
+    draw.text((left, y0 + 2), title, fill="black", font=_FONT)
+    draw.rectangle([left, top, x1 - 6, bottom], outline=(120, 120, 120))
+    for value, y in ((hi_y, top), (lo_y, bottom)):
+        draw.text((x0 + 2, y - 5), f"{value:.3g}", fill=(80, 80, 80), font=_FONT)
+    for value, x in ((lo_x, left), (hi_x, x1 - 6)):
+        text = f"{value:g}"
+        draw.text((x - _text_size(draw, text)[0] / 2, bottom + 3), text, fill=(80, 80, 80), font=_FONT)
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return (left + (x - lo_x) / (hi_x - lo_x) * (x1 - 6 - left),
+                bottom - (min(max(y, lo_y), hi_y) - lo_y) / (hi_y - lo_y) * (bottom - top))
+
+    for name, pts in series.items():
+        xy = [at(x, y) for x, y in pts]
+        if len(xy) > 1:
+            draw.line(xy, fill=colors[name], width=2)
+        for x, y in xy:
+            draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colors[name])
+
+
+def _legend(draw: ImageDraw.ImageDraw, x: float, y: float, colors: dict[str, tuple]) -> None:
+    for name, color in colors.items():
+        draw.rectangle([x, y + 3, x + 14, y + 9], fill=color)
+        draw.text((x + 18, y), name, fill="black", font=_FONT)
+        x += 30 + _text_size(draw, name)[0]
+
+
+def charts(panels: dict[str, Series], title: str = "", columns: int = 4,
+           ylim: tuple[float, float] | None = None, size: tuple[int, int] = (230, 150)) -> Image.Image:
+    """A grid of line charts (one per panel), the same series names in the same colours, one legend."""
+    names = list(dict.fromkeys(n for series in panels.values() for n in series))
+    colors = {n: _PALETTE[i % len(_PALETTE)] for i, n in enumerate(names)}
+    columns = max(1, min(columns, len(panels)))
+    rows = -(-len(panels) // columns)
+    w, h = size
+    img = Image.new("RGB", (max(columns * w + 20, 400), rows * h + 60), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((10, 6), title, fill="black", font=_FONT)
+    for k, (panel, series) in enumerate(panels.items()):
+        x, y = 10 + (k % columns) * w, 24 + (k // columns) * h
+        _axes(draw, (x, y, x + w - 10, y + h - 8), series, colors, panel, ylim)
+    _legend(draw, 10, img.height - 26, colors)
+    return img
+
+
+def _jsonl(path: Path) -> list[dict]:
+    import json
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_files(run: str | Path) -> Path:
+    """The directory of a finished search or retraining (a ``nas run`` directory: its search/)."""
+    run = Path(run)
+    for folder in (run, run / "search", run / "train"):
+        if (folder / "metrics.jsonl").is_file():
+            return folder
+    raise InputError(f"{run} is not a run directory: no metrics.jsonl in it or in its search/ "
+                     "or train/")
+
+
+COMPARED = {"train_loss": "training loss", "arch_loss": "architecture loss", "entropy":
+            "mean edge entropy (nats)", "test_acc": "test accuracy (%)",
+            "benchmark_cifar10": "NAS-Bench-201 CIFAR-10 accuracy (%)"}
+
+
+def plot_runs(runs: Sequence[str | Path], out: str | Path) -> list[Path]:
+    """Draw each run's op probabilities over the epochs (one chart per edge, one line per op) and
+    compare the runs' curves (loss, entropy, accuracy, benchmark accuracy); returns the files."""
+    out = Path(out)
+    folders = [run_files(r) for r in runs]
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    labels = [str(r) for r in runs]
+    for label, folder in zip(labels, folders):
+        path = folder / "probabilities.jsonl"
+        if not path.is_file():
+            continue
+        records = _jsonl(path)
+        stem = Path(label).name if len(folders) > 1 else ""
+        for kind, ops in records[-1]["ops"].items():
+            panels = {}
+            for e, edge in enumerate(records[-1]["edges"][kind]):
+                panels[edge] = {op: [(r["epoch"], r["probabilities"][kind][e][o]) for r in records]
+                                for o, op in enumerate(ops)}
+            top = max(v for r in records for row in r["probabilities"][kind] for v in row)
+            img = charts(panels, f"{label}: op probabilities of every edge of the {kind} cell over "
+                         "the epochs (edge = node<-input)", ylim=(0.0, math.ceil(top * 20) / 20))
+            written.append(out / f"{stem + '_' if stem else ''}ops_{kind}.png")
+            img.save(written[-1])
+    metrics = [_jsonl(folder / "metrics.jsonl") for folder in folders]
+    panels = {}
+    for key, title in COMPARED.items():
+        series = {label: [(m["epoch"], m[key]) for m in lines if m.get(key) is not None]
+                  for label, lines in zip(labels, metrics)}
+        if any(series.values()):
+            panels[title] = {k: v for k, v in series.items() if v}
+    if panels:
+        written.append(out / "curves.png")
+        charts(panels, "per epoch", columns=3, size=(300, 200)).save(written[-1])
+    return written
