@@ -92,7 +92,34 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("genotype", metavar="FILE|NAME|STRING", help=GENOTYPE_HELP)
     g.add_argument("--out", metavar="DIR", help="output directory (default: beside the file, "
                    "or the current directory)")
+    for name, text in DESCRIPTIONS.items():  # what `nas VERB --help` says above the options
+        verbs.choices[name].description = text
     return parser
+
+
+DESCRIPTIONS = {
+    "search": "Search an architecture: the config's space, sampling mode and schedules. Writes a "
+              "run directory (default runs/<config name>-<date>-<time>) with genotype.json, "
+              "checkpoint.pt, metrics.jsonl, probabilities.jsonl, genotypes/, heatmaps/ and "
+              "TensorBoard events.",
+    "train": "Retrain a genotype from scratch with the config's train: and network: sections; "
+             "without --config, the DARTS recipe (600 epochs; the first line says so). --genotype "
+             "takes a genotype.json, a search run directory (its genotype.json), a published "
+             "genotype's name (nas list) or a DARTS / NAS-Bench-201 string. Writes checkpoint.pt, "
+             "metrics.jsonl, result.json and TensorBoard events.",
+    "run": "Search, then retrain the genotype found, with one config: writes RUN/search/ (what "
+           "nas search writes) and RUN/train/ (what nas train writes).",
+    "evaluate": "Print the test accuracy of a network trained by nas train, from its checkpoint.pt "
+                "or its run directory, on the test split of the config saved in the checkpoint "
+                "(--data-dir where the data lives now).",
+    "list": "List the registered search spaces, ops, temperature schedules, datasets and "
+            "published genotypes, each with where it came from (built-in, entry point, file).",
+    "plot": "Draw finished runs: for each search, every edge's op probabilities over the epochs "
+            "(from probabilities.jsonl); for all runs, the loss, entropy and accuracy curves "
+            "side by side (from metrics.jsonl).",
+    "genotype": "Show a genotype node by node (nas genotype show) or draw its cells "
+                "(nas genotype plot).",
+}
 
 
 def _version() -> str:
@@ -177,6 +204,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                              "(see nas train --help)")
         genotype = parse_genotype(args.genotype)  # parse first: a bad genotype creates nothing
         cfg, run_dir = _config(args, "train")
+        if not args.config and not args.quiet:  # a 600-epoch run must not start unannounced
+            from .train import recipe_line, space_of
+            print(recipe_line(cfg, space_of(cfg, genotype)), flush=True)
     _print_train(train(cfg, genotype, run_dir, resume=bool(args.resume), force=args.force,
                        quiet=args.quiet))
     return 0

@@ -53,6 +53,22 @@ def space_of(cfg: Config, genotype: Genotype) -> str:
     return genotype.space or cfg.space
 
 
+def recipe_line(cfg: Config, space: str) -> str:
+    """What a retraining with ``cfg`` will run, in one line (printed when no --config was given)."""
+    import inspect
+    from .supernet import get_space
+
+    network = get_space(space).network
+    defaults = {k: p.default for k, p in inspect.signature(network).parameters.items()
+                if p.default is not inspect.Parameter.empty and k != "num_classes"} if network else {}
+    options = ", ".join(f"{k}={v}" for k, v in {**defaults, **cfg.network}.items())
+    t = cfg.train
+    return (f"train: no --config, so the default recipe (DARTS retraining): {space} network "
+            f"({options}), {t.epochs} epochs of batch {t.batch_size}, lr {t.lr:g} cosine, drop path "
+            f"{t.drop_path:g}, cutout {t.cutout}, auxiliary weight {t.auxiliary_weight:g}; pass "
+            "--config FILE or --set train.epochs=N to change it")
+
+
 @torch.no_grad()
 def evaluate_model(model: nn.Module, batches: Batches, amp: bool = False,
                    channels_last: bool = False) -> tuple[float, float]:

@@ -380,3 +380,14 @@ def test_cell_picture_routes_no_edge_through_a_node(name):
         # the boxes sit in one row, in state order, without overlapping
         assert all(a[2] < b[0] for a, b in zip(boxes, boxes[1:]))
         assert plot.cell_image(genotype, kind).size == (width, height)
+
+
+def test_every_verb_help_says_what_it_does(capsys):
+    expected = {"evaluate": "test accuracy of a network trained by nas train",
+                "train": "a search run directory", "run": "RUN/search/",
+                "plot": "op probabilities over the epochs", "list": "published genotypes"}
+    for verb, text in expected.items():
+        with pytest.raises(SystemExit) as info:
+            main([verb, "--help"])
+        assert info.value.code == 0
+        assert text in " ".join(capsys.readouterr().out.split()), verb

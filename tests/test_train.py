@@ -226,3 +226,26 @@ def test_plugin_network_mistakes_fail_before_training_with_one_line(tmp_path, ci
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "no nas.GenotypeCell and no drop_path_prob" in err[0]
     assert not run.exists()
+
+
+def test_train_without_config_says_first_what_it_will_run(tmp_path, cifar_root, capsys):
+    run = tmp_path / "run"
+    code = main(["train", "--genotype", NB, "--data-dir", str(cifar_root), "--run-dir", str(run),
+                 "--set", "train.epochs=1", "train.steps_per_epoch=1", "train.batch_size=16",
+                 "data.image_size=8", "data.workers=0", "network={C: 4, cells_per_stage: 1}"])
+    assert code == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("train: no --config, so the default recipe (DARTS retraining): "
+                            "nasbench201 network (C=4, cells_per_stage=1, affine=True")
+    assert "1 epochs of batch 16, lr 0.025 cosine, drop path 0.2, cutout 16" in first
+
+
+def test_api_example_script_searches_and_retrains(tmp_path, cifar_root, capsys, monkeypatch):
+    import runpy
+    monkeypatch.setattr("sys.argv", ["api_example.py", "--data-dir", str(cifar_root),
+                                     "--out", str(tmp_path / "api")])
+    runpy.run_path(str(ROOT / "scripts" / "api_example.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "genotype: |" in out and "test accuracy:" in out
+    assert (tmp_path / "api" / "search" / "genotype.json").is_file()
+    assert json.loads((tmp_path / "api" / "train" / "result.json").read_text())["epochs"] == 2
