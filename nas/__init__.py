@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "data": "data", "gumbel": "gumbel", "ops": "ops",
     "InputError": "errors", "check_positive": "errors",
-    "DATASETS": "registry", "OPS": "registry", "SCHEDULES": "registry", "SEARCH_SPACES": "registry",
+    "DATASETS": "registry", "GENOTYPES": "registry", "OPS": "registry", "SCHEDULES": "registry", "SEARCH_SPACES": "registry",
     "Registry": "registry", "load_object": "registry",
     "TemperatureScheduler": "schedules",
     "Genotype": "genotype", "derive_cell": "genotype", "edge_inputs": "genotype",
@@ -27,7 +27,7 @@ _EXPORTS = {
     "build_supernet": "supernet", "get_space": "supernet", "node_sum": "supernet",
     "sampled_node": "supernet", "sampled_op": "supernet",
     "GenotypeCell": "network", "build_network": "network", "count_macs": "network",
-    "count_parameters": "network", "drop_path": "network",
+    "count_parameters": "network", "drop_path": "network", "set_drop_path": "network",
 }
 
 __all__ = sorted(_EXPORTS)

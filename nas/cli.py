@@ -1,4 +1,4 @@
-"""The ``nas`` command: search, train, run, evaluate, list, genotype show|plot.
+"""The ``nas`` command: search, train, run, evaluate, list, plot, genotype show|plot.
 
 A user's mistake (bad config, flag, data, checkpoint) prints one line ``nas <verb>: error: ...``
 and exits with status 2; Ctrl-C exits with 130 and says how to resume.
@@ -54,6 +54,10 @@ def _trust_plugins(args: argparse.Namespace) -> None:
         load_object(trust(spec))
 
 
+GENOTYPE_HELP = ("genotype.json, a search run directory, a published genotype's name (DARTS_V2; "
+                 "see nas list), or a DARTS / NAS-Bench-201 string")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``nas`` command."""
     parser = _Parser(prog="nas", description="Differentiable architecture search with hard "
@@ -69,8 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p, True)
 
     p = verbs.add_parser("train", help="retrain a genotype from scratch; writes result.json")
-    p.add_argument("--genotype", metavar="FILE|STRING",
-                   help="genotype.json, a search run directory, or a DARTS / NAS-Bench-201 string")
+    p.add_argument("--genotype", metavar="FILE|NAME|STRING", help=GENOTYPE_HELP)
     _add_run_options(p, False)
 
     p = verbs.add_parser("run", help="search, then retrain the genotype found (two subdirectories)")
@@ -84,23 +87,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     _add_plugin_option(p)
 
-    p = verbs.add_parser("list", help="registered search spaces, ops, schedules, datasets")
+    p = verbs.add_parser("list", help="registered search spaces, ops, schedules, datasets and "
+                         "published genotypes")
     p.add_argument("--space", action="append", default=[], metavar="MODULE:ATTR",
                    help="also load a search space from a module path, to check it is found")
+
+    p = verbs.add_parser("plot", help="draw finished runs: each edge's op probabilities over the "
+                         "epochs, and the runs' loss, entropy and accuracy curves side by side")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (search, train or run)")
+    p.add_argument("--out", metavar="DIR", help="where to write the PNGs (default: RUN/plots for "
+                   "one run, ./plots for several)")
 
     p = verbs.add_parser("genotype", help="show or plot a genotype")
     gverbs = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
     gverbs.required = True
     g = gverbs.add_parser("show", help="print a genotype in its string forms")
-    g.add_argument("genotype", metavar="FILE|STRING")
+    g.add_argument("genotype", metavar="FILE|NAME|STRING", help=GENOTYPE_HELP)
     g.add_argument("--benchmark", metavar="TABLE",
                    help="NAS-Bench-201 table (CSV or NATS-Bench files): print the cell's "
                         "accuracies and rank")
     g = gverbs.add_parser("plot", help="write each cell as Graphviz DOT and PNG")
-    g.add_argument("genotype", metavar="FILE|STRING")
+    g.add_argument("genotype", metavar="FILE|NAME|STRING", help=GENOTYPE_HELP)
     g.add_argument("--out", metavar="DIR", help="output directory (default: beside the file, "
                    "or the current directory)")
+    for name, text in DESCRIPTIONS.items():  # what `nas VERB --help` says above the options
+        verbs.choices[name].description = text
     return parser
+
+
+DESCRIPTIONS = {
+    "search": "Search an architecture: the config's space, sampling mode and schedules. Writes a "
+              "run directory (default runs/<config name>-<date>-<time>) with genotype.json, "
+              "checkpoint.pt, metrics.jsonl, probabilities.jsonl, genotypes/, heatmaps/ and "
+              "TensorBoard events.",
+    "train": "Retrain a genotype from scratch with the config's train: and network: sections; "
+             "without --config, the DARTS recipe (600 epochs; the first line says so). --genotype "
+             "takes a genotype.json, a search run directory (its genotype.json), a published "
+             "genotype's name (nas list) or a DARTS / NAS-Bench-201 string. Writes checkpoint.pt, "
+             "metrics.jsonl, result.json and TensorBoard events.",
+    "run": "Search, then retrain the genotype found, with one config: writes RUN/search/ (what "
+           "nas search writes) and RUN/train/ (what nas train writes).",
+    "evaluate": "Print the test accuracy of a network trained by nas train, from its checkpoint.pt "
+                "or its run directory, on the test split of the config saved in the checkpoint "
+                "(--data-dir where the data lives now).",
+    "list": "List the registered search spaces, ops, temperature schedules, datasets and "
+            "published genotypes, each with where it came from (built-in, entry point, file).",
+    "plot": "Draw finished runs: for each search, every edge's op probabilities over the epochs "
+            "(from probabilities.jsonl); for all runs, the loss, entropy and accuracy curves "
+            "side by side (from metrics.jsonl).",
+    "genotype": "Show a genotype node by node (nas genotype show) or draw its cells "
+                "(nas genotype plot).",
+}
 
 
 def _version() -> str:
@@ -187,6 +224,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                              "(see nas train --help)")
         genotype = parse_genotype(args.genotype)  # parse first: a bad genotype creates nothing
         cfg, run_dir = _config(args, "train")
+        if not args.config and not args.quiet:  # a 600-epoch run must not start unannounced
+            from .train import recipe_line, space_of
+            print(recipe_line(cfg, space_of(cfg, genotype)), flush=True)
     _print_train(train(cfg, genotype, run_dir, resume=bool(args.resume), force=args.force,
                        quiet=args.quiet))
     return 0
@@ -229,7 +269,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from . import data, ops, schedules  # noqa: F401  (their built-ins register on import)
-    from .registry import REGISTRIES, SEARCH_SPACES, trust
+    from .registry import GENOTYPES, REGISTRIES, SEARCH_SPACES, trust
     from .supernet import get_space
 
     for spec in args.space:
@@ -243,6 +283,8 @@ def cmd_list(args: argparse.Namespace) -> int:
                 detail = f"FAILED TO LOAD: {e.error}"
             elif registry is SEARCH_SPACES and getattr(e.obj, "description", ""):
                 detail = e.obj.description
+            elif registry is GENOTYPES:
+                detail = f"{e.obj.space or '?'} space" + (f"; {e.obj.source}" if e.obj.source else "")
             else:
                 detail = ""
             print(f"  {e.name:<{width}}  {e.source}" + (f"  - {detail}" if detail else ""))
@@ -252,6 +294,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_genotype(args: argparse.Namespace) -> int:
     from . import plot
     from .genotype import parse_genotype
+    from .registry import GENOTYPES
 
     genotype = parse_genotype(args.genotype)
     if args.action == "show":
@@ -261,8 +304,9 @@ def cmd_genotype(args: argparse.Namespace) -> int:
             result = load_table(args.benchmark).query(genotype)
         print(genotype)
         for kind, nodes in genotype.cells.items():
-            print(f"{kind} cell:")
             states, num_inputs = plot.cell_states(genotype, kind)
+            inputs = ", ".join(plot.state_label(i, num_inputs) for i in range(num_inputs))
+            print(f"{kind} cell (states {inputs}, then the nodes):")
             for i, node in enumerate(nodes):
                 edges = ", ".join(f"{op}({states[src]})" for op, src in node)
                 print(f"  node {states[num_inputs + i]} = {edges}")
@@ -289,7 +333,8 @@ def cmd_genotype(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create --out {out}: {exc.strerror or exc}") from None
-    stem = source.stem if source.is_file() else "genotype"
+    stem = source.stem if source.is_file() else args.genotype if args.genotype in GENOTYPES \
+        else "genotype"
     for kind in genotype.cells:
         dot_path, png_path = out / f"{stem}_{kind}.dot", out / f"{stem}_{kind}.png"
         dot_path.write_text(plot.to_dot(genotype, kind))
@@ -298,7 +343,15 @@ def cmd_genotype(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"search": cmd_search, "train": cmd_train, "run": cmd_run, "evaluate": cmd_evaluate,
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .plot import plot_runs, run_files
+    out = args.out or (run_files(args.runs[0]) / "plots" if len(args.runs) == 1 else "plots")
+    for path in plot_runs(args.runs, out):
+        print(path)
+    return 0
+
+
+COMMANDS = {"search": cmd_search, "plot": cmd_plot, "train": cmd_train, "run": cmd_run, "evaluate": cmd_evaluate,
             "list": cmd_list, "genotype": cmd_genotype}
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .errors import InputError
+from .registry import GENOTYPES, closest
 
 Edge = tuple[str, int]
 Nodes = tuple[tuple[Edge, ...], ...]
@@ -55,6 +56,7 @@ class Genotype:
     cells: dict[str, Nodes]
     concat: dict[str, tuple[int, ...]] = field(default_factory=dict)
     space: str = ""
+    source: str = field(default="", compare=False)  # where a published genotype comes from
 
     def __post_init__(self) -> None:
         if not isinstance(self.cells, dict) or not isinstance(self.concat, dict):
@@ -83,7 +85,7 @@ class Genotype:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (with the string form, for people); ``from_dict`` reads it back."""
-        return {**self._plain(), "string": str(self)}
+        return {**self._plain(), "string": str(self), **({"source": self.source} if self.source else {})}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Genotype":
@@ -91,7 +93,7 @@ class Genotype:
         if not isinstance(data, dict) or "cells" not in data:
             raise InputError("not a genotype: expected a mapping with a 'cells' key")
         return cls(cells=data["cells"], concat=data.get("concat") or {},
-                   space=str(data.get("space") or ""))
+                   space=str(data.get("space") or ""), source=str(data.get("source") or ""))
 
     def save(self, path: str | Path) -> None:
         """Write the genotype as JSON (written to a temporary file, then renamed)."""
@@ -216,7 +218,10 @@ def parse_nb201(text: str) -> Genotype:
 
 
 def parse_genotype(text: str) -> Genotype:
-    """Read a genotype from a JSON file path, a JSON text, a DARTS string or an NB201 string."""
+    """Read a genotype from a file path, a published name (``DARTS_V2``), a JSON, DARTS or NB201 string.
+
+    A path that exists is read as a file, even when a published genotype has the same name.
+    """
     stripped = text.strip()
     if stripped.startswith("Genotype("):
         return parse_darts(stripped)
@@ -232,7 +237,21 @@ def parse_genotype(text: str) -> Genotype:
         path = path / "genotype.json"
     if path.is_file():
         return Genotype.load(path)
-    raise InputError(f"'{text}' is neither a genotype file nor a DARTS / NAS-Bench-201 string")
+    if stripped in GENOTYPES:  # a registered name only: a genotype never names code to import
+        found = GENOTYPES.get(stripped)
+        if not isinstance(found, Genotype):
+            raise InputError(f"genotype '{stripped}' is a {type(found).__name__}, not a nas.Genotype")
+        return found
+    if path.is_dir():
+        raise InputError(f"{path} is a directory without genotype.json (not a search run directory)")
+    known = ", ".join(GENOTYPES.names())
+    if "/" in stripped or "\\" in stripped or stripped.endswith(".json"):
+        raise InputError(f"genotype file not found: {stripped} (and it is not a DARTS / "
+                         f"NAS-Bench-201 string, nor a published genotype: {known})")
+    close = closest(stripped, GENOTYPES.names())
+    hint = f"; did you mean '{close}'?" if close else ""
+    raise InputError(f"'{stripped}' is neither a genotype file, a DARTS / NAS-Bench-201 string nor "
+                     f"a published genotype{hint} (published: {known})")
 
 
 # -- derivation ---------------------------------------------------------------------------------

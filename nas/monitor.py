@@ -3,16 +3,19 @@
 Bars are drawn only on a terminal; elsewhere (a log file, CI) each epoch prints one line.
 ``quiet`` silences both. TensorBoard event files are written into the run directory itself, so
 ``tensorboard --logdir runs`` shows every run side by side.
+
+Edges are named ``<node><-<input>`` with the genotype's state numbering (cell inputs first, then
+the nodes), the same in every view: TensorBoard tags, heatmap rows, ``nas genotype show``, pictures.
 """
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
-import torch
 from tqdm import tqdm
 
 from . import plot
@@ -21,6 +24,41 @@ from .supernet import Supernet
 
 
 BAR_KEYS = ("train_loss", "train_acc", "arch_acc", "test_acc", "tau")  # beside the epoch bar
+PROBABILITIES = "probabilities.jsonl"  # one line per epoch: every edge's op probabilities
+HEATMAPS = "heatmaps"                  # <kind>_epoch_NNN.png
+
+
+def prob_tag(kind: str, edge: str, op: str) -> str:
+    """The TensorBoard tag of one op's probability on one edge: ``probs/normal/3<-1/sep_conv_3x3``."""
+    return f"probs/{kind}/{edge}/{op}"
+
+
+def prob_scalars(model: Supernet) -> dict[str, float]:
+    """Every op probability of every edge, by tag."""
+    out = {}
+    for kind, p in model.probabilities().items():
+        for e, edge in enumerate(model.edge_names(kind)):
+            for o, op in enumerate(model.op_names[kind]):
+                out[prob_tag(kind, edge, op)] = float(p[e, o])
+    return out
+
+
+def prob_layout(model: Supernet) -> dict[str, dict[str, list[Any]]]:
+    """A Custom Scalars layout: per cell kind, one chart per edge with one line per op."""
+    return {f"op probabilities, {kind} cell": {
+        edge: ["Multiline", [f"^{re.escape(prob_tag(kind, edge, op))}$" for op in ops]]
+        for edge in model.edge_names(kind)} for kind, ops in model.op_names.items()}
+
+
+def _cut_jsonl(path: Path, last_epoch: int) -> None:
+    """Keep the lines of epochs up to ``last_epoch`` (what a resumed run's checkpoint holds)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("epoch", 0) <= last_epoch]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)
 
 
 def _is_tty() -> bool:
@@ -42,12 +80,14 @@ class Monitor:
         self.writer = SummaryWriter(log_dir=str(self.run_dir),
                                     purge_step=start_epoch + 1 if start_epoch else None)
         self.metrics_path = self.run_dir / "metrics.jsonl"
-        if start_epoch and self.metrics_path.is_file():
-            kept = [line for line in self.metrics_path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("epoch", 0) <= start_epoch]
-            tmp = self.metrics_path.with_name("metrics.jsonl.tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            tmp.replace(self.metrics_path)
+        if start_epoch:
+            _cut_jsonl(self.metrics_path, start_epoch)
+            _cut_jsonl(self.run_dir / PROBABILITIES, start_epoch)
+            for png in (self.run_dir / HEATMAPS).glob("*_epoch_*.png"):
+                number = png.stem.rpartition("_epoch_")[2]
+                if number.isdigit() and int(number) > start_epoch:
+                    png.unlink()
+        self._layout_written = False
         self.epoch_bar = tqdm(total=epochs, initial=start_epoch, desc=title, unit="epoch",
                               dynamic_ncols=True, disable=not self.bars)
         self._step_bar: tqdm | None = None
@@ -102,21 +142,26 @@ class Monitor:
             self.print(f"{self.title} epoch {epoch + 1}/{self.epochs} {line}")
 
     def architecture(self, epoch: int, model: Supernet, genotype: Genotype) -> None:
-        """Op probabilities (heatmap and histograms) and the genotype (text and picture)."""
+        """Op probabilities (per-op scalars, heatmaps, probabilities.jsonl) and the genotype."""
         step = epoch + 1
-        for kind, p in model.probabilities().items():
-            ops, names = model.op_names[kind], model.edge_names(kind)
-            img = plot.heatmap(p, ops, names, f"{kind} cell, epoch {step}")
+        if not self._layout_written:
+            self.writer.add_custom_scalars(prob_layout(model))
+            self._layout_written = True
+        for tag, value in prob_scalars(model).items():
+            self.writer.add_scalar(tag, value, step)
+        probs = model.probabilities()
+        (self.run_dir / HEATMAPS).mkdir(exist_ok=True)
+        for kind, p in probs.items():
+            img = plot.heatmap(p, model.op_names[kind], model.edge_names(kind),
+                               f"{kind} cell, epoch {step}")
+            img.save(self.run_dir / HEATMAPS / f"{kind}_epoch_{step:03d}.png")
             self.writer.add_image(f"arch/{kind}", plot.image_to_tensor(img), step)
-            # one histogram per edge whose buckets are its ops, bucket mass = op probability
-            limits = [i + 0.5 for i in range(len(ops))]
-            idx = torch.arange(len(ops), dtype=torch.float64)
-            for e, name in enumerate(names):
-                mass = p[e].double().cpu() * 1000
-                self.writer.add_histogram_raw(
-                    f"edges/{kind}/{name}", min=0, max=len(ops) - 1, num=1000,
-                    sum=float((idx * mass).sum()), sum_squares=float((idx ** 2 * mass).sum()),
-                    bucket_limits=limits, bucket_counts=mass.tolist(), global_step=step)
+        record = {"epoch": step, "ops": {k: list(model.op_names[k]) for k in probs},
+                  "edges": {k: model.edge_names(k) for k in probs},
+                  "probabilities": {k: [[round(float(v), 6) for v in row] for row in p.tolist()]
+                                    for k, p in probs.items()}}
+        with open(self.run_dir / PROBABILITIES, "a") as f:
+            f.write(json.dumps(record) + "\n")
         self.writer.add_text("genotype", f"epoch {step}: `{genotype}`", step)
         for kind in genotype.cells:
             self.writer.add_image(f"genotype/{kind}",

@@ -15,7 +15,7 @@ from .errors import InputError
 from .genotype import Genotype, Nodes
 from .ops import build_op
 from .registry import OPS
-from .supernet import build_or_explain, get_space, node_sum
+from .supernet import Supernet, build_or_explain, get_space, node_sum
 
 
 def drop_path(x: Tensor, prob: float) -> Tensor:
@@ -31,7 +31,9 @@ class GenotypeCell(nn.Module):
     """A cell with the ops a genotype names: node = sum of its edges' ops on earlier states.
 
     States are the ``num_inputs`` cell inputs then the nodes; the output concatenates
-    ``concat`` or is the last node. Drop path applies, in training, to every op but identity.
+    ``concat`` or is the last node. Drop path applies, in training, to every op but identity,
+    with ``drop_prob`` when given, else ``self.drop_prob``, which ``nas train`` sets on every
+    ``GenotypeCell`` of the network each epoch (``set_drop_path``).
     """
 
     def __init__(self, nodes: Nodes, C: int, num_inputs: int, reduction: bool = False,
@@ -39,6 +41,7 @@ class GenotypeCell(nn.Module):
                  wrap: Any = None, where: str = "cell") -> None:
         super().__init__()
         self.num_inputs, self.reduction, self.concat = num_inputs, reduction, tuple(concat)
+        self.drop_prob = 0.0
         self.node_inputs: list[list[int]] = []
         ops = []
         for i, node in enumerate(nodes):
@@ -62,7 +65,8 @@ class GenotypeCell(nn.Module):
                                  f"states 0..{total - 1}")
         self.ops = nn.ModuleList(ops)
 
-    def forward(self, inputs: Sequence[Tensor], drop_prob: float = 0.0) -> Tensor:
+    def forward(self, inputs: Sequence[Tensor], drop_prob: float | None = None) -> Tensor:
+        drop_prob = self.drop_prob if drop_prob is None else drop_prob
         states, k = list(inputs), 0
         for sources in self.node_inputs:
             outs = []
@@ -77,6 +81,68 @@ class GenotypeCell(nn.Module):
         if self.concat:
             return torch.cat([states[i] for i in self.concat], dim=1)
         return states[-1]
+
+
+def set_drop_path(model: nn.Module, prob: float) -> int:
+    """Set the drop-path probability on every ``GenotypeCell`` and on ``model.drop_path_prob``.
+
+    Returns how many places received it (0: the network applies no drop path).
+    """
+    cells = [m for m in model.modules() if isinstance(m, GenotypeCell)]
+    for cell in cells:
+        cell.drop_prob = prob
+    if hasattr(model, "drop_path_prob"):
+        model.drop_path_prob = prob
+        return len(cells) + 1
+    return len(cells)
+
+
+def first_line(exc: BaseException) -> str:
+    """``Type: message`` on one line (long PyTorch messages keep their first line)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def check_logits(out: Any, batch: int, num_classes: int, who: str) -> None:
+    """Fail with one line unless ``out`` is ``[batch, num_classes]`` logits (or a tuple starting so)."""
+    logits = out[0] if isinstance(out, tuple) and out else out
+    if not isinstance(logits, Tensor):
+        raise InputError(f"{who}: forward returned a {type(logits).__name__}, expected a logits "
+                         f"tensor of shape ({batch}, {num_classes}) or a tuple (logits, aux_logits)")
+    if tuple(logits.shape) != (batch, num_classes):
+        raise InputError(f"{who}: forward returned logits of shape {tuple(logits.shape)}, "
+                         f"expected ({batch}, {num_classes}) (batch, classes)")
+
+
+@torch.no_grad()
+def check_network(model: nn.Module, num_classes: int, image_size: int, who: str) -> None:
+    """Run a 2-image batch through ``model`` in eval mode: a plugin's mistake fails here, in one line.
+
+    Eval mode changes no state; a supernet runs every op (as in softmax mode), so that an image
+    size a reduction op cannot halve fails here too, not in a later step.
+    """
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    sampling = getattr(model, "mode", None)
+    if isinstance(model, Supernet):
+        model.mode = "softmax"  # every op of every edge runs, not only the strongest
+    try:
+        param = next(model.parameters(), None)
+        x = torch.zeros(2, 3, image_size, image_size,
+                        device=param.device if param is not None else "cpu")
+        try:
+            out = model(x)
+        except InputError:
+            raise
+        except Exception as exc:  # a plugin's bug: name it, in one line
+            raise InputError(f"{who}: forward failed on a batch of shape {tuple(x.shape)}: "
+                             f"{first_line(exc)}") from exc
+        check_logits(out, 2, num_classes, who)
+    finally:
+        for m, training in modes.items():
+            m.training = training
+        if isinstance(model, Supernet):
+            model.mode = sampling
 
 
 def build_network(space: str, genotype: Genotype, num_classes: int,
@@ -113,6 +179,9 @@ def count_macs(model: nn.Module, input_size: Sequence[int] = (1, 3, 32, 32)) -> 
     hooks += [m.register_forward_hook(linear_hook) for m in model.modules() if isinstance(m, nn.Linear)]
     modes = {m: m.training for m in model.modules()}
     model.eval()
+    sampling = getattr(model, "mode", None)
+    if isinstance(model, Supernet):
+        model.mode = "softmax"  # every op of every edge runs, not only the strongest
     try:
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
@@ -120,6 +189,8 @@ def count_macs(model: nn.Module, input_size: Sequence[int] = (1, 3, 32, 32)) -> 
     finally:
         for m, training in modes.items():
             m.training = training
+        if isinstance(model, Supernet):
+            model.mode = sampling
         for h in hooks:
             h.remove()
     return total // input_size[0]

@@ -5,6 +5,7 @@ the ``dot`` program exists, ``save_cell_png`` uses it instead.
 """
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Sequence
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .errors import InputError
 from .genotype import Genotype
 
 _FONT = ImageFont.load_default()
@@ -32,92 +34,114 @@ def _text_size(draw: ImageDraw.ImageDraw, text: str) -> tuple[int, int]:
 
 
 def cell_states(genotype: Genotype, kind: str) -> tuple[list[str], int]:
-    """Names of a cell's states, and how many of them are cell inputs."""
+    """A cell's states by their numbers in the genotype (inputs first, then nodes), and how many
+    of them are cell inputs. Every view (TensorBoard tags, heatmaps, ``genotype show``, pictures)
+    uses these numbers."""
     nodes, concat = genotype.cells[kind], genotype.concat.get(kind, ())
     num_inputs = min(concat) if concat else 1
-    if num_inputs == 1:  # NAS-Bench-201 numbering: state 0 is the input
-        return [str(i) for i in range(1 + len(nodes))], 1
-    inputs = [f"c_{{k-{num_inputs - i}}}" for i in range(num_inputs)]
-    return inputs + [str(i) for i in range(len(nodes))], num_inputs
+    return [str(i) for i in range(num_inputs + len(nodes))], num_inputs
+
+
+def state_label(i: int, num_inputs: int) -> str:
+    """A state's number, with what a cell input is: ``0: c_{k-2}`` (DARTS), ``0: input`` (NB201)."""
+    if i >= num_inputs:
+        return str(i)
+    return f"{i}: input" if num_inputs == 1 else f"{i}: c_{{k-{num_inputs - i}}}"
 
 
 def to_dot(genotype: Genotype, kind: str) -> str:
-    """The cell ``kind`` as Graphviz DOT text."""
+    """The cell ``kind`` as Graphviz DOT text (node ids are the state numbers)."""
     states, num_inputs = cell_states(genotype, kind)
-    output = "c_{k}" if genotype.concat.get(kind) else states[-1]
     lines = [f'digraph "{kind}" {{', "  rankdir=LR;",
              '  node [shape=box, style="rounded,filled", fontname=helvetica];',
              '  edge [fontname=helvetica, fontsize=10];']
     for i, name in enumerate(states):
         color = "darkseagreen2" if i < num_inputs else "lightblue"
-        lines.append(f'  "{name}" [fillcolor={color}];')
+        lines.append(f'  "{name}" [label="{state_label(i, num_inputs)}", fillcolor={color}];')
     for i, node in enumerate(genotype.cells[kind]):
         for op, src in node:
             lines.append(f'  "{states[src]}" -> "{states[num_inputs + i]}" [label="{op}"];')
     if genotype.concat.get(kind):
-        lines.append(f'  "{output}" [fillcolor=palegoldenrod];')
+        lines.append('  "out" [label="c_{k}", fillcolor=palegoldenrod];')
         for i in genotype.concat[kind]:
-            lines.append(f'  "{states[i]}" -> "{output}" [color=gray];')
+            lines.append(f'  "{states[i]}" -> "out" [color=gray];')
     lines.append("}")
     return "\n".join(lines) + "\n"
 
 
-def cell_image(genotype: Genotype, kind: str) -> Image.Image:
-    """Draw the cell ``kind`` with Pillow: states left to right, edges labelled with their op."""
+def _arc(x0: float, x1: float, y: float, height: float) -> list[tuple[float, float]]:
+    """Half an ellipse from (x0, y) to (x1, y), ``height`` above y (below, if negative)."""
+    cx, a = (x0 + x1) / 2, (x1 - x0) / 2
+    return [(cx - a * math.cos(t), y - height * math.sin(t))
+            for t in (math.pi * k / 40 for k in range(41))]
+
+
+Box = tuple[float, float, float, float]
+Arc = tuple[list[tuple[float, float]], str]
+
+
+def cell_layout(genotype: Genotype, kind: str) -> tuple[list[str], list[Box], list[Arc], int, int]:
+    """Where ``cell_image`` puts things: state labels, their boxes, the edges as polylines with
+    their op ("" for a concat edge), and the picture's size.
+
+    The states sit in one row in number order; every op edge is an arc above the row and every
+    concat edge an arc below it, so no edge passes through a node. An arc's height grows with
+    its span, so arcs that share a midpoint keep their labels apart.
+    """
     states, num_inputs = cell_states(genotype, kind)
     concat = genotype.concat.get(kind, ())
-    names = states + (["c_{k}"] if concat else [])
-    col_w, row_h, margin = 170, 60, 30
-    # inputs in the first column, then one column per node, zigzagging so edges do not overlap
-    pos = {}
-    for i in range(num_inputs):
-        pos[i] = (margin, margin + row_h // 2 + i * 3 * row_h)
-    for i in range(len(genotype.cells[kind])):
-        pos[num_inputs + i] = (margin + (i + 1) * col_w, margin + (i % 2) * 3 * row_h + row_h)
-    if concat:
-        pos[len(states)] = (margin + (len(genotype.cells[kind]) + 1) * col_w, margin + 2 * row_h)
-    width = max(x for x, _ in pos.values()) + col_w
-    height = max(y for _, y in pos.values()) + row_h + margin
+    labels = [state_label(i, num_inputs) for i in range(len(states))] + (["c_{k}"] if concat else [])
+    step, margin, rise = 130, 30, 24
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    sizes = [_text_size(probe, t) for t in labels]
+    widest, box_h = max(w for w, _ in sizes) + 16, max(h for _, h in sizes) + 12
+    edges = [(src, num_inputs + i, op) for i, node in enumerate(genotype.cells[kind])
+             for op, src in node]
+    out = len(states)
+    up = max([rise + 0.36 * step * (b - a) for a, b, _ in edges], default=0)
+    down = max([rise + 0.18 * step * (out - i) for i in concat], default=0)
+    top = margin + 14 + up
+    centre = [margin + widest / 2 + step * i for i in range(len(labels))]
+    half = [w / 2 + 8 for w, _ in sizes]
+    boxes = [(c - h, top, c + h, top + box_h) for c, h in zip(centre, half)]
+    # leave a box from the right half of its side, arrive on the left half
+    arcs = [(_arc(centre[a] + half[a] / 2, centre[b] - half[b] / 2, top,
+                  rise + 0.36 * step * (b - a)), op) for a, b, op in edges]
+    arcs += [(_arc(centre[i] + half[i] / 2, centre[out] - half[out] / 2, top + box_h,
+                   -(rise + 0.18 * step * (out - i))), "") for i in concat]
+    width = 2 * margin + step * (len(labels) - 1) + widest
+    return labels, boxes, arcs, int(width), int(top + box_h + down + margin + 14)
+
+
+def cell_image(genotype: Genotype, kind: str) -> Image.Image:
+    """Draw the cell ``kind`` with Pillow (layout: ``cell_layout``), edges labelled with their op."""
+    labels, boxes, arcs, width, height = cell_layout(genotype, kind)
+    num_inputs = cell_states(genotype, kind)[1]
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
-
-    def box(i: int) -> tuple[int, int, int, int]:
-        x, y = pos[i]
-        w, h = _text_size(draw, names[i])
-        return x, y, x + max(w + 16, 40), y + h + 12
-
-    def curve(a: int, b: int, bend: float, fill: tuple[int, int, int]) -> tuple[float, float]:
-        ax0, ay0, ax1, ay1 = box(a)
-        bx0, by0, bx1, by1 = box(b)
-        p0, p2 = (ax1, (ay0 + ay1) / 2), (bx0, (by0 + by1) / 2)
-        p1 = ((p0[0] + p2[0]) / 2, (p0[1] + p2[1]) / 2 + bend)
-        pts = [((1 - t) ** 2 * p0[0] + 2 * (1 - t) * t * p1[0] + t * t * p2[0],
-                (1 - t) ** 2 * p0[1] + 2 * (1 - t) * t * p1[1] + t * t * p2[1])
-               for t in (k / 24 for k in range(25))]
+    for pts, op in arcs:
+        fill = (90, 90, 90) if op else (190, 190, 190)
         draw.line(pts, fill=fill, width=2)
-        ex, ey = pts[-1]
-        draw.polygon([(ex, ey), (ex - 8, ey - 4), (ex - 8, ey + 4)], fill=fill)
-        return pts[15]  # labels near the target, where a node's few edges fan in
-
-    labels = []
-    for i, node in enumerate(genotype.cells[kind]):
-        for k, (op, src) in enumerate(node):
-            bend = (k - (len(node) - 1) / 2) * 50
-            labels.append((curve(src, num_inputs + i, bend, (90, 90, 90)), op))
-    if concat:
-        for i in concat:
-            curve(i, len(states), 0, (190, 190, 190))
-    for (x, y), op in labels:
-        w, h = _text_size(draw, op)
-        draw.rectangle([x - w / 2 - 2, y - h / 2 - 2, x + w / 2 + 2, y + h / 2 + 2], fill="white")
-        draw.text((x - w / 2, y - h / 2), op, fill=(20, 20, 120), font=_FONT)
-    for i in pos:
-        color = (200, 230, 200) if i < num_inputs else (255, 240, 180) if i == len(states) \
+        (px, py), (ex, ey) = pts[-3], pts[-1]
+        norm = math.hypot(ex - px, ey - py) or 1.0
+        ux, uy = (ex - px) / norm, (ey - py) / norm
+        draw.polygon([(ex, ey), (ex - 9 * ux - 4 * uy, ey - 9 * uy + 4 * ux),
+                      (ex - 9 * ux + 4 * uy, ey - 9 * uy - 4 * ux)], fill=fill)
+    for pts, op in arcs:  # labels at the apex, over every line
+        if op:
+            x, y = pts[len(pts) // 2]
+            w, h = _text_size(draw, op)
+            draw.rectangle([x - w / 2 - 2, y - h / 2 - 2, x + w / 2 + 2, y + h / 2 + 2], fill="white")
+            draw.text((x - w / 2, y - h / 2), op, fill=(20, 20, 120), font=_FONT)
+    output = len(labels) - 1 if genotype.concat.get(kind) else -1
+    for i, (label, box) in enumerate(zip(labels, boxes)):
+        color = (200, 230, 200) if i < num_inputs else (255, 240, 180) if i == output \
             else (200, 220, 245)
-        draw.rounded_rectangle(box(i), radius=6, fill=color, outline=(60, 60, 60))
-        x0, y0, _, _ = box(i)
-        draw.text((x0 + 8, y0 + 6), names[i], fill="black", font=_FONT)
-    draw.text((margin, height - margin + 8), f"{kind} cell", fill="black", font=_FONT)
+        draw.rounded_rectangle(box, radius=6, fill=color, outline=(60, 60, 60))
+        w, _ = _text_size(draw, label)
+        draw.text(((box[0] + box[2] - w) / 2, box[1] + 6), label, fill="black", font=_FONT)
+    caption = "cell" if kind == "cell" else f"{kind} cell"
+    draw.text((30, height - 22), caption, fill="black", font=_FONT)
     return img
 
 
@@ -173,3 +197,123 @@ def image_to_tensor(img: Image.Image) -> torch.Tensor:
     """A Pillow RGB image as a uint8 ``[3, H, W]`` tensor (for TensorBoard)."""
     data = torch.frombuffer(bytearray(img.convert("RGB").tobytes()), dtype=torch.uint8)
     return data.view(img.height, img.width, 3).permute(2, 0, 1).contiguous()
+
+
+# -- curves over epochs: `nas plot RUN [RUN ...]` ------------------------------------------------
+_PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+Series = dict[str, list[tuple[float, float]]]
+
+
+def _axes(draw: ImageDraw.ImageDraw, box: Box, series: Series, colors: dict[str, tuple],
+          title: str, ylim: tuple[float, float] | None) -> None:
+    """One chart: frame, min/max ticks on both axes, a polyline per series."""
+    x0, y0, x1, y1 = box
+    points = [p for pts in series.values() for p in pts]
+    if not points:
+        draw.text((x0 + 4, y0 + 4), f"{title}: no data", fill="black", font=_FONT)
+        return
+    lo_x, hi_x = min(p[0] for p in points), max(p[0] for p in points)
+    lo_y, hi_y = ylim or (min(p[1] for p in points), max(p[1] for p in points))
+    hi_x, hi_y = (hi_x if hi_x > lo_x else lo_x + 1), (hi_y if hi_y > lo_y else lo_y + 1)
+    left, bottom, top = x0 + 40, y1 - 16, y0 + 16
+    draw.text((left, y0 + 2), title, fill="black", font=_FONT)
+    draw.rectangle([left, top, x1 - 6, bottom], outline=(120, 120, 120))
+    for value, y in ((hi_y, top), (lo_y, bottom)):
+        draw.text((x0 + 2, y - 5), f"{value:.3g}", fill=(80, 80, 80), font=_FONT)
+    for value, x in ((lo_x, left), (hi_x, x1 - 6)):
+        text = f"{value:g}"
+        draw.text((x - _text_size(draw, text)[0] / 2, bottom + 3), text, fill=(80, 80, 80), font=_FONT)
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return (left + (x - lo_x) / (hi_x - lo_x) * (x1 - 6 - left),
+                bottom - (min(max(y, lo_y), hi_y) - lo_y) / (hi_y - lo_y) * (bottom - top))
+
+    for name, pts in series.items():
+        xy = [at(x, y) for x, y in pts]
+        if len(xy) > 1:
+            draw.line(xy, fill=colors[name], width=2)
+        for x, y in xy:
+            draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colors[name])
+
+
+def _legend(draw: ImageDraw.ImageDraw, x: float, y: float, colors: dict[str, tuple]) -> None:
+    for name, color in colors.items():
+        draw.rectangle([x, y + 3, x + 14, y + 9], fill=color)
+        draw.text((x + 18, y), name, fill="black", font=_FONT)
+        x += 30 + _text_size(draw, name)[0]
+
+
+def charts(panels: dict[str, Series], title: str = "", columns: int = 4,
+           ylim: tuple[float, float] | None = None, size: tuple[int, int] = (230, 150)) -> Image.Image:
+    """A grid of line charts (one per panel), the same series names in the same colours, one legend."""
+    names = list(dict.fromkeys(n for series in panels.values() for n in series))
+    colors = {n: _PALETTE[i % len(_PALETTE)] for i, n in enumerate(names)}
+    columns = max(1, min(columns, len(panels)))
+    rows = -(-len(panels) // columns)
+    w, h = size
+    img = Image.new("RGB", (max(columns * w + 20, 400), rows * h + 60), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((10, 6), title, fill="black", font=_FONT)
+    for k, (panel, series) in enumerate(panels.items()):
+        x, y = 10 + (k % columns) * w, 24 + (k // columns) * h
+        _axes(draw, (x, y, x + w - 10, y + h - 8), series, colors, panel, ylim)
+    _legend(draw, 10, img.height - 26, colors)
+    return img
+
+
+def _jsonl(path: Path) -> list[dict]:
+    import json
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_files(run: str | Path) -> Path:
+    """The directory of a finished search or retraining (a ``nas run`` directory: its search/)."""
+    run = Path(run)
+    for folder in (run, run / "search", run / "train"):
+        if (folder / "metrics.jsonl").is_file():
+            return folder
+    raise InputError(f"{run} is not a run directory: no metrics.jsonl in it or in its search/ "
+                     "or train/")
+
+
+COMPARED = {"train_loss": "training loss", "arch_loss": "architecture loss", "entropy":
+            "mean edge entropy (nats)", "test_acc": "test accuracy (%)",
+            "benchmark_cifar10": "NAS-Bench-201 CIFAR-10 accuracy (%)"}
+
+
+def plot_runs(runs: Sequence[str | Path], out: str | Path) -> list[Path]:
+    """Draw each run's op probabilities over the epochs (one chart per edge, one line per op) and
+    compare the runs' curves (loss, entropy, accuracy, benchmark accuracy); returns the files."""
+    out = Path(out)
+    folders = [run_files(r) for r in runs]
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    labels = [str(r) for r in runs]
+    for label, folder in zip(labels, folders):
+        path = folder / "probabilities.jsonl"
+        if not path.is_file():
+            continue
+        records = _jsonl(path)
+        stem = Path(label).name if len(folders) > 1 else ""
+        for kind, ops in records[-1]["ops"].items():
+            panels = {}
+            for e, edge in enumerate(records[-1]["edges"][kind]):
+                panels[edge] = {op: [(r["epoch"], r["probabilities"][kind][e][o]) for r in records]
+                                for o, op in enumerate(ops)}
+            top = max(v for r in records for row in r["probabilities"][kind] for v in row)
+            img = charts(panels, f"{label}: op probabilities of every edge of the {kind} cell over "
+                         "the epochs (edge = node<-input)", ylim=(0.0, math.ceil(top * 20) / 20))
+            written.append(out / f"{stem + '_' if stem else ''}ops_{kind}.png")
+            img.save(written[-1])
+    metrics = [_jsonl(folder / "metrics.jsonl") for folder in folders]
+    panels = {}
+    for key, title in COMPARED.items():
+        series = {label: [(m["epoch"], m[key]) for m in lines if m.get(key) is not None]
+                  for label, lines in zip(labels, metrics)}
+        if any(series.values()):
+            panels[title] = {k: v for k, v in series.items() if v}
+    if panels:
+        written.append(out / "curves.png")
+        charts(panels, "per epoch", columns=3, size=(300, 200)).save(written[-1])
+    return written

@@ -1,4 +1,4 @@
-"""One registry type for ops, search spaces, temperature schedules and datasets.
+"""One registry type for ops, search spaces, temperature schedules, datasets and genotypes.
 
 Three ways in, all ending in the same table:
   * a decorator or call in Python: ``@OPS.register("my_conv")``;
@@ -45,9 +45,17 @@ def closest(name: str, known: list[str]) -> str | None:
     return min(prefixed, key=lambda k: abs(len(k) - len(name))) if prefixed else None
 
 
-def _caller_source(obj: Any) -> str:
-    module = getattr(obj, "__module__", "") or ""
-    return "built-in" if module.split(".")[0] in ("nas", "search_spaces") else f"python ({module})"
+def _caller_source(obj: Any, caller: str = "") -> str:
+    # a function or class tells its module; an instance (a genotype) is placed by its caller
+    module = (getattr(obj, "__module__", "") if hasattr(obj, "__qualname__") else caller) or ""
+    if module.startswith(_FILE_MODULE):  # loaded from `path/to/file.py:attr`: show the file
+        return f"file ({getattr(sys.modules.get(module), '__file__', module)})"
+    if module.split(".")[0] in ("nas", "search_spaces"):
+        return "built-in"
+    return f"python ({module})" if module else "python"
+
+
+_FILE_MODULE = "_nas_plugin_"
 
 
 _MODULE_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -105,7 +113,7 @@ def load_object(spec: str) -> Any:
             path = Path(module_name).expanduser().resolve()
             if not path.is_file():
                 raise InputError(f"'{spec}': no such file {path}")
-            mod_name = f"_nas_plugin_{path.stem}_{abs(hash(str(path))) % 10**8}"
+            mod_name = f"{_FILE_MODULE}{path.stem}_{abs(hash(str(path))) % 10**8}"
             module = sys.modules.get(mod_name)
             if module is None:
                 file_spec = importlib.util.spec_from_file_location(mod_name, path)
@@ -142,15 +150,18 @@ def load_object(spec: str) -> Any:
 class Registry:
     """A name -> object table of one kind, filled by decorators, entry points and module paths."""
 
-    def __init__(self, kind: str, group: str | None = None) -> None:
+    def __init__(self, kind: str, group: str | None = None, builtins: tuple[str, ...] = ()) -> None:
         self.kind = kind
         self.group = group
+        self.builtins = builtins  # modules that register built-ins, imported before entry points
         self._entries: dict[str, Entry] = {}
         self._entry_points_loaded = group is None
 
     def register(self, name: str | None = None, obj: Any = None, *, source: str | None = None,
                  override: bool = False) -> Any:
         """Register ``obj`` under ``name``; without ``obj``, return a decorator that does."""
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+
         def add(target: Any) -> Any:
             key = name or getattr(target, "__name__", None)
             if not key:
@@ -159,7 +170,7 @@ class Registry:
             if old is not None and old.obj is not target and not override and old.error is None:
                 raise ValueError(f"{self.kind} '{key}' is already registered ({old.source}); "
                                  "pass override=True to replace it")
-            self._entries[key] = Entry(key, target, source or _caller_source(target))
+            self._entries[key] = Entry(key, target, source or _caller_source(target, caller))
             return target
 
         return add if obj is None else add(obj)
@@ -168,6 +179,8 @@ class Registry:
         if self._entry_points_loaded:
             return
         self._entry_points_loaded = True
+        for module in self.builtins:  # also found in an install older than their entry points
+            importlib.import_module(module)
         for ep in importlib.metadata.entry_points(group=self.group):
             dist = getattr(ep, "dist", None)
             where = f"entry point {dist.name if dist else '?'} ({ep.value})"
@@ -243,8 +256,10 @@ OPS = Registry("op", "nas.ops")
 SEARCH_SPACES = Registry("search space", "nas.search_spaces")
 SCHEDULES = Registry("temperature schedule", "nas.schedules")
 DATASETS = Registry("dataset", "nas.datasets")
+GENOTYPES = Registry("genotype", "nas.genotypes", builtins=("search_spaces.genotypes",))
 
 REGISTRIES: dict[str, Registry] = {
     "search spaces": SEARCH_SPACES, "ops": OPS, "schedules": SCHEDULES, "datasets": DATASETS,
+    "genotypes": GENOTYPES,
 }
 

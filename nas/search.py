@@ -36,7 +36,7 @@ from .runtime import (CHECKPOINT, checkpoint_state, discard_failed_start, prepar
                       stretch_cosine)
 from .schedules import TemperatureScheduler
 from .ops import build_op
-from .supernet import Supernet, build_supernet, check_forward
+from .supernet import Supernet, build_supernet, check_supernet
 
 
 @dataclass
@@ -187,7 +187,7 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
 
     w_batches, a_batches = batches(w_idx, 1), batches(a_idx, 2)
     model = build_supernet(cfg.space, data.num_classes, s.mode, cfg.seed, cfg.supernet).to(device)
-    check_forward(model, cfg.data.image_size, data.num_classes, f"search space '{cfg.space}'")
+    check_supernet(model, cfg.space, data.num_classes, cfg.data.image_size)  # before any file
     if s.channels_last:
         model = model.to(memory_format=torch.channels_last)
     w_opt = torch.optim.SGD(model.weight_parameters(), s.lr, momentum=s.momentum,

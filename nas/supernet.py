@@ -342,44 +342,6 @@ def build_or_explain(who: str, section: str, fn: Callable[..., Any], options: Ma
                          f"{dict(options)} ({type(exc).__name__}: {detail})") from None
 
 
-def check_forward(model: nn.Module, image_size: int, num_classes: int, who: str) -> None:
-    """Run two blank images through ``model`` in eval mode, which changes no state (a supernet
-    runs all its ops, as in softmax mode), so that a model that cannot run (an image size its
-    reductions cannot halve, a plugin's wrong output) fails in one line before the run starts."""
-    was_training, mode = model.training, getattr(model, "mode", None)
-    device = next(iter(model.parameters()), torch.zeros(())).device
-    model.eval()
-    if isinstance(model, Supernet):
-        model.mode = "softmax"  # every op of every edge runs, not only the strongest
-    try:
-        with torch.no_grad():
-            out = model(torch.zeros(2, 3, image_size, image_size, device=device))
-    except InputError:
-        raise
-    except Exception as exc:
-        detail = (str(exc).strip().splitlines() or [""])[0]
-        raise InputError(f"{who} fails on {image_size}x{image_size} images ({type(exc).__name__}: "
-                         f"{detail}); check data.image_size and its options") from None
-    finally:
-        model.train(was_training)
-        if isinstance(model, Supernet):
-            model.mode = mode
-    out = out[0] if isinstance(out, (tuple, list)) and out else out  # (logits, auxiliary)
-    if not isinstance(out, Tensor) or tuple(out.shape) != (2, num_classes):
-        got = f"shape {list(out.shape)}" if isinstance(out, Tensor) else type(out).__name__
-        raise InputError(f"{who} returned {got} for 2 images; its forward must return logits of "
-                         f"shape [2, {num_classes}] (batch, classes)")
-    if isinstance(model, Supernet):
-        try:
-            genotype = model.genotype()
-        except NotImplementedError:
-            raise InputError(f"{who}: {type(model).__name__} does not implement genotype(), which "
-                             "derives the architecture the search found") from None
-        if not isinstance(genotype, Genotype):
-            raise InputError(f"{who}: {type(model).__name__}.genotype() returned "
-                             f"{type(genotype).__name__}, not a nas.Genotype")
-
-
 def get_space(name: str) -> SearchSpace:
     """Look up a search space by registered name or ``module:attr``; a bare Supernet class works too."""
     obj = SEARCH_SPACES.get(name)
@@ -389,6 +351,26 @@ def get_space(name: str) -> SearchSpace:
         return SearchSpace(supernet=obj)
     raise InputError(f"search space '{name}' is a {type(obj).__name__}, not a nas.SearchSpace "
                      "or a nas.Supernet subclass")
+
+
+def check_supernet(model: Supernet, space: str, num_classes: int, image_size: int) -> None:
+    """Check a supernet before a search starts: ``genotype()`` works and the logits fit (one line)."""
+    from .network import check_network, first_line  # network imports this module
+
+    who = f"search space '{space}'"
+    if type(model).genotype is Supernet.genotype:
+        raise InputError(f"{who}: {type(model).__name__} does not implement genotype(), which "
+                         "derives the architecture from the logits (see README, plugins)")
+    try:
+        genotype = model.genotype()
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{who}: {type(model).__name__}.genotype() failed: {first_line(exc)}") from exc
+    if not isinstance(genotype, Genotype):
+        raise InputError(f"{who}: {type(model).__name__}.genotype() returned a "
+                         f"{type(genotype).__name__}, expected a nas.Genotype")
+    check_network(model, num_classes, image_size, who)
 
 
 def build_supernet(space: str, num_classes: int, mode: str, seed: int = 0,

@@ -23,12 +23,11 @@ from .data import Batches, load_split, seed_of
 from .errors import InputError
 from .genotype import Genotype
 from .monitor import Monitor
-from .network import build_network, count_macs, count_parameters
+from .network import build_network, check_network, count_macs, count_parameters, set_drop_path
 from .runtime import (CHECKPOINT, checkpoint_state, discard_failed_start, first_mismatch,
                       load_checkpoint, prepare_run_dir, resolve_device, resume_from,
                       save_checkpoint, seed_everything, start_mode, stretch_cosine)
 from .search import Meter, autocast, check_finite
-from .supernet import check_forward
 
 
 @dataclass
@@ -52,6 +51,22 @@ def _outputs(out: Any) -> tuple[Tensor, Tensor | None]:
 def space_of(cfg: Config, genotype: Genotype) -> str:
     """The search space a genotype belongs to: its own record, else the config's."""
     return genotype.space or cfg.space
+
+
+def recipe_line(cfg: Config, space: str) -> str:
+    """What a retraining with ``cfg`` will run, in one line (printed when no --config was given)."""
+    import inspect
+    from .supernet import get_space
+
+    network = get_space(space).network
+    defaults = {k: p.default for k, p in inspect.signature(network).parameters.items()
+                if p.default is not inspect.Parameter.empty and k != "num_classes"} if network else {}
+    options = ", ".join(f"{k}={v}" for k, v in {**defaults, **cfg.network}.items())
+    t = cfg.train
+    return (f"train: no --config, so the default recipe (DARTS retraining): {space} network "
+            f"({options}), {t.epochs} epochs of batch {t.batch_size}, lr {t.lr:g} cosine, drop path "
+            f"{t.drop_path:g}, cutout {t.cutout}, auxiliary weight {t.auxiliary_weight:g}; pass "
+            "--config FILE or --set train.epochs=N to change it")
 
 
 @torch.no_grad()
@@ -91,8 +106,11 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
             raise
         raise InputError(f"{exc} (the genotype belongs to the {space} space, the config is for "
                          f"{cfg.space})") from None
-    check_forward(model, cfg.data.image_size, train_data.num_classes,
-                  f"the {space} network of the genotype")
+    check_network(model, train_data.num_classes, cfg.data.image_size, f"search space '{space}'")
+    if t.drop_path > 0 and set_drop_path(model, 0.0) == 0:
+        raise InputError(f"search space '{space}': its network has no nas.GenotypeCell and no "
+                         f"drop_path_prob attribute, so train.drop_path={t.drop_path} would do "
+                         "nothing; set train.drop_path: 0, or build the cells from nas.GenotypeCell")
     params = count_parameters(model)
     macs = count_macs(model, (1, 3, cfg.data.image_size, cfg.data.image_size))
     model = model.to(device)
@@ -136,8 +154,7 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
         for epoch in range(start, t.epochs):
             started = time.time()
             drop_prob = t.drop_path * epoch / t.epochs
-            if hasattr(model, "drop_path_prob"):
-                model.drop_path_prob = drop_prob
+            set_drop_path(model, drop_prob)  # every GenotypeCell, and drop_path_prob if any
             lr = optimizer.param_groups[0]["lr"]
             train_batches.set_epoch(epoch)
             meter = Meter(device)

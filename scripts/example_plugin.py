@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 import nas
 
-OPS = ("skip_connect", "avg_pool_3x3", "nor_conv_3x3", "mbconv_3x3")
+CANDIDATES = ("skip_connect", "avg_pool_3x3", "nor_conv_3x3", "mbconv_3x3")  # names in nas.OPS
 
 
 @nas.OPS.register("mbconv_3x3")
@@ -47,9 +47,9 @@ class ChainSupernet(nas.Supernet):
 
     def __init__(self, num_classes: int = 10, mode: str = "gdas", seed: int = 0, C: int = 8,
                  cells: int = 2) -> None:
-        super().__init__(mode, {"cell": (3, OPS)}, seed, cell_inputs=1)
+        super().__init__(mode, {"cell": (3, CANDIDATES)}, seed, cell_inputs=1)
         self.stem = nn.Sequential(nn.Conv2d(3, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
-        self.layers, C = _skeleton(C, cells, lambda c: nas.SearchCell(OPS, c, num_inputs=1, num_nodes=2))
+        self.layers, C = _skeleton(C, cells, lambda c: nas.SearchCell(CANDIDATES, c, num_inputs=1, num_nodes=2))
         self.classifier = nn.Linear(C, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -60,7 +60,7 @@ class ChainSupernet(nas.Supernet):
         return self.classifier(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
     def genotype(self) -> nas.Genotype:
-        nodes = nas.derive_cell(self.probabilities()["cell"], OPS, num_inputs=1, keep=None)
+        nodes = nas.derive_cell(self.probabilities()["cell"], CANDIDATES, num_inputs=1, keep=None)
         return nas.Genotype({"cell": nodes}, space="")
 
 
@@ -74,12 +74,11 @@ class ChainNetwork(nn.Module):
         self.layers, C = _skeleton(C, cells, lambda c: nas.GenotypeCell(
             genotype.cells["cell"], c, num_inputs=1))
         self.classifier = nn.Linear(C, num_classes)
-        self.drop_path_prob = 0.0  # set by `nas train` each epoch
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.stem(x)
-        for layer in self.layers:
-            x = layer((x,), self.drop_path_prob) if isinstance(layer, nas.GenotypeCell) else layer(x)
+        for layer in self.layers:  # `nas train` sets each GenotypeCell's drop path itself
+            x = layer((x,)) if isinstance(layer, nas.GenotypeCell) else layer(x)
         return self.classifier(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 

@@ -64,7 +64,20 @@ def test_search_writes_every_artefact(tmp_path, tiny_config):
             "lr/arch", "entropy"} <= set(tags["scalars"])
     assert [round(e.value, 4) for e in events.Scalars("tau")] == [10.0, 0.1]
     assert {"arch/normal", "arch/reduce", "genotype/normal", "genotype/reduce"} <= set(tags["images"])
-    assert len(tags["histograms"]) == 28 and "edges/reduce/5<-4" in tags["histograms"]
+    assert not tags["histograms"]
+    # every op's probability by name, per edge and epoch; each edge's ops sum to 1
+    probs = [t for t in tags["scalars"] if t.startswith("probs/")]
+    assert len(probs) == 2 * 14 * 8 and "probs/reduce/5<-4/skip_connect" in probs
+    edge = [events.Scalars(t)[-1].value for t in probs if t.startswith("probs/normal/3<-1/")]
+    assert len(edge) == 8 and sum(edge) == pytest.approx(1, abs=1e-5)
+    assert "custom_scalars__config__" in tags["tensors"]
+    saved = [json.loads(l) for l in (run / "probabilities.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in saved] == [1, 2]
+    assert saved[1]["edges"]["normal"][3] == "3<-1" and saved[1]["ops"]["normal"][3] == "skip_connect"
+    assert saved[1]["probabilities"]["normal"][3][3] == pytest.approx(
+        events.Scalars("probs/normal/3<-1/skip_connect")[-1].value, abs=1e-6)
+    assert sorted(p.name for p in (run / "heatmaps").iterdir()) == [
+        "normal_epoch_001.png", "normal_epoch_002.png", "reduce_epoch_001.png", "reduce_epoch_002.png"]
     assert "genotype/text_summary" in tags["tensors"]
 
 
@@ -314,6 +327,10 @@ def test_a_kill_between_metrics_and_checkpoint_leaves_no_duplicate_epoch(tmp_pat
     events = EventAccumulator(str(broken), size_guidance={"images": 0, "histograms": 0, "tensors": 0})
     events.Reload()
     assert [e.step for e in events.Scalars("loss/train")] == [1, 2, 3]
+    assert [e.step for e in events.Scalars("probs/normal/3<-1/skip_connect")] == [1, 2, 3]
+    saved = lambda p: [json.loads(l)["epoch"] for l in (p / "probabilities.jsonl").read_text().splitlines()]
+    assert saved(broken) == saved(straight) == [1, 2, 3]
+    assert len(list((broken / "heatmaps").iterdir())) == 6
 
 
 def test_a_run_stopped_before_its_first_checkpoint_resumes_from_the_start(tmp_path, tiny_config,
@@ -334,3 +351,43 @@ def test_a_run_stopped_before_its_first_checkpoint_resumes_from_the_start(tmp_pa
     a, b = final_logits(straight), final_logits(broken)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert len((broken / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_custom_scalars_layout_draws_each_edge_with_one_line_per_op():
+    import re
+    from nas.monitor import prob_layout, prob_scalars
+    model = nas.build_supernet("nasbench201", 10, "gdas", options={"C": 4, "cells_per_stage": 1})
+    layout = prob_layout(model)
+    charts = layout["op probabilities, cell cell"]
+    assert list(charts) == ["1<-0", "2<-0", "2<-1", "3<-0", "3<-1", "3<-2"]
+    kind, patterns = charts["3<-1"]
+    tags = list(prob_scalars(model))
+    matched = [[t for t in tags if re.search(p, t)] for p in patterns]
+    assert kind == "Multiline" and matched == [[f"probs/cell/3<-1/{op}"] for op in model.op_names["cell"]]
+
+
+@pytest.mark.parametrize("name", ["DARTS_V2", "GDAS", "DRNAS_NB201"])
+def test_cell_picture_routes_no_edge_through_a_node(name):
+    from nas import plot
+    genotype = nas.parse_genotype(name)
+    for kind in genotype.cells:
+        labels, boxes, arcs, width, height = plot.cell_layout(genotype, kind)
+        assert len(arcs) == sum(len(n) for n in genotype.cells[kind]) + len(genotype.concat.get(kind, ()))
+        for pts, _ in arcs:
+            for x, y in pts:
+                assert 0 <= x <= width and 0 <= y <= height
+                assert not any(x0 < x < x1 and y0 < y < y1 for x0, y0, x1, y1 in boxes), (kind, x, y)
+        # the boxes sit in one row, in state order, without overlapping
+        assert all(a[2] < b[0] for a, b in zip(boxes, boxes[1:]))
+        assert plot.cell_image(genotype, kind).size == (width, height)
+
+
+def test_every_verb_help_says_what_it_does(capsys):
+    expected = {"evaluate": "test accuracy of a network trained by nas train",
+                "train": "a search run directory", "run": "RUN/search/",
+                "plot": "op probabilities over the epochs", "list": "published genotypes"}
+    for verb, text in expected.items():
+        with pytest.raises(SystemExit) as info:
+            main([verb, "--help"])
+        assert info.value.code == 0
+        assert text in " ".join(capsys.readouterr().out.split()), verb

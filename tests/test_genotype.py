@@ -109,7 +109,8 @@ def test_parse_genotype_accepts_every_form(tmp_path):
     ("|nor_conv_3x3~0", "not a NAS-Bench-201 string: node 1"),
     ('{"cell": 1}', "not a genotype: expected a mapping with a 'cells' key"),
     ('{"cells": ', "genotype JSON text does not parse"),
-    ("no/such/genotype.json", "neither a genotype file nor a DARTS / NAS-Bench-201 string"),
+    ("no/such/genotype.json", "genotype file not found: no/such/genotype.json"),
+        ("DARTS_V22", "neither a genotype file.*published genotype; did you mean 'DARTS_V2'"),
 ])
 def test_bad_genotype_text_is_an_input_error(text, message):
     with pytest.raises(nas.InputError, match=message) as info:
@@ -120,9 +121,9 @@ def test_bad_genotype_text_is_an_input_error(text, message):
 def test_bad_genotype_files_are_input_errors(tmp_path):
     with pytest.raises(nas.InputError, match="genotype file not found"):
         Genotype.load(tmp_path / "missing.json")
-    with pytest.raises(nas.InputError, match="neither a genotype file"):
+    with pytest.raises(nas.InputError, match="genotype file not found: .*missing.json"):
         parse_genotype(str(tmp_path / "missing.json"))
-    with pytest.raises(nas.InputError, match="neither a genotype file"):
+    with pytest.raises(nas.InputError, match="is a directory without genotype.json"):
         parse_genotype(str(tmp_path))  # a directory without genotype.json
     bad = tmp_path / "genotype.json"
     bad.write_text("normal: [sep_conv_3x3]\n")

@@ -214,7 +214,7 @@ CASES = [
     ("network-C", None, [*T, DARTS_V2, "--set", "network.C=0"], "network.C"),
     ("image-odd", None, [*S, "--set", "data.image_size=7"], "data.image_size"),
     ("image-huge", None, [*S, "--set", "data.image_size=100000"], "data.image_size"),
-    ("image-unhalvable", None, [*S, "--set", "data.image_size=6"], "fails on 6x6 images"),
+    ("image-unhalvable", None, [*S, "--set", "data.image_size=6"], "forward failed on a batch of shape (2, 3, 6, 6)"),
     ("pad-negative", None, [*S, "--set", "data.pad=-1"], "data.pad"),
     ("eval-batch-zero", None, [*S, "--set", "train.eval_batch_size=0"], "train.eval_batch_size"),
     ("seed-2^63", None, [*S, "--set", "seed=9223372036854775808"], "seed: must be in"),
@@ -324,7 +324,7 @@ CASES = [
     ("space-no-genotype", PLUG, [*P, "space=plug.py:NoGenotype"],
      "does not implement genotype()"),
     ("space-wrong-shape", PLUG, [*P, "space=plug.py:WrongShape"],
-     "must return logits of shape [2, 10]"),
+     "expected (2, 10)"),
     ("space-file-missing", None, [*P, "space=gone.py:SPACE"], "no such file"),
     ("space-attr-missing", PLUG, [*P, "space=plug.py:SPACE"], "has no attribute 'SPACE'"),
     # genotype pictures and listing

@@ -130,7 +130,7 @@ def test_module_path_strings_load_files_and_modules(tmp_path, monkeypatch):
 def test_nas_list_shows_where_each_plugin_came_from(tmp_path):
     write_plugin(tmp_path, "listplug", "listplug_space", "conv_1x3_list")
     (tmp_path / "file_space.py").write_text(PLUGIN_MODULE.format(op="conv_1x3_listfile"))
-    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(Path(__file__).parents[1])]))
     out = subprocess.run([sys.executable, "-m", "nas", "list", "--space",
                           f"{tmp_path / 'file_space.py'}:SPACE"],
                          capture_output=True, text=True, env=env, cwd=tmp_path)
@@ -144,3 +144,34 @@ def test_nas_list_shows_where_each_plugin_came_from(tmp_path):
     assert any(l.split() == ["sep_conv_3x3", "built-in"] for l in lines)
     for section in ("ops:", "schedules:", "datasets:"):
         assert section in lines
+
+
+def test_supernet_plugin_mistakes_fail_before_the_first_epoch(tmp_path, cifar_root, capsys):
+    import yaml
+    from nas.cli import main
+    config = tmp_path / "plugin.yaml"
+    config.write_text(yaml.safe_dump({"data": {"root": str(cifar_root), "image_size": 8,
+                                               "workers": 0}, "search": {"epochs": 1}}))
+    no_genotype = PLUGIN_MODULE.format(op="conv_1x3_nogeno").replace("def genotype(self):",
+                                                                     "def not_genotype(self):")
+    (tmp_path / "no_geno.py").write_text(no_genotype)
+    (tmp_path / "bad_shape.py").write_text(PLUGIN_MODULE.format(op="conv_1x3_shape").replace(
+        "nn.Linear(C, num_classes)", "nn.Linear(C, num_classes + 1)"))
+    cases = [("no_geno.py", "does not implement genotype()"),
+             ("bad_shape.py", "logits of shape (2, 11), expected (2, 10)")]
+    for name, message in cases:
+        run = tmp_path / f"run_{name}"
+        code = main(["search", "--config", str(config), "--run-dir", str(run), "--quiet",
+                     "--set", f"space={tmp_path / name}:SPACE"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1, err
+        assert f"search space '{tmp_path / name}:SPACE'" in err[0] and message in err[0]
+        assert not run.exists()
+
+
+def test_an_op_loaded_from_a_file_lists_the_file_as_its_origin(tmp_path):
+    path = tmp_path / "op_file.py"
+    path.write_text(PLUGIN_MODULE.format(op="conv_1x3_origin"))
+    load_object(f"{path}:SPACE")
+    entry = next(e for e in nas.OPS.entries() if e.name == "conv_1x3_origin")
+    assert entry.source == f"file ({path})"

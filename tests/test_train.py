@@ -109,7 +109,7 @@ def test_genotype_that_does_not_fit_fails_with_one_line(tmp_path, tiny_config, c
             (bad, "genotype normal cell: node 3 reads state 7, but only states 0..4 exist"),
             (V2.replace("sep_conv_3x3", "sep_conv_3x4", 1), "did you mean 'sep_conv_3x3'?"),
             (NB, "(the genotype belongs to the nasbench201 space, the config is for darts)"),
-            ("not a genotype", "is neither a genotype file nor")]:
+            ("not a genotype", "is neither a genotype file, a DARTS / NAS-Bench-201 string nor")]:
         run = tmp_path / "never"
         code = main(["train", "--genotype", genotype, "--config", str(tiny_config),
                      "--run-dir", str(run)])
@@ -162,3 +162,90 @@ def test_a_checkpoint_that_would_run_code_is_refused_with_one_line(tmp_path, cap
     with pytest.raises(nas.InputError, match="could run code"):
         load_checkpoint(path, "search")  # the path resume takes
     assert not marker.exists()
+
+
+CHAIN = '{"cells": {"cell": [[["nor_conv_3x3", 0]], [["skip_connect", 0], ["nor_conv_3x3", 1]]]}}'
+PLUGIN_NET = '''
+import torch.nn.functional as F
+from torch import nn
+import nas
+
+class Net(nn.Module):
+    def __init__(self, genotype, num_classes=10, C: int = 4, classes_out: int = 0):
+        super().__init__()
+        self.stem = nn.Conv2d(3, C, 3, padding=1)
+        self.cells = nn.ModuleList(nas.GenotypeCell(genotype.cells["cell"], C, num_inputs=1)
+                                   for _ in range(2))
+        self.head = nn.Linear(C, classes_out or num_classes)
+    def forward(self, x):
+        x = self.stem(x)
+        for cell in self.cells:
+            x = cell((x,))  # no drop-path probability passed: the framework sets it
+        return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+class Plain(nn.Module):  # no GenotypeCell, no drop_path_prob
+    def __init__(self, genotype, num_classes=10):
+        super().__init__()
+        self.head = nn.Linear(3, num_classes)
+    def forward(self, x):
+        return self.head(x.mean((2, 3)))
+
+SPACE = nas.SearchSpace(supernet=None, network=Net)
+PLAIN = nas.SearchSpace(supernet=None, network=Plain)
+'''
+
+
+def test_drop_path_reaches_cells_a_plugin_network_does_not_plumb(tmp_path, cifar_root, monkeypatch):
+    (tmp_path / "dp_plugin.py").write_text(PLUGIN_NET)
+    cfg = build_config({"space": f"{tmp_path / 'dp_plugin.py'}:SPACE",
+                        "data": {"root": str(cifar_root), "image_size": 8, "pad": 0, "workers": 0},
+                        "train": {"epochs": 3, "batch_size": 16, "steps_per_epoch": 1, "cutout": 0,
+                                  "drop_path": 0.3}})
+    seen = []
+    real = nas.network.drop_path
+    monkeypatch.setattr(nas.network, "drop_path", lambda x, p: seen.append(round(p, 6)) or real(x, p))
+    nas.train.train(cfg, nas.parse_genotype(CHAIN), tmp_path / "run", quiet=True)
+    # epochs 2 and 3 (drop path 0.1, 0.2): 2 cells x 2 non-identity ops per training step
+    assert seen == [0.1] * 4 + [0.2] * 4
+
+
+def test_plugin_network_mistakes_fail_before_training_with_one_line(tmp_path, cifar_root, capsys):
+    import yaml
+    (tmp_path / "bad_net.py").write_text(PLUGIN_NET)
+    config = tmp_path / "plugin.yaml"
+    config.write_text(yaml.safe_dump({"data": {"root": str(cifar_root), "image_size": 8,
+                                               "workers": 0}, "train": {"epochs": 1}}))
+    base = ["train", "--genotype", CHAIN, "--config", str(config)]
+    run = tmp_path / "run"
+    code = main([*base, "--run-dir", str(run), "--set", f"space={tmp_path / 'bad_net.py'}:SPACE",
+                 "network.classes_out=7"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "bad_net.py:SPACE" in err[0] and "shape (2, 7), expected (2, 10)" in err[0]
+    code = main([*base, "--run-dir", str(run), "--set", f"space={tmp_path / 'bad_net.py'}:PLAIN"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "no nas.GenotypeCell and no drop_path_prob" in err[0]
+    assert not run.exists()
+
+
+def test_train_without_config_says_first_what_it_will_run(tmp_path, cifar_root, capsys):
+    run = tmp_path / "run"
+    code = main(["train", "--genotype", NB, "--data-dir", str(cifar_root), "--run-dir", str(run),
+                 "--set", "train.epochs=1", "train.steps_per_epoch=1", "train.batch_size=16",
+                 "data.image_size=8", "data.workers=0", "network={C: 4, cells_per_stage: 1}"])
+    assert code == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("train: no --config, so the default recipe (DARTS retraining): "
+                            "nasbench201 network (C=4, cells_per_stage=1, affine=True")
+    assert "1 epochs of batch 16, lr 0.025 cosine, drop path 0.2, cutout 16" in first
+
+
+def test_api_example_script_searches_and_retrains(tmp_path, cifar_root, capsys, monkeypatch):
+    import runpy
+    monkeypatch.setattr("sys.argv", ["api_example.py", "--data-dir", str(cifar_root),
+                                     "--out", str(tmp_path / "api")])
+    runpy.run_path(str(ROOT / "scripts" / "api_example.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "genotype: |" in out and "test accuracy:" in out
+    assert (tmp_path / "api" / "search" / "genotype.json").is_file()
+    assert json.loads((tmp_path / "api" / "train" / "result.json").read_text())["epochs"] == 2
