@@ -1,4 +1,5 @@
 """``python -m nas`` and the ``nas`` console script."""
+import os
 import sys
 
 
@@ -9,7 +10,15 @@ def run() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("\nnas: interrupted\n")
         sys.exit(130)
-    sys.exit(main())
+    code = main()
+    if code == 130:
+        # Ctrl-C that landed while a library was being imported can leave that library's
+        # half-run state to the interpreter's shutdown, which then dies of the signal (-2)
+        # after our one line; what had to be closed was closed, so skip that shutdown.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
