@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -355,12 +357,31 @@ COMMANDS = {"search": cmd_search, "plot": cmd_plot, "train": cmd_train, "run": c
             "list": cmd_list, "genotype": cmd_genotype}
 
 
+def _import_torch() -> None:
+    """Import torch with Ctrl-C held back until it is done, then honoured.
+
+    A KeyboardInterrupt raised inside torch's C++ initialisation aborts the process (SIGABRT,
+    "terminate called after throwing ... KeyboardInterrupt") instead of reaching our handler.
+    """
+    if "torch" in sys.modules or threading.current_thread() is not threading.main_thread():
+        return
+    pressed: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    try:
+        import torch  # noqa: F401
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed:
+        raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nas`` console script; returns the exit status."""
     verb, args = "", None
     try:
         args = build_parser().parse_args(argv)
         verb = args.verb
+        _import_torch()
         from .registry import guarded
         with guarded():
             _trust_plugins(args)
