@@ -5,7 +5,8 @@ what those builders share, and the counts reported after retraining.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -114,22 +115,14 @@ def check_logits(out: Any, batch: int, num_classes: int, who: str) -> None:
                          f"expected ({batch}, {num_classes}) (batch, classes)")
 
 
-@torch.no_grad()
 def check_network(model: nn.Module, num_classes: int, image_size: int, who: str) -> None:
     """Run a 2-image batch through ``model`` in eval mode: a plugin's mistake fails here, in one line.
 
     Eval mode changes no state; a supernet runs every op (as in softmax mode), so that an image
     size a reduction op cannot halve fails here too, not in a later step.
     """
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    sampling = getattr(model, "mode", None)
-    if isinstance(model, Supernet):
-        model.mode = "softmax"  # every op of every edge runs, not only the strongest
-    try:
-        param = next(model.parameters(), None)
-        x = torch.zeros(2, 3, image_size, image_size,
-                        device=param.device if param is not None else "cpu")
+    with _inspecting(model) as device:
+        x = torch.zeros(2, 3, image_size, image_size, device=device)
         try:
             out = model(x)
         except InputError:
@@ -137,7 +130,21 @@ def check_network(model: nn.Module, num_classes: int, image_size: int, who: str)
         except Exception as exc:  # a plugin's bug: name it, in one line
             raise InputError(f"{who}: forward failed on a batch of shape {tuple(x.shape)}: "
                              f"{first_line(exc)}") from exc
-        check_logits(out, 2, num_classes, who)
+    check_logits(out, 2, num_classes, who)
+
+
+@contextlib.contextmanager
+def _inspecting(model: nn.Module) -> Iterator[torch.device]:
+    """Eval mode, no gradients, and every op of a supernet; restored after. Yields the device."""
+    modes = {m: m.training for m in model.modules()}
+    sampling = getattr(model, "mode", None)
+    model.eval()
+    if isinstance(model, Supernet):
+        model.mode = "softmax"
+    try:
+        param = next(model.parameters(), None)
+        with torch.no_grad():
+            yield param.device if param is not None else torch.device("cpu")
     finally:
         for m, training in modes.items():
             m.training = training
@@ -177,20 +184,10 @@ def count_macs(model: nn.Module, input_size: Sequence[int] = (1, 3, 32, 32)) -> 
 
     hooks = [m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
     hooks += [m.register_forward_hook(linear_hook) for m in model.modules() if isinstance(m, nn.Linear)]
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    sampling = getattr(model, "mode", None)
-    if isinstance(model, Supernet):
-        model.mode = "softmax"  # every op of every edge runs, not only the strongest
     try:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        model(torch.zeros(*input_size, device=device))
+        with _inspecting(model) as device:
+            model(torch.zeros(*input_size, device=device))
     finally:
-        for m, training in modes.items():
-            m.training = training
-        if isinstance(model, Supernet):
-            model.mode = sampling
         for h in hooks:
             h.remove()
     return total // input_size[0]
