@@ -1,7 +1,7 @@
 """gumbel-nas: differentiable architecture search with hard Gumbel-softmax sampling.
 
 The data path: ``nas.config`` -> ``nas.data`` -> ``nas.supernet`` (with a search space from
-``search_spaces/`` or a plugin) -> ``nas.search`` -> ``nas.genotype`` -> ``nas.network`` ->
+``search_spaces/`` or a plugin, built through ``nas.spaces``) -> ``nas.search`` -> ``nas.genotype`` -> ``nas.network`` ->
 ``nas.train``; ``nas.cli`` ties the verbs together.
 
 The names below load on first use, so that ``nas`` (the command) starts without importing
@@ -23,10 +23,11 @@ _EXPORTS = {
     "Genotype": "genotype", "derive_cell": "genotype", "edge_inputs": "genotype",
     "parse_genotype": "genotype",
     "MODES": "supernet", "ArchSample": "supernet", "MixedEdge": "supernet",
-    "SearchCell": "supernet", "SearchSpace": "supernet", "Supernet": "supernet",
-    "build_supernet": "supernet", "get_space": "supernet", "node_sum": "supernet",
-    "sampled_node": "supernet", "sampled_op": "supernet",
-    "GenotypeCell": "network", "build_network": "network", "count_macs": "network",
+    "SearchCell": "supernet", "Supernet": "supernet", "sampled_node": "supernet",
+    "sampled_op": "supernet", "node_sum": "ops",
+    "SearchSpace": "spaces", "build_supernet": "spaces", "build_network": "spaces",
+    "get_space": "spaces",
+    "GenotypeCell": "network", "count_macs": "network",
     "count_parameters": "network", "drop_path": "network", "set_drop_path": "network",
 }
 

@@ -272,7 +272,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from . import data, ops, schedules  # noqa: F401  (their built-ins register on import)
     from .registry import GENOTYPES, REGISTRIES, SEARCH_SPACES, trust
-    from .supernet import get_space
+    from .spaces import get_space
 
     for spec in args.space:
         get_space(trust(spec))

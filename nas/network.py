@@ -11,12 +11,10 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from .config import check_options
 from .errors import InputError
 from .genotype import Genotype, Nodes
-from .ops import build_op
+from .ops import build_op, node_sum
 from .registry import OPS
-from .supernet import Supernet, build_or_explain, get_space, node_sum
 
 
 def drop_path(x: Tensor, prob: float) -> Tensor:
@@ -98,49 +96,11 @@ def set_drop_path(model: nn.Module, prob: float) -> int:
     return len(cells)
 
 
-def first_line(exc: BaseException) -> str:
-    """``Type: message`` on one line (long PyTorch messages keep their first line)."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
-def check_logits(out: Any, batch: int, num_classes: int, who: str) -> None:
-    """Fail with one line unless ``out`` is ``[batch, num_classes]`` logits (or a tuple starting so)."""
-    logits = out[0] if isinstance(out, tuple) and out else out
-    if not isinstance(logits, Tensor):
-        raise InputError(f"{who}: forward returned a {type(logits).__name__}, expected a logits "
-                         f"tensor of shape ({batch}, {num_classes}) or a tuple (logits, aux_logits)")
-    if tuple(logits.shape) != (batch, num_classes):
-        raise InputError(f"{who}: forward returned logits of shape {tuple(logits.shape)}, "
-                         f"expected ({batch}, {num_classes}) (batch, classes)")
-
-
-def check_network(model: nn.Module, num_classes: int, image_size: int, who: str) -> None:
-    """Run a 2-image batch through ``model`` in eval mode: a plugin's mistake fails here, in one line.
-
-    Eval mode changes no state; a supernet runs every op (as in softmax mode), so that an image
-    size a reduction op cannot halve fails here too, not in a later step.
-    """
-    with _inspecting(model) as device:
-        x = torch.zeros(2, 3, image_size, image_size, device=device)
-        try:
-            out = model(x)
-        except InputError:
-            raise
-        except Exception as exc:  # a plugin's bug: name it, in one line
-            raise InputError(f"{who}: forward failed on a batch of shape {tuple(x.shape)}: "
-                             f"{first_line(exc)}") from exc
-    check_logits(out, 2, num_classes, who)
-
-
 @contextlib.contextmanager
-def _inspecting(model: nn.Module) -> Iterator[torch.device]:
-    """Eval mode, no gradients, and every op of a supernet; restored after. Yields the device."""
+def evaluating(model: nn.Module) -> Iterator[torch.device]:
+    """Eval mode and no gradients, every module's mode restored after; yields the device."""
     modes = {m: m.training for m in model.modules()}
-    sampling = getattr(model, "mode", None)
     model.eval()
-    if isinstance(model, Supernet):
-        model.mode = "softmax"
     try:
         param = next(model.parameters(), None)
         with torch.no_grad():
@@ -148,19 +108,6 @@ def _inspecting(model: nn.Module) -> Iterator[torch.device]:
     finally:
         for m, training in modes.items():
             m.training = training
-        if isinstance(model, Supernet):
-            model.mode = sampling
-
-
-def build_network(space: str, genotype: Genotype, num_classes: int,
-                  options: dict[str, Any] | None = None) -> nn.Module:
-    """Build the retraining network of ``space`` for ``genotype``; options from config ``network:``."""
-    spec = get_space(space)
-    if spec.network is None:
-        raise InputError(f"search space '{space}' has no network builder, so it cannot retrain")
-    kwargs = check_options(spec.network, options or {}, "network", skip=("genotype", "num_classes"))
-    return build_or_explain(f"search space '{space}'", "network", spec.network, kwargs,
-                            genotype, num_classes)
 
 
 def count_parameters(model: nn.Module, exclude: str = "auxiliary") -> int:
@@ -185,7 +132,7 @@ def count_macs(model: nn.Module, input_size: Sequence[int] = (1, 3, 32, 32)) -> 
     hooks = [m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
     hooks += [m.register_forward_hook(linear_hook) for m in model.modules() if isinstance(m, nn.Linear)]
     try:
-        with _inspecting(model) as device:
+        with evaluating(model) as device:
             model(torch.zeros(*input_size, device=device))
     finally:
         for h in hooks:

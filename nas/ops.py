@@ -6,6 +6,8 @@ affine parameters (``affine=False``), as DARTS does; a retrained network uses ``
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -112,3 +114,11 @@ def build_op(name: str, C: int, stride: int = 1, affine: bool = True,
         raise InputError(f"op '{name}' returned {type(op).__name__}, not a torch.nn.Module: its "
                          "factory must return the module for (C, stride, affine, track)")
     return op
+
+
+def node_sum(tensors: Sequence[Tensor]) -> Tensor:
+    """Sum a node's incoming edge outputs (no extra kernel for the start value)."""
+    out = tensors[0]
+    for t in tensors[1:]:
+        out = out + t
+    return out

@@ -36,7 +36,8 @@ from .runtime import (CHECKPOINT, checkpoint_state, discard_failed_start, prepar
                       stretch_cosine)
 from .schedules import TemperatureScheduler
 from .ops import build_op
-from .supernet import Supernet, build_supernet, check_supernet
+from .spaces import build_supernet, check_supernet
+from .supernet import Supernet
 
 
 @dataclass

@@ -18,17 +18,15 @@ softmax(logits), and no noise is drawn.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from . import gumbel
-from .config import check_options
 from .errors import InputError
 from .genotype import Genotype, edge_inputs, num_nodes
-from .ops import build_op
-from .registry import SEARCH_SPACES
+from .ops import build_op, node_sum
 
 MODES = ("gdas", "st", "gumbel", "softmax")
 
@@ -127,14 +125,6 @@ class MixedEdge(nn.Module):
         for w, op in zip(weights[1:], self.ops[1:]):
             out = out + w * op(x)
         return out
-
-
-def node_sum(tensors: Sequence[Tensor]) -> Tensor:
-    """Sum a node's incoming edge outputs (no extra kernel for the start value)."""
-    out = tensors[0]
-    for t in tensors[1:]:
-        out = out + t
-    return out
 
 
 class SearchCell(nn.Module):
@@ -313,76 +303,3 @@ class Supernet(nn.Module):
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, tau={self.tau:.4g}"
-
-
-@dataclass(frozen=True)
-class SearchSpace:
-    """What a search-space plugin registers: how to build its supernet and its networks.
-
-    ``supernet(num_classes, mode, seed, **options) -> Supernet`` and, for retraining,
-    ``network(genotype, num_classes, **options) -> nn.Module``; ``options`` come from the
-    config sections ``supernet:`` and ``network:`` and are checked against these signatures.
-    """
-
-    supernet: Callable[..., Supernet]
-    network: Callable[..., nn.Module] | None = None
-    description: str = ""
-
-
-def build_or_explain(who: str, section: str, fn: Callable[..., Any], options: Mapping[str, Any],
-                     *args: Any, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs, **options)``; a builder's own exception becomes one line naming it."""
-    try:
-        return fn(*args, **kwargs, **options)
-    except InputError:
-        raise
-    except Exception as exc:  # a plugin's or torch's complaint about the options given
-        detail = (str(exc).strip().splitlines() or [""])[0]
-        raise InputError(f"{who} could not build its {section} from {section}: "
-                         f"{dict(options)} ({type(exc).__name__}: {detail})") from None
-
-
-def get_space(name: str) -> SearchSpace:
-    """Look up a search space by registered name or ``module:attr``; a bare Supernet class works too."""
-    obj = SEARCH_SPACES.get(name)
-    if isinstance(obj, SearchSpace):
-        return obj
-    if isinstance(obj, type) and issubclass(obj, Supernet):
-        return SearchSpace(supernet=obj)
-    raise InputError(f"search space '{name}' is a {type(obj).__name__}, not a nas.SearchSpace "
-                     "or a nas.Supernet subclass")
-
-
-def check_supernet(model: Supernet, space: str, num_classes: int, image_size: int) -> None:
-    """Check a supernet before a search starts: ``genotype()`` works and the logits fit (one line)."""
-    from .network import check_network, first_line  # network imports this module
-
-    who = f"search space '{space}'"
-    if type(model).genotype is Supernet.genotype:
-        raise InputError(f"{who}: {type(model).__name__} does not implement genotype(), which "
-                         "derives the architecture from the logits (see README, plugins)")
-    try:
-        genotype = model.genotype()
-    except InputError:
-        raise
-    except Exception as exc:
-        raise InputError(f"{who}: {type(model).__name__}.genotype() failed: {first_line(exc)}") from exc
-    if not isinstance(genotype, Genotype):
-        raise InputError(f"{who}: {type(model).__name__}.genotype() returned a "
-                         f"{type(genotype).__name__}, expected a nas.Genotype")
-    check_network(model, num_classes, image_size, who)
-
-
-def build_supernet(space: str, num_classes: int, mode: str, seed: int = 0,
-                   options: Mapping[str, Any] | None = None) -> Supernet:
-    """Build the supernet of ``space``; ``options`` (config ``supernet:``) are checked by name and type."""
-    if mode not in MODES:
-        raise InputError(f"unknown sampling mode '{mode}' (known: {', '.join(MODES)})")
-    spec = get_space(space)
-    kwargs = check_options(spec.supernet, options or {}, "supernet",
-                           skip=("num_classes", "mode", "seed"))
-    model = build_or_explain(f"search space '{space}'", "supernet", spec.supernet, kwargs,
-                             num_classes, mode, seed=seed)
-    if not isinstance(model, Supernet):
-        raise InputError(f"search space '{space}' built a {type(model).__name__}, not a nas.Supernet")
-    return model

@@ -23,7 +23,8 @@ from .data import Batches, load_split, seed_of
 from .errors import InputError
 from .genotype import Genotype
 from .monitor import Monitor
-from .network import build_network, check_network, count_macs, count_parameters, set_drop_path
+from .network import count_macs, count_parameters, set_drop_path
+from .spaces import build_network, check_network
 from .runtime import (CHECKPOINT, checkpoint_state, discard_failed_start, first_mismatch,
                       load_checkpoint, prepare_run_dir, resolve_device, resume_from,
                       save_checkpoint, seed_everything, start_mode, stretch_cosine)
@@ -56,7 +57,7 @@ def space_of(cfg: Config, genotype: Genotype) -> str:
 def recipe_line(cfg: Config, space: str) -> str:
     """What a retraining with ``cfg`` will run, in one line (printed when no --config was given)."""
     import inspect
-    from .supernet import get_space
+    from .spaces import get_space
 
     network = get_space(space).network
     defaults = {k: p.default for k, p in inspect.signature(network).parameters.items()

@@ -1,0 +1,154 @@
+"""The search-space plugin contract: what a space registers, and how the framework builds it.
+
+A plugin registers a ``SearchSpace`` (or a bare ``Supernet`` subclass) in ``nas.SEARCH_SPACES``;
+``build_supernet`` and ``build_network`` look it up, check the config's ``supernet:`` and
+``network:`` options against the builders' signatures, build, and turn a builder's own error
+into one line. ``check_supernet`` and ``check_network`` run two blank images through what was
+built, before a run directory exists, so a plugin's mistake is found before the first epoch.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from .config import check_options
+from .errors import InputError
+from .genotype import Genotype
+from .network import evaluating
+from .registry import SEARCH_SPACES
+from .supernet import MODES, Supernet
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What a search-space plugin registers: how to build its supernet and its networks.
+
+    ``supernet(num_classes, mode, seed, **options) -> Supernet`` and, for retraining,
+    ``network(genotype, num_classes, **options) -> nn.Module``; ``options`` come from the
+    config sections ``supernet:`` and ``network:`` and are checked against these signatures.
+    """
+
+    supernet: Callable[..., Supernet]
+    network: Callable[..., nn.Module] | None = None
+    description: str = ""
+
+
+def build_or_explain(who: str, section: str, fn: Callable[..., Any], options: Mapping[str, Any],
+                     *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs, **options)``; a builder's own exception becomes one line naming it."""
+    try:
+        return fn(*args, **kwargs, **options)
+    except InputError:
+        raise
+    except Exception as exc:  # a plugin's or torch's complaint about the options given
+        detail = (str(exc).strip().splitlines() or [""])[0]
+        raise InputError(f"{who} could not build its {section} from {section}: "
+                         f"{dict(options)} ({type(exc).__name__}: {detail})") from None
+
+
+def get_space(name: str) -> SearchSpace:
+    """Look up a search space by registered name or ``module:attr``; a bare Supernet class works too."""
+    obj = SEARCH_SPACES.get(name)
+    if isinstance(obj, SearchSpace):
+        return obj
+    if isinstance(obj, type) and issubclass(obj, Supernet):
+        return SearchSpace(supernet=obj)
+    raise InputError(f"search space '{name}' is a {type(obj).__name__}, not a nas.SearchSpace "
+                     "or a nas.Supernet subclass")
+
+
+def check_supernet(model: Supernet, space: str, num_classes: int, image_size: int) -> None:
+    """Check a supernet before a search starts: ``genotype()`` works and the logits fit (one line)."""
+    who = f"search space '{space}'"
+    if type(model).genotype is Supernet.genotype:
+        raise InputError(f"{who}: {type(model).__name__} does not implement genotype(), which "
+                         "derives the architecture from the logits (see README, plugins)")
+    try:
+        genotype = model.genotype()
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{who}: {type(model).__name__}.genotype() failed: {first_line(exc)}") from exc
+    if not isinstance(genotype, Genotype):
+        raise InputError(f"{who}: {type(model).__name__}.genotype() returned a "
+                         f"{type(genotype).__name__}, expected a nas.Genotype")
+    check_network(model, num_classes, image_size, who)
+
+
+def build_supernet(space: str, num_classes: int, mode: str, seed: int = 0,
+                   options: Mapping[str, Any] | None = None) -> Supernet:
+    """Build the supernet of ``space``; ``options`` (config ``supernet:``) are checked by name and type."""
+    if mode not in MODES:
+        raise InputError(f"unknown sampling mode '{mode}' (known: {', '.join(MODES)})")
+    spec = get_space(space)
+    kwargs = check_options(spec.supernet, options or {}, "supernet",
+                           skip=("num_classes", "mode", "seed"))
+    model = build_or_explain(f"search space '{space}'", "supernet", spec.supernet, kwargs,
+                             num_classes, mode, seed=seed)
+    if not isinstance(model, Supernet):
+        raise InputError(f"search space '{space}' built a {type(model).__name__}, not a nas.Supernet")
+    return model
+
+
+def first_line(exc: BaseException) -> str:
+    """``Type: message`` on one line (long PyTorch messages keep their first line)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def check_logits(out: Any, batch: int, num_classes: int, who: str) -> None:
+    """Fail with one line unless ``out`` is ``[batch, num_classes]`` logits (or a tuple starting so)."""
+    logits = out[0] if isinstance(out, tuple) and out else out
+    if not isinstance(logits, Tensor):
+        raise InputError(f"{who}: forward returned a {type(logits).__name__}, expected a logits "
+                         f"tensor of shape ({batch}, {num_classes}) or a tuple (logits, aux_logits)")
+    if tuple(logits.shape) != (batch, num_classes):
+        raise InputError(f"{who}: forward returned logits of shape {tuple(logits.shape)}, "
+                         f"expected ({batch}, {num_classes}) (batch, classes)")
+
+
+def check_network(model: nn.Module, num_classes: int, image_size: int, who: str) -> None:
+    """Run a 2-image batch through ``model`` in eval mode: a plugin's mistake fails here, in one line.
+
+    Eval mode changes no state; a supernet runs every op (as in softmax mode), so that an image
+    size a reduction op cannot halve fails here too, not in a later step.
+    """
+    with _inspecting(model) as device:
+        x = torch.zeros(2, 3, image_size, image_size, device=device)
+        try:
+            out = model(x)
+        except InputError:
+            raise
+        except Exception as exc:  # a plugin's bug: name it, in one line
+            raise InputError(f"{who}: forward failed on a batch of shape {tuple(x.shape)}: "
+                             f"{first_line(exc)}") from exc
+    check_logits(out, 2, num_classes, who)
+
+
+@contextlib.contextmanager
+def _inspecting(model: nn.Module) -> Iterator[torch.device]:
+    """``evaluating``, and a supernet runs every op of every edge; restored after."""
+    sampling = getattr(model, "mode", None)
+    if isinstance(model, Supernet):
+        model.mode = "softmax"
+    try:
+        with evaluating(model) as device:
+            yield device
+    finally:
+        if isinstance(model, Supernet):
+            model.mode = sampling
+
+
+def build_network(space: str, genotype: Genotype, num_classes: int,
+                  options: dict[str, Any] | None = None) -> nn.Module:
+    """Build the retraining network of ``space`` for ``genotype``; options from config ``network:``."""
+    spec = get_space(space)
+    if spec.network is None:
+        raise InputError(f"search space '{space}' has no network builder, so it cannot retrain")
+    kwargs = check_options(spec.network, options or {}, "network", skip=("genotype", "num_classes"))
+    return build_or_explain(f"search space '{space}'", "network", spec.network, kwargs,
+                            genotype, num_classes)
