@@ -6,7 +6,7 @@ affine parameters (``affine=False``), as DARTS does; a retrained network uses ``
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -84,27 +84,24 @@ class Zero(nn.Module):
         return x[:, :, ::self.stride, ::self.stride].mul(0.0)
 
 
-def _skip(C: int, stride: int, affine: bool, track: bool) -> nn.Module:
-    return nn.Identity() if stride == 1 else FactorizedReduce(C, C, affine, track)
+# The op table, one line an op: name -> factory(C, stride, affine, track_running_stats).
+OP_TABLE: dict[str, Callable[[int, int, bool, bool], nn.Module]] = {
+    "none":         lambda C, stride, affine, track: Zero(stride),
+    "skip_connect": lambda C, stride, affine, track:
+        nn.Identity() if stride == 1 else FactorizedReduce(C, C, affine, track),
+    "max_pool_3x3": lambda C, stride, affine, track: nn.MaxPool2d(3, stride, padding=1),
+    "avg_pool_3x3": lambda C, stride, affine, track:
+        nn.AvgPool2d(3, stride, padding=1, count_include_pad=False),
+    "sep_conv_3x3": lambda C, stride, affine, track: SepConv(C, C, 3, stride, 1, affine, track),
+    "sep_conv_5x5": lambda C, stride, affine, track: SepConv(C, C, 5, stride, 2, affine, track),
+    "dil_conv_3x3": lambda C, stride, affine, track: DilConv(C, C, 3, stride, 2, 2, affine, track),
+    "dil_conv_5x5": lambda C, stride, affine, track: DilConv(C, C, 5, stride, 4, 2, affine, track),
+    "nor_conv_1x1": lambda C, stride, affine, track: ReLUConvBN(C, C, 1, stride, 0, 1, affine, track),
+    "nor_conv_3x3": lambda C, stride, affine, track: ReLUConvBN(C, C, 3, stride, 1, 1, affine, track),
+}
+for _name, _factory in OP_TABLE.items():
+    OPS.register(_name, _factory)
 
-
-OPS.register("none", lambda C, stride, affine, track: Zero(stride))
-OPS.register("skip_connect", _skip)
-OPS.register("max_pool_3x3", lambda C, stride, affine, track: nn.MaxPool2d(3, stride, padding=1))
-OPS.register("avg_pool_3x3", lambda C, stride, affine, track:
-             nn.AvgPool2d(3, stride, padding=1, count_include_pad=False))
-OPS.register("sep_conv_3x3", lambda C, stride, affine, track:
-             SepConv(C, C, 3, stride, 1, affine, track))
-OPS.register("sep_conv_5x5", lambda C, stride, affine, track:
-             SepConv(C, C, 5, stride, 2, affine, track))
-OPS.register("dil_conv_3x3", lambda C, stride, affine, track:
-             DilConv(C, C, 3, stride, 2, 2, affine, track))
-OPS.register("dil_conv_5x5", lambda C, stride, affine, track:
-             DilConv(C, C, 5, stride, 4, 2, affine, track))
-OPS.register("nor_conv_1x1", lambda C, stride, affine, track:
-             ReLUConvBN(C, C, 1, stride, 0, 1, affine, track))
-OPS.register("nor_conv_3x3", lambda C, stride, affine, track:
-             ReLUConvBN(C, C, 3, stride, 1, 1, affine, track))
 
 def build_op(name: str, C: int, stride: int = 1, affine: bool = True,
              track_running_stats: bool = True) -> nn.Module:

@@ -84,7 +84,7 @@ class FixedReductionCell(nn.Module):
 
 
 # -- search -------------------------------------------------------------------------------------
-class SearchCell(nn.Module):
+class DartsSearchCell(nn.Module):
     """Preprocess both inputs to C channels, then the mixed cell of 14 edges."""
 
     def __init__(self, C_pp: int, C_p: int, C: int, reduction: bool, reduction_prev: bool,
@@ -124,7 +124,7 @@ class DartsSupernet(nas.Supernet):
                 cell = FixedReductionCell(C_pp, C_p, C_curr, reduction_prev, False,
                                           track_running_stats)
             else:
-                cell = SearchCell(C_pp, C_p, C_curr, reduction, reduction_prev, self.ops,
+                cell = DartsSearchCell(C_pp, C_p, C_curr, reduction, reduction_prev, self.ops,
                                   track_running_stats)
             self.cells.append(cell)
             C_pp, C_p, reduction_prev = C_p, len(CONCAT) * C_curr, reduction
@@ -166,7 +166,7 @@ class AuxiliaryHead(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
-class NetworkCell(nn.Module):
+class DartsCell(nn.Module):
     """Preprocess both inputs to C channels, then the cell the genotype names."""
 
     def __init__(self, genotype: nas.Genotype, kind: str, C_pp: int, C_p: int, C: int,
@@ -221,7 +221,7 @@ class DartsNetwork(nn.Module):
                                                      track_running_stats)
                 multiplier = 4
             else:
-                cell = NetworkCell(genotype, "reduce" if reduction else "normal", C_pp, C_p,
+                cell = DartsCell(genotype, "reduce" if reduction else "normal", C_pp, C_p,
                                    C_curr, reduction_prev, affine, track_running_stats, pool_bn)
                 multiplier = cell.multiplier
             self.cells.append(cell)
