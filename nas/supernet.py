@@ -97,10 +97,11 @@ class _SampledNode(torch.autograd.Function):
             grad_weights = torch.zeros(shape, dtype=dtype, device=grad.device)
             rows = grad_weights[ctx.first:ctx.first + count]
             if len(kept) == count:
-                rows.fill_(total)
-            for j, k, dot in zip(kept, ctx.index, dots):
-                if len(kept) != count:
+                rows.fill_(total)  # one kernel for the usual case, every edge ran
+            else:
+                for j in kept:
                     rows[j].fill_(total)
+            for j, k, dot in zip(kept, ctx.index, dots):
                 rows[j, k] = dot
         if need_e:
             grad_edges = torch.zeros(edge_shape, dtype=dtype, device=grad.device)
@@ -304,8 +305,9 @@ class Supernet(nn.Module):
         """(k-hot weights ``[edges]``, kept inputs ``[nodes, k]`` in draw order) of one kind."""
         logits = self.edge_logits[kind]
         if not self.training:
-            order = self.node_logits(kind).topk(self.edge_topk, dim=-1).indices
-            hard = torch.zeros_like(self.node_logits(kind)).scatter_(-1, order, 1.0)
+            node = self.node_logits(kind).detach()
+            order = node.topk(self.edge_topk, dim=-1).indices
+            hard = torch.zeros_like(node).scatter_(-1, order, 1.0)
         else:
             if self.sampling_logits is not None:  # weight steps: inputs drawn uniformly too
                 logits = torch.zeros_like(logits)
