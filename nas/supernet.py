@@ -245,6 +245,7 @@ class Supernet(nn.Module):
         self.edge_topk = 0
         self._slots: dict[str, Tensor] = {}  # [nodes, most inputs]: edge id of each input, or -1
         self._slot_lists: dict[str, list[list[int]]] = {}  # the same, read on the host
+        self._on_device: dict[tuple[str, torch.device], tuple[Tensor, Tensor, Tensor]] = {}
         # Every sample is a function of (seed, samples_drawn): resumable from two integers and
         # the same on every rank of a distributed run.
         self.sample_seed = int(seed)
@@ -295,10 +296,20 @@ class Supernet(nn.Module):
             self.edge_logits[kind] = nn.Parameter(
                 self.init_scale * torch.randn(edges, device=value.device))
 
+    def _layout(self, kind: str, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """(slots, node, input) of ``kind`` on ``device``: (node, input) of every edge, in edge
+        order. Copied once per device; computing them there would cost host syncs (nonzero)."""
+        key = (kind, device)
+        if key not in self._on_device:
+            slots = self._slots[kind]
+            node, src = (slots >= 0).nonzero(as_tuple=True)  # row-major: the edge order
+            self._on_device[key] = (slots.to(device), node.to(device), src.to(device))
+        return self._on_device[key]
+
     def node_logits(self, kind: str, edge_logits: Tensor | None = None) -> Tensor:
         """Edge logits ``[edges]`` laid out per node, ``[nodes, most inputs]``, -inf padded."""
         value = self.edge_logits[kind] if edge_logits is None else edge_logits
-        slots = self._slots[kind].to(value.device)
+        slots = self._layout(kind, value.device)[0]
         return value[slots.clamp(min=0)].masked_fill(slots < 0, float("-inf"))
 
     def _edge_sample(self, kind: str, gen: torch.Generator | None) -> tuple[Tensor, Tensor]:
@@ -315,8 +326,7 @@ class Supernet(nn.Module):
                 logits = logits / self.tau_forward
             hard, order = gumbel.gumbel_topk_st(self.node_logits(kind, logits), self.edge_topk,
                                                 self.tau, generator=gen)
-        slots = self._slots[kind].to(logits.device)
-        node, src = (slots >= 0).nonzero(as_tuple=True)  # row-major: the edge order
+        _, node, src = self._layout(kind, logits.device)
         return hard[node, src], order
 
     def edge_probabilities(self) -> dict[str, Tensor]:
@@ -324,8 +334,8 @@ class Supernet(nn.Module):
         out = {}
         for kind in self.edge_logits:
             p = self.node_logits(kind).detach().softmax(-1)
-            slots = self._slots[kind].to(p.device)
-            out[kind] = p[slots >= 0]
+            _, node, src = self._layout(kind, p.device)
+            out[kind] = p[node, src]
         return out
 
     # -- parameters ---------------------------------------------------------------------------
