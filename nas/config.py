@@ -71,7 +71,10 @@ class SearchConfig:
     arch_lr: float = 3e-4               # architecture: Adam
     arch_betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     arch_weight_decay: float = 1e-3
-    tau: TauConfig = field(default_factory=TauConfig)
+    tau: TauConfig = field(default_factory=TauConfig)  # the relaxation's (backward) temperature
+    # gdas/st: the forward sample is drawn from softmax(logits / tau_forward); constant 1 is GDAS
+    tau_forward: TauConfig = field(default_factory=lambda: TauConfig("constant", 1.0, 1.0))
+    edge_topk: int = 0                  # > 0: run only k sampled inputs per node (gdas; DARTS-family cells)
     amp: bool = False                   # bf16 autocast (CUDA only)
     channels_last: bool = False         # channels_last memory format (CUDA only)
     benchmark: str | None = None        # NAS-Bench-201 table: log the derived cell's accuracy
@@ -249,9 +252,16 @@ def _check_ranges(cfg: Config) -> None:
     need(cfg.search.estimator in ("gdas", "reinforce") or cfg.search.mode in ("gdas", "st"),
          f"search.estimator: {cfg.search.estimator} needs a hard sample (search.mode: gdas or st), "
          f"got {cfg.search.mode}")
-    tau = cfg.search.tau
-    need(tau.min > 0, f"search.tau.min: must be positive, got {tau.min}")
-    need(tau.max >= tau.min, f"search.tau.max: must be >= search.tau.min, got {tau.max}")
+    for key in ("tau", "tau_forward"):
+        tau = getattr(cfg.search, key)
+        need(tau.min > 0, f"search.{key}.min: must be positive, got {tau.min}")
+        need(tau.max >= tau.min, f"search.{key}.max: must be >= search.{key}.min, got {tau.max}")
+    need(not forward_tau_on(cfg.search) or cfg.search.mode in ("gdas", "st"),
+         f"search.tau_forward: a forward temperature needs a hard sample (search.mode: gdas or "
+         f"st), got {cfg.search.mode}; leave it at {{schedule: constant, max: 1.0}}")
+    need(cfg.search.edge_topk >= 0, f"search.edge_topk: must be >= 0 (0: off), got {cfg.search.edge_topk}")
+    need(cfg.search.edge_topk == 0 or cfg.search.mode == "gdas",
+         f"search.edge_topk: sampling the inputs of a node needs search.mode: gdas, got {cfg.search.mode}")
     need(0 < cfg.data.split < 1, f"data.split: must be in (0, 1), got {cfg.data.split}")
     size = cfg.data.image_size
     need(4 <= size <= MAX_IMAGE_SIZE and size % 2 == 0,
@@ -267,6 +277,11 @@ def _check_ranges(cfg: Config) -> None:
     need(cfg.train.cutout >= 0, f"train.cutout: must be >= 0, got {cfg.train.cutout}")
     need(cfg.train.auxiliary_weight >= 0,
          f"train.auxiliary_weight: must be >= 0, got {cfg.train.auxiliary_weight}")
+
+
+def forward_tau_on(s: SearchConfig) -> bool:
+    """Whether ``search.tau_forward`` differs from GDAS's (constant 1)."""
+    return not (s.tau_forward.schedule == "constant" and s.tau_forward.max == 1.0)
 
 
 # -- loading ------------------------------------------------------------------------------------

@@ -271,12 +271,14 @@ def num_nodes(num_edges: int, num_inputs: int) -> int:
 
 
 def derive_cell(weights: Tensor, ops: Sequence[str], num_inputs: int, keep: int | None = 2,
-                exclude: Sequence[str] = ("none",)) -> Nodes:
+                exclude: Sequence[str] = ("none",), edge_weights: Tensor | None = None) -> Nodes:
     """Derive one cell's nodes from edge weights of shape ``[edges, len(ops)]``.
 
     With ``keep=k`` (the DARTS rule) each node keeps the k incoming edges whose strongest op
-    outside ``exclude`` is strongest, strongest first, each with that op. With ``keep=None``
-    (NAS-Bench-201) every edge keeps its single strongest op, ``exclude`` ignored.
+    outside ``exclude`` is strongest, strongest first, each with that op; given
+    ``edge_weights`` ``[edges]`` (edge top-k's input logits or probabilities), the k edges
+    strongest by those instead. With ``keep=None`` (NAS-Bench-201) every edge keeps its single
+    strongest op, ``exclude`` ignored.
     """
     weights = weights.detach().float().cpu()
     nodes_count = num_nodes(weights.shape[0], num_inputs)
@@ -291,6 +293,8 @@ def derive_cell(weights: Tensor, ops: Sequence[str], num_inputs: int, keep: int 
         count = num_inputs + node
         block = masked[start:start + count]
         best_w, best_op = block.max(dim=1)
+        if edge_weights is not None:
+            best_w = edge_weights.detach().float().cpu()[start:start + count]
         if keep is None:
             chosen = range(count)
         else:

@@ -61,11 +61,12 @@ def _check_tau(tau: float | Tensor) -> None:
 
 
 class _StraightThrough(torch.autograd.Function):
-    """Forward: the exact one-hot of ``index``. Backward: the identity into ``soft``."""
+    """Forward: the exact one-hot (k-hot) of ``index`` along ``dim``. Backward: the identity
+    into ``soft``. ``index`` has the shape of ``soft`` with 1 (k) entries along ``dim``."""
 
     @staticmethod
     def forward(ctx, soft: Tensor, index: Tensor, dim: int) -> Tensor:  # type: ignore[override]
-        return torch.zeros_like(soft).scatter_(dim, index.unsqueeze(dim), 1.0)
+        return torch.zeros_like(soft).scatter_(dim, index, 1.0)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
@@ -78,7 +79,7 @@ def straight_through(soft: Tensor, index: Tensor, dim: int = -1) -> Tensor:
     Equal in value to ``one_hot - soft.detach() + soft`` but exactly one-hot, with no rounding.
     """
     dim = dim % soft.dim()
-    return _StraightThrough.apply(soft, index, dim)
+    return _StraightThrough.apply(soft, index.unsqueeze(dim), dim)
 
 
 def gumbel_softmax(logits: Tensor, tau: float | Tensor = 1.0, hard: bool = False, dim: int = -1,
@@ -158,6 +159,54 @@ def gumbel_topk(logits: Tensor, k: int, dim: int = -1,
     if not 1 <= k <= size:
         raise ValueError(f"k must be in [1, {size}], got {k}")
     return perturb(logits, generator, dim).topk(k, dim=dim).indices
+
+
+def relaxed_topk(scores: Tensor, k: int, tau: float | Tensor, dim: int = -1) -> Tensor:
+    """A relaxed k-hot vector of the k largest ``scores``: the sum of k successive softmaxes.
+
+    Each softmax(scores / tau) is followed by softly removing what it picked, adding
+    log(1 - a) to the scores (Xie & Ermon 2019); as tau -> 0 the sum tends to the exact k-hot
+    of ``scores.topk(k)``. Masked (-inf) entries stay 0. Float32, sums to k along ``dim``.
+    """
+    _check_tau(tau)
+    scores = scores.float()
+    total, a = torch.zeros_like(scores), None
+    for _ in range(k):
+        if a is not None:  # a is below 1 in exact arithmetic; the clamp keeps log finite
+            scores = scores + (1 - a).clamp_min(1e-30).log()
+        a = torch.softmax(scores / tau, dim=dim)
+        total = total + a
+    return total
+
+
+def gumbel_topk_st(logits: Tensor, k: int, tau: float | Tensor, dim: int = -1,
+                   generator: torch.Generator | None = None) -> GumbelSample:
+    """A Gumbel top-k sample: the exact k-hot in the forward pass, the relaxed top-k's gradient.
+
+    ``index`` holds the k indices of the largest ``logits + g`` (largest first): k draws
+    without replacement from softmax(logits), in order (Plackett-Luce). The backward pass goes
+    through ``relaxed_topk(logits + g, k, tau)``, the same noise.
+    """
+    size = logits.shape[dim]
+    if not 1 <= k <= size:
+        raise ValueError(f"k must be in [1, {size}], got {k}")
+    z = perturb(logits, generator)
+    index = z.topk(k, dim=dim).indices
+    soft = relaxed_topk(z, k, tau, dim)
+    return GumbelSample(_StraightThrough.apply(soft, index, dim % soft.dim()).to(logits.dtype), index)
+
+
+def plackett_luce_log_prob(logits: Tensor, order: Tensor, dim: int = -1) -> Tensor:
+    """Log-probability of drawing ``order`` (indices, first drawn first) without replacement
+    from softmax(logits), summed along ``dim``: the score function of a Gumbel top-k sample."""
+    logits = logits.float()
+    out = torch.zeros(order.shape[:dim % order.dim()] + order.shape[dim % order.dim() + 1:],
+                      device=logits.device)
+    for j in range(order.shape[dim]):
+        pick = order.narrow(dim, j, 1)
+        out = out + (logits.gather(dim, pick) - torch.logsumexp(logits, dim, keepdim=True)).squeeze(dim)
+        logits = logits.scatter(dim, pick, float("-inf"))
+    return out
 
 
 def concrete_log_prob(sample: Tensor, logits: Tensor, tau: float | Tensor, dim: int = -1) -> Tensor:

@@ -162,6 +162,13 @@ class Monitor:
                                     for k, p in probs.items()}}
         with open(self.run_dir / PROBABILITIES, "a") as f:
             f.write(json.dumps(record) + "\n")
+        for kind in model.edge_logits:  # edge top-k: each node's distribution over its inputs
+            p = model.node_logits(kind).detach().softmax(-1)
+            first = model.cell_inputs
+            img = plot.heatmap(p, [f"input {i}" for i in range(p.shape[1])],
+                               [f"node {first + n}" for n in range(p.shape[0])],
+                               f"{kind} cell inputs, epoch {step}")
+            self.writer.add_image(f"arch_inputs/{kind}", plot.image_to_tensor(img), step)
         self.writer.add_text("genotype", f"epoch {step}: `{genotype}`", step)
         for kind in genotype.cells:
             self.writer.add_image(f"genotype/{kind}",

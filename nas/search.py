@@ -10,6 +10,8 @@ Two choices beyond GDAS (README, "Search quality"): ``weight_sampling`` draws th
 subnetworks from fixed op probabilities (uniform, or by parameter count) instead of the logits,
 and ``estimator: reinforce`` replaces the GDAS gradient of the architecture step by the
 score-function gradient with a leave-one-out baseline over several forward-only samples.
+``tau_forward`` gives the hard sample its own temperature and schedule (decoupled from ``tau``,
+the relaxation's), and ``edge_topk`` samples the inputs each node runs (README, "Sampling modes").
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .benchmarks import BenchmarkResult, load_table
-from .config import Config, save_config, to_dict
+from .config import Config, forward_tau_on, save_config, to_dict
 from .data import Batches, load_split, seed_of, split_indices
 from .errors import Diverged
 from .genotype import Genotype
@@ -120,23 +122,21 @@ def reinforce_step(model: Supernet, optimizer: torch.optim.Optimizer, x: Tensor,
                    samples: int, amp: bool) -> tuple[Tensor, Tensor]:
     """One Adam step of the logits by the score function with a leave-one-out baseline (RLOO).
 
-    ``samples`` subnetworks drawn from softmax(logits) are run forward only on the same batch;
+    ``samples`` subnetworks drawn from the supernet's distribution are run forward only on the same batch;
     each one's log-probability is weighted by its loss minus the mean loss of the others, so no
     gradient flows through the ops. Returns the mean loss and the first subnetwork's logits.
     """
-    losses, indices, first = [], [], None
+    losses, drawn, first = [], [], None
     with torch.no_grad(), autocast(x.device, amp):
         for _ in range(samples):
             logits = model(x)
             first = logits if first is None else first
             losses.append(F.cross_entropy(logits.float(), y))
-            indices.append(dict(model.last_index))
+            drawn.append((dict(model.last_index), dict(model.last_edges)))
     loss = torch.stack(losses)
     advantage = loss - (loss.sum() - loss) / (samples - 1)
     params = model.arch_parameters()
-    log_prob = torch.stack([
-        sum(model.arch_logits[k].log_softmax(-1).gather(1, i.unsqueeze(1)).sum()
-            for k, i in index.items()) for index in indices])
+    log_prob = torch.stack([model.log_prob(index, edges) for index, edges in drawn])
     grads = torch.autograd.grad((advantage * log_prob).mean(), params, allow_unused=True)
     for p, g in zip(params, grads):
         p.grad = torch.zeros_like(p) if g is None else g
@@ -187,7 +187,8 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
                        seed=seed_of(cfg.seed, tag), max_steps=steps)
 
     w_batches, a_batches = batches(w_idx, 1), batches(a_idx, 2)
-    model = build_supernet(cfg.space, data.num_classes, s.mode, cfg.seed, cfg.supernet).to(device)
+    model = build_supernet(cfg.space, data.num_classes, s.mode, cfg.seed, cfg.supernet,
+                           edge_topk=s.edge_topk).to(device)
     check_supernet(model, cfg.space, data.num_classes, cfg.data.image_size)  # before any file
     if s.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -196,9 +197,15 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
     lr_sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, s.epochs, eta_min=s.lr_min)
     a_opt = torch.optim.Adam(model.arch_parameters(), s.arch_lr, betas=tuple(s.arch_betas),
                              weight_decay=s.arch_weight_decay)
-    tau_total = s.epochs if s.tau.per == "epoch" else s.epochs * steps
-    tau = TemperatureScheduler(s.tau.schedule, tau_total, s.tau.max, s.tau.min, s.tau.per,
-                               **s.tau.options)
+
+    def scheduler(t) -> TemperatureScheduler:
+        total = s.epochs if t.per == "epoch" else s.epochs * steps
+        return TemperatureScheduler(t.schedule, total, t.max, t.min, t.per, **t.options)
+
+    tau = scheduler(s.tau)
+    # the forward temperature has its own schedule, checkpointed only when it is on, so that
+    # GDAS runs (and their checkpoints) are what they were before it existed
+    taus = {"tau": tau, **({"tau_forward": scheduler(s.tau_forward)} if forward_tau_on(s) else {})}
     # Monitoring only: the table is read after each epoch's genotype is fixed, never by a step.
     table = load_table(s.benchmark) if s.benchmark else None
     if table is not None:
@@ -215,13 +222,14 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
 
     start = 0
     prepare_run_dir(run_dir, resume=resume, force=force)
-    objects = {"model": model, "w_opt": w_opt, "a_opt": a_opt, "lr_sched": lr_sched, "tau": tau}
+    objects = {"model": model, "w_opt": w_opt, "a_opt": a_opt, "lr_sched": lr_sched, **taus}
     grown: dict[str, tuple] = {}
     if resume:
         start, grown = resume_from(run_dir, "search", objects, to_dict(cfg))
         if "search.epochs" in grown:  # the saved config was edited: the schedules stretch
             stretch_cosine(lr_sched, s.epochs)
-            tau.total = tau_total
+            for schedule in taus.values():
+                schedule.total = s.epochs if schedule.per == "epoch" else s.epochs * steps
     else:
         save_config(cfg, run_dir / "config.yaml")
     (run_dir / "genotypes").mkdir(exist_ok=True)
@@ -233,7 +241,9 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
     if not resume:
         n_params = sum(p.numel() for p in model.weight_parameters())
         how = "".join([f", {s.estimator} estimator" if s.estimator != "gdas" else "",
-                       f", {s.weight_sampling} weight sampling" if s.weight_sampling != "arch" else ""])
+                       f", {s.weight_sampling} weight sampling" if s.weight_sampling != "arch" else "",
+                       ", decoupled forward temperature" if "tau_forward" in taus else "",
+                       f", top-{s.edge_topk} inputs per node" if s.edge_topk else ""])
         monitor.print(f"search: {cfg.space} space, {s.mode} mode{how}, {len(w_idx)}/{len(a_idx)} "
                       f"images (weights/architecture), {steps} steps/epoch, {n_params:,} "
                       f"weights, device {device}")
@@ -252,13 +262,15 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
             a_batches.set_epoch(epoch)
             update_arch = epoch >= s.warmup_epochs
             train_meter, arch_meter = Meter(device), Meter(device)
-            lr, tau_used = w_opt.param_groups[0]["lr"], tau.tau
+            lr, tau_used = w_opt.param_groups[0]["lr"], {k: t.tau for k, t in taus.items()}
             model.train()
             for (xw, yw), (xa, ya) in monitor.steps(zip(w_batches, a_batches), steps, epoch):
                 if s.channels_last:
                     xw = xw.contiguous(memory_format=torch.channels_last)
                     xa = xa.contiguous(memory_format=torch.channels_last)
                 model.tau = tau.tau
+                if "tau_forward" in taus:
+                    model.tau_forward = taus["tau_forward"].tau
                 if update_arch and s.order == "arch_first":
                     arch_meter.add(*update(xa, ya), ya)
                 model.sampling_logits = weight_logits
@@ -266,25 +278,27 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
                 model.sampling_logits = None
                 if update_arch and s.order == "weights_first":
                     arch_meter.add(*update(xa, ya), ya)
-                if tau.per == "iteration":
-                    tau.step()
+                for t in taus.values():
+                    if t.per == "iteration":
+                        t.step()
                 if monitor.want_postfix():
                     loss, acc = train_meter.read()
-                    monitor.postfix(loss=loss, acc=acc, tau=model.tau)
+                    monitor.postfix(loss=loss, acc=acc, **taus_of(model, taus))
             lr_sched.step()
-            if tau.per == "epoch":
-                tau.step()
+            for t in taus.values():
+                if t.per == "epoch":
+                    t.step()
             genotype = _stamped(model.genotype(), cfg.space)
             genotype.save(run_dir / "genotypes" / f"epoch_{epoch + 1:03d}.json")
             train_loss, train_acc = train_meter.read()
             arch_loss, arch_acc = arch_meter.read()
             check_finite([train_loss, arch_loss] if update_arch else [train_loss], epoch, run_dir)
             metrics = {"train_loss": train_loss, "train_acc": train_acc, "arch_loss": arch_loss,
-                       "arch_acc": arch_acc, "tau": tau_used, "lr": lr, "arch_lr": s.arch_lr,
+                       "arch_acc": arch_acc, **tau_used, "lr": lr, "arch_lr": s.arch_lr,
                        "entropy": model.entropy(), "seconds": time.time() - started}
             metrics = {k: (None if isinstance(v, float) and math.isnan(v) else v)
                        for k, v in metrics.items()}
-            scalars = {"loss/train": train_loss, "accuracy/train": train_acc, "tau": tau_used,
+            scalars = {"loss/train": train_loss, "accuracy/train": train_acc, **tau_used,
                        "lr/weights": lr, "lr/arch": s.arch_lr, "entropy": metrics["entropy"]}
             if table is not None:
                 bench = table.query(genotype).scalars()
@@ -307,6 +321,11 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
     genotype.save(run_dir / "genotype.json")
     return SearchResult(genotype, run_dir, metrics,
                         table.query(genotype) if table is not None else None)
+
+
+def taus_of(model: Supernet, taus: dict[str, TemperatureScheduler]) -> dict[str, float]:
+    """The temperatures a step just used, for the progress bar."""
+    return {"tau": model.tau, **({"tau_f": model.tau_forward} if "tau_forward" in taus else {})}
 
 
 def check_finite(losses: list[float], epoch: int, run_dir: Path) -> None:

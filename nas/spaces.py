@@ -80,8 +80,11 @@ def check_supernet(model: Supernet, space: str, num_classes: int, image_size: in
 
 
 def build_supernet(space: str, num_classes: int, mode: str, seed: int = 0,
-                   options: Mapping[str, Any] | None = None) -> Supernet:
-    """Build the supernet of ``space``; ``options`` (config ``supernet:``) are checked by name and type."""
+                   options: Mapping[str, Any] | None = None, edge_topk: int = 0) -> Supernet:
+    """Build the supernet of ``space``; ``options`` (config ``supernet:``) are checked by name and type.
+
+    ``edge_topk`` > 0 samples that many inputs per node (``Supernet.enable_edge_topk``).
+    """
     if mode not in MODES:
         raise InputError(f"unknown sampling mode '{mode}' (known: {', '.join(MODES)})")
     spec = get_space(space)
@@ -91,6 +94,7 @@ def build_supernet(space: str, num_classes: int, mode: str, seed: int = 0,
                              num_classes, mode, seed=seed)
     if not isinstance(model, Supernet):
         raise InputError(f"search space '{space}' built a {type(model).__name__}, not a nas.Supernet")
+    model.enable_edge_topk(edge_topk)
     return model
 
 

@@ -14,6 +14,11 @@ softmax    softmax(logits)             exact (DARTS)                        all
 One sample per cell kind per forward is shared by the whole batch and by every cell of that
 kind. In ``eval()`` mode gdas and st run the most likely op of each edge, gumbel and softmax use
 softmax(logits), and no noise is drawn.
+
+In the hard modes ``tau_forward`` is the temperature of the categorical the one-hot is drawn
+from, softmax(logits / tau_forward), and ``tau`` that of the relaxation the gradient goes
+through. With edge top-k (gdas, DARTS-family cells) each node also draws which k of its inputs
+run, by Gumbel top-k over per-input edge logits; the other inputs' ops are not called at all.
 """
 from __future__ import annotations
 
@@ -36,11 +41,15 @@ class ArchSample:
     """The weights of one cell kind's edges for one forward, and the ops to run.
 
     ``weights`` has shape ``[edges, ops]``; ``index`` lists the op each edge runs when only one
-    op runs per edge (gdas, and eval mode of gdas/st), else it is None and every op runs.
+    op runs per edge (gdas, and eval mode of gdas/st), else it is None and every op runs. With
+    edge top-k, ``keep`` flags the edges that run (k per node) and ``edge_weights`` ``[edges]``
+    is their k-hot sample; otherwise both are None and every edge runs.
     """
 
     weights: Tensor
     index: list[int] | None = None
+    keep: list[bool] | None = None
+    edge_weights: Tensor | None = None
 
     def __getitem__(self, edge: int) -> tuple[Tensor, int | None]:
         return self.weights[edge], None if self.index is None else self.index[edge]
@@ -59,39 +68,61 @@ class _SampledNode(torch.autograd.Function):
     gives each edge's sampled weight ``<grad, out>`` and its unsampled weights ``sum(grad)``:
     GDAS adds the unsampled (zero-valued) hard weights to the edge output as scalars, so every
     logit of the edge receives a gradient although only one op ran. ``sum(grad)`` is shared by
-    the node's edges, so it is computed once per node.
+    the node's edges, so it is computed once per node. With edge top-k the same rule applies one
+    level up: a kept edge's weight gets ``<grad, out>``, an edge that did not run ``sum(grad)``
+    (and its op weights nothing: none of its ops ran).
     """
 
     @staticmethod
-    def forward(ctx, weights: Tensor, first: int, index: Sequence[int],  # type: ignore[override]
-                *outs: Tensor) -> Tensor:
-        ctx.first, ctx.index = first, tuple(index)
-        ctx.weights_meta = weights.shape, weights.dtype
+    def forward(ctx, weights: Tensor, edge_weights: Tensor | None, first: int,  # type: ignore[override]
+                keep: Sequence[bool], index: Sequence[int], *outs: Tensor) -> Tensor:
+        ctx.first, ctx.keep, ctx.index = first, tuple(keep), tuple(index)
+        ctx.meta = weights.shape, weights.dtype, None if edge_weights is None else edge_weights.shape
         ctx.save_for_backward(*outs)
         return node_sum(outs)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        grad_weights = None
-        if ctx.needs_input_grad[0]:
-            weights_shape, dtype = ctx.weights_meta
-            grad_weights = torch.zeros(weights_shape, dtype=dtype, device=grad.device)
-            rows = grad_weights[ctx.first:ctx.first + len(ctx.index)]
-            rows.fill_(grad.sum(dtype=dtype))
-            for row, k, out in zip(rows, ctx.index, ctx.saved_tensors):
-                row[k] = _dot(grad, out)
-        return (grad_weights, None, None, *([grad] * len(ctx.index)))
+        grad_weights = grad_edges = None
+        need_w, need_e = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if need_w or need_e:
+            shape, dtype, edge_shape = ctx.meta
+            total = grad.sum(dtype=dtype)
+            dots = [_dot(grad, out) for out in ctx.saved_tensors]
+            kept = [j for j, k in enumerate(ctx.keep) if k]
+            count = len(ctx.keep)
+        if need_w:
+            grad_weights = torch.zeros(shape, dtype=dtype, device=grad.device)
+            rows = grad_weights[ctx.first:ctx.first + count]
+            if len(kept) == count:
+                rows.fill_(total)  # one kernel for the usual case, every edge ran
+            else:
+                for j in kept:
+                    rows[j].fill_(total)
+            for j, k, dot in zip(kept, ctx.index, dots):
+                rows[j, k] = dot
+        if need_e:
+            grad_edges = torch.zeros(edge_shape, dtype=dtype, device=grad.device)
+            seg = grad_edges[ctx.first:ctx.first + count]
+            seg.fill_(total)
+            for j, dot in zip(kept, dots):
+                seg[j] = dot
+        return (grad_weights, grad_edges, None, None, None, *([grad] * len(ctx.index)))
 
 
-def sampled_node(weights: Tensor, first: int, index: Sequence[int], outs: Sequence[Tensor]) -> Tensor:
-    """Sum the outputs of the ops sampled on edges ``first, first+1, ...`` of one node.
+def sampled_node(weights: Tensor, first: int, index: Sequence[int], outs: Sequence[Tensor],
+                 keep: Sequence[bool] | None = None, edge_weights: Tensor | None = None) -> Tensor:
+    """Sum the outputs of the ops sampled on the edges ``first, first+1, ...`` of one node.
 
-    ``weights`` is the cell kind's hard sample ``[edges, ops]`` and ``index[j]`` the op that ran
-    on edge ``first + j``; the weights get the GDAS gradient (see ``_SampledNode``).
+    ``weights`` is the cell kind's hard sample ``[edges, ops]``. ``keep`` flags which of the
+    node's edges ran (all when None); ``outs[j]`` is the output of op ``index[j]`` on the j-th
+    edge that ran. The weights, and ``edge_weights`` ``[edges]`` with edge top-k, get the GDAS
+    gradient (see ``_SampledNode``).
     """
-    if not weights.requires_grad:
+    keep = (True,) * len(outs) if keep is None else keep
+    if not weights.requires_grad and (edge_weights is None or not edge_weights.requires_grad):
         return node_sum(outs)
-    return _SampledNode.apply(weights, first, index, *outs)
+    return _SampledNode.apply(weights, edge_weights, first, keep, index, *outs)
 
 
 def sampled_op(out: Tensor, weights: Tensor, index: int) -> Tensor:
@@ -157,9 +188,11 @@ class SearchCell(nn.Module):
                                 for j in range(count)])
             else:  # one op per edge; the node attaches the hard weights of all its edges at once
                 index = sample.index[e:e + count]
-                out = sampled_node(sample.weights, e, index,
-                                   [self.edges[e + j](states[j], None, index[j])
-                                    for j in range(count)])
+                keep = None if sample.keep is None else sample.keep[e:e + count]
+                kept = range(count) if keep is None else [j for j in range(count) if keep[j]]
+                out = sampled_node(sample.weights, e, [index[j] for j in kept],
+                                   [self.edges[e + j](states[j], None, index[j]) for j in kept],
+                                   keep, sample.edge_weights)
             states.append(out)
             e += count
         if self.concat:
@@ -173,8 +206,13 @@ class Supernet(nn.Module):
     A subclass builds its cells from ``MixedEdge``s, calls ``self.sample()`` once at the start
     of ``forward`` and hands each cell the ``ArchSample`` of its kind. It implements
     ``genotype()``. The logits live in ``self.arch_logits[kind]``, one ``[edges, ops]`` tensor
-    per cell kind, apart from every other parameter.
+    per cell kind, apart from every other parameter; with edge top-k, ``self.edge_logits[kind]``
+    (``[edges]``, one logit per input of each node) are architecture parameters too.
     """
+
+    # How many inputs of a node the derived cell keeps (DARTS: 2); None: all of them, so there
+    # is nothing for edge top-k to choose (NAS-Bench-201).
+    inputs_kept: int | None = None
 
     def __init__(self, mode: str, cells: Mapping[str, tuple[int, Sequence[str]]], seed: int = 0,
                  cell_inputs: int | None = None, init_scale: float = 1e-3) -> None:
@@ -192,17 +230,27 @@ class Supernet(nn.Module):
                                  f"non-empty list of distinct op names, got {ops!r}")
         self.mode = mode
         self.tau = 1.0
+        # Hard modes draw the one-hot from softmax(logits / tau_forward); tau (above) is the
+        # temperature of the relaxation the gradient goes through. 1.0 is GDAS.
+        self.tau_forward = 1.0
         self.op_names = {kind: tuple(ops) for kind, (_, ops) in cells.items()}
         self.cell_inputs = cell_inputs
+        self.init_scale = init_scale
         self.arch_logits = nn.ParameterDict(
             {kind: nn.Parameter(init_scale * torch.randn(edges, len(ops)))
              for kind, (edges, ops) in cells.items()})
+        self.edge_logits = nn.ParameterDict()  # filled by enable_edge_topk
+        self.edge_topk = 0
+        self._slots: dict[str, Tensor] = {}  # [nodes, most inputs]: edge id of each input, or -1
+        self._slot_lists: dict[str, list[list[int]]] = {}  # the same, read on the host
+        self._on_device: dict[tuple[str, torch.device], tuple[Tensor, Tensor, Tensor]] = {}
         # Every sample is a function of (seed, samples_drawn): resumable from two integers and
         # the same on every rank of a distributed run.
         self.sample_seed = int(seed)
         self.samples_drawn = 0
         self._generators: dict[torch.device, torch.Generator] = {}
         self.last_index: dict[str, Tensor] = {}
+        self.last_edges: dict[str, Tensor] = {}
         # When set, training-mode samples are drawn from these fixed logits (one [ops] or
         # [edges, ops] tensor per cell kind) instead of the architecture's: the search's weight
         # steps under weight_sampling uniform/params. The sample stays a function of the seed.
@@ -220,10 +268,78 @@ class Supernet(nn.Module):
         n = num_nodes(edges, self.cell_inputs)
         return [f"{self.cell_inputs + node}<-{src}" for node, src in edge_inputs(self.cell_inputs, n)]
 
+    # -- edge top-k ---------------------------------------------------------------------------
+    def enable_edge_topk(self, k: int) -> None:
+        """Sample k inputs per node each step (Gumbel top-k over new edge logits); 0: off."""
+        if k == 0:
+            return
+        name = type(self).__name__
+        if self.mode != "gdas":
+            raise InputError(f"search.edge_topk: sampling the inputs of a node needs search.mode: "
+                             f"gdas, got {self.mode}")
+        if self.cell_inputs is None or self.inputs_kept is None:
+            raise InputError(f"search.edge_topk: {name} keeps every input of a node when it "
+                             "derives a cell, so there are no inputs to sample; set it to 0")
+        if not 1 <= k <= self.cell_inputs:
+            raise InputError(f"search.edge_topk: the first node of a {name} cell has only "
+                             f"{self.cell_inputs} inputs, so k must be in 1..{self.cell_inputs}, got {k}")
+        self.edge_topk = int(k)
+        for kind, value in self.arch_logits.items():
+            edges = value.shape[0]
+            n = num_nodes(edges, self.cell_inputs)
+            slots = torch.full((n, self.cell_inputs + n - 1), -1, dtype=torch.long)
+            for e, (node, src) in enumerate(edge_inputs(self.cell_inputs, n)):
+                slots[node, src] = e
+            self._slots[kind], self._slot_lists[kind] = slots, slots.tolist()
+            self.edge_logits[kind] = nn.Parameter(
+                self.init_scale * torch.randn(edges, device=value.device))
+
+    def _layout(self, kind: str, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """(slots, node, input) of ``kind`` on ``device``: (node, input) of every edge, in edge
+        order. Copied once per device; computing them there would cost host syncs (nonzero)."""
+        key = (kind, device)
+        if key not in self._on_device:
+            slots = self._slots[kind]
+            node, src = (slots >= 0).nonzero(as_tuple=True)  # row-major: the edge order
+            self._on_device[key] = (slots.to(device), node.to(device), src.to(device))
+        return self._on_device[key]
+
+    def node_logits(self, kind: str, edge_logits: Tensor | None = None) -> Tensor:
+        """Edge logits ``[edges]`` laid out per node, ``[nodes, most inputs]``, -inf padded."""
+        value = self.edge_logits[kind] if edge_logits is None else edge_logits
+        slots = self._layout(kind, value.device)[0]
+        return value[slots.clamp(min=0)].masked_fill(slots < 0, float("-inf"))
+
+    def _edge_sample(self, kind: str, gen: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """(k-hot weights ``[edges]``, kept inputs ``[nodes, k]`` in draw order) of one kind."""
+        logits = self.edge_logits[kind]
+        if not self.training:
+            node = self.node_logits(kind).detach()
+            order = node.topk(self.edge_topk, dim=-1).indices
+            hard = torch.zeros_like(node).scatter_(-1, order, 1.0)
+        else:
+            if self.sampling_logits is not None:  # weight steps: inputs drawn uniformly too
+                logits = torch.zeros_like(logits)
+            elif self.tau_forward != 1.0:
+                logits = logits / self.tau_forward
+            hard, order = gumbel.gumbel_topk_st(self.node_logits(kind, logits), self.edge_topk,
+                                                self.tau, generator=gen)
+        _, node, src = self._layout(kind, logits.device)
+        return hard[node, src], order
+
+    def edge_probabilities(self) -> dict[str, Tensor]:
+        """Per node, softmax of its inputs' edge logits (flat ``[edges]`` per kind); {} when off."""
+        out = {}
+        for kind in self.edge_logits:
+            p = self.node_logits(kind).detach().softmax(-1)
+            _, node, src = self._layout(kind, p.device)
+            out[kind] = p[node, src]
+        return out
+
     # -- parameters ---------------------------------------------------------------------------
     def arch_parameters(self) -> list[nn.Parameter]:
-        """The architecture logits, one tensor per cell kind."""
-        return list(self.arch_logits.values())
+        """The architecture logits, one tensor per cell kind (then the edge logits, if on)."""
+        return list(self.arch_logits.values()) + list(self.edge_logits.values())
 
     def weight_parameters(self) -> list[nn.Parameter]:
         """Every parameter that is not an architecture logit."""
@@ -243,12 +359,14 @@ class Supernet(nn.Module):
         """Draw this forward's sample for every cell kind (one host sync at most, none in soft modes)."""
         logits = dict(self.arch_logits.items())
         single_path = self.mode == "gdas" or (self.mode == "st" and not self.training)
+        edges: dict[str, tuple[Tensor, Tensor]] = {}
         if not self.training:
             if self.mode in ("gdas", "st"):
                 index = {k: v.argmax(-1) for k, v in logits.items()}
                 weights = {k: gumbel.straight_through(v.softmax(-1), index[k]) for k, v in logits.items()}
             else:
                 index, weights = {}, {k: v.softmax(-1) for k, v in logits.items()}
+            edges = {k: self._edge_sample(k, None) for k in self.edge_logits}
         elif self.mode == "softmax":
             index, weights = {}, {k: v.softmax(-1) for k, v in logits.items()}
         else:
@@ -259,6 +377,8 @@ class Supernet(nn.Module):
                 self.samples_drawn += 1
                 if self.sampling_logits is not None:
                     value = self.sampling_logits[kind].to(value).expand_as(value)
+                elif hard and self.tau_forward != 1.0:  # the one-hot is drawn from softmax(value)
+                    value = value / self.tau_forward
                 weights[kind], idx = gumbel.gumbel_softmax(value, self.tau, hard=hard, generator=gen)
                 if hard:
                     index[kind] = idx
@@ -268,16 +388,38 @@ class Supernet(nn.Module):
                                                           generator=gen)
                     elif self.estimator == "reinmax":
                         weights[kind] = gumbel.reinmax(value, idx, self.tau)
+                if kind in self.edge_logits:  # drawn after the ops: their sample is gdas's
+                    edges[kind] = self._edge_sample(kind, gen)
         self.last_index = index
+        self.last_edges = {k: order for k, (_, order) in edges.items()}
         if single_path:
-            # one transfer for all edges of all cell kinds
-            flat = torch.cat([index[k] for k in logits]).tolist()
+            # one transfer for all edges of all cell kinds (and their kept inputs)
+            flat = torch.cat([index[k] for k in logits] + [edges[k][1].flatten() for k in edges]).tolist()
             out, start = {}, 0
             for kind, value in logits.items():
                 out[kind] = ArchSample(weights[kind], flat[start:start + value.shape[0]])
                 start += value.shape[0]
+            for kind, (edge_weights, order) in edges.items():
+                keep = [False] * logits[kind].shape[0]
+                for row in self._slot_lists[kind]:
+                    for src in flat[start:start + self.edge_topk]:
+                        keep[row[src]] = True
+                    start += self.edge_topk
+                out[kind].keep, out[kind].edge_weights = keep, edge_weights
             return out
         return {kind: ArchSample(weights[kind]) for kind in logits}
+
+    def log_prob(self, index: Mapping[str, Tensor], edges: Mapping[str, Tensor] | None = None) -> Tensor:
+        """Log-probability of a training sample (``last_index``, ``last_edges``) under the
+        current logits, differentiable: the score function of REINFORCE."""
+        total = torch.zeros((), device=next(iter(self.arch_logits.values())).device)
+        for kind, i in index.items():
+            logp = (self.arch_logits[kind] / self.tau_forward).log_softmax(-1)
+            total = total + logp.gather(1, i.unsqueeze(1)).sum()
+        for kind, order in (edges or {}).items():
+            node = self.node_logits(kind, self.edge_logits[kind] / self.tau_forward)
+            total = total + gumbel.plackett_luce_log_prob(node, order).sum()
+        return total
 
     def probabilities(self) -> dict[str, Tensor]:
         """softmax(logits) of every cell kind, detached."""
@@ -294,12 +436,16 @@ class Supernet(nn.Module):
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"sample_seed": self.sample_seed, "samples_drawn": self.samples_drawn,
-                "tau": self.tau}
+                "tau": self.tau, "tau_forward": self.tau_forward}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.sample_seed = int(state["sample_seed"])
         self.samples_drawn = int(state["samples_drawn"])
         self.tau = float(state["tau"])
+        self.tau_forward = float(state.get("tau_forward", 1.0))  # checkpoints before it existed
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode!r}, tau={self.tau:.4g}"
+        fwd = f", tau_forward={self.tau_forward:.4g}" if self.tau_forward != 1.0 else ""
+        topk = f", edge_topk={self.edge_topk}" if self.edge_topk else ""
+        return f"mode={self.mode!r}, tau={self.tau:.4g}{fwd}{topk}"
+

@@ -14,7 +14,9 @@ For the DARTS space (C=16, 8 cells) and NAS-Bench-201 (C=16, 5 cells per stage),
   * images per second (2 x batch images per search step);
   * for comparison, a gdas step done the way the GDAS reference code does it;
   * gdas steps with the other architecture-gradient estimators (gumbel_rao with 4 draws,
-    reinmax, reinforce with 4 forward-only samples).
+    reinmax, reinforce with 4 forward-only samples);
+  * on the DARTS space, gdas with Gumbel top-2 edge sampling (``gdas+topk2``: each node runs
+    2 of its inputs, as the derived cell does).
 Each measurement runs in a fresh process. Writes ``benchmark.json`` and ``benchmark.md``.
 
     python scripts/benchmark.py --out bench            # everything (CPU: about 20 minutes)
@@ -34,7 +36,8 @@ from pathlib import Path
 SPACES = {"darts": {"C": 16, "cells": 8}, "nasbench201": {"C": 16, "cells_per_stage": 5}}
 MODES = ("gdas", "st", "gumbel", "softmax")
 ESTIMATORS = ("gdas+gumbel_rao", "gdas+reinmax", "gdas+reinforce")  # gdas mode, another estimator
-ROWS = ("lower", "gdas-reference", *MODES, *ESTIMATORS)
+TOPK = ("gdas+topk2",)  # gdas mode, 2 sampled inputs per node (DARTS-family cells only)
+ROWS = ("lower", "gdas-reference", *MODES, *ESTIMATORS, *TOPK)
 TARGETS = "gdas step <= 1.15 x lower limit; gdas >= 4x faster than softmax with <= 1/3 of its peak memory (DARTS space)"
 
 
@@ -127,7 +130,8 @@ def measure(space: str, mode: str, batch: int, steps: int, warmup: int, device_n
     yw = torch.randint(0, 10, (batch,), device=device)
     ya = torch.randint(0, 10, (batch,), device=device)
     supernet = nas.build_supernet(space, 10, mode if mode in MODES else "gdas", seed=0,
-                                  options=SPACES[space]).to(device, memory_format=fmt)
+                                  options=SPACES[space], edge_topk=2 if mode in TOPK else 0)
+    supernet = supernet.to(device, memory_format=fmt)
     supernet.tau = 1.0
     # Every forward draws the same sample (the sample stream restarts at 0), so each mode and
     # the lower limit run the same subnetwork; otherwise the median would mix random ones.
@@ -268,7 +272,7 @@ def main() -> int:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
         tqdm = lambda x, **k: x  # noqa: E731
-    jobs = [(s, m) for s in args.space for m in args.modes]
+    jobs = [(s, m) for s in args.space for m in args.modes if m not in TOPK or s == "darts"]
     for space, mode in tqdm(jobs, desc="benchmark", unit="row"):
         cmd = [sys.executable, __file__, "--one", space, mode, "--batch", str(args.batch),
                "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,

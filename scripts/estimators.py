@@ -12,8 +12,11 @@ samples D of softmax(theta):
   the exact expectation is p1 * 0.55^3 + p0 * 0.45^3 per row).
 
 Estimators: ``st`` (straight-through Gumbel-softmax, the surrogate behind gdas), ``gumbel_rao``
-(8 conditional draws), ``reinmax``, and ``reinforce`` (4 samples, leave-one-out baseline; no
-temperature). For each temperature it reports the bias |mean(g_hat) - g| / |g| and the spread
+(8 conditional draws), ``reinmax``, ``reinforce`` (4 samples, leave-one-out baseline; no
+temperature), and decoupled straight-through at a fixed forward temperature (``decoupled_f0.5``,
+``decoupled_f2``: the one-hot drawn from softmax(theta / tau_f), the gradient through the
+relaxation at the table's tau; measured, like the others, against the exact gradient of the
+expected loss under softmax(theta)). For each temperature it reports the bias |mean(g_hat) - g| / |g| and the spread
 sqrt(sum var(g_hat)) / |g| over ``--draws`` draws, writes estimators.md and estimators.png
 (bias and spread against tau, log scales) into ``--out``, and prints the table.
 """
@@ -33,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nas import gumbel  # noqa: E402
 
 TAUS = (0.1, 0.3, 1.0, 3.0, 10.0)
-ESTIMATORS = ("st", "gumbel_rao", "reinmax", "reinforce")
+ESTIMATORS = ("st", "gumbel_rao", "reinmax", "reinforce", "decoupled_f0.5", "decoupled_f2")
 Loss = Callable[[torch.Tensor], torch.Tensor]  # one-hot [N, *shape] -> loss [N]
 
 
@@ -81,6 +84,11 @@ def estimate(name: str, theta: torch.Tensor, loss: Loss, tau: float, draws: int,
                             .reshape(draws, -1).sum(-1) for i in idx])
         ((losses - baseline).detach() * logp).mean(0).sum().backward()
         return t.grad
+    if name.startswith("decoupled_f"):  # what Supernet.sample does with tau_forward
+        d, _ = gumbel.gumbel_softmax(t / float(name[len("decoupled_f"):]), tau, hard=True,
+                                     generator=gen)
+        loss(d).sum().backward()
+        return t.grad
     d, index = gumbel.gumbel_softmax(t, tau, hard=True, generator=gen)
     if name == "gumbel_rao":
         d = gumbel.gumbel_rao(t, index, tau, samples=8, generator=gen)
@@ -123,7 +131,8 @@ def markdown(rows: list[dict], draws: int) -> str:
 def plot(rows: list[dict], path: Path) -> None:
     """Bias and spread against tau (log-log), one panel per problem and quantity."""
     colours = {"st": (31, 119, 180), "gumbel_rao": (44, 160, 44), "reinmax": (214, 39, 40),
-               "reinforce": (148, 103, 189)}
+               "reinforce": (148, 103, 189), "decoupled_f0.5": (255, 127, 14),
+               "decoupled_f2": (140, 86, 75)}
     names = list(dict.fromkeys(r["problem"] for r in rows))
     pw, ph, m = 300, 220, 45
     img = Image.new("RGB", (pw * len(names), ph * 2 + 30), "white")

@@ -103,6 +103,8 @@ class DartsSearchCell(nn.Module):
 class DartsSupernet(nas.Supernet):
     """The DARTS search network: a 3C-channel stem, ``cells`` cells, global pool, classifier."""
 
+    inputs_kept = 2  # a derived node keeps 2 inputs: edge top-k may sample 1 or 2 of them
+
     def __init__(self, num_classes: int = 10, mode: str = "gdas", seed: int = 0, C: int = 16,
                  cells: int = 8, stem_multiplier: int = 3, fixed_reduction: bool = False,
                  track_running_stats: bool = True, ops: Sequence[str] = PRIMITIVES) -> None:
@@ -141,7 +143,9 @@ class DartsSupernet(nas.Supernet):
         return self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1))
 
     def genotype(self) -> nas.Genotype:
-        cells = {kind: nas.derive_cell(p, self.ops, num_inputs=2, keep=2)
+        edges = self.edge_probabilities()
+        cells = {kind: nas.derive_cell(p, self.ops, num_inputs=2, keep=self.inputs_kept,
+                                       edge_weights=edges.get(kind))
                  for kind, p in self.probabilities().items()}
         return nas.Genotype(cells, {kind: CONCAT for kind in cells}, space="darts")
 

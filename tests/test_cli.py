@@ -89,11 +89,15 @@ def run_search(args: list[str], capsys) -> tuple[int, str, str]:
 
 def final_logits(run: Path) -> dict[str, torch.Tensor]:
     state = torch.load(run / "checkpoint.pt", weights_only=False)
-    return {k: v for k, v in state["model"].items() if k.startswith("arch_logits.")}
+    return {k: v for k, v in state["model"].items() if k.startswith(("arch_logits.", "edge_logits."))}
 
 
-@pytest.mark.parametrize("remedies", [[], ["search.estimator=reinforce", "search.weight_sampling=params",
-                                           "search.warmup_epochs=1"]], ids=["gdas", "remedies"])
+@pytest.mark.parametrize("remedies", [
+    [], ["search.estimator=reinforce", "search.weight_sampling=params", "search.warmup_epochs=1"],
+    ["search.edge_topk=2", "search.tau_forward.schedule=linear", "search.tau_forward.max=3",
+     "search.tau_forward.per=iteration"],
+    ["search.edge_topk=1", "search.estimator=reinforce", "search.weight_sampling=uniform"],
+], ids=["gdas", "remedies", "topk-decoupled", "topk-reinforce"])
 def test_interrupted_then_resumed_equals_straight_through(tmp_path, tiny_config, capsys,
                                                           monkeypatch, remedies):
     args = ["--config", str(tiny_config), "--set", "search.epochs=3", *remedies, "--quiet"]
@@ -118,6 +122,7 @@ def test_interrupted_then_resumed_equals_straight_through(tmp_path, tiny_config,
     assert code == 0 and "genotype file:" in out
     a, b = final_logits(straight), final_logits(broken)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(k.startswith("edge_logits.") for k in a) == any("edge_topk" in r for r in remedies)
     assert nas.Genotype.load(straight / "genotype.json") == nas.Genotype.load(broken / "genotype.json")
     strip = lambda p: [{k: v for k, v in json.loads(l).items() if k != "seconds"}
                        for l in (p / "metrics.jsonl").read_text().splitlines()]

@@ -1,10 +1,12 @@
 """Gumbel-Rao and ReinMax: conditional Gumbel noise, their gradients, and their place in a search."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import nas
 from nas import gumbel
@@ -138,12 +140,12 @@ def test_the_estimator_script_measures_against_the_exact_gradient(tmp_path, caps
     assert (g.mean(0) - exact).norm() < 4 * (g.var(0).sum() / 4000).sqrt()
     assert est.main(["--draws", "50", "--out", str(tmp_path)]) == 0
     text = (tmp_path / "estimators.md").read_text()
-    assert text.count("| toy |") == 4 and "| cell | reinmax |" in text
+    assert text.count("| toy |") == 6 and "| cell | reinmax |" in text and "| cell | decoupled_f2 |" in text
     from PIL import Image
     assert Image.open(tmp_path / "estimators.png").size[0] > 600
 
 
-@pytest.mark.parametrize("row", ["gdas+gumbel_rao", "gdas+reinmax", "gdas+reinforce"])
+@pytest.mark.parametrize("row", ["gdas+gumbel_rao", "gdas+reinmax", "gdas+reinforce", "gdas+topk2"])
 def test_the_benchmark_times_a_step_with_each_estimator(row):
     import importlib.util
     from pathlib import Path
@@ -152,7 +154,90 @@ def test_the_benchmark_times_a_step_with_each_estimator(row):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     assert row in bench.ROWS
-    r = bench.measure("nasbench201", row, batch=2, steps=1, warmup=0, device_name="cpu",
+    space = "darts" if row in bench.TOPK else "nasbench201"
+    r = bench.measure(space, row, batch=2, steps=1, warmup=0, device_name="cpu",
                       amp=False, channels_last=False)
     assert r["mode"] == row and r["steps"] == 1 and r["median_s"] > 0
-    assert "| nasbench201 | " + row + " |" in bench.table([r])
+    assert f"| {space} | {row} |" in bench.table([r])
+
+
+# -- decoupled temperatures ---------------------------------------------------------------------
+def _nb201(seed: int = 3) -> nas.Supernet:
+    torch.manual_seed(0)
+    model = nas.build_supernet("nasbench201", 10, "gdas", seed=seed,
+                               options={"C": 4, "cells_per_stage": 1})
+    with torch.no_grad():
+        model.arch_logits["cell"].copy_(torch.randn(6, 5, generator=torch.Generator().manual_seed(1)))
+    return model
+
+
+def test_decoupled_temperatures_hand_computed():
+    """The one-hot is argmax(theta / tau_f + g); the gradient is that of
+    softmax((theta / tau_f + g) / tau_b): J(s) v / (tau_f * tau_b), J(s) = diag(s) - s s^T."""
+    model = _nb201()
+    model.tau, model.tau_forward = 0.7, 2.5
+    theta = model.arch_logits["cell"].detach().clone()
+    g = gumbel.gumbel_noise(theta.shape, generator=model._generator(torch.device("cpu")))
+    sample = model.sample()["cell"]
+    z = theta / 2.5 + g
+    assert sample.index == z.argmax(-1).tolist()
+    v = torch.randn(6, 5, generator=torch.Generator().manual_seed(2))
+    (sample.weights * v).sum().backward()
+    s = (z / 0.7).softmax(-1)
+    expected = (s * v - s * (s * v).sum(-1, keepdim=True)) / (2.5 * 0.7)
+    assert torch.allclose(model.arch_logits["cell"].grad, expected, atol=1e-6)
+
+
+def test_the_forward_temperature_sets_the_sampled_distribution():
+    model = _nb201(seed=5)
+    theta = model.arch_logits["cell"].detach()
+    for tau_f in (1.0, 0.5, 3.0):
+        model.tau_forward = tau_f
+        with torch.no_grad():
+            idx = torch.stack([model.sample()["cell"].weights.argmax(-1) for _ in range(3000)])
+        freq = F.one_hot(idx, 5).float().mean(0)
+        exact = (theta / tau_f).softmax(-1)
+        assert (freq - exact).abs().max() < 4.5 * math.sqrt(0.25 / 3000), tau_f
+    # REINFORCE scores the sample under the distribution it was drawn from
+    index = {"cell": idx[-1]}
+    expected = (theta / 3.0).log_softmax(-1).gather(1, idx[-1].unsqueeze(1)).sum()
+    assert torch.allclose(model.log_prob(index), expected)
+
+
+def test_forward_temperature_one_is_gdas(tmp_path, tiny_config, capsys):
+    """A forward temperature scheduled at 1 (checkpointed, logged) samples exactly what gdas does."""
+    runs = {}
+    for name, extra in (("gdas", ["seed=0"]), ("tau_f_1", ["search.tau_forward.schedule=linear",
+                                                                  "search.tau_forward.max=1.0"])):
+        runs[name] = tmp_path / name
+        assert main(["search", "--config", str(tiny_config), "--run-dir", str(runs[name]),
+                     "--quiet", "--set", *extra]) == 0
+    capsys.readouterr()
+    a, b = (torch.load(runs[n] / "checkpoint.pt", weights_only=False) for n in runs)
+    assert "tau_forward" not in a and b["tau_forward"]["last_step"] == 2
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"] if k.startswith("arch_"))
+
+
+def test_forward_temperature_schedule_is_logged(tmp_path, tiny_config, capsys):
+    run = tmp_path / "run"
+    assert main(["search", "--config", str(tiny_config), "--run-dir", str(run), "--quiet", "--set",
+                 "search.tau_forward.schedule=linear", "search.tau_forward.max=3",
+                 "search.tau_forward.min=0.5"]) == 0
+    capsys.readouterr()
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [l["tau_forward"] for l in lines] == [3.0, 0.5] and [l["tau"] for l in lines][0] == 10.0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run))
+    events.Reload()
+    assert [round(e.value, 4) for e in events.Scalars("tau_forward")] == [3.0, 0.5]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["search.tau_forward.max=2", "search.mode=softmax"], "forward temperature needs a hard sample"),
+    (["search.tau_forward.min=0"], "search.tau_forward.min: must be positive"),
+    (["search.tau_forward.schedule=linear", "search.tau_forward.max=0.5"],
+     "search.tau_forward.max: must be >= search.tau_forward.min"),
+])
+def test_forward_temperature_is_checked(overrides, message):
+    with pytest.raises(nas.InputError, match=message):
+        nas.config.build_config({}, overrides)

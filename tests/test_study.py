@@ -169,8 +169,11 @@ def test_the_shipped_study_loads_with_its_methods_in_order(monkeypatch):
     s = study.load_study("configs/studies/nb201_cpu.yaml")
     # the first method sets the random-search budget: it must be the shipped config itself
     assert list(s.methods) == ["gdas_nb201_cpu", "reinforce_uniform", "gdas_params",
-                              "gumbel_rao_params", "reinmax_params", "gdas"]
+                              "gumbel_rao_params", "reinmax_params", "decoupled_params", "gdas"]
     assert s.methods["gdas_nb201_cpu"].sets == []
     assert s.seeds == [10, 11, 12, 13, 14] and s.random_search == {"epochs": 3}
     plain = nas.config.load_config(s.methods["gdas"].config, s.methods["gdas"].sets).search
     assert (plain.estimator, plain.weight_sampling, plain.warmup_epochs) == ("gdas", "arch", 0)
+    decoupled = nas.config.load_config(s.methods["decoupled_params"].config,
+                                       s.methods["decoupled_params"].sets).search
+    assert (decoupled.tau_forward.schedule, decoupled.tau_forward.max) == ("constant", 2.0)

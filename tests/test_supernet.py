@@ -390,13 +390,14 @@ def test_same_seed_gives_same_samples(space):
 def test_state_dict_restores_the_sample_stream():
     a = make("darts", "gdas", seed=21, init_seed=1)
     _index_sequence(a, steps=2)
-    a.tau = 0.37
+    a.tau, a.tau_forward = 0.37, 1.5
     state = a.state_dict()
-    assert state["_extra_state"] == {"sample_seed": 21, "samples_drawn": 4, "tau": 0.37}
+    assert state["_extra_state"] == {"sample_seed": 21, "samples_drawn": 4, "tau": 0.37,
+                                     "tau_forward": 1.5}
 
     b = make("darts", "gdas", seed=0, init_seed=2)
     b.load_state_dict(state)
-    assert (b.sample_seed, b.samples_drawn, b.tau) == (21, 4, 0.37)
+    assert (b.sample_seed, b.samples_drawn, b.tau, b.tau_forward) == (21, 4, 0.37, 1.5)
     x, _ = batch(5)
     with torch.no_grad():
         out_a, out_b = a(x), b(x)

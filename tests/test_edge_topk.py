@@ -1,0 +1,194 @@
+"""Gumbel top-k edge sampling: the relaxed top-k, the k-subset distribution, the supernet that
+runs k inputs per node, their gradients, derivation and the config checks."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import nas
+from nas import gumbel
+
+OPTS = {"C": 4, "cells": 3}
+
+
+def make(k: int = 2, seed: int = 0, init_seed: int = 0, **options) -> nas.Supernet:
+    torch.manual_seed(init_seed)
+    return nas.build_supernet("darts", 10, "gdas", seed=seed, options={**OPTS, **options},
+                              edge_topk=k)
+
+
+def batch(seed: int = 0, n: int = 2):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+# -- the pure functions -------------------------------------------------------------------------
+def test_relaxed_topk_is_successive_softmaxes_by_hand():
+    scores = torch.tensor([0.0, math.log(2), math.log(3)])
+    # a1 = (1, 2, 3) / 6; the scores become log((1, 2, 3) * (1 - a1)) = log(5/6, 8/6, 9/6)
+    expected = torch.tensor([1 / 6 + 5 / 22, 2 / 6 + 8 / 22, 3 / 6 + 9 / 22])
+    assert torch.allclose(gumbel.relaxed_topk(scores, 2, 1.0), expected, atol=1e-6)
+    assert torch.allclose(gumbel.relaxed_topk(scores, 1, 0.5), (scores / 0.5).softmax(0))
+    cold = gumbel.relaxed_topk(torch.tensor([[0.3, -1.0, 2.0, 0.9, float("-inf")]]), 2, 0.01)
+    assert torch.allclose(cold, torch.tensor([[0.0, 0.0, 1.0, 1.0, 0.0]]), atol=1e-4)
+
+
+def test_gumbel_topk_st_is_an_exact_k_hot_of_the_perturbed_top_k():
+    theta = torch.tensor([[0.5, -0.2, 1.0, 0.1], [0.0, 0.0, float("-inf"), 0.0]], requires_grad=True)
+    g = gumbel.gumbel_noise(theta.shape, generator=torch.Generator().manual_seed(3))
+    s = gumbel.gumbel_topk_st(theta, 2, 0.5, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(s.index, (theta.detach() + g).topk(2).indices)  # largest first
+    assert torch.equal(s.sample, torch.zeros(2, 4).scatter_(1, s.index, 1.0))
+    v = torch.tensor([1.0, -2.0, 0.5, 3.0])
+    (s.sample * v).sum().backward()
+    z = (theta.detach() + g).requires_grad_(True)  # the gradient is the relaxation's, same noise
+    (gumbel.relaxed_topk(z, 2, 0.5) * v).sum().backward()
+    assert torch.allclose(theta.grad, z.grad) and theta.grad[1, 2] == 0
+
+
+def test_the_k_subsets_follow_plackett_luce_without_replacement():
+    theta = torch.tensor([1.0, 0.0, -0.5, 0.5])
+    n, p = 40000, theta.softmax(0)
+    s = gumbel.gumbel_topk_st(theta.expand(n, 4), 2, 1.0, generator=torch.Generator().manual_seed(0))
+    assert bool((s.sample.sum(1) == 2).all())
+    for i, j in itertools.combinations(range(4), 2):
+        exact = (p[i] * p[j] / (1 - p[i]) + p[j] * p[i] / (1 - p[j])).item()
+        freq = (s.sample[:, i] * s.sample[:, j]).mean().item()
+        assert abs(freq - exact) < 4.5 * math.sqrt(exact * (1 - exact) / n), ((i, j), freq, exact)
+    # the ordered draws' log-probabilities (the score function) sum to one over all orders
+    orders = torch.tensor(list(itertools.permutations(range(4), 2)))
+    logp = gumbel.plackett_luce_log_prob(theta.expand(len(orders), 4), orders)
+    assert logp.exp().sum().item() == pytest.approx(1.0, abs=1e-6)
+    assert logp[0].item() == pytest.approx(math.log(p[0] * p[1] / (1 - p[0])), abs=1e-6)
+
+
+# -- the supernet -------------------------------------------------------------------------------
+def cells_of(model):
+    return [m for m in model.modules() if isinstance(m, nas.SearchCell)]
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_exactly_k_inputs_run_per_node_and_the_edge_logits_learn(k):
+    model = make(k, seed=4)
+    with torch.no_grad():
+        for p in model.arch_parameters():
+            p.normal_()
+    ran = []
+    for c, cell in enumerate(cells_of(model)):
+        for e, edge in enumerate(cell.edges):
+            for op in edge.ops:
+                op.register_forward_hook(lambda m, i, o, key=(c, e): ran.append(key))
+    x, y = batch()
+    F.cross_entropy(model(x), y).backward()
+    assert len(ran) == len(set(ran))  # one op per edge that runs
+    for c, cell in enumerate(cells_of(model)):
+        kind = "reduce" if cell.reduction else "normal"
+        kept = {e for cc, e in ran if cc == c}
+        first = 0
+        for node in range(4):  # the inputs this node ran are the sampled top-k, k of them
+            count = 2 + node
+            chosen = {first + int(j) for j in model.last_edges[kind][node]}
+            assert {e for e in kept if first <= e < first + count} == chosen and len(chosen) == k
+            first += count
+    for kind in ("normal", "reduce"):
+        grad = model.edge_logits[kind].grad
+        assert grad is not None and bool(torch.isfinite(grad).all()) and bool((grad != 0).any())
+        # the op logits of an input that did not run get no gradient: none of its ops ran
+        unkept = [e for e in range(14) if not any(cc == 0 and ee == e for cc, ee in ran)]
+        if kind == "normal":
+            assert bool((model.arch_logits[kind].grad[unkept] == 0).all())
+    cell = cells_of(model)[0]
+    for e, edge in enumerate(cell.edges):  # weights of edges that did not run stay untouched
+        if (0, e) not in ran:
+            assert all(p.grad is None for p in edge.parameters())
+
+
+def test_the_op_sample_is_gdas_and_one_host_sync_per_forward(monkeypatch):
+    plain, topk = make(0, seed=7), make(2, seed=7)
+    topk.load_state_dict(plain.state_dict(), strict=False)
+    x, _ = batch()
+    calls = []
+    real = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self, *a: calls.append(1) or real(self, *a))
+    with torch.no_grad():
+        plain(x), topk(x)
+    assert len(calls) == 2
+    assert all(torch.equal(plain.last_index[k], topk.last_index[k]) for k in ("normal", "reduce"))
+
+
+def test_weight_steps_draw_the_inputs_uniformly():
+    model = make(1, seed=1)
+    with torch.no_grad():
+        model.edge_logits["normal"].copy_(torch.tensor([5.0, -5.0] + [0.0] * 12))
+    model.sampling_logits = {k: torch.zeros(8) for k in ("normal", "reduce")}
+    firsts = [int(model.sample()["normal"].keep[0]) for _ in range(400)]
+    assert 0.4 < sum(firsts) / 400 < 0.6  # uniform over the first node's 2 inputs
+    model.sampling_logits = None
+    firsts = [int(model.sample()["normal"].keep[0]) for _ in range(100)]
+    assert sum(firsts) == 100  # softmax(5, -5): the first input almost surely
+
+
+def test_derivation_and_eval_use_the_edge_logits_for_the_inputs():
+    model = make(2)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for kind in ("normal", "reduce"):
+            model.arch_logits[kind].copy_(torch.randn(14, 8, generator=g))
+            model.edge_logits[kind].copy_(torch.randn(14, generator=g))
+    genotype = model.genotype()
+    model.eval()
+    sample = model.sample()
+    for kind in ("normal", "reduce"):
+        p, edges = model.arch_logits[kind].detach(), model.edge_logits[kind].detach()
+        first = 0
+        for node, chosen in enumerate(genotype.cells[kind]):
+            count = 2 + node
+            top = edges[first:first + count].topk(2).indices.tolist()
+            assert [src for _, src in chosen] == top
+            for op, src in chosen:  # each with its strongest op other than none
+                assert op == model.ops[1 + int(p[first + src, 1:].argmax())]
+            assert [j for j in range(count) if sample[kind].keep[first + j]] == sorted(top)
+            first += count
+
+
+def test_reinforce_scores_the_input_choice_too():
+    model = make(2, seed=2)
+    with torch.no_grad():
+        model(batch()[0])
+    index, edges = dict(model.last_index), dict(model.last_edges)
+    extra = sum(gumbel.plackett_luce_log_prob(model.node_logits(k), edges[k]).sum() for k in edges)
+    assert torch.allclose(model.log_prob(index, edges) - model.log_prob(index), extra)
+    model.log_prob(index, edges).backward()
+    assert all(p.grad is not None and bool((p.grad != 0).any()) for p in model.edge_logits.values())
+
+
+def test_edge_topk_is_refused_where_it_means_nothing():
+    with pytest.raises(nas.InputError, match="keeps every input of a node"):
+        nas.build_supernet("nasbench201", 10, "gdas", options={"C": 4, "cells_per_stage": 1},
+                           edge_topk=2)
+    with pytest.raises(nas.InputError, match="k must be in 1..2, got 3"):
+        make(3)
+    with pytest.raises(nas.InputError, match="needs search.mode: gdas, got st"):
+        nas.config.build_config({}, ["search.edge_topk=2", "search.mode=st"])
+    with pytest.raises(nas.InputError, match="must be >= 0"):
+        nas.config.build_config({}, ["search.edge_topk=-1"])
+
+
+def test_a_search_with_edge_topk_logs_the_input_distributions(tmp_path, tiny_config, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from nas.cli import main
+    run = tmp_path / "run"
+    assert main(["search", "--config", str(tiny_config), "--run-dir", str(run), "--quiet",
+                 "--set", "search.edge_topk=2"]) == 0
+    capsys.readouterr()
+    state = torch.load(run / "checkpoint.pt", weights_only=False)["model"]
+    assert state["edge_logits.normal"].shape == (14,)
+    genotype = nas.Genotype.load(run / "genotype.json")
+    assert all(len(node) == 2 for nodes in genotype.cells.values() for node in nodes)
+    events = EventAccumulator(str(run), size_guidance={"images": 0})
+    events.Reload()
+    assert {"arch_inputs/normal", "arch_inputs/reduce"} <= set(events.Tags()["images"])
