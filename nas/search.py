@@ -31,8 +31,8 @@ from .data import Batches, load_split, seed_of, split_indices
 from .errors import Diverged
 from .genotype import Genotype
 from .monitor import Monitor
-from .runtime import (CHECKPOINT, checkpoint_state, prepare_run_dir, start_mode,
-                      resolve_device, resume_from, save_checkpoint, seed_everything)
+from .runtime import (CHECKPOINT, checkpoint_state, keep_freed_memory, prepare_run_dir,
+                      start_mode, resolve_device, resume_from, save_checkpoint, seed_everything)
 from .schedules import TemperatureScheduler
 from .ops import build_op
 from .supernet import Supernet, build_supernet
@@ -173,6 +173,8 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
     run_dir, resume, force = start_mode(run_dir, resume, force)
     s = cfg.search
     device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        keep_freed_memory()  # no page faults re-touching each step's activations
     seed_everything(cfg.seed)
     data = load_split(cfg.data, train=True)
     w_idx, a_idx = split_indices(len(data), cfg.data.split, cfg.seed)

@@ -24,7 +24,7 @@ from .errors import InputError
 from .genotype import Genotype
 from .monitor import Monitor
 from .network import build_network, count_macs, count_parameters
-from .runtime import (CHECKPOINT, checkpoint_state, load_checkpoint,
+from .runtime import (CHECKPOINT, checkpoint_state, keep_freed_memory, load_checkpoint,
                       prepare_run_dir, resolve_device, resume_from, save_checkpoint, start_mode,
                       seed_everything)
 from .search import Meter, autocast, check_finite
@@ -78,6 +78,8 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
     run_dir, resume, force = start_mode(run_dir, resume, force)
     t = cfg.train
     device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        keep_freed_memory()  # no page faults re-touching each step's activations
     seed_everything(cfg.seed)
     train_data, test_data = load_split(cfg.data, True), load_split(cfg.data, False)
     if test_data.num_classes != train_data.num_classes:
