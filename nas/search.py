@@ -94,8 +94,9 @@ def weight_step(model: Supernet, optimizer: torch.optim.Optimizer, x: Tensor, y:
     loss = F.cross_entropy(logits.float(), y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if grad_clip > 0:
-        nn.utils.clip_grad_norm_(model.weight_parameters(), grad_clip)
+    if grad_clip > 0:  # the optimizer's parameters are the weights; only the sampled ops have grads
+        nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]
+                                  if p.grad is not None], grad_clip)
     optimizer.step()
     return loss.detach(), logits.detach()
 

@@ -234,8 +234,8 @@ def test_hard_weight_gradients_are_the_estimators(space, mode, monkeypatch):
     def keep_grad(key):
         def hook(module, inputs, output):
             # a fresh view, so that only this edge's gradient reaches the hook (an identity op
-            # returns its input, which other edges read too)
-            view = output.view_as(output)
+            # returns its input, which other edges read too); `none` returns constant zeros
+            view = output.view_as(output) if output.requires_grad else output.detach().requires_grad_()
             view.register_hook(lambda g: edge_grad.__setitem__(key, g.detach()))
             return view
         return hook
