@@ -460,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--amp", action="store_true", help="bf16 autocast")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--out", default="bench", help="directory for benchmark.json/.md")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads (torch.set_num_threads; 0: torch's default)")
     parser.add_argument("--system-malloc", action="store_true",
                         help="leave glibc's allocator as it is (CPU; nas search keeps freed memory)")
     parser.add_argument("--interleave", action="store_true",
@@ -471,6 +473,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="--interleave: subnetworks per round, the same for every row")
     parser.add_argument("--one", nargs=2, metavar=("SPACE", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.threads > 0:
+        import torch
+        torch.set_num_threads(args.threads)
     if args.reference and not (Path(args.reference).expanduser() / REFERENCE_FILE).is_file():
         print(f"benchmark.py: error: --reference {args.reference}: no {REFERENCE_FILE} there; "
               "give the root of an AutoDL-Projects checkout", file=sys.stderr)
@@ -501,7 +506,8 @@ def main(argv: list[str] | None = None) -> int:
     for space, mode in tqdm(jobs, desc="benchmark", unit="row"):
         cmd = [sys.executable, __file__, "--one", space, mode, "--batch", str(args.batch),
                "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
-               "--min-time", str(args.min_time)] + ["--system-malloc"] * args.system_malloc
+               "--min-time", str(args.min_time), "--threads", str(args.threads)]
+        cmd += ["--system-malloc"] * args.system_malloc
         cmd += ["--amp"] * args.amp + ["--channels-last"] * args.channels_last
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
