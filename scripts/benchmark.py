@@ -148,7 +148,8 @@ def lower_step(net, xw, yw, xa, ya, device, amp: bool):
 
 
 def measure(space: str, mode: str, batch: int, steps: int, warmup: int, device_name: str,
-            amp: bool, channels_last: bool, min_time: float = 0.0, system_malloc: bool = False) -> dict:
+            amp: bool, channels_last: bool, min_time: float = 0.0,
+            system_malloc: bool = False) -> dict:
     """Time search steps of one mode, or of the lower limit, after ``warmup`` steps: at least
     ``steps`` of them, and more (up to 100) until ``min_time`` seconds have been measured."""
     import torch
@@ -271,9 +272,9 @@ GDAS_SPACES = {"darts": {"C": 16, "cells": 6}, "nasbench201": {"C": 16, "cells_p
 REFERENCE_OPS = {"sep_conv_3x3": "dua_sepc_3x3", "sep_conv_5x5": "dua_sepc_5x5",
                  "dil_conv_3x3": "dil_sepc_3x3", "dil_conv_5x5": "dil_sepc_5x5"}
 REFERENCE_FILE = "xautodl/models/cell_searchs/search_model_gdas.py"
-PIN = 200.0
-INTERLEAVED_TARGETS = ("gdas <= 1.10x its lower limit on NAS-Bench-201, <= 1.05x on the DARTS space; "
-                       ">= 1.5x faster than the reference code on a CPU, >= 2x on a GPU")  # a logit margin no Gumbel draw overturns: every forward runs the pinned subnetwork
+PIN = 200.0  # a logit margin no Gumbel draw overturns: every forward runs the pinned subnetwork
+INTERLEAVED_TARGETS = ("gdas <= 1.10x its lower limit on NAS-Bench-201, <= 1.05x on the DARTS "
+                       "space; >= 1.5x faster than the reference code on a CPU, >= 2x on a GPU")
 
 
 def reference_supernet(path: str, space: str, opt: dict):
@@ -299,13 +300,14 @@ def reference_supernet(path: str, space: str, opt: dict):
 
 
 def pin(logits, op_names, index, names=None) -> None:
-    """Set every edge's logits so that op ``index[kind][e]`` (named as ``op_names``) is sampled."""
+    """Set every edge's logits so that op ``op_names[index[kind][e]]`` is sampled; ``names``:
+    the network's own op order and names, where they differ from this project's (the reference)."""
     import torch
     with torch.no_grad():
         for kind, p in logits.items():
+            cols = [names.index(REFERENCE_OPS.get(op_names[i], op_names[i])) if names else i
+                    for i in index[kind]]
             p.zero_()
-            cols = [(names or op_names).index(REFERENCE_OPS.get(op_names[i], op_names[i])
-                                              if names else op_names[i]) for i in index[kind]]
             p[torch.arange(len(cols)), torch.tensor(cols)] = PIN
 
 
@@ -418,7 +420,8 @@ def interleaved(space: str, reference: str | None, batch: int, rounds: int, samp
                 times[row].append(total[row] / samples)
     med = {row: statistics.median(v) for row, v in times.items()}
     ratio = lambda a, b: [x / y for x, y in zip(times[a], times[b])]  # noqa: E731
-    quart = lambda v: statistics.quantiles(v, n=4, method="inclusive")[::2] if len(v) > 1 else v * 2  # noqa: E731
+    def quart(v):
+        return statistics.quantiles(v, n=4, method="inclusive")[::2] if len(v) > 1 else v * 2
     return {"space": space, "options": opts, "batch": batch, "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else
             f"cpu, {torch.get_num_threads()} threads", "rounds": rounds, "samples": samples,
@@ -445,7 +448,7 @@ def interleaved_table(results: list[dict]) -> str:
                      f"{m['lower']:.3f} | {m['gdas']:.3f} | {m['reference']:.3f} | "
                      f"{r['gdas_vs_lower']:.2f}x ({q1[0]:.2f}-{q1[1]:.2f}) | "
                      f"{r['reference_vs_gdas']:.2f}x ({q2[0]:.2f}-{q2[1]:.2f}) |")
-    lines += ["", "reference: " + r0["names"]["reference"] + ". Targets: " + INTERLEAVED_TARGETS + "."]
+    lines += ["", f"reference: {r0['names']['reference']}. Targets: {INTERLEAVED_TARGETS}."]
     return "\n".join(lines) + "\n"
 
 
@@ -465,11 +468,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads (torch.set_num_threads; 0: torch's default)")
     parser.add_argument("--system-malloc", action="store_true",
-                        help="leave glibc's allocator as it is (CPU; nas search keeps freed memory)")
+                        help="leave glibc's allocator as it is (CPU; nas search keeps freed "
+                             "memory)")
     parser.add_argument("--interleave", action="store_true",
                         help="lower limit, gdas and the reference in turn in one process")
     parser.add_argument("--reference", metavar="PATH",
-                        help="an AutoDL-Projects checkout: compare with its GDAS code (implies --interleave)")
+                        help="an AutoDL-Projects checkout: compare with its GDAS code "
+                             "(implies --interleave)")
     parser.add_argument("--rounds", type=int, default=10, help="--interleave: measured rounds")
     parser.add_argument("--samples", type=int, default=3,
                         help="--interleave: subnetworks per round, the same for every row")
