@@ -21,7 +21,8 @@ Each measurement runs in a fresh process. Writes ``benchmark.json`` and ``benchm
 gdas step done as the reference code does it, on the GDAS configurations (NAS-Bench-201: C=16,
 5 cells per stage; DARTS space: C=16, 6 cells); ``--reference PATH`` replaces the last by the
 GDAS reference code itself (``TinyNetworkGDAS`` / ``NASNetworkGDAS``), imported at run time
-from the user's AutoDL-Projects checkout at PATH (nothing of it is part of this project). Every
+from the user's AutoDL-Projects checkout at PATH (nothing of it is part of this project) and
+run as written (float32, contiguous; ``--amp`` and ``--channels-last`` are ours). Every
 row runs the same few sampled subnetworks in turn on the same batches; ratios are taken between
 medians of the same run. Writes ``interleaved.json`` and ``interleaved.md``.
 
@@ -368,22 +369,21 @@ def interleaved(space: str, reference: str | None, batch: int, rounds: int, samp
         steps["lower"].append((lambda: None, lower_step(net, xw, yw, xa, ya, device, amp)))
 
     if reference:
+        # The reference runs as its code is written: float32, contiguous (--amp and
+        # --channels-last are this project's settings).
         ref, ref_ops, ref_logits = reference_supernet(reference, space, opts)
-        ref = ref.to(device, memory_format=fmt).train()
+        ref = ref.to(device).train()
+        rxw, rxa = xw.contiguous(), xa.contiguous()
         rw_opt, ra_opt = optimizers(ref.get_weights(), ref.get_alphas())
-        names["reference"] = "GDAS reference code (AutoDL-Projects)"
+        names["reference"] = "GDAS reference code (AutoDL-Projects), as written (float32, contiguous)"
 
         def ref_step():  # the reference's search step (exps/NAS-Bench-201-algos/GDAS.py), no meters
             rw_opt.zero_grad()
-            with autocast(device, amp):
-                loss = F.cross_entropy(ref(xw)[1].float(), yw)
-            loss.backward()
+            F.cross_entropy(ref(rxw)[1], yw).backward()
             torch.nn.utils.clip_grad_norm_(ref.parameters(), 5)
             rw_opt.step()
             ra_opt.zero_grad()
-            with autocast(device, amp):
-                loss = F.cross_entropy(ref(xa)[1].float(), ya)
-            loss.backward()
+            F.cross_entropy(ref(rxa)[1], ya).backward()
             ra_opt.step()
         steps["reference"] = [(lambda index=index: pin(ref_logits, one, index, ref_ops), ref_step)
                               for index in subnets]
