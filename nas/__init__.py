@@ -10,6 +10,7 @@ torch and Ctrl-C in its first second ends it with one line.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 __version__ = "0.1.0"
@@ -37,6 +38,8 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
+        if name.isidentifier() and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+            return importlib.import_module(f".{name}", __name__)  # a submodule: nas.config
         raise AttributeError(f"module 'nas' has no attribute '{name}'")
     if module == "registry":  # the built-in ops, schedules and datasets register on import
         for builtin in ("ops", "schedules", "data"):

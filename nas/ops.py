@@ -72,16 +72,18 @@ class FactorizedReduce(nn.Module):
 
 
 class Zero(nn.Module):
-    """The `none` op: zeros of the output's shape."""
+    """The `none` op: zeros of the output's shape.
+
+    The zeros are a constant, not ``x * 0``: the same values, without reading ``x`` and with no
+    backward pass that multiplies the incoming gradient by 0 and adds it to ``x``'s.
+    """
 
     def __init__(self, stride: int = 1) -> None:
         super().__init__()
         self.stride = stride
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.stride == 1:
-            return x.mul(0.0)
-        return x[:, :, ::self.stride, ::self.stride].mul(0.0)
+        return torch.zeros_like(x if self.stride == 1 else x[:, :, ::self.stride, ::self.stride])
 
 
 # The op table, one line an op: name -> factory(C, stride, affine, track_running_stats).

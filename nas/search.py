@@ -33,9 +33,9 @@ from .data import Batches, load_split, seed_of, split_indices
 from .errors import Diverged
 from .genotype import Genotype
 from .monitor import Monitor
-from .runtime import (CHECKPOINT, checkpoint_state, discard_failed_start, prepare_run_dir,
-                      resolve_device, resume_from, save_checkpoint, seed_everything, start_mode,
-                      stretch_cosine)
+from .runtime import (CHECKPOINT, checkpoint_state, discard_failed_start, keep_freed_memory,
+                      prepare_run_dir, resolve_device, resume_from, save_checkpoint,
+                      seed_everything, start_mode, stretch_cosine)
 from .schedules import TemperatureScheduler
 from .ops import build_op
 from .spaces import build_supernet, check_supernet
@@ -98,8 +98,9 @@ def weight_step(model: Supernet, optimizer: torch.optim.Optimizer, x: Tensor, y:
     loss = F.cross_entropy(logits.float(), y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if grad_clip > 0:
-        nn.utils.clip_grad_norm_(model.weight_parameters(), grad_clip)
+    if grad_clip > 0:  # the optimizer's parameters are the weights; only the sampled ops have grads
+        nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]
+                                  if p.grad is not None], grad_clip)
     optimizer.step()
     return loss.detach(), logits.detach()
 
@@ -175,6 +176,8 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
     run_dir, resume, force = start_mode(run_dir, resume, force)
     s = cfg.search
     device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        keep_freed_memory()  # no page faults re-touching each step's activations
     seed_everything(cfg.seed)
     data = load_split(cfg.data, train=True)
     w_idx, a_idx = split_indices(len(data), cfg.data.split, cfg.seed)

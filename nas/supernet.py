@@ -56,8 +56,11 @@ class ArchSample:
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
-    if a.dtype == b.dtype and a.is_contiguous() and b.is_contiguous():
-        return torch.dot(a.view(-1), b.view(-1))  # no temporary the size of the activation
+    if a.dtype == b.dtype and a.stride() == b.stride():  # no temporary the size of the activation
+        if a.is_contiguous():
+            return torch.dot(a.view(-1), b.view(-1))
+        if a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last):
+            return torch.dot(a.permute(0, 2, 3, 1).reshape(-1), b.permute(0, 2, 3, 1).reshape(-1))
     return (a * b).sum(dtype=torch.float32)  # other memory layouts, or mixed dtypes under autocast
 
 

@@ -26,8 +26,8 @@ from .monitor import Monitor
 from .network import count_macs, count_parameters, set_drop_path
 from .spaces import build_network, check_network
 from .runtime import (CHECKPOINT, checkpoint_state, discard_failed_start, first_mismatch,
-                      load_checkpoint, prepare_run_dir, resolve_device, resume_from,
-                      save_checkpoint, seed_everything, start_mode, stretch_cosine)
+                      keep_freed_memory, load_checkpoint, prepare_run_dir, resolve_device,
+                      resume_from, save_checkpoint, seed_everything, start_mode, stretch_cosine)
 from .search import Meter, autocast, check_finite
 
 
@@ -95,6 +95,8 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
     run_dir, resume, force = start_mode(run_dir, resume, force)
     t = cfg.train
     device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        keep_freed_memory()  # no page faults re-touching each step's activations
     seed_everything(cfg.seed)
     train_data, test_data = load_split(cfg.data, True), load_split(cfg.data, False)
     if test_data.num_classes != train_data.num_classes:

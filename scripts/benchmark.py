@@ -19,8 +19,18 @@ For the DARTS space (C=16, 8 cells) and NAS-Bench-201 (C=16, 5 cells per stage),
     2 of its inputs, as the derived cell does).
 Each measurement runs in a fresh process. Writes ``benchmark.json`` and ``benchmark.md``.
 
+``--interleave`` instead times, in one process and in turn, the lower limit, a gdas step and a
+gdas step done as the reference code does it, on the GDAS configurations (NAS-Bench-201: C=16,
+5 cells per stage; DARTS space: C=16, 6 cells); ``--reference PATH`` replaces the last by the
+GDAS reference code itself (``TinyNetworkGDAS`` / ``NASNetworkGDAS``), imported at run time
+from the user's AutoDL-Projects checkout at PATH (nothing of it is part of this project) and
+run as written (float32, contiguous; ``--amp`` and ``--channels-last`` are ours). Every
+row runs the same few sampled subnetworks in turn on the same batches; ratios are taken between
+medians of the same run. Writes ``interleaved.json`` and ``interleaved.md``.
+
     python scripts/benchmark.py --out bench            # everything (CPU: about 20 minutes)
     python scripts/benchmark.py --space darts --modes gdas softmax --steps 3
+    python scripts/benchmark.py --reference ~/AutoDL-Projects --rounds 15
 """
 from __future__ import annotations
 
@@ -112,17 +122,49 @@ def reference_gdas(supernet, w_opt, a_opt, xw, yw, xa, ya, device, amp):
     return step
 
 
+def lower_step(net, xw, yw, xa, ya, device, amp: bool):
+    """The lower limit's step on ``net``, the discrete subnetwork a sample selected: a weight
+    step (forward, backward, clip, SGD) plus the work an architecture step cannot avoid
+    (forward, and the backward of the activations down to the stem; no weight gradients)."""
+    import torch
+    import torch.nn.functional as F
+    from nas.search import autocast
+
+    opt = torch.optim.SGD(net.parameters(), 0.025, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    captured = {}
+    net.stem.register_forward_hook(lambda m, i, o: captured.__setitem__("stem", o))
+
+    def logits_of(x):
+        out = net(x)
+        return out[0] if isinstance(out, tuple) else out
+
+    def step():
+        with autocast(device, amp):
+            loss = F.cross_entropy(logits_of(xw).float(), yw)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+        opt.step()
+        with autocast(device, amp):
+            loss = F.cross_entropy(logits_of(xa).float(), ya)
+        torch.autograd.grad(loss, captured["stem"])  # activations only, no weight gradients
+    return step
+
+
 def measure(space: str, mode: str, batch: int, steps: int, warmup: int, device_name: str,
-            amp: bool, channels_last: bool, min_time: float = 0.0) -> dict:
+            amp: bool, channels_last: bool, min_time: float = 0.0,
+            system_malloc: bool = False) -> dict:
     """Time search steps of one mode, or of the lower limit, after ``warmup`` steps: at least
     ``steps`` of them, and more (up to 100) until ``min_time`` seconds have been measured."""
     import torch
     import torch.nn.functional as F
     import nas
-    from nas.runtime import resolve_device
-    from nas.search import arch_step, autocast, reinforce_step, weight_step
+    from nas.runtime import keep_freed_memory, resolve_device
+    from nas.search import arch_step, reinforce_step, weight_step
 
     device = resolve_device(device_name)
+    if device.type == "cpu" and not system_malloc:
+        keep_freed_memory()  # as nas search does
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     xw = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
@@ -144,25 +186,7 @@ def measure(space: str, mode: str, batch: int, steps: int, warmup: int, device_n
                  else {"affine": False, "track_running_stats": False})
         net = nas.get_space(space).network(genotype, 10, **SPACES[space], **extra)
         net = net.to(device, memory_format=fmt).train()
-        opt = torch.optim.SGD(net.parameters(), 0.025, momentum=0.9, nesterov=True,
-                              weight_decay=5e-4)
-        captured = {}
-        net.stem.register_forward_hook(lambda m, i, o: captured.__setitem__("stem", o))
-
-        def logits_of(x):
-            out = net(x)
-            return out[0] if isinstance(out, tuple) else out
-
-        def step():
-            with autocast(device, amp):
-                loss = F.cross_entropy(logits_of(xw).float(), yw)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-            opt.step()
-            with autocast(device, amp):
-                loss = F.cross_entropy(logits_of(xa).float(), ya)
-            torch.autograd.grad(loss, captured["stem"])  # activations only, no weight gradients
+        step = lower_step(net, xw, yw, xa, ya, device, amp)
         params = sum(p.numel() for p in net.parameters())
     else:
         w_opt = torch.optim.SGD(supernet.weight_parameters(), 0.025, momentum=0.9, nesterov=True,
@@ -247,7 +271,192 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
+# The GDAS configurations that the reference code is run with; DARTS space: its N=2 is 6 cells.
+GDAS_SPACES = {"darts": {"C": 16, "cells": 6}, "nasbench201": {"C": 16, "cells_per_stage": 5}}
+# This project's op names -> the reference's (its DARTS space names the separable convs so).
+REFERENCE_OPS = {"sep_conv_3x3": "dua_sepc_3x3", "sep_conv_5x5": "dua_sepc_5x5",
+                 "dil_conv_3x3": "dil_sepc_3x3", "dil_conv_5x5": "dil_sepc_5x5"}
+REFERENCE_FILE = "xautodl/models/cell_searchs/search_model_gdas.py"
+PIN = 200.0  # a logit margin no Gumbel draw overturns: every forward runs the pinned subnetwork
+INTERLEAVED_TARGETS = ("gdas <= 1.10x its lower limit on NAS-Bench-201, <= 1.05x on the DARTS "
+                       "space; >= 1.5x faster than the reference code on a CPU, >= 2x on a GPU")
+
+
+def reference_supernet(path: str, space: str, opt: dict):
+    """The GDAS reference's own search network, built from the checkout at ``path``.
+
+    Returns the network, its op names and its logits per cell kind, in this project's kinds.
+    """
+    import nas
+    root = Path(path).expanduser()
+    if not (root / REFERENCE_FILE).is_file():
+        raise nas.InputError(f"--reference {path}: no {REFERENCE_FILE} there; give the root of "
+                             "an AutoDL-Projects checkout (github.com/D-X-Y/AutoDL-Projects)")
+    sys.path.insert(0, str(root))
+    from xautodl.models.cell_operations import SearchSpaceNames
+    from xautodl.models.cell_searchs import NASNetworkGDAS, TinyNetworkGDAS
+    if space == "nasbench201":  # affine=False, track_running_stats=False: GDAS's NB201 setting
+        ops = SearchSpaceNames["nas-bench-201"]
+        net = TinyNetworkGDAS(opt["C"], opt["cells_per_stage"], 4, 10, ops, False, False)
+        return net, ops, {"cell": net.arch_parameters}
+    ops = SearchSpaceNames["darts"]
+    net = NASNetworkGDAS(opt["C"], opt["cells"] // 3, 4, 4, 3, 10, ops, False, True)
+    return net, ops, {"normal": net.arch_normal_parameters, "reduce": net.arch_reduce_parameters}
+
+
+def pin(logits, op_names, index, names=None) -> None:
+    """Set every edge's logits so that op ``op_names[index[kind][e]]`` is sampled; ``names``:
+    the network's own op order and names, where they differ from this project's (the reference)."""
+    import torch
+    with torch.no_grad():
+        for kind, p in logits.items():
+            cols = [names.index(REFERENCE_OPS.get(op_names[i], op_names[i])) if names else i
+                    for i in index[kind]]
+            p.zero_()
+            p[torch.arange(len(cols)), torch.tensor(cols)] = PIN
+
+
+def interleaved(space: str, reference: str | None, batch: int, rounds: int, samples: int,
+                device_name: str, amp: bool, channels_last: bool, system_malloc: bool = False,
+                options: dict | None = None) -> dict:
+    """Time the lower limit, gdas, and the reference (``reference`` checkout, or done as it
+    does) in turn in one process: per round, each row runs each of ``samples`` subnetworks.
+    ``options``: the supernet's, in place of the GDAS configuration (tests)."""
+    import torch
+    import torch.nn.functional as F
+    import nas
+    from nas.runtime import keep_freed_memory, resolve_device
+    from nas.search import arch_step, autocast, weight_step
+
+    device = resolve_device(device_name)
+    if device.type == "cpu" and not system_malloc:
+        keep_freed_memory()  # as nas search does
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    torch.manual_seed(0)
+    xw, xa = (torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
+              for _ in range(2))
+    yw, ya = (torch.randint(0, 10, (batch,), device=device) for _ in range(2))
+    opts = options or GDAS_SPACES[space]
+
+    def supernet():
+        model = nas.build_supernet(space, 10, "gdas", seed=0, options=opts)
+        return model.to(device, memory_format=fmt).train()
+
+    def optimizers(weights, arch):
+        return (torch.optim.SGD(weights, 0.025, momentum=0.9, nesterov=True, weight_decay=5e-4),
+                torch.optim.Adam(arch, 3e-4, betas=(0.5, 0.999), weight_decay=1e-3))
+
+    ours = supernet()
+    ops = ours.op_names
+    one = next(iter(ops.values()))  # every cell kind has the same ops
+    gen = torch.Generator().manual_seed(1)
+    subnets = [{k: torch.randint(0, len(o), (ours.arch_logits[k].shape[0],), generator=gen).tolist()
+                for k, o in ops.items()} for _ in range(samples)]
+    w_opt, a_opt = optimizers(ours.weight_parameters(), ours.arch_parameters())
+    names = {"lower": "lower limit (sampled subnetwork)", "gdas": "gdas"}
+
+    def gdas_step(model, w_opt, a_opt):
+        def step():
+            weight_step(model, w_opt, xw, yw, 5.0, amp)
+            arch_step(model, a_opt, xa, ya, amp)
+        return step
+
+    steps = {"gdas": [], "lower": []}
+    for index in subnets:
+        steps["gdas"].append((lambda index=index: pin(ours.arch_logits, one, index),
+                              gdas_step(ours, w_opt, a_opt)))
+        genotype = sampled_genotype(ours, {k: nas.ArchSample(None, v) for k, v in index.items()})
+        extra = ({"auxiliary": False, "affine": False, "pool_bn": True} if space == "darts"
+                 else {"affine": False, "track_running_stats": False})
+        net = nas.get_space(space).network(genotype, 10, **opts, **extra)
+        net = net.to(device, memory_format=fmt).train()
+        steps["lower"].append((lambda: None, lower_step(net, xw, yw, xa, ya, device, amp)))
+
+    if reference:
+        # The reference runs as its code is written: float32, contiguous (--amp and
+        # --channels-last are this project's settings).
+        ref, ref_ops, ref_logits = reference_supernet(reference, space, opts)
+        ref = ref.to(device).train()
+        rxw, rxa = xw.contiguous(), xa.contiguous()
+        rw_opt, ra_opt = optimizers(ref.get_weights(), ref.get_alphas())
+        names["reference"] = "GDAS reference code (AutoDL-Projects), as written (float32, contiguous)"
+
+        def ref_step():  # the reference's search step (exps/NAS-Bench-201-algos/GDAS.py), no meters
+            rw_opt.zero_grad()
+            F.cross_entropy(ref(rxw)[1], yw).backward()
+            torch.nn.utils.clip_grad_norm_(ref.parameters(), 5)
+            rw_opt.step()
+            ra_opt.zero_grad()
+            F.cross_entropy(ref(rxa)[1], ya).backward()
+            ra_opt.step()
+        steps["reference"] = [(lambda index=index: pin(ref_logits, one, index, ref_ops), ref_step)
+                              for index in subnets]
+    else:
+        emulated = supernet()
+        e_w, e_a = optimizers(emulated.weight_parameters(), emulated.arch_parameters())
+        names["reference"] = "gdas, done as the reference code does"
+        step = reference_gdas(emulated, e_w, e_a, xw, yw, xa, ya, device, amp)
+        steps["reference"] = [(lambda index=index: pin(emulated.arch_logits, one, index), step)
+                              for index in subnets]
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    times = {row: [] for row in steps}
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = lambda x, **k: x  # noqa: E731
+    for r in tqdm(range(rounds + 1), desc=f"{space} rounds", unit="round"):
+        total = dict.fromkeys(steps, 0.0)
+        for k in range(samples):
+            for row, pairs in steps.items():
+                prepare, step = pairs[k]
+                prepare()
+                sync()
+                start = time.perf_counter()
+                step()
+                sync()
+                total[row] += time.perf_counter() - start
+        if r:  # round 0 warms up
+            for row in steps:
+                times[row].append(total[row] / samples)
+    med = {row: statistics.median(v) for row, v in times.items()}
+    ratio = lambda a, b: [x / y for x, y in zip(times[a], times[b])]  # noqa: E731
+    def quart(v):
+        return statistics.quantiles(v, n=4, method="inclusive")[::2] if len(v) > 1 else v * 2
+    return {"space": space, "options": opts, "batch": batch, "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else
+            f"cpu, {torch.get_num_threads()} threads", "rounds": rounds, "samples": samples,
+            "names": names, "median_s": med, "times_s": times,
+            "gdas_vs_lower": med["gdas"] / med["lower"],
+            "reference_vs_gdas": med["reference"] / med["gdas"],
+            "gdas_vs_lower_quartiles": quart(ratio("gdas", "lower")),
+            "reference_vs_gdas_quartiles": quart(ratio("reference", "gdas")),
+            "user_reference": bool(reference)}
+
+
+def interleaved_table(results: list[dict]) -> str:
+    """The Markdown table of ``interleaved`` runs."""
+    r0 = results[0]
+    lines = [f"Device: {r0['device_name']}; batch {r0['batch']}, 32x32; every row runs the same "
+             f"{r0['samples']} random subnetworks per round, in turn, in one process; step time: "
+             f"the median over {r0['rounds']} rounds of the mean step of the round; ratios: "
+             "of medians (in brackets: the quartiles of the per-round ratios).", "",
+             "| space | lower limit (s) | gdas (s) | reference (s) | gdas vs lower limit | "
+             "gdas faster than the reference |", "|---|---:|---:|---:|---:|---:|"]
+    for r in results:
+        m, q1, q2 = r["median_s"], r["gdas_vs_lower_quartiles"], r["reference_vs_gdas_quartiles"]
+        lines.append(f"| {r['space']} ({', '.join(f'{k}={v}' for k, v in r['options'].items())}) | "
+                     f"{m['lower']:.3f} | {m['gdas']:.3f} | {m['reference']:.3f} | "
+                     f"{r['gdas_vs_lower']:.2f}x ({q1[0]:.2f}-{q1[1]:.2f}) | "
+                     f"{r['reference_vs_gdas']:.2f}x ({q2[0]:.2f}-{q2[1]:.2f}) |")
+    lines += ["", f"reference: {r0['names']['reference']}. Targets: {INTERLEAVED_TARGETS}."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--space", nargs="+", default=list(SPACES), choices=list(SPACES))
     parser.add_argument("--modes", nargs="+", default=list(ROWS), choices=ROWS)
@@ -260,12 +469,44 @@ def main() -> int:
     parser.add_argument("--amp", action="store_true", help="bf16 autocast")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--out", default="bench", help="directory for benchmark.json/.md")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads (torch.set_num_threads; 0: torch's default)")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="leave glibc's allocator as it is (CPU; nas search keeps freed "
+                             "memory)")
+    parser.add_argument("--interleave", action="store_true",
+                        help="lower limit, gdas and the reference in turn in one process")
+    parser.add_argument("--reference", metavar="PATH",
+                        help="an AutoDL-Projects checkout: compare with its GDAS code "
+                             "(implies --interleave)")
+    parser.add_argument("--rounds", type=int, default=10, help="--interleave: measured rounds")
+    parser.add_argument("--samples", type=int, default=3,
+                        help="--interleave: subnetworks per round, the same for every row")
     parser.add_argument("--one", nargs=2, metavar=("SPACE", "MODE"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.threads > 0:
+        import torch
+        torch.set_num_threads(args.threads)
+    if args.reference and not (Path(args.reference).expanduser() / REFERENCE_FILE).is_file():
+        print(f"benchmark.py: error: --reference {args.reference}: no {REFERENCE_FILE} there; "
+              "give the root of an AutoDL-Projects checkout", file=sys.stderr)
+        return 2
 
     if args.one:
         print(json.dumps(measure(args.one[0], args.one[1], args.batch, args.steps, args.warmup,
-                                 args.device, args.amp, args.channels_last, args.min_time)))
+                                 args.device, args.amp, args.channels_last, args.min_time,
+                                 args.system_malloc)))
+        return 0
+    if args.interleave or args.reference:
+        found = [interleaved(space, args.reference, args.batch, args.rounds, args.samples,
+                             args.device, args.amp, args.channels_last, args.system_malloc)
+                 for space in args.space]
+        out_dir = Path(args.out)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "interleaved.json").write_text(json.dumps(found, indent=2) + "\n")
+        text = interleaved_table(found)
+        (out_dir / "interleaved.md").write_text(text)
+        print(text)
         return 0
     results = []
     try:
@@ -276,7 +517,8 @@ def main() -> int:
     for space, mode in tqdm(jobs, desc="benchmark", unit="row"):
         cmd = [sys.executable, __file__, "--one", space, mode, "--batch", str(args.batch),
                "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
-               "--min-time", str(args.min_time)]
+               "--min-time", str(args.min_time), "--threads", str(args.threads)]
+        cmd += ["--system-malloc"] * args.system_malloc
         cmd += ["--amp"] * args.amp + ["--channels-last"] * args.channels_last
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:

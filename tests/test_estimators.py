@@ -241,3 +241,44 @@ def test_forward_temperature_schedule_is_logged(tmp_path, tiny_config, capsys):
 def test_forward_temperature_is_checked(overrides, message):
     with pytest.raises(nas.InputError, match=message):
         nas.config.build_config({}, overrides)
+
+
+def _benchmark_script():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+    spec = importlib.util.spec_from_file_location("benchmark_script", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_the_interleaved_benchmark_pins_the_same_subnetworks_for_every_row(tmp_path, capsys):
+    bench = _benchmark_script()
+    model = nas.build_supernet("darts", 10, "gdas", seed=3, options={"C": 4, "cells": 3})
+    model.train()
+    ops = model.op_names["normal"]
+    index = {"normal": [i % 8 for i in range(14)], "reduce": [(3 * i) % 8 for i in range(14)]}
+    bench.pin(model.arch_logits, ops, index)
+    for tau in (10.0, 0.1):  # no Gumbel draw overturns the pinned op
+        model.tau = tau
+        for _ in range(20):
+            assert {k: s.index for k, s in model.sample().items()} == index
+    # the reference names the separable convolutions otherwise: columns follow its names
+    logits = {"normal": torch.zeros(14, 8)}
+    names = ("none", "skip_connect", "dua_sepc_3x3", "dua_sepc_5x5", "dil_sepc_3x3",
+             "dil_sepc_5x5", "avg_pool_3x3", "max_pool_3x3")
+    bench.pin(logits, ops, {"normal": [ops.index("sep_conv_5x5")] * 14}, names)
+    assert (logits["normal"].argmax(1) == 3).all()
+
+    r = bench.interleaved("nasbench201", None, batch=2, rounds=2, samples=2, device_name="cpu",
+                          amp=False, channels_last=False, options={"C": 4, "cells_per_stage": 1})
+    assert set(r["median_s"]) == {"lower", "gdas", "reference"}
+    assert all(len(v) == 2 and min(v) > 0 for v in r["times_s"].values())
+    assert "| nasbench201 (C=4, cells_per_stage=1) |" in bench.interleaved_table([r])
+
+    capsys.readouterr()
+    assert bench.main(["--reference", str(tmp_path), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no xautodl/models/cell_searchs/search_model_gdas.py" in err
+    assert not list(tmp_path.iterdir())  # nothing written

@@ -234,8 +234,8 @@ def test_hard_weight_gradients_are_the_estimators(space, mode, monkeypatch):
     def keep_grad(key):
         def hook(module, inputs, output):
             # a fresh view, so that only this edge's gradient reaches the hook (an identity op
-            # returns its input, which other edges read too)
-            view = output.view_as(output)
+            # returns its input, which other edges read too); `none` returns constant zeros
+            view = output.view_as(output) if output.requires_grad else output.detach().requires_grad_()
             view.register_hook(lambda g: edge_grad.__setitem__(key, g.detach()))
             return view
         return hook
@@ -269,7 +269,7 @@ def test_hard_weight_gradients_are_the_estimators(space, mode, monkeypatch):
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "transposed", "channels_last",
-                                    "channels_last_grad", "expanded_grad"])
+                                    "channels_last_grad", "channels_last_both", "expanded_grad"])
 def test_sampled_op_forward_and_gdas_backward(layout):
     torch.manual_seed(0)
     k, num_ops = 2, 5
@@ -277,7 +277,7 @@ def test_sampled_op_forward_and_gdas_backward(layout):
         src = torch.randn(6, 7, requires_grad=True)
         out = src.t()
         assert not out.is_contiguous()
-    elif layout == "channels_last":
+    elif layout in ("channels_last", "channels_last_both"):
         src = torch.randn(2, 3, 4, 5, requires_grad=True)
         out = src.contiguous(memory_format=torch.channels_last)
         assert not out.is_contiguous()
@@ -293,7 +293,7 @@ def test_sampled_op_forward_and_gdas_backward(layout):
         y.sum().backward()
     else:
         grad = torch.randn(y.shape)
-        if layout == "channels_last_grad":
+        if layout in ("channels_last_grad", "channels_last_both"):
             grad = grad.contiguous(memory_format=torch.channels_last)
         y.backward(grad)
 
