@@ -128,6 +128,9 @@ def _config(args: argparse.Namespace, verb: str, saved_config: str = "config.yam
 
 
 def _print_search(result) -> None:
+    from .distributed import is_main
+    if not is_main():  # every rank has the result; one prints it
+        return
     print(f"genotype: {result.genotype}")
     print(f"genotype file: {result.run_dir / 'genotype.json'}")
     if result.benchmark is not None:
@@ -136,6 +139,9 @@ def _print_search(result) -> None:
 
 
 def _print_train(result) -> None:
+    from .distributed import is_main
+    if not is_main():  # every rank has the result; one prints it
+        return
     print(f"test accuracy: {result.test_acc:.2f}% ({result.params:,} parameters, "
           f"{result.macs / 1e6:.1f}M multiply-adds)")
     print(f"result file: {result.run_dir / 'result.json'}")
@@ -279,16 +285,30 @@ COMMANDS = {"search": cmd_search, "train": cmd_train, "run": cmd_run, "evaluate"
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nas`` console script; returns the exit status."""
+    from . import distributed as dist
+
     parser = build_parser()
     args = parser.parse_args(argv)
     verb = args.verb
     try:
-        return COMMANDS[verb](args)
+        if verb in ("search", "train", "run"):
+            dist.init()  # under torchrun: join the other processes
+        try:
+            return COMMANDS[verb](args)
+        except (InputError, Diverged) as exc:
+            if dist.setup_pending():  # failed before the others knew: tell them, stop together
+                dist.agree(error=exc)
+            raise
     except InputError as exc:
-        print(f"nas {verb}: error: {exc}", file=sys.stderr)
+        _error(verb, exc, shared=isinstance(exc, dist.AgreedError))
         return 2
-    except Diverged as exc:
-        print(f"nas {verb}: error: {exc}", file=sys.stderr)
+    except Diverged as exc:  # the losses are averaged over the ranks: every rank sees it
+        _error(verb, exc, shared=True)
+        return 1
+    except torch_dist_error() as exc:
+        _error(verb, f"lost contact with the other processes ({type(exc).__name__}: "
+               f"{(str(exc).strip().splitlines() or [''])[0]}); another rank failed or stopped: "
+               "its own line says why", shared=False)
         return 1
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -297,8 +317,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = getattr(args, "chosen_run_dir", None)
         hint = f"; continue with: nas {verb} --resume {where}" if verb in ("search", "train", "run") \
             and where else ""
-        print(f"\nnas {verb}: interrupted{hint}", file=sys.stderr)
+        if dist.is_main():
+            print(f"\nnas {verb}: interrupted{hint}", file=sys.stderr)
         return 130
+    finally:
+        dist.shutdown()
+
+
+def _error(verb: str, exc: BaseException | str, shared: bool) -> None:
+    """One line on stderr; an error every rank shares is printed by rank 0 alone."""
+    from . import distributed as dist
+    if shared and not dist.is_main():
+        return
+    where = f" (rank {dist.rank()})" if dist.world_size() > 1 and not shared else ""
+    print(f"nas {verb}: error{where}: {exc}", file=sys.stderr)
+
+
+def torch_dist_error() -> type[BaseException]:
+    """The exception a collective raises when a peer is gone (a timeout, a closed socket)."""
+    import torch.distributed as tdist
+    return getattr(tdist, "DistError", RuntimeError)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import distributed as dist
 from .config import Config, build_config, save_config, to_dict
 from .data import Batches, load_split, seed_of
 from .errors import InputError
@@ -56,7 +57,7 @@ def space_of(cfg: Config, genotype: Genotype) -> str:
 @torch.no_grad()
 def evaluate_model(model: nn.Module, batches: Batches, amp: bool = False,
                    channels_last: bool = False) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy (%) over every batch."""
+    """Mean cross-entropy and accuracy (%) over every batch (of every rank's share)."""
     model.eval()
     meter = Meter(batches.device)
     batches.set_epoch(0)
@@ -66,6 +67,8 @@ def evaluate_model(model: nn.Module, batches: Batches, amp: bool = False,
         with autocast(x.device, amp):
             logits, _ = _outputs(model(x))
         meter.add(F.cross_entropy(logits.float(), y), logits, y)
+    if batches.world > 1:
+        meter.reduce()
     return meter.read()
 
 
@@ -75,9 +78,14 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
 
     An existing ``run_dir`` is refused unless ``resume`` or ``force``, as in ``search``.
     """
+    dist.begin_setup()
     run_dir, resume, force = start_mode(run_dir, resume, force)
     t = cfg.train
-    device = resolve_device(cfg.device)
+    device = dist.local_device(resolve_device(cfg.device))
+    dist.per_rank_batch(t.batch_size, "train.batch_size")
+    if t.sync_bn and dist.world_size() > 1 and device.type != "cuda":
+        raise InputError("train.sync_bn: PyTorch's SyncBatchNorm runs on GPUs only; set it to "
+                         "false on the CPU")
     seed_everything(cfg.seed)
     train_data, test_data = load_split(cfg.data, True), load_split(cfg.data, False)
     if test_data.num_classes != train_data.num_classes:
@@ -92,36 +100,46 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
                          f"{cfg.space})") from None
     params = count_parameters(model)
     macs = count_macs(model, (1, 3, cfg.data.image_size, cfg.data.image_size))
+    if t.sync_bn and dist.world_size() > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same state dict keys
     model = model.to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    shard = (dist.rank(), dist.world_size())
     train_batches = Batches(train_data, t.batch_size, train=True, device=device,
                             on_device=cfg.data.on_device, workers=cfg.data.workers, pad=cfg.data.pad,
-                            cutout=t.cutout, seed=seed_of(cfg.seed, 3), max_steps=t.steps_per_epoch)
-    test_batches = Batches(test_data, t.eval_batch_size, train=False, device=device,
-                           on_device=cfg.data.on_device, workers=cfg.data.workers)
+                            cutout=t.cutout, seed=seed_of(cfg.seed, 3), max_steps=t.steps_per_epoch,
+                            shard=shard)
+    test_batches = Batches(test_data, -(-t.eval_batch_size // shard[1]), train=False,
+                           device=device, on_device=cfg.data.on_device, workers=cfg.data.workers,
+                           shard=shard)
     optimizer = torch.optim.SGD(model.parameters(), t.lr, momentum=t.momentum,
                                 weight_decay=t.weight_decay, nesterov=t.nesterov and t.momentum > 0)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, t.epochs, eta_min=t.lr_min)
 
     start = 0
-    prepare_run_dir(run_dir, resume=resume, force=force)
+    run_dir = dist.agree(run_dir)  # every rank is ready (else all stop), in rank 0's directory
+    main = dist.is_main()  # rank 0 alone writes the run directory
+    if main:
+        prepare_run_dir(run_dir, resume=resume, force=force)
     objects = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
     if resume:
         start = resume_from(run_dir, "train", objects)
-    else:
+    elif main:
         save_config(cfg, run_dir / "config.yaml")
         genotype.save(run_dir / "genotype.json")
+    net = dist.wrap(model, device)  # every parameter gets a gradient: DDP's own all-reduce
 
-    monitor = Monitor(run_dir, epochs=t.epochs, start_epoch=start, quiet=quiet, title="train")
+    monitor = Monitor(run_dir, epochs=t.epochs, start_epoch=start, quiet=quiet, title="train",
+                      write=main)
     if resume:
         monitor.print(f"resuming {run_dir} at epoch {start + 1}/{t.epochs}" if start < t.epochs
                       else f"{run_dir} has finished all {t.epochs} epochs")
     else:
         monitor.print(f"train: {space} network, {params:,} parameters (auxiliary head "
                       f"excluded), {macs / 1e6:.1f}M multiply-adds, {len(train_data)} training / "
-                      f"{len(test_data)} test images, {len(train_batches)} steps/epoch, "
-                      f"device {device}")
+                      f"{len(test_data)} test images, {len(train_batches)} steps/epoch"
+                      f"{dist.batch_note(t.batch_size)}, device {device}")
     test_loss = test_acc = math.nan
     try:
         for epoch in range(start, t.epochs):
@@ -137,10 +155,12 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
                 if t.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast(device, t.amp):
-                    logits, aux = _outputs(model(x))
+                    logits, aux = _outputs(net(x))
                 loss = F.cross_entropy(logits.float(), y)
                 total = loss
-                if aux is not None and t.auxiliary_weight > 0:
+                # under DDP an auxiliary head of weight 0 still joins the loss: every parameter
+                # must get a gradient (zero here) for DDP's all-reduce to complete
+                if aux is not None and (t.auxiliary_weight > 0 or net is not model):
                     total = loss + t.auxiliary_weight * F.cross_entropy(aux.float(), y)
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
@@ -152,6 +172,7 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
                     mean_loss, acc = meter.read()
                     monitor.postfix(loss=mean_loss, acc=acc)
             scheduler.step()
+            meter.reduce()
             train_loss, train_acc = meter.read()
             check_finite([train_loss], epoch, run_dir)
             test_loss, test_acc = evaluate_model(model, test_batches, t.amp, t.channels_last)
@@ -161,17 +182,20 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
             monitor.epoch_end(epoch, metrics, {
                 "loss/train": train_loss, "accuracy/train": train_acc, "loss/test": test_loss,
                 "accuracy/test": test_acc, "lr": lr, "drop_path": drop_prob})
-            save_checkpoint(checkpoint_state(
-                "train", epoch + 1, objects, config=to_dict(cfg), space=space,
-                num_classes=train_data.num_classes, genotype=genotype.to_dict(),
-                test_acc=test_acc, test_loss=test_loss), run_dir / CHECKPOINT)
+            if main:
+                save_checkpoint(checkpoint_state(
+                    "train", epoch + 1, objects, config=to_dict(cfg), space=space,
+                    num_classes=train_data.num_classes, genotype=genotype.to_dict(),
+                    test_acc=test_acc, test_loss=test_loss), run_dir / CHECKPOINT)
     finally:
         monitor.close()
     if math.isnan(test_acc):  # resumed a finished run: evaluate what it holds
         test_loss, test_acc = evaluate_model(model, test_batches, t.amp, t.channels_last)
     result = {"test_acc": test_acc, "test_loss": test_loss, "params": params, "macs": macs,
               "epochs": t.epochs, "space": space, "genotype": str(genotype)}
-    (run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    if main:
+        (run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    dist.barrier()
     return TrainResult(test_acc, test_loss, params, macs, run_dir)
 
 

@@ -1,0 +1,179 @@
+"""Distributed runs on 2 CPU processes (gloo): torchrun end to end, shared samples, equivalence
+with one process, resume with another number of processes, errors. Every run has a timeout."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import yaml
+
+import nas
+import nas.distributed
+from nas.cli import main
+
+from conftest import ROOT
+
+SPACE = f"{Path(__file__).with_name('ddp_space.py')}:SPACE"
+TIMEOUT = 240
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def record(out: Path, stop_at_epoch: int | None = None, patch=setattr) -> None:
+    """Make this process save every sample it draws and the logits after every epoch to ``out``."""
+    seen = {"indices": [], "logits": []}
+    real_sample, real_check = nas.Supernet.sample, nas.distributed.check_same
+
+    def sample(self):
+        drawn = real_sample(self)
+        seen["indices"].append({k: v.tolist() for k, v in self.last_index.items()})
+        return drawn
+
+    def check_same(tensors, what):
+        tensors = list(tensors)
+        seen["logits"].append([t.detach().clone() for t in tensors])
+        torch.save(seen, out)
+        real_check(tensors, what)
+
+    patch(nas.Supernet, "sample", sample)
+    patch(nas.distributed, "check_same", check_same)
+    if stop_at_epoch is not None:  # Ctrl-C on every rank once that epoch's checkpoint is written
+        real_set_epoch = nas.data.Batches.set_epoch
+
+        def set_epoch(self, epoch):
+            if epoch == stop_at_epoch:
+                raise KeyboardInterrupt
+            real_set_epoch(self, epoch)
+
+        patch(nas.data.Batches, "set_epoch", set_epoch)
+
+
+def _worker(rank: int, world: int, port: int, argv: list[str], out: str, stop: int | None,
+            fail_rank: int | None) -> None:
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NAS_DIST_TIMEOUT="60")
+    torch.set_num_threads(1)
+    record(Path(out) / f"rank{rank}.pt", stop)
+    if rank == fail_rank:
+        argv = [*argv, "--data-dir", str(Path(out) / "missing")]
+    code = main(argv)
+    (Path(out) / f"rank{rank}.code").write_text(str(code))
+
+
+def spawn(argv: list[str], out: Path, stop: int | None = None, fail_rank: int | None = None,
+          world: int = 2) -> list[int]:
+    """Run ``nas.cli.main(argv)`` on ``world`` spawned processes; their exit codes."""
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = mp.start_processes(_worker, (world, free_port(), argv, str(out), stop, fail_rank),
+                             nprocs=world, join=False, start_method="spawn")
+    deadline = time.time() + TIMEOUT
+    try:
+        while not ctx.join(timeout=max(deadline - time.time(), 0.1)):
+            if time.time() > deadline:
+                pytest.fail(f"the {world} processes did not finish in {TIMEOUT} s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+    return [int((out / f"rank{r}.code").read_text()) for r in range(world)]
+
+
+@pytest.fixture
+def flat_config(tmp_path, cifar_root) -> Path:
+    """3 epochs of 2 steps of batch 16 on 8x8 images, in the space without batch norm."""
+    cfg = {"space": SPACE, "data": {"root": str(cifar_root), "image_size": 8, "pad": 1,
+                                    "workers": 0},
+           "supernet": {"C": 4, "cells": 2},
+           "search": {"epochs": 3, "batch_size": 16, "steps_per_epoch": 2, "arch_lr": 0.01}}
+    path = tmp_path / "flat.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_torchrun_search_writes_one_run_directory(tmp_path, tiny_config):
+    work = tmp_path / "work"
+    work.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "nas", "search", "--config", str(tiny_config), "--device", "cpu",
+           "--run-dir", "run"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NAS_DIST_TIMEOUT": "60", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert sorted(p.name for p in work.iterdir()) == ["run"]  # no second directory, no stray files
+    assert out.stdout.count("genotype file:") == 1  # rank 0 alone prints
+    assert "batch 16 = 2 processes x 8 (gloo)" in out.stdout
+    assert len((work / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+    assert len(list((work / "run").glob("events.out.tfevents.*"))) == 1
+    state = torch.load(work / "run" / "checkpoint.pt", weights_only=True)
+    # every step drew 2 samples (weights, architecture) per cell kind, on each rank alike
+    assert state["epoch"] == 2 and state["model"]["_extra_state"]["samples_drawn"] == 2 * 2 * 2 * 2
+
+
+def test_two_ranks_share_every_sample_and_equal_one_process(tmp_path, flat_config, monkeypatch):
+    args = ["search", "--config", str(flat_config), "--device", "cpu", "--quiet"]
+    codes = spawn([*args, "--run-dir", str(tmp_path / "two")], tmp_path / "rec2")
+    assert codes == [0, 0]
+    r0, r1 = (torch.load(tmp_path / "rec2" / f"rank{r}.pt") for r in (0, 1))
+    assert len(r0["indices"]) == 3 * 2 * 2  # epochs x steps x (weight, architecture) forwards
+    assert r0["indices"] == r1["indices"]  # one sample per step for every rank
+    assert len({str(i) for i in r0["indices"]}) > 1  # and they do change
+    for a, b in zip(r0["logits"], r1["logits"]):  # bit for bit, after every epoch
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flat.yaml", "rec2", "two"]
+
+    # 1 process x batch 16 on the same data: the same samples, the same logits up to rounding
+    # (the gradient is a mean over 2 x 8 images instead of 16; no batch norm in this space)
+    one = tmp_path / "rec1"
+    one.mkdir()
+    record(one / "rank0.pt", patch=monkeypatch.setattr)
+    assert main([*args, "--run-dir", str(tmp_path / "one")]) == 0
+    r = torch.load(one / "rank0.pt")
+    assert r["indices"] == r0["indices"]
+    flat = lambda ts: torch.cat([t.reshape(-1) for t in ts])
+    for a, b in zip(r["logits"], r0["logits"]):
+        # float32 rounding of the sums (a mean of 2 means of 8 against a mean of 16), through at
+        # most 6 Adam steps of lr 0.01: measured up to 8e-8
+        assert (flat(a) - flat(b)).abs().max() < 1e-6
+    assert (flat(r["logits"][-1]) - flat(r["logits"][0])).abs().max() > 1e-3  # they did move
+    assert (tmp_path / "one" / "genotype.json").read_text() == \
+        (tmp_path / "two" / "genotype.json").read_text()
+
+
+def test_a_two_process_run_resumes_on_one_process(tmp_path, flat_config, monkeypatch):
+    args = ["search", "--config", str(flat_config), "--device", "cpu", "--quiet"]
+    assert main([*args, "--run-dir", str(tmp_path / "straight")]) == 0
+    broken = tmp_path / "broken"
+    assert spawn([*args, "--run-dir", str(broken)], tmp_path / "rec", stop=1) == [130, 130]
+    assert torch.load(broken / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert main(["search", "--resume", str(broken), "--device", "cpu", "--quiet"]) == 0
+    a, b = (torch.load(d / "checkpoint.pt", weights_only=True)["model"]
+            for d in (tmp_path / "straight", broken))
+    # the same global batches in the same order, the same samples (the counter is saved); the
+    # first epoch's gradients were means of 2 x 8 images: rounding apart, the same run
+    assert a["_extra_state"] == b["_extra_state"]
+    for k in a:
+        if k.startswith("arch_logits"):
+            assert (a[k] - b[k]).abs().max() < 1e-6
+    assert (tmp_path / "straight" / "genotype.json").read_text() == (broken / "genotype.json").read_text()
+    epochs = [l.split(",")[0] for l in (broken / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == ['{"epoch": 1', '{"epoch": 2', '{"epoch": 3']
+
+
+def test_a_rank_that_fails_in_setup_stops_every_rank_with_one_line(tmp_path, flat_config, capfd):
+    run = tmp_path / "run"
+    codes = spawn(["search", "--config", str(flat_config), "--device", "cpu", "--run-dir", str(run)],
+                  tmp_path / "rec", fail_rank=1)  # rank 1 alone is pointed at a missing directory
+    err = capfd.readouterr().err.strip().splitlines()
+    assert codes == [2, 2] and not run.exists()
+    assert len(err) == 1 and err[0].startswith("nas search: error: rank 1: CIFAR-10 not found"), err
