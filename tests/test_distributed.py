@@ -15,10 +15,13 @@ import torch.multiprocessing as mp
 import yaml
 
 import nas
+import nas.config
 import nas.distributed
+import nas.train
 from nas.cli import main
+from nas.data import Batches
 
-from conftest import ROOT
+from conftest import DARTS_V2, ROOT
 
 SPACE = f"{Path(__file__).with_name('ddp_space.py')}:SPACE"
 TIMEOUT = 240
@@ -177,3 +180,39 @@ def test_a_rank_that_fails_in_setup_stops_every_rank_with_one_line(tmp_path, fla
     err = capfd.readouterr().err.strip().splitlines()
     assert codes == [2, 2] and not run.exists()
     assert len(err) == 1 and err[0].startswith("nas search: error: rank 1: CIFAR-10 not found"), err
+
+
+@pytest.mark.parametrize("on_device", [True, False], ids=["on-device", "loader"])
+def test_rank_slices_rebuild_the_one_process_batches(cifar_root, on_device):
+    data = nas.data.load_dataset("cifar10", cifar_root, train=True, image_size=8)
+    kw = dict(device=torch.device("cpu"), on_device=on_device, pad=2, cutout=3, seed=7)
+    one = Batches(data, 16, train=True, **kw)
+    ranks = [Batches(data, 16, train=True, shard=(r, 2), **kw) for r in (0, 1)]
+    for b in (one, *ranks):
+        b.set_epoch(3)
+    assert len(one) == len(ranks[0]) == len(ranks[1]) == 6
+    for (x, y), (x0, y0), (x1, y1) in zip(one, *ranks):
+        assert x0.shape == (8, 3, 8, 8)  # each rank's half of the global batch, augmented alike
+        assert torch.equal(torch.cat([x0, x1]), x) and torch.equal(torch.cat([y0, y1]), y)
+    # evaluation: every image once, each on one rank
+    test = [Batches(data, 10, train=False, shard=(r, 2), **kw) for r in (0, 1)]
+    labels = [torch.cat([y for _, y in b]) for b in test]
+    assert len(labels[0]) == len(labels[1]) == 48
+    assert torch.equal(torch.stack(labels, 1).reshape(-1), data.labels)
+
+
+def test_a_global_batch_must_split_evenly(monkeypatch):
+    monkeypatch.setattr(nas.distributed, "world_size", lambda: 4)
+    with pytest.raises(nas.InputError, match="search.batch_size: 30 is the global batch, split "
+                                             "over 4 processes; make it a multiple of 4"):
+        nas.distributed.per_rank_batch(30, "search.batch_size")
+    assert nas.distributed.per_rank_batch(32, "search.batch_size") == 8
+
+
+def test_sync_bn_is_refused_on_the_cpu_of_a_distributed_run(tmp_path, tiny_config, monkeypatch):
+    monkeypatch.setattr(nas.distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(nas.distributed, "_setup_pending", False)
+    cfg = nas.config.load_config(tiny_config, ["train.sync_bn=true", "device=cpu"])
+    with pytest.raises(nas.InputError, match="train.sync_bn: PyTorch's SyncBatchNorm runs on GPUs"):
+        nas.train.train(cfg, nas.parse_genotype(DARTS_V2), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
