@@ -305,10 +305,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Diverged as exc:  # the losses are averaged over the ranks: every rank sees it
         _error(verb, exc, shared=True)
         return 1
-    except torch_dist_error() as exc:
-        _error(verb, f"lost contact with the other processes ({type(exc).__name__}: "
-               f"{(str(exc).strip().splitlines() or [''])[0]}); another rank failed or stopped: "
-               "its own line says why", shared=False)
+    except Exception as exc:
+        if dist.world_size() == 1:
+            raise
+        # one line per failing rank instead of a traceback from every rank; a rank whose peer
+        # failed says so here too (gloo: "Connection closed by peer", NCCL: a timeout)
+        _error(verb, f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}",
+               shared=False)
         return 1
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -331,12 +334,6 @@ def _error(verb: str, exc: BaseException | str, shared: bool) -> None:
         return
     where = f" (rank {dist.rank()})" if dist.world_size() > 1 and not shared else ""
     print(f"nas {verb}: error{where}: {exc}", file=sys.stderr)
-
-
-def torch_dist_error() -> type[BaseException]:
-    """The exception a collective raises when a peer is gone (a timeout, a closed socket)."""
-    import torch.distributed as tdist
-    return getattr(tdist, "DistError", RuntimeError)
 
 
 if __name__ == "__main__":

@@ -99,8 +99,9 @@ def batch_note(batch_size: int) -> str:
 
 # -- agreement at the end of setup -------------------------------------------------------------
 def begin_setup() -> None:
-    """Mark the start of a run's setup, which every rank ends with ``agree``."""
+    """Join the process group if need be; mark the start of a run's setup (ended by ``agree``)."""
     global _setup_pending
+    init()
     _setup_pending = world_size() > 1
 
 
@@ -172,6 +173,13 @@ def check_same(tensors: Iterable[Tensor], what: str) -> None:
         if not torch.equal(other, found[0]):
             raise RuntimeError(f"rank {r} holds different {what} than rank 0 (max difference "
                                f"{(other - found[0]).abs().max().item():.3g}): a bug, please report")
+
+
+def broadcast_buffers(model: nn.Module) -> None:
+    """Give every rank rank 0's buffers (batch-norm running statistics)."""
+    if world_size() > 1:
+        for b in model.buffers():
+            dist.broadcast(b, 0)
 
 
 def barrier() -> None:

@@ -65,6 +65,8 @@ class Meter:
 
     def reduce(self) -> None:
         """Sum the meter over every rank (a collective: call it on all ranks)."""
+        if dist.world_size() == 1:
+            return
         total = dist.all_sum(torch.stack([self.loss.double(), self.correct.double(),
                                           torch.tensor(float(self.count), device=self.loss.device,
                                                        dtype=torch.float64)]))

@@ -175,6 +175,7 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
             meter.reduce()
             train_loss, train_acc = meter.read()
             check_finite([train_loss], epoch, run_dir)
+            dist.broadcast_buffers(model)  # every rank tests rank 0's network, the one saved
             test_loss, test_acc = evaluate_model(model, test_batches, t.amp, t.channels_last)
             metrics = {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
                        "test_acc": test_acc, "lr": lr, "drop_path": drop_prob,
