@@ -192,7 +192,8 @@ def wrap(model: nn.Module, device: torch.device, ignore: Iterable[str] = ()) -> 
     """``model`` in DistributedDataParallel (``model`` itself on one process).
 
     ``ignore`` names parameters DDP leaves alone (the architecture logits: the search averages
-    their gradients itself, after the architecture step).
+    their gradients itself, after the architecture step); like DDP does for the others, they
+    start as rank 0's, so that the ranks' samples agree even if the model was built unseeded.
     """
     if world_size() == 1:
         return model
@@ -200,6 +201,10 @@ def wrap(model: nn.Module, device: torch.device, ignore: Iterable[str] = ()) -> 
     ignore = list(ignore)
     if ignore:
         DDP._set_params_and_buffers_to_ignore_for_model(model, ignore)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name in ignore:
+                    dist.broadcast(p, 0)
     return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 

@@ -123,17 +123,19 @@ def test_torchrun_search_writes_one_run_directory(tmp_path, tiny_config):
     assert state["epoch"] == 2 and state["model"]["_extra_state"]["samples_drawn"] == 2 * 2 * 2 * 2
 
 
-def test_two_ranks_share_every_sample_and_equal_one_process(tmp_path, flat_config, monkeypatch):
+def test_ranks_share_every_sample_equal_one_process_and_resume_on_one(tmp_path, flat_config,
+                                                                     monkeypatch):
     args = ["search", "--config", str(flat_config), "--device", "cpu", "--quiet"]
-    codes = spawn([*args, "--run-dir", str(tmp_path / "two")], tmp_path / "rec2")
-    assert codes == [0, 0]
+    two = tmp_path / "two"  # 2 processes x batch 8, stopped (Ctrl-C) after epoch 2 of 3
+    assert spawn([*args, "--run-dir", str(two)], tmp_path / "rec2", stop=2) == [130, 130]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flat.yaml", "rec2", "two"]
+    assert torch.load(two / "checkpoint.pt", weights_only=True)["epoch"] == 2
     r0, r1 = (torch.load(tmp_path / "rec2" / f"rank{r}.pt") for r in (0, 1))
-    assert len(r0["indices"]) == 3 * 2 * 2  # epochs x steps x (weight, architecture) forwards
+    assert len(r0["indices"]) == 2 * 2 * 2  # epochs x steps x (weight, architecture) forwards
     assert r0["indices"] == r1["indices"]  # one sample per step for every rank
     assert len({str(i) for i in r0["indices"]}) > 1  # and they do change
     for a, b in zip(r0["logits"], r1["logits"]):  # bit for bit, after every epoch
         assert all(torch.equal(x, y) for x, y in zip(a, b))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["flat.yaml", "rec2", "two"]
 
     # 1 process x batch 16 on the same data: the same samples, the same logits up to rounding
     # (the gradient is a mean over 2 x 8 images instead of 16; no batch norm in this space)
@@ -142,34 +144,23 @@ def test_two_ranks_share_every_sample_and_equal_one_process(tmp_path, flat_confi
     record(one / "rank0.pt", patch=monkeypatch.setattr)
     assert main([*args, "--run-dir", str(tmp_path / "one")]) == 0
     r = torch.load(one / "rank0.pt")
-    assert r["indices"] == r0["indices"]
+    assert r["indices"][:8] == r0["indices"]
     flat = lambda ts: torch.cat([t.reshape(-1) for t in ts])
     for a, b in zip(r["logits"], r0["logits"]):
-        # float32 rounding of the sums (a mean of 2 means of 8 against a mean of 16), through at
-        # most 6 Adam steps of lr 0.01: measured up to 8e-8
+        # float32 rounding of the sums (a mean of 2 means of 8 against a mean of 16), through
+        # 4 Adam steps of lr 0.01: measured up to 8e-8
         assert (flat(a) - flat(b)).abs().max() < 1e-6
     assert (flat(r["logits"][-1]) - flat(r["logits"][0])).abs().max() > 1e-3  # they did move
-    assert (tmp_path / "one" / "genotype.json").read_text() == \
-        (tmp_path / "two" / "genotype.json").read_text()
 
-
-def test_a_two_process_run_resumes_on_one_process(tmp_path, flat_config, monkeypatch):
-    args = ["search", "--config", str(flat_config), "--device", "cpu", "--quiet"]
-    assert main([*args, "--run-dir", str(tmp_path / "straight")]) == 0
-    broken = tmp_path / "broken"
-    assert spawn([*args, "--run-dir", str(broken)], tmp_path / "rec", stop=1) == [130, 130]
-    assert torch.load(broken / "checkpoint.pt", weights_only=True)["epoch"] == 1
-    assert main(["search", "--resume", str(broken), "--device", "cpu", "--quiet"]) == 0
+    # the 2-process run resumed on 1 process: the same global batches in the same order and
+    # the same samples (the counter is saved), so rounding apart it ends as the 1-process run
+    assert main(["search", "--resume", str(two), "--device", "cpu", "--quiet"]) == 0
     a, b = (torch.load(d / "checkpoint.pt", weights_only=True)["model"]
-            for d in (tmp_path / "straight", broken))
-    # the same global batches in the same order, the same samples (the counter is saved); the
-    # first epoch's gradients were means of 2 x 8 images: rounding apart, the same run
+            for d in (tmp_path / "one", two))
     assert a["_extra_state"] == b["_extra_state"]
-    for k in a:
-        if k.startswith("arch_logits"):
-            assert (a[k] - b[k]).abs().max() < 1e-6
-    assert (tmp_path / "straight" / "genotype.json").read_text() == (broken / "genotype.json").read_text()
-    epochs = [l.split(",")[0] for l in (broken / "metrics.jsonl").read_text().splitlines()]
+    assert all((a[k] - b[k]).abs().max() < 1e-6 for k in a if k.startswith("arch_logits"))
+    assert (tmp_path / "one" / "genotype.json").read_text() == (two / "genotype.json").read_text()
+    epochs = [l.split(",")[0] for l in (two / "metrics.jsonl").read_text().splitlines()]
     assert epochs == ['{"epoch": 1', '{"epoch": 2', '{"epoch": 3']
 
 
