@@ -88,16 +88,20 @@ def per_rank_batch(batch_size: int, key: str) -> int:
     return batch_size // world
 
 
-def batch_note(batch_size: int) -> str:
+def batch_note(batch_size: int, device: torch.device) -> str:
     """What the log line says about the batch: ``, batch 64 = 2 processes x 32 (gloo)``."""
     world = world_size()
     if world == 1:
         return ""
-    return (f", batch {batch_size} = {world} processes x {batch_size // world} "
-            f"({dist.get_backend()})")
+    backend = "nccl" if device.type == "cuda" else "gloo"  # the one that carries this run's tensors
+    return f", batch {batch_size} = {world} processes x {batch_size // world} ({backend})"
 
 
 # -- agreement at the end of setup -------------------------------------------------------------
+class AgreedError(InputError):
+    """A setup error that every rank raises together; only rank 0 prints it."""
+
+
 def begin_setup() -> None:
     """Join the process group if need be; mark the start of a run's setup (ended by ``agree``)."""
     global _setup_pending
@@ -128,10 +132,6 @@ def agree(value: Any = None, error: BaseException | None = None) -> Any:
         if message is not None:
             raise AgreedError(message if r == rank() else f"rank {r}: {message}")
     return found[0][1]
-
-
-class AgreedError(InputError):
-    """A setup error that every rank raises together; only rank 0 prints it."""
 
 
 # -- gradients and statistics ------------------------------------------------------------------
@@ -171,8 +171,9 @@ def check_same(tensors: Iterable[Tensor], what: str) -> None:
     dist.all_gather(found, mine)
     for r, other in enumerate(found):
         if not torch.equal(other, found[0]):
+            gap = (other - found[0]).abs().max().item()
             raise RuntimeError(f"rank {r} holds different {what} than rank 0 (max difference "
-                               f"{(other - found[0]).abs().max().item():.3g}): a bug, please report")
+                               f"{gap:.3g}): a bug, please report")
 
 
 def broadcast_buffers(model: nn.Module) -> None:

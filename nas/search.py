@@ -264,7 +264,8 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
                        f", {s.weight_sampling} weight sampling" if s.weight_sampling != "arch" else ""])
         monitor.print(f"search: {cfg.space} space, {s.mode} mode{how}, {len(w_idx)}/{len(a_idx)} "
                       f"images (weights/architecture), {steps} steps/epoch"
-                      f"{dist.batch_note(s.batch_size)}, {n_params:,} weights, device {device}")
+                      f"{dist.batch_note(s.batch_size, device)}, {n_params:,} weights, "
+                      f"device {device}")
     else:
         monitor.print(f"resuming {run_dir} at epoch {start + 1}/{s.epochs}" if start < s.epochs
                       else f"{run_dir} has finished all {s.epochs} epochs")

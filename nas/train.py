@@ -139,7 +139,7 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
         monitor.print(f"train: {space} network, {params:,} parameters (auxiliary head "
                       f"excluded), {macs / 1e6:.1f}M multiply-adds, {len(train_data)} training / "
                       f"{len(test_data)} test images, {len(train_batches)} steps/epoch"
-                      f"{dist.batch_note(t.batch_size)}, device {device}")
+                      f"{dist.batch_note(t.batch_size, device)}, device {device}")
     test_loss = test_acc = math.nan
     try:
         for epoch in range(start, t.epochs):

@@ -166,8 +166,8 @@ def test_ranks_share_every_sample_equal_one_process_and_resume_on_one(tmp_path, 
 
 def test_a_rank_that_fails_in_setup_stops_every_rank_with_one_line(tmp_path, flat_config, capfd):
     run = tmp_path / "run"
-    codes = spawn(["search", "--config", str(flat_config), "--device", "cpu", "--run-dir", str(run)],
-                  tmp_path / "rec", fail_rank=1)  # rank 1 alone is pointed at a missing directory
+    argv = ["search", "--config", str(flat_config), "--device", "cpu", "--run-dir", str(run)]
+    codes = spawn(argv, tmp_path / "rec", fail_rank=1)  # rank 1 alone is pointed at a missing directory
     err = capfd.readouterr().err.strip().splitlines()
     assert codes == [2, 2] and not run.exists()
     assert len(err) == 1 and err[0].startswith("nas search: error: rank 1: CIFAR-10 not found"), err
