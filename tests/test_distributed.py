@@ -63,22 +63,32 @@ def record(out: Path, stop_at_epoch: int | None = None, patch=setattr) -> None:
 
 
 def _worker(rank: int, world: int, port: int, argv: list[str], out: str, stop: int | None,
-            fail_rank: int | None) -> None:
+            fail_rank: int | None, fail_in: str) -> None:
     os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NAS_DIST_TIMEOUT="60")
     torch.set_num_threads(1)
     record(Path(out) / f"rank{rank}.pt", stop)
-    if rank == fail_rank:
+    if rank == fail_rank and fail_in == "setup":  # a data directory missing on one machine
         argv = [*argv, "--data-dir", str(Path(out) / "missing")]
+    elif rank == fail_rank:  # out of memory in the second epoch
+        real_set_epoch = nas.data.Batches.set_epoch
+
+        def set_epoch(self, epoch):
+            if epoch == 1:
+                raise MemoryError("out of memory (simulated)")
+            real_set_epoch(self, epoch)
+
+        nas.data.Batches.set_epoch = set_epoch
     code = main(argv)
     (Path(out) / f"rank{rank}.code").write_text(str(code))
 
 
 def spawn(argv: list[str], out: Path, stop: int | None = None, fail_rank: int | None = None,
-          world: int = 2) -> list[int]:
+          fail_in: str = "setup", world: int = 2) -> list[int]:
     """Run ``nas.cli.main(argv)`` on ``world`` spawned processes; their exit codes."""
     out.mkdir(parents=True, exist_ok=True)
-    ctx = mp.start_processes(_worker, (world, free_port(), argv, str(out), stop, fail_rank),
+    ctx = mp.start_processes(_worker, (world, free_port(), argv, str(out), stop, fail_rank,
+                                       fail_in),
                              nprocs=world, join=False, start_method="spawn")
     deadline = time.time() + TIMEOUT
     try:
@@ -164,13 +174,20 @@ def test_ranks_share_every_sample_equal_one_process_and_resume_on_one(tmp_path, 
     assert epochs == ['{"epoch": 1', '{"epoch": 2', '{"epoch": 3']
 
 
-def test_a_rank_that_fails_in_setup_stops_every_rank_with_one_line(tmp_path, flat_config, capfd):
+@pytest.mark.parametrize("fail_in", ["setup", "epoch 2"])
+def test_a_rank_that_fails_stops_every_rank_with_one_line(tmp_path, flat_config, capfd, fail_in):
     run = tmp_path / "run"
     argv = ["search", "--config", str(flat_config), "--device", "cpu", "--run-dir", str(run)]
-    codes = spawn(argv, tmp_path / "rec", fail_rank=1)  # rank 1 alone is pointed at a missing directory
+    codes = spawn([*argv, "--quiet"], tmp_path / "rec", fail_rank=1, fail_in=fail_in)
     err = capfd.readouterr().err.strip().splitlines()
-    assert codes == [2, 2] and not run.exists()
-    assert len(err) == 1 and err[0].startswith("nas search: error: rank 1: CIFAR-10 not found"), err
+    if fail_in == "setup":  # found before anything started: one line, from rank 0, nothing made
+        assert codes == [2, 2] and not run.exists()
+        assert len(err) == 1 and err[0].startswith("nas search: error: rank 1: CIFAR-10 not found")
+    else:  # one line from the failing rank, one from its peer that lost it; no hang
+        assert codes == [1, 1], err
+        assert "nas search: error (rank 1): MemoryError: out of memory (simulated)" in err
+        assert len(err) == 2 and any(l.startswith("nas search: error (rank 0): ") for l in err)
+        assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 1  # resumable
 
 
 @pytest.mark.parametrize("on_device", [True, False], ids=["on-device", "loader"])
