@@ -187,6 +187,9 @@ def _config(args: argparse.Namespace, verb: str, saved_config: str = "config.yam
 
 
 def _print_search(result) -> None:
+    from .distributed import is_main
+    if not is_main():  # every rank has the result; one prints it
+        return
     print(f"genotype: {result.genotype}")
     print(f"genotype file: {result.run_dir / 'genotype.json'}")
     if result.benchmark is not None:
@@ -195,6 +198,9 @@ def _print_search(result) -> None:
 
 
 def _print_train(result) -> None:
+    from .distributed import is_main
+    if not is_main():  # every rank has the result; one prints it
+        return
     print(f"test accuracy: {result.test_acc:.2f}% ({result.params:,} parameters, "
           f"{result.macs / 1e6:.1f}M multiply-adds)")
     print(f"result file: {result.run_dir / 'result.json'}")
@@ -377,30 +383,63 @@ def _import_torch() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nas`` console script; returns the exit status."""
-    verb, args = "", None
+    verb, args, dist = "", None, None
+    together = True  # every rank ends this way (finished, or an error they all share)
     try:
         args = build_parser().parse_args(argv)
         verb = args.verb
         _import_torch()
+        from . import distributed as dist
         from .registry import guarded
+        if verb in ("search", "train", "run"):
+            dist.init()  # under torchrun: join the other processes
         with guarded():
-            _trust_plugins(args)
-            return COMMANDS[verb](args)
+            try:
+                _trust_plugins(args)
+                return COMMANDS[verb](args)
+            except (InputError, Diverged) as exc:
+                if dist.setup_pending():  # failed before the others knew: tell them, stop together
+                    dist.agree(error=exc)
+                raise
     except InputError as exc:
-        print(f"nas {verb}: error: {exc}", file=sys.stderr)
+        together = dist is not None and isinstance(exc, dist.AgreedError)
+        _error(verb, exc, shared=together)
         return 2
-    except Diverged as exc:
-        print(f"nas {verb}: error: {exc}", file=sys.stderr)
+    except Diverged as exc:  # the losses are averaged over the ranks: every rank sees it
+        _error(verb, exc, shared=True)
         return 1
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except KeyboardInterrupt:
+        together = False
         where = getattr(args, "chosen_run_dir", None)
         hint = f"; continue with: nas {verb} --resume {where}" if verb in ("search", "train", "run") \
             and where else ""
-        print(f"\nnas{' ' + verb if verb else ''}: interrupted{hint}", file=sys.stderr)
+        if dist is None or dist.is_main():
+            print(f"\nnas{' ' + verb if verb else ''}: interrupted{hint}", file=sys.stderr)
         return 130
+    except Exception as exc:
+        together = False
+        if dist is None or dist.world_size() == 1:
+            raise
+        # one line per failing rank instead of a traceback from every rank; a rank whose peer
+        # failed says so here too (gloo: "Connection closed by peer", NCCL: a timeout)
+        _error(verb, f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}",
+               shared=False)
+        return 1
+    finally:
+        if dist is not None:
+            dist.shutdown(together)
+
+
+def _error(verb: str, exc: BaseException | str, shared: bool) -> None:
+    """One line on stderr; an error every rank shares is printed by rank 0 alone."""
+    from . import distributed as dist
+    if shared and not dist.is_main():
+        return
+    where = f" (rank {dist.rank()})" if dist.world_size() > 1 and not shared else ""
+    print(f"nas {verb}: error{where}: {exc}", file=sys.stderr)
 
 
 if __name__ == "__main__":

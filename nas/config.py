@@ -99,6 +99,7 @@ class TrainConfig:
     eval_batch_size: int = 256
     amp: bool = False
     channels_last: bool = False
+    sync_bn: bool = False               # SyncBatchNorm across the processes of a torchrun (CUDA)
 
 
 @dataclass

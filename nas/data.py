@@ -245,31 +245,40 @@ def split_indices(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
 
 # -- augmentation -------------------------------------------------------------------------------
 def augment(images: Tensor, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor, *, pad: int = 0,
-            flip: bool = False, cutout: int = 0,
-            generator: torch.Generator | None = None) -> Tensor:
-    """uint8 ``[B, 3, H, W]`` -> normalised float batch with random crop, flip and cutout."""
+            flip: bool = False, cutout: int = 0, generator: torch.Generator | None = None,
+            part: tuple[int, int] | None = None) -> Tensor:
+    """uint8 ``[B, 3, H, W]`` -> normalised float batch with random crop, flip and cutout.
+
+    ``part=(start, total)``: the images are rows ``start:start+B`` of a batch of ``total``; the
+    randomness of the whole batch is drawn and their rows kept, so a rank's slice of a global
+    batch is augmented exactly as in a one-process run.
+    """
     B, _, H, W = images.shape
     device = images.device
+    start, total = part or (0, B)
+
+    def draw(fn, *args) -> Tensor:  # this slice's rows of a draw for the whole batch
+        return fn(*args, device=device, generator=generator)[start:start + B]
     x = images.float().div_(255)
     if pad > 0:
         Hp, Wp = H + 2 * pad, W + 2 * pad
         padded = F.pad(x, (pad, pad, pad, pad)).reshape(B, 3, Hp * Wp)
-        oy = torch.randint(0, 2 * pad + 1, (B, 1, 1), device=device, generator=generator)
-        ox = torch.randint(0, 2 * pad + 1, (B, 1, 1), device=device, generator=generator)
+        oy = draw(torch.randint, 0, 2 * pad + 1, (total, 1, 1))
+        ox = draw(torch.randint, 0, 2 * pad + 1, (total, 1, 1))
         # flat index of each output pixel in the padded image, one crop offset per sample
         idx = (oy * Wp + ox + torch.arange(H, device=device).view(1, H, 1) * Wp
                + torch.arange(W, device=device).view(1, 1, W)).view(B, 1, H * W)
         x = padded.gather(2, idx.expand(B, 3, H * W)).view(B, 3, H, W)
     if flip:
-        flips = torch.rand(B, device=device, generator=generator) < 0.5
+        flips = draw(torch.rand, total) < 0.5
         x = torch.where(flips.view(B, 1, 1, 1), x.flip(-1), x)
     # (a pageable host-to-device copy would wait for the GPU: pass device tensors to avoid it)
     mean_t = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     std_t = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     x = (x - mean_t) / std_t
     if cutout > 0:
-        cy = torch.randint(0, H, (B, 1, 1), device=device, generator=generator)
-        cx = torch.randint(0, W, (B, 1, 1), device=device, generator=generator)
+        cy = draw(torch.randint, 0, H, (total, 1, 1))
+        cx = draw(torch.randint, 0, W, (total, 1, 1))
         ys = torch.arange(H, device=device).view(1, H, 1)
         xs = torch.arange(W, device=device).view(1, 1, W)
         top, left = cy - cutout // 2, cx - cutout // 2
@@ -305,11 +314,16 @@ class Batches:
     otherwise ``workers`` DataLoader processes augment batches on the CPU. ``None`` chooses the
     device path on CUDA only. Call
     ``set_epoch(epoch)`` before iterating: the order and augmentation depend on (seed, epoch).
+
+    ``shard=(rank, world)`` splits the data over ``world`` processes. In training
+    ``batch_size`` is the global batch: every rank yields its slice of the batch a one-process
+    run would see, augmented the same way. In evaluation a rank takes every world-th image.
     """
 
     def __init__(self, data: ImageSet, batch_size: int, *, train: bool, device: torch.device,
                  on_device: bool | None = None, workers: int = 0, pad: int = 4, cutout: int = 0,
-                 seed: int = 0, max_steps: int | None = None) -> None:
+                 seed: int = 0, max_steps: int | None = None,
+                 shard: tuple[int, int] = (0, 1)) -> None:
         if len(data) == 0:
             raise InputError("no images to make batches from")
         self.device, self.workers = torch.device(device), workers
@@ -323,7 +337,8 @@ class Batches:
         self.pad, self.cutout = (pad, cutout) if train else (0, 0)
         self.max_steps = max_steps
         self.epoch = 0
-        n = len(data)
+        self.rank, self.world = shard
+        n = len(data) if train else len(range(self.rank, len(data), self.world))
         # Training drops a last partial batch, unless it is the only one.
         full = n // batch_size if train and n >= batch_size else -(-n // batch_size)
         self.steps = min(full, max_steps) if max_steps else full
@@ -336,10 +351,15 @@ class Batches:
         return self.steps
 
     def make_batch(self, idx: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        """Gather and augment the images at ``idx`` (on the images' device)."""
+        """Gather and augment the images at ``idx`` (this rank's slice of them in training)."""
+        part = None
+        if self.train and self.world > 1:
+            b = idx.shape[0] // self.world
+            part = (self.rank * b, idx.shape[0])
+            idx = idx[part[0]:part[0] + b]
         images, labels = self.images[idx], self.labels[idx]
         x = augment(images, self.mean, self.std, pad=self.pad, flip=self.train,
-                    cutout=self.cutout, generator=generator)
+                    cutout=self.cutout, generator=generator, part=part)
         return x, labels
 
     def _order(self) -> Tensor:
@@ -348,7 +368,7 @@ class Batches:
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(
                 seed_of(self.seed, self.epoch, 1)))
         else:
-            perm = torch.arange(n)
+            perm = torch.arange(self.rank, n, self.world)
         return perm[:self.steps * self.batch_size]
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:

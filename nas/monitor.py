@@ -1,7 +1,8 @@
 """Where a run reports: TensorBoard, ``metrics.jsonl``, and tqdm bars or plain log lines.
 
 Bars are drawn only on a terminal; elsewhere (a log file, CI) each epoch prints one line.
-``quiet`` silences both. TensorBoard event files are written into the run directory itself, so
+``quiet`` silences both; ``write=False`` (every rank but rank 0 of a distributed run) also
+writes nothing. TensorBoard event files are written into the run directory itself, so
 ``tensorboard --logdir runs`` shows every run side by side.
 
 Edges are named ``<node><-<input>`` with the genotype's state numbering (cell inputs first, then
@@ -69,12 +70,20 @@ class Monitor:
     """Progress, metrics and pictures of one run."""
 
     def __init__(self, run_dir: str | Path, *, epochs: int, start_epoch: int = 0,
-                 quiet: bool = False, title: str = "search") -> None:
+                 quiet: bool = False, title: str = "search", write: bool = True) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir = Path(run_dir)
-        self.quiet, self.bars = quiet, (not quiet) and _is_tty()
+        self.quiet, self.write = quiet or not write, write
+        self.bars = (not self.quiet) and _is_tty()
         self.title, self.epochs = title, epochs
+        self.epoch_bar = tqdm(total=epochs, initial=start_epoch, desc=title, unit="epoch",
+                              dynamic_ncols=True, disable=not self.bars)
+        self._step_bar: tqdm | None = None
+        self._last_postfix = 0.0
+        self._layout_written = False
+        if not write:
+            return
         # Epoch k is logged at step k: a resumed run drops what epochs after its checkpoint
         # wrote before the interruption, so its files equal a run straight through.
         self.writer = SummaryWriter(log_dir=str(self.run_dir),
@@ -87,11 +96,6 @@ class Monitor:
                 number = png.stem.rpartition("_epoch_")[2]
                 if number.isdigit() and int(number) > start_epoch:
                     png.unlink()
-        self._layout_written = False
-        self.epoch_bar = tqdm(total=epochs, initial=start_epoch, desc=title, unit="epoch",
-                              dynamic_ncols=True, disable=not self.bars)
-        self._step_bar: tqdm | None = None
-        self._last_postfix = 0.0
 
     # -- progress -----------------------------------------------------------------------------
     def steps(self, iterable: Iterable[Any], total: int, epoch: int) -> Iterator[Any]:
@@ -127,6 +131,8 @@ class Monitor:
     # -- records ------------------------------------------------------------------------------
     def epoch_end(self, epoch: int, metrics: Mapping[str, Any], scalars: Mapping[str, float]) -> None:
         """Append metrics.jsonl, write TensorBoard scalars, advance the bar or print a line."""
+        if not self.write:
+            return
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps({"epoch": epoch + 1, **metrics}) + "\n")
         for tag, value in scalars.items():
@@ -143,6 +149,8 @@ class Monitor:
 
     def architecture(self, epoch: int, model: Supernet, genotype: Genotype) -> None:
         """Op probabilities (per-op scalars, heatmaps, probabilities.jsonl) and the genotype."""
+        if not self.write:
+            return
         step = epoch + 1
         if not self._layout_written:
             self.writer.add_custom_scalars(prob_layout(model))
@@ -178,5 +186,6 @@ class Monitor:
     def close(self) -> None:
         """Close the bars and the TensorBoard writer."""
         self.epoch_bar.close()
-        self.writer.close()
+        if self.write:
+            self.writer.close()
 

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import distributed as dist
 from .benchmarks import BenchmarkResult, load_table
 from .config import Config, forward_tau_on, save_config, to_dict
 from .data import Batches, load_split, seed_of, split_indices
@@ -66,6 +67,15 @@ class Meter:
         self.correct += (logits.detach().argmax(1) == target).sum()
         self.count += n
 
+    def reduce(self) -> None:
+        """Sum the meter over every rank (a collective: call it on all ranks)."""
+        if dist.world_size() == 1:
+            return
+        total = dist.all_sum(torch.stack([self.loss.double(), self.correct.double(),
+                                          torch.tensor(float(self.count), device=self.loss.device,
+                                                       dtype=torch.float64)]))
+        self.loss, self.correct, self.count = total[0], total[1].long(), int(total[2].item())
+
     def read(self) -> tuple[float, float]:
         """Mean loss and accuracy (%) so far; NaN when nothing was added."""
         if not self.count:
@@ -91,13 +101,25 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
 
 
 def weight_step(model: Supernet, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
-                grad_clip: float, amp: bool) -> tuple[Tensor, Tensor]:
-    """One SGD step of the weights; the logits get no gradient. Returns (loss, logits)."""
-    with frozen(model.arch_parameters()), autocast(x.device, amp):
-        logits = model(x)
-    loss = F.cross_entropy(logits.float(), y)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+                grad_clip: float, amp: bool, ddp: nn.Module | None = None) -> tuple[Tensor, Tensor]:
+    """One SGD step of the weights; the logits get no gradient. Returns (loss, logits).
+
+    ``ddp``, the model in DistributedDataParallel, averages the gradients over the ranks. In
+    gdas mode only the sampled ops get gradients: DDP would wait forever for the others (or
+    search the graph for them every step, with ``find_unused_parameters``), so its hooks are
+    off and the gradients that exist, the same on every rank, go in one all-reduce instead.
+    """
+    sampled = ddp is not None and model.mode == "gdas"
+    with contextlib.ExitStack() as stack:
+        if sampled:
+            stack.enter_context(ddp.no_sync())
+        with frozen(model.arch_parameters()), autocast(x.device, amp):
+            logits = (ddp or model)(x)
+        loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+    if sampled:
+        dist.average_gradients(model.weight_parameters())
     if grad_clip > 0:  # the optimizer's parameters are the weights; only the sampled ops have grads
         nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]
                                   if p.grad is not None], grad_clip)
@@ -115,6 +137,7 @@ def arch_step(model: Supernet, optimizer: torch.optim.Optimizer, x: Tensor, y: T
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     for p, g in zip(params, grads):
         p.grad = torch.zeros_like(p) if g is None else g
+    dist.average_gradients(params)
     optimizer.step()
     return loss.detach(), logits.detach()
 
@@ -141,6 +164,7 @@ def reinforce_step(model: Supernet, optimizer: torch.optim.Optimizer, x: Tensor,
     grads = torch.autograd.grad((advantage * log_prob).mean(), params, allow_unused=True)
     for p, g in zip(params, grads):
         p.grad = torch.zeros_like(p) if g is None else g
+    dist.average_gradients(params)
     optimizer.step()
     return loss.mean(), first
 
@@ -173,9 +197,11 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
     An existing ``run_dir`` is refused unless ``resume`` (continue it) or ``force`` (replace
     it, once the data and the supernet are ready).
     """
+    dist.begin_setup()
     run_dir, resume, force = start_mode(run_dir, resume, force)
     s = cfg.search
-    device = resolve_device(cfg.device)
+    device = dist.local_device(resolve_device(cfg.device))
+    dist.per_rank_batch(s.batch_size, "search.batch_size")
     if device.type == "cpu":
         keep_freed_memory()  # no page faults re-touching each step's activations
     seed_everything(cfg.seed)
@@ -187,7 +213,8 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
     def batches(idx: Tensor, tag: int) -> Batches:
         return Batches(data.subset(idx), s.batch_size, train=True, device=device,
                        on_device=cfg.data.on_device, workers=cfg.data.workers, pad=cfg.data.pad,
-                       seed=seed_of(cfg.seed, tag), max_steps=steps)
+                       seed=seed_of(cfg.seed, tag), max_steps=steps,
+                       shard=(dist.rank(), dist.world_size()))
 
     w_batches, a_batches = batches(w_idx, 1), batches(a_idx, 2)
     model = build_supernet(cfg.space, data.num_classes, s.mode, cfg.seed, cfg.supernet,
@@ -224,7 +251,10 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
         return arch_step(model, a_opt, x, y, s.amp)
 
     start = 0
-    prepare_run_dir(run_dir, resume=resume, force=force)
+    run_dir = dist.agree(run_dir)  # every rank is ready (else all stop), in rank 0's directory
+    main = dist.is_main()  # rank 0 alone writes the run directory
+    if main:
+        prepare_run_dir(run_dir, resume=resume, force=force)
     objects = {"model": model, "w_opt": w_opt, "a_opt": a_opt, "lr_sched": lr_sched, **taus}
     grown: dict[str, tuple] = {}
     if resume:
@@ -233,14 +263,19 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
             stretch_cosine(lr_sched, s.epochs)
             for schedule in taus.values():
                 schedule.total = s.epochs if schedule.per == "epoch" else s.epochs * steps
-    else:
+    elif main:
         save_config(cfg, run_dir / "config.yaml")
-    (run_dir / "genotypes").mkdir(exist_ok=True)
-    for stale in (run_dir / "genotypes").glob("epoch_*.json"):  # written after the checkpoint
-        if stale.stem[6:].isdigit() and int(stale.stem[6:]) > start:
-            stale.unlink()
+    if main:
+        (run_dir / "genotypes").mkdir(exist_ok=True)
+        for stale in (run_dir / "genotypes").glob("epoch_*.json"):  # written after the checkpoint
+            if stale.stem[6:].isdigit() and int(stale.stem[6:]) > start:
+                stale.unlink()
+    # the logits stay out of DDP: the architecture step averages their gradients itself
+    ddp = dist.wrap(model, device, [f"arch_logits.{k}" for k in model.arch_logits])
+    ddp = None if ddp is model else ddp
 
-    monitor = Monitor(run_dir, epochs=s.epochs, start_epoch=start, quiet=quiet, title="search")
+    monitor = Monitor(run_dir, epochs=s.epochs, start_epoch=start, quiet=quiet, title="search",
+                      write=main)
     if not resume:
         n_params = sum(p.numel() for p in model.weight_parameters())
         how = "".join([f", {s.estimator} estimator" if s.estimator != "gdas" else "",
@@ -248,8 +283,9 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
                        ", decoupled forward temperature" if "tau_forward" in taus else "",
                        f", top-{s.edge_topk} inputs per node" if s.edge_topk else ""])
         monitor.print(f"search: {cfg.space} space, {s.mode} mode{how}, {len(w_idx)}/{len(a_idx)} "
-                      f"images (weights/architecture), {steps} steps/epoch, {n_params:,} "
-                      f"weights, device {device}")
+                      f"images (weights/architecture), {steps} steps/epoch"
+                      f"{dist.batch_note(s.batch_size, device)}, {n_params:,} weights, "
+                      f"device {device}")
     else:
         monitor.print(f"resuming {run_dir} at epoch {start + 1}/{s.epochs}" if start < s.epochs
                       else f"{run_dir} has finished all {s.epochs} epochs")
@@ -277,7 +313,7 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
                 if update_arch and s.order == "arch_first":
                     arch_meter.add(*update(xa, ya), ya)
                 model.sampling_logits = weight_logits
-                train_meter.add(*weight_step(model, w_opt, xw, yw, s.grad_clip, s.amp), yw)
+                train_meter.add(*weight_step(model, w_opt, xw, yw, s.grad_clip, s.amp, ddp), yw)
                 model.sampling_logits = None
                 if update_arch and s.order == "weights_first":
                     arch_meter.add(*update(xa, ya), ya)
@@ -291,8 +327,12 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
             for t in taus.values():
                 if t.per == "epoch":
                     t.step()
+            dist.check_same(model.arch_parameters(), "architecture logits")
             genotype = _stamped(model.genotype(), cfg.space)
-            genotype.save(run_dir / "genotypes" / f"epoch_{epoch + 1:03d}.json")
+            if main:
+                genotype.save(run_dir / "genotypes" / f"epoch_{epoch + 1:03d}.json")
+            train_meter.reduce()
+            arch_meter.reduce()
             train_loss, train_acc = train_meter.read()
             arch_loss, arch_acc = arch_meter.read()
             check_finite([train_loss, arch_loss] if update_arch else [train_loss], epoch, run_dir)
@@ -311,9 +351,10 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
                 scalars.update({"loss/arch": arch_loss, "accuracy/arch": arch_acc})
             monitor.epoch_end(epoch, {**metrics, "genotype": str(genotype)}, scalars)
             monitor.architecture(epoch, model, genotype)
-            save_checkpoint(checkpoint_state("search", epoch + 1, objects, config=to_dict(cfg),
-                                             num_classes=data.num_classes,
-                                             genotype=genotype.to_dict()), run_dir / CHECKPOINT)
+            if main:
+                save_checkpoint(checkpoint_state("search", epoch + 1, objects,
+                                                 config=to_dict(cfg), num_classes=data.num_classes,
+                                                 genotype=genotype.to_dict()), run_dir / CHECKPOINT)
     except Exception:
         monitor.close()
         discard_failed_start(run_dir)
@@ -321,7 +362,9 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
     finally:
         monitor.close()
     genotype = _stamped(model.genotype(), cfg.space)
-    genotype.save(run_dir / "genotype.json")
+    if main:
+        genotype.save(run_dir / "genotype.json")
+    dist.barrier()  # every rank returns once the run directory is complete
     return SearchResult(genotype, run_dir, metrics,
                         table.query(genotype) if table is not None else None)
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import distributed as dist
 from .config import Config, build_config, save_config, to_dict
 from .data import Batches, load_split, seed_of
 from .errors import InputError
@@ -73,7 +74,7 @@ def recipe_line(cfg: Config, space: str) -> str:
 @torch.no_grad()
 def evaluate_model(model: nn.Module, batches: Batches, amp: bool = False,
                    channels_last: bool = False) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy (%) over every batch."""
+    """Mean cross-entropy and accuracy (%) over every batch (of every rank's share)."""
     model.eval()
     meter = Meter(batches.device)
     batches.set_epoch(0)
@@ -83,6 +84,8 @@ def evaluate_model(model: nn.Module, batches: Batches, amp: bool = False,
         with autocast(x.device, amp):
             logits, _ = _outputs(model(x))
         meter.add(F.cross_entropy(logits.float(), y), logits, y)
+    if batches.world > 1:
+        meter.reduce()
     return meter.read()
 
 
@@ -92,9 +95,14 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
 
     An existing ``run_dir`` is refused unless ``resume`` or ``force``, as in ``search``.
     """
+    dist.begin_setup()
     run_dir, resume, force = start_mode(run_dir, resume, force)
     t = cfg.train
-    device = resolve_device(cfg.device)
+    device = dist.local_device(resolve_device(cfg.device))
+    dist.per_rank_batch(t.batch_size, "train.batch_size")
+    if t.sync_bn and dist.world_size() > 1 and device.type != "cuda":
+        raise InputError("train.sync_bn: PyTorch's SyncBatchNorm runs on GPUs only; set it to "
+                         "false on the CPU")
     if device.type == "cpu":
         keep_freed_memory()  # no page faults re-touching each step's activations
     seed_everything(cfg.seed)
@@ -116,31 +124,41 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
                          "nothing; set train.drop_path: 0, or build the cells from nas.GenotypeCell")
     params = count_parameters(model)
     macs = count_macs(model, (1, 3, cfg.data.image_size, cfg.data.image_size))
+    if t.sync_bn and dist.world_size() > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same state dict keys
     model = model.to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    shard = (dist.rank(), dist.world_size())
     train_batches = Batches(train_data, t.batch_size, train=True, device=device,
                             on_device=cfg.data.on_device, workers=cfg.data.workers, pad=cfg.data.pad,
-                            cutout=t.cutout, seed=seed_of(cfg.seed, 3), max_steps=t.steps_per_epoch)
-    test_batches = Batches(test_data, t.eval_batch_size, train=False, device=device,
-                           on_device=cfg.data.on_device, workers=cfg.data.workers)
+                            cutout=t.cutout, seed=seed_of(cfg.seed, 3), max_steps=t.steps_per_epoch,
+                            shard=shard)
+    test_batches = Batches(test_data, -(-t.eval_batch_size // shard[1]), train=False,
+                           device=device, on_device=cfg.data.on_device, workers=cfg.data.workers,
+                           shard=shard)
     optimizer = torch.optim.SGD(model.parameters(), t.lr, momentum=t.momentum,
                                 weight_decay=t.weight_decay, nesterov=t.nesterov and t.momentum > 0)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, t.epochs, eta_min=t.lr_min)
 
     start = 0
-    prepare_run_dir(run_dir, resume=resume, force=force)
+    run_dir = dist.agree(run_dir)  # every rank is ready (else all stop), in rank 0's directory
+    main = dist.is_main()  # rank 0 alone writes the run directory
+    if main:
+        prepare_run_dir(run_dir, resume=resume, force=force)
     objects = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
     grown: dict[str, tuple] = {}
     if resume:
         start, grown = resume_from(run_dir, "train", objects, to_dict(cfg))
         if "train.epochs" in grown:  # the saved config was edited: the schedule stretches
             stretch_cosine(scheduler, t.epochs)
-    else:
+    elif main:
         save_config(cfg, run_dir / "config.yaml")
         genotype.save(run_dir / "genotype.json")
+    net = dist.wrap(model, device)  # every parameter gets a gradient: DDP's own all-reduce
 
-    monitor = Monitor(run_dir, epochs=t.epochs, start_epoch=start, quiet=quiet, title="train")
+    monitor = Monitor(run_dir, epochs=t.epochs, start_epoch=start, quiet=quiet, title="train",
+                      write=main)
     if resume:
         monitor.print(f"resuming {run_dir} at epoch {start + 1}/{t.epochs}" if start < t.epochs
                       else f"{run_dir} has finished all {t.epochs} epochs")
@@ -150,8 +168,8 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
     else:
         monitor.print(f"train: {space} network, {params:,} parameters (auxiliary head "
                       f"excluded), {macs / 1e6:.1f}M multiply-adds, {len(train_data)} training / "
-                      f"{len(test_data)} test images, {len(train_batches)} steps/epoch, "
-                      f"device {device}")
+                      f"{len(test_data)} test images, {len(train_batches)} steps/epoch"
+                      f"{dist.batch_note(t.batch_size, device)}, device {device}")
     test_loss = test_acc = math.nan
     try:
         for epoch in range(start, t.epochs):
@@ -166,10 +184,12 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
                 if t.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast(device, t.amp):
-                    logits, aux = _outputs(model(x))
+                    logits, aux = _outputs(net(x))
                 loss = F.cross_entropy(logits.float(), y)
                 total = loss
-                if aux is not None and t.auxiliary_weight > 0:
+                # under DDP an auxiliary head of weight 0 still joins the loss: every parameter
+                # must get a gradient (zero here) for DDP's all-reduce to complete
+                if aux is not None and (t.auxiliary_weight > 0 or net is not model):
                     total = loss + t.auxiliary_weight * F.cross_entropy(aux.float(), y)
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
@@ -181,8 +201,10 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
                     mean_loss, acc = meter.read()
                     monitor.postfix(loss=mean_loss, acc=acc)
             scheduler.step()
+            meter.reduce()
             train_loss, train_acc = meter.read()
             check_finite([train_loss], epoch, run_dir)
+            dist.broadcast_buffers(model)  # every rank tests rank 0's network, the one saved
             test_loss, test_acc = evaluate_model(model, test_batches, t.amp, t.channels_last)
             metrics = {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
                        "test_acc": test_acc, "lr": lr, "drop_path": drop_prob,
@@ -190,10 +212,11 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
             monitor.epoch_end(epoch, metrics, {
                 "loss/train": train_loss, "accuracy/train": train_acc, "loss/test": test_loss,
                 "accuracy/test": test_acc, "lr": lr, "drop_path": drop_prob})
-            save_checkpoint(checkpoint_state(
-                "train", epoch + 1, objects, config=to_dict(cfg), space=space,
-                num_classes=train_data.num_classes, genotype=genotype.to_dict(),
-                test_acc=test_acc, test_loss=test_loss), run_dir / CHECKPOINT)
+            if main:
+                save_checkpoint(checkpoint_state(
+                    "train", epoch + 1, objects, config=to_dict(cfg), space=space,
+                    num_classes=train_data.num_classes, genotype=genotype.to_dict(),
+                    test_acc=test_acc, test_loss=test_loss), run_dir / CHECKPOINT)
     except Exception:
         monitor.close()
         discard_failed_start(run_dir)
@@ -204,7 +227,9 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
         test_loss, test_acc = evaluate_model(model, test_batches, t.amp, t.channels_last)
     result = {"test_acc": test_acc, "test_loss": test_loss, "params": params, "macs": macs,
               "epochs": t.epochs, "space": space, "genotype": str(genotype)}
-    (run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    if main:
+        (run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    dist.barrier()
     return TrainResult(test_acc, test_loss, params, macs, run_dir)
 
 

@@ -257,7 +257,9 @@ def test_api_example_script_searches_and_retrains(tmp_path, cifar_root, capsys, 
 def test_keep_freed_memory_stops_refaulting_freed_activations():
     """After keep_freed_memory(), a freed 64 MB block is reused without page faults; glibc
     otherwise maps it afresh each time (16k faults per allocation). In a fresh process: the
-    setting is process-wide, and the heap's layout must not depend on earlier tests."""
+    setting is process-wide, and the heap's layout must not depend on earlier tests. Address
+    randomisation sometimes puts a mapping right above the heap (about 1 process in 15 here),
+    and then the block is mapped afresh anyway: up to three processes are tried."""
     code = """if True:
         import resource, torch
         import nas.search  # as `nas search` has when it calls it: the whole stack imported
@@ -270,7 +272,13 @@ def test_keep_freed_memory_stops_refaulting_freed_activations():
         for _ in range(3):
             torch.ones(16 << 20)
         print(tuned, faults() - before)"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parents[1], check=True)
-    tuned, faults = out.stdout.split()
-    assert tuned == "True" and int(faults) < 1000, out.stdout
+    seen = []
+    for _ in range(3):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parents[1], check=True)
+        tuned, faults = out.stdout.split()
+        assert tuned == "True", out.stdout
+        seen.append(int(faults))
+        if seen[-1] < 1000:
+            return
+    pytest.fail(f"freed blocks were faulted in again in every process: {seen} faults")
