@@ -1,6 +1,8 @@
-"""What every run shares: the device, seeding, RNG states, the run directory and checkpoints."""
+"""What every run shares: the device, seeding, RNG states, the run directory, checkpoints, and
+the loop's pieces that search and retraining both use (meter, autocast, the divergence check)."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
 import os
@@ -12,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
-from .errors import InputError
+from . import distributed as dist
+from .errors import Diverged, InputError
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -320,3 +324,48 @@ def resume_from(run_dir: str | Path, kind: str, objects: dict[str, Any],
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else repr(exc)
         raise InputError(f"{path} does not match the saved config: {detail}") from None
+
+
+# -- the loop's pieces that search and retraining share -----------------------------------------
+class Meter:
+    """Running loss and accuracy kept on the device; read (one sync) only when asked."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.count = 0
+
+    def add(self, loss: Tensor, logits: Tensor, target: Tensor) -> None:
+        n = target.shape[0]
+        self.loss += loss.detach() * n
+        self.correct += (logits.detach().argmax(1) == target).sum()
+        self.count += n
+
+    def reduce(self) -> None:
+        """Sum the meter over every rank (a collective: call it on all ranks)."""
+        if dist.world_size() == 1:
+            return
+        total = dist.all_sum(torch.stack([self.loss.double(), self.correct.double(),
+                                          torch.tensor(float(self.count), device=self.loss.device,
+                                                       dtype=torch.float64)]))
+        self.loss, self.correct, self.count = total[0], total[1].long(), int(total[2].item())
+
+    def read(self) -> tuple[float, float]:
+        """Mean loss and accuracy (%) so far; NaN when nothing was added."""
+        if not self.count:
+            return math.nan, math.nan
+        return self.loss.item() / self.count, 100.0 * self.correct.item() / self.count
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` when enabled."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def check_finite(losses: list[float], epoch: int, run_dir: Path) -> None:
+    """Stop with a clear message when an epoch's loss is inf or nan."""
+    bad = [v for v in losses if not math.isfinite(v)]
+    if bad:
+        last = f"; the last good checkpoint is {run_dir / CHECKPOINT} (epoch {epoch})" if epoch else ""
+        raise Diverged(f"the loss became {bad[0]} in epoch {epoch + 1}: try a lower learning "
+                       f"rate (lr, arch_lr) or gradient clipping{last}")

@@ -34,7 +34,8 @@ from .data import Batches, load_split, seed_of, split_indices
 from .errors import Diverged
 from .genotype import Genotype
 from .monitor import Monitor
-from .runtime import (CHECKPOINT, checkpoint_state, discard_failed_start, keep_freed_memory,
+from .runtime import (CHECKPOINT, Meter, autocast, check_finite, checkpoint_state,
+                      discard_failed_start, keep_freed_memory,
                       prepare_run_dir, resolve_device, resume_from, save_checkpoint,
                       seed_everything, start_mode, stretch_cosine)
 from .schedules import TemperatureScheduler
@@ -53,36 +54,6 @@ class SearchResult:
     benchmark: BenchmarkResult | None = None  # the genotype in search.benchmark's table
 
 
-class Meter:
-    """Running loss and accuracy kept on the device; read (one sync) only when asked."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.loss = torch.zeros((), device=device)
-        self.correct = torch.zeros((), device=device, dtype=torch.long)
-        self.count = 0
-
-    def add(self, loss: Tensor, logits: Tensor, target: Tensor) -> None:
-        n = target.shape[0]
-        self.loss += loss.detach() * n
-        self.correct += (logits.detach().argmax(1) == target).sum()
-        self.count += n
-
-    def reduce(self) -> None:
-        """Sum the meter over every rank (a collective: call it on all ranks)."""
-        if dist.world_size() == 1:
-            return
-        total = dist.all_sum(torch.stack([self.loss.double(), self.correct.double(),
-                                          torch.tensor(float(self.count), device=self.loss.device,
-                                                       dtype=torch.float64)]))
-        self.loss, self.correct, self.count = total[0], total[1].long(), int(total[2].item())
-
-    def read(self) -> tuple[float, float]:
-        """Mean loss and accuracy (%) so far; NaN when nothing was added."""
-        if not self.count:
-            return math.nan, math.nan
-        return self.loss.item() / self.count, 100.0 * self.correct.item() / self.count
-
-
 @contextlib.contextmanager
 def frozen(params: list[nn.Parameter]) -> Iterator[None]:
     """Record a forward in which ``params`` need no gradient."""
@@ -93,11 +64,6 @@ def frozen(params: list[nn.Parameter]) -> Iterator[None]:
     finally:
         for p in params:
             p.requires_grad_(True)
-
-
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on ``device`` when enabled."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def weight_step(model: Supernet, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
@@ -372,15 +338,6 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
 def taus_of(model: Supernet, taus: dict[str, TemperatureScheduler]) -> dict[str, float]:
     """The temperatures a step just used, for the progress bar."""
     return {"tau": model.tau, **({"tau_f": model.tau_forward} if "tau_forward" in taus else {})}
-
-
-def check_finite(losses: list[float], epoch: int, run_dir: Path) -> None:
-    """Stop with a clear message when an epoch's loss is inf or nan."""
-    bad = [v for v in losses if not math.isfinite(v)]
-    if bad:
-        last = f"; the last good checkpoint is {run_dir / CHECKPOINT} (epoch {epoch})" if epoch else ""
-        raise Diverged(f"the loss became {bad[0]} in epoch {epoch + 1}: try a lower learning "
-                       f"rate (lr, arch_lr) or gradient clipping{last}")
 
 
 def _stamped(genotype: Genotype, space: str) -> Genotype:

@@ -9,6 +9,7 @@ built, before a run directory exists, so a plugin's mistake is found before the 
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
@@ -64,11 +65,11 @@ def get_space(name: str) -> SearchSpace:
 def check_supernet(model: Supernet, space: str, num_classes: int, image_size: int) -> None:
     """Check a supernet before a search starts: ``genotype()`` works and the logits fit (one line)."""
     who = f"search space '{space}'"
-    if type(model).genotype is Supernet.genotype:
-        raise InputError(f"{who}: {type(model).__name__} does not implement genotype(), which "
-                         "derives the architecture from the logits (see README, plugins)")
     try:
         genotype = model.genotype()
+    except NotImplementedError:
+        raise InputError(f"{who}: {type(model).__name__} does not implement genotype(), which "
+                         "derives the architecture from the logits (see README, plugins)") from None
     except InputError:
         raise
     except Exception as exc:
@@ -90,10 +91,15 @@ def build_supernet(space: str, num_classes: int, mode: str, seed: int = 0,
     spec = get_space(space)
     kwargs = check_options(spec.supernet, options or {}, "supernet",
                            skip=("num_classes", "mode", "seed"))
+    # mode and seed are given to a constructor that takes them, and set on the supernet anyway
+    params = inspect.signature(spec.supernet).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    given = {k: v for k, v in (("mode", mode), ("seed", seed)) if k in params or takes_any}
     model = build_or_explain(f"search space '{space}'", "supernet", spec.supernet, kwargs,
-                             num_classes, mode, seed=seed)
+                             num_classes, **given)
     if not isinstance(model, Supernet):
         raise InputError(f"search space '{space}' built a {type(model).__name__}, not a nas.Supernet")
+    model.mode, model.sample_seed = mode, int(seed)
     model.enable_edge_topk(edge_topk)
     return model
 

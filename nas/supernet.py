@@ -23,17 +23,31 @@ run, by Gumbel top-k over per-input edge logits; the other inputs' ops are not c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from . import gumbel
 from .errors import InputError
-from .genotype import Genotype, edge_inputs, num_nodes
+from .genotype import Genotype, derive_cell, edge_inputs, num_nodes
 from .ops import build_op, node_sum
 
-MODES = ("gdas", "st", "gumbel", "softmax")
+class Sampling(NamedTuple):
+    """How a sampling mode draws a training-mode sample (the table below)."""
+
+    noise: bool        # Gumbel noise is drawn (else softmax(logits) itself is the weight)
+    hard: bool         # the forward sees an exact one-hot (straight-through backward)
+    single_path: bool  # only the sampled op of an edge runs, in training too
+
+
+SAMPLING = {
+    "gdas": Sampling(noise=True, hard=True, single_path=True),
+    "st": Sampling(noise=True, hard=True, single_path=False),
+    "gumbel": Sampling(noise=True, hard=False, single_path=False),
+    "softmax": Sampling(noise=False, hard=False, single_path=False),
+}
+MODES = tuple(SAMPLING)
 
 
 @dataclass
@@ -216,11 +230,22 @@ class Supernet(nn.Module):
     # How many inputs of a node the derived cell keeps (DARTS: 2); None: all of them, so there
     # is nothing for edge top-k to choose (NAS-Bench-201).
     inputs_kept: int | None = None
+    # The space's registered name, written into the genotypes the default genotype() derives
+    # (empty: a search stamps its config's space in).
+    space_name: str = ""
 
-    def __init__(self, mode: str, cells: Mapping[str, tuple[int, Sequence[str]]], seed: int = 0,
+    def __init__(self, mode: str = "gdas",
+                 cells: Mapping[str, tuple[int, Sequence[str]]] | None = None, seed: int = 0,
                  cell_inputs: int | None = None, init_scale: float = 1e-3) -> None:
-        """``cells`` maps each cell kind to its number of edges and candidate op names."""
+        """``cells`` maps each cell kind to its number of edges and candidate op names.
+
+        ``nas.build_supernet`` sets ``mode`` and the sampling seed after construction, so a
+        plugin's constructor need not take or pass them on: ``super().__init__(cells=...)``.
+        """
         super().__init__()
+        if not cells:
+            raise InputError(f"{type(self).__name__}: Supernet.__init__ needs cells={{kind: "
+                             "(edges, ops)}}")
         if mode not in MODES:
             raise InputError(f"unknown sampling mode '{mode}' (known: {', '.join(MODES)})")
         for kind, (edges, ops) in cells.items():
@@ -361,19 +386,20 @@ class Supernet(nn.Module):
     def sample(self) -> dict[str, ArchSample]:
         """Draw this forward's sample for every cell kind (one host sync at most, none in soft modes)."""
         logits = dict(self.arch_logits.items())
-        single_path = self.mode == "gdas" or (self.mode == "st" and not self.training)
+        how = SAMPLING[self.mode]
+        single_path = how.single_path or (how.hard and not self.training)
         edges: dict[str, tuple[Tensor, Tensor]] = {}
         if not self.training:
-            if self.mode in ("gdas", "st"):
+            if how.hard:
                 index = {k: v.argmax(-1) for k, v in logits.items()}
                 weights = {k: gumbel.straight_through(v.softmax(-1), index[k]) for k, v in logits.items()}
             else:
                 index, weights = {}, {k: v.softmax(-1) for k, v in logits.items()}
             edges = {k: self._edge_sample(k, None) for k in self.edge_logits}
-        elif self.mode == "softmax":
+        elif not how.noise:
             index, weights = {}, {k: v.softmax(-1) for k, v in logits.items()}
         else:
-            hard = self.mode in ("gdas", "st")
+            hard = how.hard
             index, weights = {}, {}
             for kind, value in logits.items():
                 gen = self._generator(value.device)
@@ -434,8 +460,24 @@ class Supernet(nn.Module):
         return torch.cat(ent).mean().item()
 
     def genotype(self) -> Genotype:
-        """The discrete architecture the logits currently point to."""
-        raise NotImplementedError(f"{type(self).__name__} must implement genotype()")
+        """The discrete architecture the logits currently point to.
+
+        The default serves DARTS-family cells (``cell_inputs`` given): each edge keeps its
+        strongest op, each node its ``inputs_kept`` strongest inputs (by the edge logits with
+        edge top-k; all of them when None), and a cell that keeps a fixed number of inputs
+        outputs the concatenation of its nodes, as in DARTS. Other supernets override it.
+        """
+        if self.cell_inputs is None:
+            raise NotImplementedError(f"{type(self).__name__} must implement genotype() (or pass "
+                                      "cell_inputs to Supernet.__init__ for the default)")
+        edges = self.edge_probabilities()
+        cells = {kind: derive_cell(p, self.op_names[kind], self.cell_inputs, keep=self.inputs_kept,
+                                   edge_weights=edges.get(kind))
+                 for kind, p in self.probabilities().items()}
+        first = self.cell_inputs
+        concat = {} if self.inputs_kept is None else \
+            {kind: tuple(range(first, first + len(nodes))) for kind, nodes in cells.items()}
+        return Genotype(cells, concat, space=self.space_name)
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"sample_seed": self.sample_seed, "samples_drawn": self.samples_drawn,

@@ -26,10 +26,9 @@ from .genotype import Genotype
 from .monitor import Monitor
 from .network import count_macs, count_parameters, set_drop_path
 from .spaces import build_network, check_network
-from .runtime import (CHECKPOINT, checkpoint_state, discard_failed_start, first_mismatch,
+from .runtime import (CHECKPOINT, Meter, autocast, check_finite, checkpoint_state, discard_failed_start, first_mismatch,
                       keep_freed_memory, load_checkpoint, prepare_run_dir, resolve_device,
                       resume_from, save_checkpoint, seed_everything, start_mode, stretch_cosine)
-from .search import Meter, autocast, check_finite
 
 
 @dataclass

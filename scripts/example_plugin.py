@@ -59,10 +59,6 @@ class ChainSupernet(nas.Supernet):
             x = layer((x,), sample) if isinstance(layer, nas.SearchCell) else layer(x)
         return self.classifier(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
-    def genotype(self) -> nas.Genotype:
-        nodes = nas.derive_cell(self.probabilities()["cell"], CANDIDATES, num_inputs=1, keep=None)
-        return nas.Genotype({"cell": nodes}, space="")
-
 
 class ChainNetwork(nn.Module):
     """The network to retrain: the same skeleton with the genotype's ops."""

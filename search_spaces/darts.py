@@ -104,6 +104,7 @@ class DartsSupernet(nas.Supernet):
     """The DARTS search network: a 3C-channel stem, ``cells`` cells, global pool, classifier."""
 
     inputs_kept = 2  # a derived node keeps 2 inputs: edge top-k may sample 1 or 2 of them
+    space_name = "darts"  # genotype(): nas.Supernet's default (cells output nodes 2-5 concatenated)
 
     def __init__(self, num_classes: int = 10, mode: str = "gdas", seed: int = 0, C: int = 16,
                  cells: int = 8, stem_multiplier: int = 3, fixed_reduction: bool = False,
@@ -141,13 +142,6 @@ class DartsSupernet(nas.Supernet):
             else:
                 s0, s1 = s1, cell(s0, s1, sample["reduce" if cell.reduction else "normal"])
         return self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1))
-
-    def genotype(self) -> nas.Genotype:
-        edges = self.edge_probabilities()
-        cells = {kind: nas.derive_cell(p, self.ops, num_inputs=2, keep=self.inputs_kept,
-                                       edge_weights=edges.get(kind))
-                 for kind, p in self.probabilities().items()}
-        return nas.Genotype(cells, {kind: CONCAT for kind in cells}, space="darts")
 
 
 # -- retraining ---------------------------------------------------------------------------------
