@@ -114,14 +114,19 @@ def test_estimators_need_a_hard_sample():
         nas.config.build_config({}, ["search.estimator=reinmax", "search.mode=gumbel"])
 
 
-def _script():
+def _load_script(name: str):
+    """A module of scripts/, loaded from its file."""
     import importlib.util
     from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "scripts" / "estimators.py"
-    spec = importlib.util.spec_from_file_location("estimators_script", path)
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_script", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _script():
+    return _load_script("estimators")
 
 
 def test_the_estimator_script_measures_against_the_exact_gradient(tmp_path, capsys):
@@ -147,12 +152,7 @@ def test_the_estimator_script_measures_against_the_exact_gradient(tmp_path, caps
 
 @pytest.mark.parametrize("row", ["gdas+gumbel_rao", "gdas+reinmax", "gdas+reinforce", "gdas+topk2"])
 def test_the_benchmark_times_a_step_with_each_estimator(row):
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
-    spec = importlib.util.spec_from_file_location("benchmark_script", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _benchmark_script()
     assert row in bench.ROWS
     space = "darts" if row in bench.TOPK else "nasbench201"
     r = bench.measure(space, row, batch=2, steps=1, warmup=0, device_name="cpu",
@@ -244,13 +244,7 @@ def test_forward_temperature_is_checked(overrides, message):
 
 
 def _benchmark_script():
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
-    spec = importlib.util.spec_from_file_location("benchmark_script", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+    return _load_script("benchmark")
 
 
 def test_the_interleaved_benchmark_pins_the_same_subnetworks_for_every_row(tmp_path, capsys):
