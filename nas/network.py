@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import InputError
-from .genotype import Genotype, Nodes
+from .genotype import Nodes
 from .ops import build_op, node_sum
 from .registry import OPS
 

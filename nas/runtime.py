@@ -101,9 +101,7 @@ def check_run_dir(path: str | Path, *, resume: bool = False, force: bool = False
                              "continue it, --force to overwrite it, or choose another --run-dir")
         check_replaceable(path)
     else:
-        ancestor = path
-        while not ancestor.exists() and ancestor.parent != ancestor:
-            ancestor = ancestor.parent
+        ancestor = path if path.exists() else _missing_root(path).parent
         if not ancestor.is_dir():
             raise InputError(f"cannot create the run directory {path}: {ancestor} is a file; "
                              "choose another --run-dir")
@@ -152,6 +150,14 @@ def start_mode(path: str | Path, resume: bool, force: bool) -> tuple[Path, bool,
     return path, resume, force
 
 
+def _missing_root(path: Path) -> Path:
+    """The outermost of ``path`` and its ancestors that does not exist yet (``path`` if its
+    parent exists), so ``.parent`` is the directory a new run directory is made in."""
+    while not path.parent.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
 _created: dict[Path, Path] = {}  # run directory -> the outermost directory its creation made
 
 
@@ -163,9 +169,7 @@ def prepare_run_dir(path: str | Path, *, resume: bool = False, force: bool = Fal
             shutil.rmtree(path)
         else:
             path.unlink()
-    outermost = path
-    while not outermost.parent.exists() and outermost.parent != outermost:
-        outermost = outermost.parent
+    outermost = _missing_root(path)
     try:
         existed = path.exists()
         path.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,6 @@ from . import distributed as dist
 from .benchmarks import BenchmarkResult, load_table
 from .config import Config, forward_tau_on, save_config, to_dict
 from .data import Batches, load_split, seed_of, split_indices
-from .errors import Diverged
 from .genotype import Genotype
 from .monitor import Monitor
 from .runtime import (CHECKPOINT, Meter, autocast, check_finite, checkpoint_state,

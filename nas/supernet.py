@@ -23,7 +23,7 @@ run, by Gumbel top-k over per-input edge logits; the other inputs' ops are not c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn

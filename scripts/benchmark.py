@@ -84,7 +84,7 @@ def reference_gdas(supernet, w_opt, a_opt, xw, yw, xa, ya, device, amp):
     import torch
     import torch.nn.functional as F
     import nas
-    from nas.search import autocast
+    from nas.runtime import autocast
 
     def cell_forward(self, inputs, sample):
         states, e = list(inputs), 0
@@ -128,7 +128,7 @@ def lower_step(net, xw, yw, xa, ya, device, amp: bool):
     (forward, and the backward of the activations down to the stem; no weight gradients)."""
     import torch
     import torch.nn.functional as F
-    from nas.search import autocast
+    from nas.runtime import autocast
 
     opt = torch.optim.SGD(net.parameters(), 0.025, momentum=0.9, nesterov=True, weight_decay=5e-4)
     captured = {}
@@ -157,7 +157,6 @@ def measure(space: str, mode: str, batch: int, steps: int, warmup: int, device_n
     """Time search steps of one mode, or of the lower limit, after ``warmup`` steps: at least
     ``steps`` of them, and more (up to 100) until ``min_time`` seconds have been measured."""
     import torch
-    import torch.nn.functional as F
     import nas
     from nas.runtime import keep_freed_memory, resolve_device
     from nas.search import arch_step, reinforce_step, weight_step
@@ -205,8 +204,9 @@ def measure(space: str, mode: str, batch: int, steps: int, warmup: int, device_n
             else:
                 arch_step(supernet, a_opt, xa, ya, amp)
 
-        if mode == "gdas-reference":
-            step = reference_gdas(supernet, w_opt, a_opt, xw, yw, xa, ya, device, amp)
+        if mode == "gdas-reference":  # the same two steps, done as the reference code does them
+            step = reference_gdas(  # noqa: F811
+                supernet, w_opt, a_opt, xw, yw, xa, ya, device, amp)
         params = sum(p.numel() for p in supernet.weight_parameters())
 
     def sync():
@@ -326,7 +326,7 @@ def interleaved(space: str, reference: str | None, batch: int, rounds: int, samp
     import torch.nn.functional as F
     import nas
     from nas.runtime import keep_freed_memory, resolve_device
-    from nas.search import arch_step, autocast, weight_step
+    from nas.search import arch_step, weight_step
 
     device = resolve_device(device_name)
     if device.type == "cpu" and not system_malloc:

@@ -23,7 +23,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import DARTS_V2, ROOT, TINY_SEARCH
+from conftest import DARTS_V2, TINY_SEARCH
 from nas.cli import main
 from nas.genotype import parse_genotype
 
@@ -390,9 +390,10 @@ def test_plugin_paths_are_stored_absolute_and_resume_from_elsewhere(ws, capsys, 
 # -- resume -------------------------------------------------------------------------------------
 def test_resume_with_more_epochs_says_so_and_stretches_the_schedules(ws, capsys):
     edit_saved_config("search.epochs", 2)(ws)
-    code, err = call(["search", "--resume", "run"], capsys)
-    assert code == 0, err
-    out = capsys.readouterr().out + err
+    code = main(["search", "--resume", "run"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "config.yaml was edited: search.epochs 1 -> 2" in printed.out + printed.err
     metrics = [json.loads(line) for line in (ws / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2]
     # epoch 2 of 2 on the stretched cosine, as a straight 2-epoch run has it
