@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from .errors import InputError
 from .genotype import Nodes
-from .ops import build_op, node_sum
+from .ops import Zero, build_op, node_sum
 from .registry import OPS
 
 
@@ -57,21 +57,29 @@ class GenotypeCell(nn.Module):
                               track_running_stats)
                 ops.append(wrap(op_name, op, C) if wrap is not None else op)
             self.node_inputs.append([src for _, src in node])
+        self.ops = nn.ModuleList(ops)
+        # What each node runs: (op, input) pairs. A `none` op adds zeros, so it is left out unless
+        # the node has nothing else to sum.
+        self.node_plan: list[list[tuple[int, int]]] = []
+        k = 0
+        for sources in self.node_inputs:
+            pairs = list(enumerate(sources, k))
+            k += len(sources)
+            self.node_plan.append([(i, src) for i, src in pairs if not isinstance(self.ops[i], Zero)]
+                                  or pairs[:1])
         total = num_inputs + len(nodes)
         for i in self.concat:
             if not 0 <= i < total:
                 raise InputError(f"genotype {where}: concat names state {i}, but the cell has "
                                  f"states 0..{total - 1}")
-        self.ops = nn.ModuleList(ops)
 
     def forward(self, inputs: Sequence[Tensor], drop_prob: float | None = None) -> Tensor:
         drop_prob = self.drop_prob if drop_prob is None else drop_prob
-        states, k = list(inputs), 0
-        for sources in self.node_inputs:
+        states = list(inputs)
+        for plan in self.node_plan:
             outs = []
-            for src in sources:
+            for k, src in plan:
                 op = self.ops[k]
-                k += 1
                 h = op(states[src])
                 if self.training and drop_prob > 0 and not isinstance(op, nn.Identity):
                     h = drop_path(h, drop_prob)

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from . import gumbel
 from .errors import InputError
 from .genotype import Genotype, derive_cell, edge_inputs, num_nodes
-from .ops import build_op, node_sum
+from .ops import Zero, build_op, node_sum
 
 class Sampling(NamedTuple):
     """How a sampling mode draws a training-mode sample (the table below)."""
@@ -87,16 +87,19 @@ class _SampledNode(torch.autograd.Function):
     logit of the edge receives a gradient although only one op ran. ``sum(grad)`` is shared by
     the node's edges, so it is computed once per node. With edge top-k the same rule applies one
     level up: a kept edge's weight gets ``<grad, out>``, an edge that did not run ``sum(grad)``
-    (and its op weights nothing: none of its ops ran).
+    (and its op weights nothing: none of its ops ran). An output given as None stands for the
+    zeros of a ``none`` op that was not run: it adds nothing and ``<grad, 0>`` is 0.
     """
 
     @staticmethod
     def forward(ctx, weights: Tensor, edge_weights: Tensor | None, first: int,  # type: ignore[override]
-                keep: Sequence[bool], index: Sequence[int], *outs: Tensor) -> Tensor:
+                keep: Sequence[bool], index: Sequence[int], *outs: Tensor | None) -> Tensor:
         ctx.first, ctx.keep, ctx.index = first, tuple(keep), tuple(index)
         ctx.meta = weights.shape, weights.dtype, None if edge_weights is None else edge_weights.shape
-        ctx.save_for_backward(*outs)
-        return node_sum(outs)
+        ctx.ran = tuple(out is not None for out in outs)
+        present = [out for out in outs if out is not None]
+        ctx.save_for_backward(*present)
+        return node_sum(present)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
@@ -105,7 +108,8 @@ class _SampledNode(torch.autograd.Function):
         if need_w or need_e:
             shape, dtype, edge_shape = ctx.meta
             total = grad.sum(dtype=dtype)
-            dots = [_dot(grad, out) for out in ctx.saved_tensors]
+            saved = iter(ctx.saved_tensors)  # <grad, 0> is 0 for the edges whose op returned zeros
+            dots = [_dot(grad, next(saved)) if ran else 0.0 for ran in ctx.ran]
             kept = [j for j, k in enumerate(ctx.keep) if k]
             count = len(ctx.keep)
         if need_w:
@@ -124,21 +128,23 @@ class _SampledNode(torch.autograd.Function):
             seg.fill_(total)
             for j, dot in zip(kept, dots):
                 seg[j] = dot
-        return (grad_weights, grad_edges, None, None, None, *([grad] * len(ctx.index)))
+        return (grad_weights, grad_edges, None, None, None, *(grad if ran else None for ran in ctx.ran))
 
 
-def sampled_node(weights: Tensor, first: int, index: Sequence[int], outs: Sequence[Tensor],
-                 keep: Sequence[bool] | None = None, edge_weights: Tensor | None = None) -> Tensor:
+def sampled_node(weights: Tensor, first: int, index: Sequence[int],
+                 outs: Sequence[Tensor | None], keep: Sequence[bool] | None = None,
+                 edge_weights: Tensor | None = None) -> Tensor:
     """Sum the outputs of the ops sampled on the edges ``first, first+1, ...`` of one node.
 
     ``weights`` is the cell kind's hard sample ``[edges, ops]``. ``keep`` flags which of the
     node's edges ran (all when None); ``outs[j]`` is the output of op ``index[j]`` on the j-th
-    edge that ran. The weights, and ``edge_weights`` ``[edges]`` with edge top-k, get the GDAS
+    edge that ran, or None where that op is ``none`` and was skipped (at least one output must
+    be a tensor). The weights, and ``edge_weights`` ``[edges]`` with edge top-k, get the GDAS
     gradient (see ``_SampledNode``).
     """
     keep = (True,) * len(outs) if keep is None else keep
     if not weights.requires_grad and (edge_weights is None or not edge_weights.requires_grad):
-        return node_sum(outs)
+        return node_sum([out for out in outs if out is not None])
     return _SampledNode.apply(weights, edge_weights, first, keep, index, *outs)
 
 
@@ -159,6 +165,8 @@ class MixedEdge(nn.Module):
         if wrap is not None:
             built = [wrap(name, op, C) for name, op in zip(ops, built)]
         self.ops = nn.ModuleList(built)
+        # ops known to return zeros: a single-path forward need not run them (nor add their output)
+        self.zero = tuple(isinstance(op, Zero) for op in built)
 
     def forward(self, x: Tensor, weights: Tensor | None, index: int | None = None) -> Tensor:
         """Run op ``index`` alone, or every op weighted by ``weights`` when index is None.
@@ -207,9 +215,14 @@ class SearchCell(nn.Module):
                 index = sample.index[e:e + count]
                 keep = None if sample.keep is None else sample.keep[e:e + count]
                 kept = range(count) if keep is None else [j for j in range(count) if keep[j]]
-                out = sampled_node(sample.weights, e, [index[j] for j in kept],
-                                   [self.edges[e + j](states[j], None, index[j]) for j in kept],
-                                   keep, sample.edge_weights)
+                # a sampled `none` adds zeros: skipped, unless the node has nothing else to sum
+                skip = [self.edges[e + j].zero[index[j]] for j in kept]
+                if all(skip):
+                    skip[0] = False
+                outs = [None if s else self.edges[e + j](states[j], None, index[j])
+                        for j, s in zip(kept, skip)]
+                out = sampled_node(sample.weights, e, [index[j] for j in kept], outs, keep,
+                                   sample.edge_weights)
             states.append(out)
             e += count
         if self.concat:

@@ -150,6 +150,29 @@ def test_genotype_cell_never_drops_an_identity():
     assert not (pool((x,), drop_prob=0.5).flatten(1) == 0).all(dim=1).any()
 
 
+def test_genotype_cell_skips_none_unless_a_node_has_nothing_else():
+    torch.manual_seed(0)
+    nodes = ((("none", 0),),                                    # only `none`: it runs
+             (("none", 0), ("nor_conv_3x3", 1), ("none", 1)),   # the `none`s are skipped
+             (("avg_pool_3x3", 0), ("none", 2)))
+    cell = nas.GenotypeCell(nodes, 4, num_inputs=1, affine=False)
+    ran = []
+    for i, op in enumerate(cell.ops):
+        op.register_forward_hook(lambda m, inp, out, i=i: ran.append(i))
+    x = torch.randn(2, 4, 6, 6, requires_grad=True)
+    out = cell((x,))
+    assert ran == [0, 2, 4]
+    ops = cell.ops  # the same sums with every `none` run: equal values and gradients
+    n1 = ops[0](x)
+    n2 = ops[1](x) + ops[2](n1) + ops[3](n1)
+    expected = ops[4](x) + ops[5](n2)
+    assert torch.equal(out, expected)
+    grad = torch.randn_like(out)
+    (g,) = torch.autograd.grad(out, x, grad)
+    (g_ref,) = torch.autograd.grad(expected, x, grad)
+    assert torch.equal(g, g_ref)
+
+
 def test_nb201_network_forward():
     torch.manual_seed(0)
     net = nb201().network(nas.parse_genotype(NB201_ARCH), 7, C=4, cells_per_stage=1)

@@ -47,6 +47,21 @@ def kind_of(space: str, cell: nas.SearchCell) -> str:
     return "reduce" if cell.reduction else "normal"
 
 
+def expected_runs(model: nas.Supernet, space: str) -> set[tuple[int, int, int]]:
+    """The (cell, edge, op) modules a gdas forward runs for ``model.last_index``: each edge's
+    sampled op, except a sampled `none` (it adds zeros), unless every edge of its node sampled
+    `none`: then the node's first edge runs it."""
+    runs = set()
+    for c, cell in enumerate(search_cells(model)):
+        index, e = model.last_index[kind_of(space, cell)].tolist(), 0
+        for node in range(cell.num_nodes):
+            edges = range(e, e + cell.num_inputs + node)
+            real = [j for j in edges if cell.edges[j].op_names[index[j]] != "none"]
+            runs.update((c, j, index[j]) for j in real or edges[:1])
+            e = edges.stop
+    return runs
+
+
 def randomize_logits(model: nas.Supernet, seed: int = 0, scale: float = 1.0) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -103,7 +118,7 @@ def test_every_mode_gives_gradients_to_logits_and_weights(space, mode):
 # -- 2. gdas runs exactly the sampled op of each edge -------------------------------------------
 @pytest.mark.parametrize("space", SPACES)
 def test_gdas_runs_exactly_the_sampled_op_per_edge(space):
-    model = make(space, "gdas", seed=2)
+    model = make(space, "gdas", seed=4)
     cells = search_cells(model)
     ran: list[tuple[int, int, int]] = []
     handles = []
@@ -121,15 +136,15 @@ def test_gdas_runs_exactly_the_sampled_op_per_edge(space):
 
     num_edges = sum(len(cell.edges) for cell in cells)
     assert num_edges == len(cells) * EDGES[space]
-    assert len(ran) == num_edges  # one op execution per edge, in total
-    assert sorted((c, e) for c, e, _ in ran) == [(c, e) for c, cell in enumerate(cells)
-                                                  for e in range(len(cell.edges))]
     assert set(model.last_index) == set(KINDS[space])
     for kind in KINDS[space]:
         assert model.last_index[kind].shape == (EDGES[space],)
-    for c, e, i in ran:
-        # every cell of a kind runs the op of the one sample of that kind
-        assert i == int(model.last_index[kind_of(space, cells[c])][e]), (c, e)
+    # at most one op per edge, the sampled one (every cell of a kind runs the one sample of that
+    # kind), and a sampled `none` only where its node has nothing else to sum
+    assert len(ran) == len(set(ran)) and set(ran) == expected_runs(model, space)
+    nones = sum(int(model.last_index[kind_of(space, cell)][e]) == 0
+                for cell in cells for e in range(len(cell.edges)))
+    assert nones > 0 and len(ran) < num_edges  # this sample exercises the skipped `none`
 
     F.cross_entropy(out, y).backward()
     sampled_with_params = 0
@@ -251,21 +266,31 @@ def test_hard_weight_gradients_are_the_estimators(space, mode, monkeypatch):
         h.remove()
     hard = dict(zip(model.arch_logits, captured))
 
+    skipped = 0
     for kind in KINDS[space]:
         expected = torch.zeros(EDGES[space], NUM_OPS[space], dtype=torch.float64)
         index = model.last_index[kind]
         for c, cell in enumerate(cells):
             if kind_of(space, cell) != kind:
                 continue
+            node_of = [node for node, _ in nas.edge_inputs(cell.num_inputs, cell.num_nodes)]
             for e in range(EDGES[space]):
+                if (c, e) not in edge_grad:  # gdas skipped this edge's `none`: the gradient
+                    skipped += 1             # reaching it is its node's, as on any other edge
+                    e2 = next(j for j in range(EDGES[space])
+                              if node_of[j] == node_of[e] and (c, j) in edge_grad)
+                    edge_grad[(c, e)] = edge_grad[(c, e2)]
                 g = edge_grad[(c, e)].double()
                 for i in range(NUM_OPS[space]):
                     if mode == "gdas" and i != int(index[e]):
                         expected[e, i] += g.sum()
-                    else:
+                    elif (c, e, i) in op_out:
                         expected[e, i] += (g * op_out[(c, e, i)].double()).sum()
+                    else:  # a skipped `none`: <g, 0>
+                        assert mode == "gdas" and cell.edges[e].op_names[i] == "none"
         assert expected.abs().max() > 0
         torch.testing.assert_close(hard[kind].grad.double(), expected, rtol=1e-4, atol=1e-6)
+    assert (skipped > 0) == (mode == "gdas" and space == "darts")  # this seed's samples
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "transposed", "channels_last",
@@ -310,6 +335,46 @@ def test_sampled_op_forward_and_gdas_backward(layout):
     # the gradient reaching the op output is the edge gradient itself
     expected_src = grad.t() if layout == "transposed" else grad
     torch.testing.assert_close(src.grad, expected_src, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("space, sample", [
+    ("nasbench201", {"cell": [0, 0, 0, 3, 0, 1]}),  # nodes 1 and 2 sum only `none`s
+    ("darts", {"normal": [0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0],
+               "reduce": [0, 5, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0]}),
+])
+def test_skipping_sampled_none_changes_no_value_or_gradient(space, sample):
+    """A sampled `none` is not run (nor added) where its node has other inputs; where it has
+    none, the node's first edge runs it. Forward and every gradient equal those of running it."""
+    runs = {}
+    for skip in (True, False):
+        model = make(space, "gdas", seed=1, init_seed=3)
+        with torch.no_grad():
+            for kind, p in model.arch_logits.items():
+                p.zero_()
+                p[torch.arange(len(sample[kind])), torch.tensor(sample[kind])] = 40.0
+        if not skip:  # every op counts as real: the sampled `none` runs and adds its zeros
+            for cell in search_cells(model):
+                for edge in cell.edges:
+                    edge.zero = (False,) * len(edge.zero)
+        calls = []
+        for cell in search_cells(model):
+            for edge in cell.edges:
+                edge.ops[0].register_forward_hook(lambda m, i, o: calls.append(1))  # op 0: none
+        x, y = batch(5)
+        out = model(x)
+        assert {k: v.tolist() for k, v in model.last_index.items()} == sample
+        F.cross_entropy(out, y).backward()
+        runs[skip] = out, {n: p.grad for n, p in model.named_parameters()}, len(calls)
+    (out, grads, calls), (ref_out, ref_grads, ref_calls) = runs[True], runs[False]
+    assert torch.equal(out, ref_out)
+    assert grads.keys() == ref_grads.keys()
+    for name, g in grads.items():
+        assert (g is None) == (ref_grads[name] is None), name
+        if g is not None:
+            assert torch.equal(g, ref_grads[name]), name
+    cells = len(search_cells(make(space, "gdas")))
+    # every cell has two nodes that sum only `none`s: each runs one
+    assert calls == 2 * cells and ref_calls == {"nasbench201": 4, "darts": 12}[space] * cells
 
 
 def test_sampled_op_keeps_the_weights_dtype_and_is_a_no_op_without_grad():
@@ -537,7 +602,10 @@ def test_guard_gdas_never_runs_more_ops_than_edges(space, order):
     model = make(space, "gdas", seed=4)
     edges = sum(len(cell.edges) for cell in search_cells(model))
     counts: list[int] = []
+    expected: list[int] = []
     model.register_forward_pre_hook(lambda module, args: counts.append(0))
+    model.register_forward_hook(
+        lambda module, args, out: expected.append(len(expected_runs(model, space))))
     op_modules = [op for cell in search_cells(model) for edge in cell.edges for op in edge.ops]
     for op in op_modules:
         op.register_forward_hook(lambda module, inputs, output: counts.__setitem__(-1, counts[-1] + 1))
@@ -552,4 +620,4 @@ def test_guard_gdas_never_runs_more_ops_than_edges(space, order):
         if order == "weights_first":
             arch_step(model, a_opt, xa, ya, amp=False)
     assert len(counts) == 8  # two forwards per step, nothing re-run in backward
-    assert max(counts) <= edges and min(counts) == edges
+    assert max(counts) <= edges and counts == expected
