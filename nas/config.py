@@ -76,7 +76,7 @@ class SearchConfig:
     tau_forward: TauConfig = field(default_factory=lambda: TauConfig("constant", 1.0, 1.0))
     edge_topk: int = 0                  # > 0: run only k sampled inputs per node (gdas; DARTS-family cells)
     amp: bool = False                   # bf16 autocast (CUDA only)
-    channels_last: bool = False         # channels_last memory format (CUDA only)
+    channels_last: bool | Literal["auto"] = "auto"  # channels-last memory format; auto: on a CPU
     benchmark: str | None = None        # NAS-Bench-201 table: log the derived cell's accuracy
 
 
@@ -98,7 +98,7 @@ class TrainConfig:
     cutout: int = 16                    # cutout square side; 0 disables
     eval_batch_size: int = 256
     amp: bool = False
-    channels_last: bool = False
+    channels_last: bool | Literal["auto"] = "auto"
     sync_bn: bool = False               # SyncBatchNorm across the processes of a torchrun (CUDA)
 
 
@@ -142,6 +142,9 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
                 return _coerce(value, arg, path)
             except InputError as exc:
                 errors.append(exc)
+        if all(a is bool or typing.get_origin(a) is Literal for a in args):  # a switch with words
+            words = ["true", "false", *(str(c) for a in args if a is not bool for c in typing.get_args(a))]
+            raise InputError(f"{path}: expected one of {', '.join(words)}, got {_describe(value)}")
         raise errors[0]
     if origin is Literal:
         choices = typing.get_args(tp)

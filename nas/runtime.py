@@ -248,7 +248,7 @@ def checkpoint_state(kind: str, epoch: int, objects: dict[str, Any], **extra: An
 # Keys a resumed run may take from an edited config.yaml (or flags): where the data is, how it
 # is read and what is monitored change no result; epochs may grow (the schedules stretch).
 RESUME_MAY_CHANGE = ("data.root", "data.download", "data.workers", "data.on_device", "device",
-                     "search.benchmark")
+                     "search.benchmark", "search.channels_last", "train.channels_last")
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -359,6 +359,12 @@ class Meter:
         if not self.count:
             return math.nan, math.nan
         return self.loss.item() / self.count, 100.0 * self.correct.item() / self.count
+
+
+def channels_last(setting: bool | str, device: torch.device) -> bool:
+    """Whether to run in channels-last memory format: ``auto`` means on a CPU, where it halves
+    a search step (README, Speed); on other devices it was not measured, so it stays off."""
+    return device.type == "cpu" if setting == "auto" else bool(setting)
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:

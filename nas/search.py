@@ -33,7 +33,7 @@ from .config import Config, forward_tau_on, save_config, to_dict
 from .data import Batches, load_split, seed_of, split_indices
 from .genotype import Genotype
 from .monitor import Monitor
-from .runtime import (CHECKPOINT, Meter, autocast, check_finite, checkpoint_state,
+from .runtime import (CHECKPOINT, Meter, autocast, channels_last, check_finite, checkpoint_state,
                       discard_failed_start, keep_freed_memory,
                       prepare_run_dir, resolve_device, resume_from, save_checkpoint,
                       seed_everything, start_mode, stretch_cosine)
@@ -185,7 +185,8 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
     model = build_supernet(cfg.space, data.num_classes, s.mode, cfg.seed, cfg.supernet,
                            edge_topk=s.edge_topk).to(device)
     check_supernet(model, cfg.space, data.num_classes, cfg.data.image_size)  # before any file
-    if s.channels_last:
+    layout = channels_last(s.channels_last, device)
+    if layout:
         model = model.to(memory_format=torch.channels_last)
     w_opt = torch.optim.SGD(model.weight_parameters(), s.lr, momentum=s.momentum,
                             weight_decay=s.weight_decay, nesterov=s.nesterov and s.momentum > 0)
@@ -269,7 +270,7 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
             lr, tau_used = w_opt.param_groups[0]["lr"], {k: t.tau for k, t in taus.items()}
             model.train()
             for (xw, yw), (xa, ya) in monitor.steps(zip(w_batches, a_batches), steps, epoch):
-                if s.channels_last:
+                if layout:
                     xw = xw.contiguous(memory_format=torch.channels_last)
                     xa = xa.contiguous(memory_format=torch.channels_last)
                 model.tau = tau.tau

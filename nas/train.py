@@ -26,7 +26,7 @@ from .genotype import Genotype
 from .monitor import Monitor
 from .network import count_macs, count_parameters, set_drop_path
 from .spaces import build_network, check_network
-from .runtime import (CHECKPOINT, Meter, autocast, check_finite, checkpoint_state, discard_failed_start, first_mismatch,
+from .runtime import (CHECKPOINT, Meter, autocast, channels_last, check_finite, checkpoint_state, discard_failed_start, first_mismatch,
                       keep_freed_memory, load_checkpoint, prepare_run_dir, resolve_device,
                       resume_from, save_checkpoint, seed_everything, start_mode, stretch_cosine)
 
@@ -126,7 +126,8 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
     if t.sync_bn and dist.world_size() > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same state dict keys
     model = model.to(device)
-    if t.channels_last:
+    layout = channels_last(t.channels_last, device)
+    if layout:
         model = model.to(memory_format=torch.channels_last)
     shard = (dist.rank(), dist.world_size())
     train_batches = Batches(train_data, t.batch_size, train=True, device=device,
@@ -180,7 +181,7 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
             meter = Meter(device)
             model.train()
             for x, y in monitor.steps(train_batches, len(train_batches), epoch):
-                if t.channels_last:
+                if layout:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast(device, t.amp):
                     logits, aux = _outputs(net(x))
@@ -204,7 +205,7 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
             train_loss, train_acc = meter.read()
             check_finite([train_loss], epoch, run_dir)
             dist.broadcast_buffers(model)  # every rank tests rank 0's network, the one saved
-            test_loss, test_acc = evaluate_model(model, test_batches, t.amp, t.channels_last)
+            test_loss, test_acc = evaluate_model(model, test_batches, t.amp, layout)
             metrics = {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
                        "test_acc": test_acc, "lr": lr, "drop_path": drop_prob,
                        "seconds": time.time() - started}
@@ -223,7 +224,7 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
     finally:
         monitor.close()
     if math.isnan(test_acc):  # resumed a finished run: evaluate what it holds
-        test_loss, test_acc = evaluate_model(model, test_batches, t.amp, t.channels_last)
+        test_loss, test_acc = evaluate_model(model, test_batches, t.amp, layout)
     result = {"test_acc": test_acc, "test_loss": test_loss, "params": params, "macs": macs,
               "epochs": t.epochs, "space": space, "genotype": str(genotype)}
     if main:
@@ -247,10 +248,11 @@ def evaluate_checkpoint(path: str | Path, *, data_root: str | None = None, devic
     if problem:
         raise InputError(f"{path} does not match the network its config builds: {problem}")
     model.load_state_dict(state["model"])
-    model = model.to(dev)
+    layout = channels_last(cfg.train.channels_last, dev)  # as the run evaluated it
+    model = model.to(dev, memory_format=torch.channels_last if layout else torch.preserve_format)
     test_data = load_split(cfg.data, False)
     batches = Batches(test_data, batch_size or cfg.train.eval_batch_size, train=False, device=dev,
                       on_device=cfg.data.on_device, workers=cfg.data.workers)
-    loss, acc = evaluate_model(model, batches)
+    loss, acc = evaluate_model(model, batches, cfg.train.amp, layout)
     return {"test_acc": acc, "test_loss": loss, "images": len(test_data), "epoch": state["epoch"],
             "params": count_parameters(model)}

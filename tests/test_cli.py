@@ -257,6 +257,20 @@ def test_bf16_autocast_and_channels_last_run(tmp_path, tiny_config, capsys):
     assert line["train_loss"] > 0 and line["arch_loss"] > 0
 
 
+@pytest.mark.parametrize("setting, expected", [(None, True), ("false", False)])
+def test_a_cpu_search_runs_channels_last_by_default(tmp_path, tiny_config, capsys, setting, expected):
+    run = tmp_path / "run"
+    extra = [f"search.channels_last={setting}"] if setting else []
+    code, _, err = run_search(["--config", str(tiny_config), "--run-dir", str(run), "--quiet",
+                               "--set", "search.epochs=1", *extra], capsys)
+    assert code == 0, err
+    model = torch.load(run / "checkpoint.pt", weights_only=True)["model"]  # saved with its strides
+    convs = [v for v in model.values() if isinstance(v, torch.Tensor) and v.dim() == 4
+             and min(v.shape[1:]) > 1]
+    assert convs and all(v.is_contiguous(memory_format=torch.channels_last) == expected and
+                         v.is_contiguous() != expected for v in convs)
+
+
 def _user_files(directory: Path) -> dict[str, str]:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "notes.txt").write_text("my notes\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import nas
@@ -45,6 +46,9 @@ def test_yaml_file_over_defaults_and_set_overrides(tmp_path):
                                     "got 'gdass'; did you mean 'gdas'?"),
     ({"search": {"epochs": 2.5}}, "search.epochs: expected an integer, got 2.5"),
     ({"search": {"nesterov": "yes please"}}, "search.nesterov: expected true or false"),
+    ({"search": {"channels_last": "yes"}}, "search.channels_last: expected one of true, false, "
+                                           "auto, got 'yes'"),
+    ({"train": {"channels_last": 1}}, "train.channels_last: expected one of true, false, auto, got 1"),
     ({"search": 5}, "search: expected a mapping"),
     ({"data": {"split": 1.5}}, "data.split: must be in (0, 1), got 1.5"),
     ({"search": {"arch_betas": [0.5]}}, "search.arch_betas: expected two numbers"),
@@ -118,3 +122,15 @@ def test_gdas_config_is_the_papers_setting():
     assert (s.mode, s.epochs, s.batch_size, s.nesterov, s.weight_decay) == ("gdas", 250, 256, True, 5e-4)
     assert (s.tau.schedule, s.tau.max, s.tau.min) == ("linear", 10.0, 0.1)
     assert cfg.supernet == {"C": 16, "cells": 6}
+
+
+def test_channels_last_auto_is_on_for_a_cpu_only():
+    from nas.runtime import channels_last
+
+    cfg = build_config({})
+    assert cfg.search.channels_last == cfg.train.channels_last == "auto"
+    assert channels_last("auto", torch.device("cpu")) is True
+    assert channels_last("auto", torch.device("cuda")) is False  # a device object needs no GPU
+    assert channels_last(False, torch.device("cpu")) is False
+    assert channels_last(True, torch.device("cuda")) is True
+    assert build_config({"search": {"channels_last": False}}).search.channels_last is False

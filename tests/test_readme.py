@@ -26,3 +26,13 @@ def test_readme_python_snippets_run(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"ran {len(runnable)}" in out.stdout
     assert (tmp_path / "g.json").is_file()  # the genotypes example saved its file
+
+
+def test_readme_configuration_reference_is_the_defaults():
+    import yaml
+
+    from nas.config import Config, to_dict
+
+    section = (ROOT / "README.md").read_text().split("## Configuration reference", 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    assert yaml.safe_load(block) == to_dict(Config())
