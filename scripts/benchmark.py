@@ -24,7 +24,7 @@ gdas step done as the reference code does it, on the GDAS configurations (NAS-Be
 5 cells per stage; DARTS space: C=16, 6 cells); ``--reference PATH`` replaces the last by the
 GDAS reference code itself (``TinyNetworkGDAS`` / ``NASNetworkGDAS``), imported at run time
 from the user's AutoDL-Projects checkout at PATH (nothing of it is part of this project) and
-run as written (float32, contiguous; ``--amp`` and ``--channels-last`` are ours). Every
+run as written (float32, contiguous; ``--amp`` and ``--layout`` are ours). Every
 row runs the same few sampled subnetworks in turn on the same batches; ratios are taken between
 medians of the same run. Writes ``interleaved.json`` and ``interleaved.md``.
 
@@ -228,7 +228,8 @@ def measure(space: str, mode: str, batch: int, steps: int, warmup: int, device_n
     median = statistics.median(times)
     result = {"space": space, "mode": mode, "batch": batch, "device": str(device),
               "median_s": median, "min_s": min(times), "steps": len(times),
-              "images_per_s": 2 * batch / median, "params": params}
+              "images_per_s": 2 * batch / median, "params": params,
+              "layout": "channels-last" if channels_last else "contiguous"}
     if device.type == "cuda":
         result["peak_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
         result["device_name"] = torch.cuda.get_device_name(device)
@@ -243,8 +244,9 @@ def measure(space: str, mode: str, batch: int, steps: int, warmup: int, device_n
 def table(results: list[dict]) -> str:
     """The Markdown table of one run."""
     device = results[0].get("device_name") or results[0]["device"]
+    layout = f"; {results[0]['layout']} memory format" if "layout" in results[0] else ""
     lines = [f"Device: {device}" + (f", {results[0]['threads']} threads" if "threads" in results[0] else "")
-             + f"; batch {results[0]['batch']}, 32x32; step time: the median over the steps "
+             + f"{layout}; batch {results[0]['batch']}, 32x32; step time: the median over the steps "
              "counted (at least 3, and at least 30 s of steps).", "",
              "| space | mode | step (s) | steps | vs lower limit | vs softmax | images/s | peak memory (MB) |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -374,7 +376,7 @@ def interleaved(space: str, reference: str | None, batch: int, rounds: int, samp
 
     if reference:
         # The reference runs as its code is written: float32, contiguous (--amp and
-        # --channels-last are this project's settings).
+        # --layout are this project's settings).
         ref, ref_ops, ref_logits = reference_supernet(reference, space, opts)
         ref = ref.to(device).train()
         rxw, rxa = xw.contiguous(), xa.contiguous()
@@ -430,6 +432,7 @@ def interleaved(space: str, reference: str | None, batch: int, rounds: int, samp
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else
             f"cpu, {torch.get_num_threads()} threads", "rounds": rounds, "samples": samples,
             "names": names, "median_s": med, "times_s": times,
+            "layout": "channels-last" if channels_last else "contiguous",
             "gdas_vs_lower": med["gdas"] / med["lower"],
             "reference_vs_gdas": med["reference"] / med["gdas"],
             "gdas_vs_lower_quartiles": quart(ratio("gdas", "lower")),
@@ -440,7 +443,8 @@ def interleaved(space: str, reference: str | None, batch: int, rounds: int, samp
 def interleaved_table(results: list[dict]) -> str:
     """The Markdown table of ``interleaved`` runs."""
     r0 = results[0]
-    lines = [f"Device: {r0['device_name']}; batch {r0['batch']}, 32x32; every row runs the same "
+    lines = [f"Device: {r0['device_name']}; this project's networks in {r0['layout']} memory "
+             f"format; batch {r0['batch']}, 32x32; every row runs the same "
              f"{r0['samples']} random subnetworks per round, in turn, in one process; step time: "
              f"the median over {r0['rounds']} rounds of the mean step of the round; ratios: "
              "of medians (in brackets: the quartiles of the per-round ratios).", "",
@@ -467,7 +471,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast")
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--layout", choices=("auto", "channels-last", "contiguous"), default="auto",
+                        help="memory format of this project's networks and inputs (auto: as nas "
+                             "search does, channels-last on a CPU)")
     parser.add_argument("--out", default="bench", help="directory for benchmark.json/.md")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads (torch.set_num_threads; 0: torch's default)")
@@ -487,6 +493,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         import torch
         torch.set_num_threads(args.threads)
+    import nas
+    from nas.runtime import channels_last, resolve_device
+    layout = {"auto": "auto", "channels-last": True, "contiguous": False}[args.layout]
+    try:
+        cl = channels_last(layout, resolve_device(args.device))
+    except nas.InputError as exc:
+        print(f"benchmark.py: error: {exc}", file=sys.stderr)
+        return 2
     if args.reference and not (Path(args.reference).expanduser() / REFERENCE_FILE).is_file():
         print(f"benchmark.py: error: --reference {args.reference}: no {REFERENCE_FILE} there; "
               "give the root of an AutoDL-Projects checkout", file=sys.stderr)
@@ -494,12 +508,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.one:
         print(json.dumps(measure(args.one[0], args.one[1], args.batch, args.steps, args.warmup,
-                                 args.device, args.amp, args.channels_last, args.min_time,
+                                 args.device, args.amp, cl, args.min_time,
                                  args.system_malloc)))
         return 0
     if args.interleave or args.reference:
         found = [interleaved(space, args.reference, args.batch, args.rounds, args.samples,
-                             args.device, args.amp, args.channels_last, args.system_malloc)
+                             args.device, args.amp, cl, args.system_malloc)
                  for space in args.space]
         out_dir = Path(args.out)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -519,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
                "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
                "--min-time", str(args.min_time), "--threads", str(args.threads)]
         cmd += ["--system-malloc"] * args.system_malloc
-        cmd += ["--amp"] * args.amp + ["--channels-last"] * args.channels_last
+        cmd += ["--amp"] * args.amp + ["--layout", args.layout]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             print(out.stderr, file=sys.stderr)

@@ -200,13 +200,15 @@ def random_search_worker(spec: dict[str, Any]) -> None:
     import torch.nn.functional as F
     from nas.data import Batches, load_split, seed_of, split_indices
     from nas.genotype import parse_genotype
-    from nas.runtime import resolve_device, seed_everything
+    from nas.runtime import channels_last, resolve_device, seed_everything
     from nas.train import evaluate_model
     from search_spaces.nasbench201 import PRIMITIVES, NB201Network, NB201Supernet
 
     cfg, seed, epochs = load_config(spec["config"], spec["set"]), spec["seed"], spec["epochs"]
     cfg.data.root = spec["data_dir"] or cfg.data.root
     s, device = cfg.search, resolve_device(cfg.device)
+    # the search's memory format: the baseline's wall time buys as much as the search's does
+    fmt = torch.channels_last if channels_last(s.channels_last, device) else torch.contiguous_format
     data = load_split(cfg.data, train=True)
     w_idx, a_idx = split_indices(len(data), cfg.data.split, seed)
     steps = min(len(w_idx), len(a_idx)) // s.batch_size or 1  # the search's steps per epoch
@@ -224,7 +226,7 @@ def random_search_worker(spec: dict[str, Any]) -> None:
                         for i in range(3))
         seed_everything(seed_of(seed, 4, len(tried)))
         model = NB201Network(parse_genotype(arch), data.num_classes, C=C,
-                             cells_per_stage=per_stage).to(device)
+                             cells_per_stage=per_stage).to(device, memory_format=fmt)
         batches = Batches(train_data, s.batch_size, train=True, device=device, pad=cfg.data.pad,
                           seed=seed_of(seed, 1, len(tried)), max_steps=steps, **kw)
         opt = torch.optim.SGD(model.parameters(), s.lr, momentum=0.9, nesterov=True,
@@ -234,14 +236,15 @@ def random_search_worker(spec: dict[str, Any]) -> None:
             batches.set_epoch(epoch)
             model.train()
             for x, y in batches:
-                loss = F.cross_entropy(model(x), y)
+                loss = F.cross_entropy(model(x.contiguous(memory_format=fmt)), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if s.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
                 opt.step()
             sched.step()
-        tried.append({"arch": arch, "val_acc": evaluate_model(model, val)[1],
+        tried.append({"arch": arch, "val_acc": evaluate_model(
+                          model, val, channels_last=fmt is torch.channels_last)[1],
                       "seconds": time.time() - t0})
         # stop before a cell that would not finish in time: the baseline never gets more time
         if time.time() + statistics.mean(t["seconds"] for t in tried) > deadline:

@@ -270,9 +270,14 @@ def test_the_interleaved_benchmark_pins_the_same_subnetworks_for_every_row(tmp_p
     assert set(r["median_s"]) == {"lower", "gdas", "reference"}
     assert all(len(v) == 2 and min(v) > 0 for v in r["times_s"].values())
     assert "| nasbench201 (C=4, cells_per_stage=1) |" in bench.interleaved_table([r])
+    assert "networks in contiguous memory format" in bench.interleaved_table([r])
 
     capsys.readouterr()
     assert bench.main(["--reference", str(tmp_path), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no xautodl/models/cell_searchs/search_model_gdas.py" in err
     assert not list(tmp_path.iterdir())  # nothing written
+    assert bench.main(["--device", "tpu", "--interleave", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown device 'tpu'" in err
+    assert not list(tmp_path.iterdir())
