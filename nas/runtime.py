@@ -362,8 +362,8 @@ class Meter:
 
 
 def channels_last(setting: bool | str, device: torch.device) -> bool:
-    """Whether to run in channels-last memory format: ``auto`` means on a CPU, where it halves
-    a search step (README, Speed); on other devices it was not measured, so it stays off."""
+    """Whether to run in channels-last memory format: ``auto`` means on a CPU, where a search
+    step takes 0.6-0.75x the time (README, Speed); on other devices it was not measured, so off."""
     return device.type == "cpu" if setting == "auto" else bool(setting)
 
 

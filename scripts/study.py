@@ -208,7 +208,8 @@ def random_search_worker(spec: dict[str, Any]) -> None:
     cfg.data.root = spec["data_dir"] or cfg.data.root
     s, device = cfg.search, resolve_device(cfg.device)
     # the search's memory format: the baseline's wall time buys as much as the search's does
-    fmt = torch.channels_last if channels_last(s.channels_last, device) else torch.contiguous_format
+    layout = channels_last(s.channels_last, device)
+    fmt = torch.channels_last if layout else torch.contiguous_format
     data = load_split(cfg.data, train=True)
     w_idx, a_idx = split_indices(len(data), cfg.data.split, seed)
     steps = min(len(w_idx), len(a_idx)) // s.batch_size or 1  # the search's steps per epoch
@@ -243,8 +244,7 @@ def random_search_worker(spec: dict[str, Any]) -> None:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
                 opt.step()
             sched.step()
-        tried.append({"arch": arch, "val_acc": evaluate_model(
-                          model, val, channels_last=fmt is torch.channels_last)[1],
+        tried.append({"arch": arch, "val_acc": evaluate_model(model, val, channels_last=layout)[1],
                       "seconds": time.time() - t0})
         # stop before a cell that would not finish in time: the baseline never gets more time
         if time.time() + statistics.mean(t["seconds"] for t in tried) > deadline:
