@@ -367,6 +367,11 @@ def channels_last(setting: bool | str, device: torch.device) -> bool:
     return device.type == "cpu" if setting == "auto" else bool(setting)
 
 
+def in_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """``x`` in channels-last memory format when asked and it is a batch of images (4-D)."""
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
     """bf16 autocast on ``device`` when enabled."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)

@@ -34,7 +34,7 @@ from .data import Batches, load_split, seed_of, split_indices
 from .genotype import Genotype
 from .monitor import Monitor
 from .runtime import (CHECKPOINT, Meter, autocast, channels_last, check_finite, checkpoint_state,
-                      discard_failed_start, keep_freed_memory,
+                      discard_failed_start, in_layout, keep_freed_memory,
                       prepare_run_dir, resolve_device, resume_from, save_checkpoint,
                       seed_everything, start_mode, stretch_cosine)
 from .schedules import TemperatureScheduler
@@ -270,9 +270,7 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
             lr, tau_used = w_opt.param_groups[0]["lr"], {k: t.tau for k, t in taus.items()}
             model.train()
             for (xw, yw), (xa, ya) in monitor.steps(zip(w_batches, a_batches), steps, epoch):
-                if layout:
-                    xw = xw.contiguous(memory_format=torch.channels_last)
-                    xa = xa.contiguous(memory_format=torch.channels_last)
+                xw, xa = in_layout(xw, layout), in_layout(xa, layout)
                 model.tau = tau.tau
                 if "tau_forward" in taus:
                     model.tau_forward = taus["tau_forward"].tau

@@ -26,9 +26,10 @@ from .genotype import Genotype
 from .monitor import Monitor
 from .network import count_macs, count_parameters, set_drop_path
 from .spaces import build_network, check_network
-from .runtime import (CHECKPOINT, Meter, autocast, channels_last, check_finite, checkpoint_state, discard_failed_start, first_mismatch,
-                      keep_freed_memory, load_checkpoint, prepare_run_dir, resolve_device,
-                      resume_from, save_checkpoint, seed_everything, start_mode, stretch_cosine)
+from .runtime import (CHECKPOINT, Meter, autocast, channels_last, check_finite, checkpoint_state,
+                      discard_failed_start, first_mismatch, in_layout, keep_freed_memory,
+                      load_checkpoint, prepare_run_dir, resolve_device, resume_from,
+                      save_checkpoint, seed_everything, start_mode, stretch_cosine)
 
 
 @dataclass
@@ -78,8 +79,7 @@ def evaluate_model(model: nn.Module, batches: Batches, amp: bool = False,
     meter = Meter(batches.device)
     batches.set_epoch(0)
     for x, y in batches:
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = in_layout(x, channels_last)
         with autocast(x.device, amp):
             logits, _ = _outputs(model(x))
         meter.add(F.cross_entropy(logits.float(), y), logits, y)
@@ -181,8 +181,7 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
             meter = Meter(device)
             model.train()
             for x, y in monitor.steps(train_batches, len(train_batches), epoch):
-                if layout:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                x = in_layout(x, layout)
                 with autocast(device, t.amp):
                     logits, aux = _outputs(net(x))
                 loss = F.cross_entropy(logits.float(), y)

@@ -200,7 +200,7 @@ def random_search_worker(spec: dict[str, Any]) -> None:
     import torch.nn.functional as F
     from nas.data import Batches, load_split, seed_of, split_indices
     from nas.genotype import parse_genotype
-    from nas.runtime import channels_last, resolve_device, seed_everything
+    from nas.runtime import channels_last, in_layout, resolve_device, seed_everything
     from nas.train import evaluate_model
     from search_spaces.nasbench201 import PRIMITIVES, NB201Network, NB201Supernet
 
@@ -237,7 +237,7 @@ def random_search_worker(spec: dict[str, Any]) -> None:
             batches.set_epoch(epoch)
             model.train()
             for x, y in batches:
-                loss = F.cross_entropy(model(x.contiguous(memory_format=fmt)), y)
+                loss = F.cross_entropy(model(in_layout(x, layout)), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if s.grad_clip > 0:

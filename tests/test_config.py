@@ -134,3 +134,15 @@ def test_channels_last_auto_is_on_for_a_cpu_only():
     assert channels_last(False, torch.device("cpu")) is False
     assert channels_last(True, torch.device("cuda")) is True
     assert build_config({"search": {"channels_last": False}}).search.channels_last is False
+
+
+def test_in_layout_converts_image_batches_only():
+    from nas.runtime import in_layout
+
+    images = torch.randn(2, 3, 4, 5)
+    converted = in_layout(images, True)
+    assert torch.equal(converted, images) and not converted.is_contiguous()
+    assert converted.is_contiguous(memory_format=torch.channels_last)
+    assert in_layout(images, False) is images
+    signals = torch.randn(2, 3, 7)  # a plugin dataset's non-image inputs stay as they are
+    assert in_layout(signals, True) is signals
