@@ -28,7 +28,7 @@ _EXPORTS = {
     "sampled_op": "supernet", "node_sum": "ops",
     "SearchSpace": "spaces", "build_supernet": "spaces", "build_network": "spaces",
     "get_space": "spaces",
-    "GenotypeCell": "network", "count_macs": "network",
+    "GenotypeCell": "network", "count_macs": "cost",
     "count_parameters": "network", "drop_path": "network", "set_drop_path": "network",
 }
 

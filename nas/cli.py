@@ -108,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--benchmark", metavar="TABLE",
                    help="NAS-Bench-201 table (CSV or NATS-Bench files): print the cell's "
                         "accuracies and rank")
+    g.add_argument("--cost", action="store_true",
+                   help="print the parameters and multiply-adds of the network built from the "
+                        "genotype (the space's default network options unless --config/--set)")
+    g.add_argument("--config", metavar="FILE", help="YAML config whose network: options (and "
+                   "search.budget.image_size or data.image_size) the cost is counted with; "
+                   "implies --cost")
+    g.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
+                   help="override config values, e.g. --set network.C=16; implies --cost")
     g = gverbs.add_parser("plot", help="write each cell as Graphviz DOT and PNG")
     g.add_argument("genotype", metavar="FILE|NAME|STRING", help=GENOTYPE_HELP)
     g.add_argument("--out", metavar="DIR", help="output directory (default: beside the file, "
@@ -192,6 +200,9 @@ def _print_search(result) -> None:
         return
     print(f"genotype: {result.genotype}")
     print(f"genotype file: {result.run_dir / 'genotype.json'}")
+    if result.cost is not None:
+        from .budget import describe
+        print(f"cost of the network: {describe(result.cost, result.budget)}")
     if result.benchmark is not None:
         print(result.benchmark.summary())
     print(f"TensorBoard: tensorboard --logdir {result.run_dir}")
@@ -310,6 +321,8 @@ def cmd_genotype(args: argparse.Namespace) -> int:
         if args.benchmark:
             from .benchmarks import load_table
             result = load_table(args.benchmark).query(genotype)
+        cost = _genotype_cost(genotype, args.config, args.set) \
+            if args.cost or args.config or args.set else None  # fails before anything is printed
         print(genotype)
         for kind, nodes in genotype.cells.items():
             states, num_inputs = plot.cell_states(genotype, kind)
@@ -325,6 +338,8 @@ def cmd_genotype(args: argparse.Namespace) -> int:
             if result.class_size > 1:
                 print(f"isomorphic to {result.class_size - 1} other cell(s) of the table; class "
                       f"mean cifar10 {result.class_accuracy['cifar10']:.2f}")
+        if cost is not None:
+            print(cost)
         return 0
     source = Path(args.genotype)
     if args.out:
@@ -349,6 +364,32 @@ def cmd_genotype(args: argparse.Namespace) -> int:
         how = plot.save_cell_png(genotype, kind, png_path)
         print(f"{kind} cell: {dot_path} and {png_path} (drawn with {how})")
     return 0
+
+
+CLASSES = {"cifar10": 10, "cifar100": 100}  # the built-in datasets' classes, known without loading
+
+
+def _genotype_cost(genotype, config: str | None, sets: list[str]) -> str:
+    """One line: what the network that ``config`` (or the space's defaults) builds costs."""
+    from .config import config_specs, load_config
+    from .cost import count_cost, format_cost
+    from .registry import trust
+    from .spaces import build_network
+
+    cfg = load_config(config, sets)
+    for spec in config_specs(cfg):  # named by the user on the command line
+        trust(spec)
+    if genotype.space and (config or any(s.startswith("space=") for s in sets)) \
+            and genotype.space != cfg.space:
+        raise InputError(f"the genotype belongs to the {genotype.space} space, the config's "
+                         f"space is {cfg.space}")
+    space = genotype.space or cfg.space
+    classes = CLASSES.get(cfg.data.dataset, 10)
+    size = cfg.search.budget.image_size or cfg.data.image_size
+    cost = count_cost(build_network(space, genotype, classes, cfg.network), size)
+    options = ", ".join(f"{k}={v}" for k, v in cfg.network.items()) or "default options"
+    return (f"cost of the {space} network ({options}; {classes} classes, {size}x{size} images): "
+            f"{format_cost('params', cost['params'])}, {format_cost('macs', cost['macs'])}")
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

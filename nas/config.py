@@ -50,6 +50,18 @@ class TauConfig:
 
 
 @dataclass
+class BudgetConfig:
+    """Upper bounds on the cost of the network built from the derived genotype (null: none)."""
+
+    params: float | None = None         # parameters (an auxiliary head not counted)
+    macs: float | None = None           # multiply-adds of one image
+    latency_ms: float | None = None     # milliseconds per batch, by a per-op table measured on the device
+    image_size: int | None = None       # the images the cost is counted at; null: data.image_size
+    latency_batch: int = 1              # the batch the latency is measured at
+    dual_lr: float = 0.05               # step of the Lagrange multipliers per architecture step
+
+
+@dataclass
 class SearchConfig:
     """The alternating optimisation of weights and architecture (GDAS defaults)."""
 
@@ -78,6 +90,7 @@ class SearchConfig:
     amp: bool = False                   # bf16 autocast (CUDA only)
     channels_last: bool | Literal["auto"] = "auto"  # channels-last memory format; auto: on a CPU
     benchmark: str | None = None        # NAS-Bench-201 table: log the derived cell's accuracy
+    budget: BudgetConfig = field(default_factory=BudgetConfig)  # bounds on the derived network's cost
 
 
 @dataclass
@@ -266,6 +279,15 @@ def _check_ranges(cfg: Config) -> None:
     need(cfg.search.edge_topk >= 0, f"search.edge_topk: must be >= 0 (0: off), got {cfg.search.edge_topk}")
     need(cfg.search.edge_topk == 0 or cfg.search.mode == "gdas",
          f"search.edge_topk: sampling the inputs of a node needs search.mode: gdas, got {cfg.search.mode}")
+    b = cfg.search.budget
+    for key in ("params", "macs", "latency_ms"):
+        need(getattr(b, key) is None or getattr(b, key) > 0,
+             f"search.budget.{key}: must be positive or null, got {getattr(b, key)}")
+    need(b.image_size is None or 4 <= b.image_size <= MAX_IMAGE_SIZE and b.image_size % 2 == 0,
+         f"search.budget.image_size: must be an even number from 4 to {MAX_IMAGE_SIZE} or null, "
+         f"got {b.image_size}")
+    need(b.latency_batch >= 1, f"search.budget.latency_batch: must be at least 1, got {b.latency_batch}")
+    need(b.dual_lr > 0, f"search.budget.dual_lr: must be positive, got {b.dual_lr}")
     need(0 < cfg.data.split < 1, f"data.split: must be in (0, 1), got {cfg.data.split}")
     size = cfg.data.image_size
     need(4 <= size <= MAX_IMAGE_SIZE and size % 2 == 0,
@@ -281,6 +303,12 @@ def _check_ranges(cfg: Config) -> None:
     need(cfg.train.cutout >= 0, f"train.cutout: must be >= 0, got {cfg.train.cutout}")
     need(cfg.train.auxiliary_weight >= 0,
          f"train.auxiliary_weight: must be >= 0, got {cfg.train.auxiliary_weight}")
+
+
+def budget_limits(b: BudgetConfig) -> dict[str, float]:
+    """The bounds ``search.budget`` sets, ``{metric: limit}`` (empty: no budget)."""
+    return {k: float(getattr(b, k)) for k in ("params", "macs", "latency_ms")
+            if getattr(b, k) is not None}
 
 
 def forward_tau_on(s: SearchConfig) -> bool:

@@ -40,6 +40,8 @@ class GenotypeCell(nn.Module):
                  wrap: Any = None, where: str = "cell") -> None:
         super().__init__()
         self.num_inputs, self.reduction, self.concat = num_inputs, reduction, tuple(concat)
+        # the genotype's nodes, as built: what a cost table matches a cell's kind by
+        self.nodes = tuple(tuple((op, int(src)) for op, src in node) for node in nodes)
         self.drop_prob = 0.0
         self.node_inputs: list[list[int]] = []
         ops = []
@@ -121,28 +123,3 @@ def evaluating(model: nn.Module) -> Iterator[torch.device]:
 def count_parameters(model: nn.Module, exclude: str = "auxiliary") -> int:
     """Number of parameters, leaving out those whose name contains ``exclude`` (as DARTS counts)."""
     return sum(p.numel() for name, p in model.named_parameters() if not exclude or exclude not in name)
-
-
-@torch.no_grad()
-def count_macs(model: nn.Module, input_size: Sequence[int] = (1, 3, 32, 32)) -> int:
-    """Multiply-adds of convolutions and linear layers for one forward in eval mode."""
-    total = 0
-
-    def conv_hook(module: nn.Conv2d, inputs: Any, output: Tensor) -> None:
-        nonlocal total
-        kh, kw = module.kernel_size
-        total += output.numel() * (module.in_channels // module.groups) * kh * kw
-
-    def linear_hook(module: nn.Linear, inputs: Any, output: Tensor) -> None:
-        nonlocal total
-        total += output.numel() * module.in_features
-
-    hooks = [m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    hooks += [m.register_forward_hook(linear_hook) for m in model.modules() if isinstance(m, nn.Linear)]
-    try:
-        with evaluating(model) as device:
-            model(torch.zeros(*input_size, device=device))
-    finally:
-        for h in hooks:
-            h.remove()
-    return total // input_size[0]

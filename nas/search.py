@@ -17,19 +17,22 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import distributed as dist
-from .benchmarks import BenchmarkResult, load_table
-from .config import Config, forward_tau_on, save_config, to_dict
+from .benchmarks import BenchmarkResult, NB201Table, load_table
+from .budget import BudgetConstraint, check_feasible, derive_within, describe, expected_cost
+from .config import Config, budget_limits, forward_tau_on, save_config, to_dict
+from .cost import CostTable, build_cost_table, count_cost, format_cost
 from .data import Batches, load_split, seed_of, split_indices
 from .genotype import Genotype
 from .monitor import Monitor
@@ -39,7 +42,7 @@ from .runtime import (CHECKPOINT, Meter, autocast, channels_last, check_finite, 
                       seed_everything, start_mode, stretch_cosine)
 from .schedules import TemperatureScheduler
 from .ops import build_op
-from .spaces import build_supernet, check_supernet
+from .spaces import build_network, build_supernet, check_supernet
 from .supernet import Supernet
 
 
@@ -51,6 +54,8 @@ class SearchResult:
     run_dir: Path
     metrics: dict[str, Any]
     benchmark: BenchmarkResult | None = None  # the genotype in search.benchmark's table
+    cost: dict[str, float] | None = None      # with search.budget: the derived network's cost
+    budget: dict[str, float] | None = None    # with search.budget: its bounds
 
 
 @contextlib.contextmanager
@@ -93,13 +98,17 @@ def weight_step(model: Supernet, optimizer: torch.optim.Optimizer, x: Tensor, y:
 
 
 def arch_step(model: Supernet, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
-              amp: bool) -> tuple[Tensor, Tensor]:
-    """One Adam step of the logits; no weight gradient is computed. Returns (loss, logits)."""
+              amp: bool, penalty: Callable[[], Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """One Adam step of the logits; no weight gradient is computed. Returns (loss, logits).
+
+    ``penalty()``, a differentiable function of the logits (a budget's), is added to the loss.
+    """
     params = model.arch_parameters()
     with autocast(x.device, amp):
         logits = model(x)
     loss = F.cross_entropy(logits.float(), y)
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    objective = loss + penalty() if penalty is not None else loss
+    grads = torch.autograd.grad(objective, params, allow_unused=True)
     for p, g in zip(params, grads):
         p.grad = torch.zeros_like(p) if g is None else g
     dist.average_gradients(params)
@@ -108,12 +117,14 @@ def arch_step(model: Supernet, optimizer: torch.optim.Optimizer, x: Tensor, y: T
 
 
 def reinforce_step(model: Supernet, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
-                   samples: int, amp: bool) -> tuple[Tensor, Tensor]:
+                   samples: int, amp: bool,
+                   penalty: Callable[[], Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """One Adam step of the logits by the score function with a leave-one-out baseline (RLOO).
 
     ``samples`` subnetworks drawn from the supernet's distribution are run forward only on the same batch;
     each one's log-probability is weighted by its loss minus the mean loss of the others, so no
-    gradient flows through the ops. Returns the mean loss and the first subnetwork's logits.
+    gradient flows through the ops. ``penalty()`` is added to the objective, as in ``arch_step``.
+    Returns the mean loss and the first subnetwork's logits.
     """
     losses, drawn, first = [], [], None
     with torch.no_grad(), autocast(x.device, amp):
@@ -126,7 +137,9 @@ def reinforce_step(model: Supernet, optimizer: torch.optim.Optimizer, x: Tensor,
     advantage = loss - (loss.sum() - loss) / (samples - 1)
     params = model.arch_parameters()
     log_prob = torch.stack([model.log_prob(index, edges) for index, edges in drawn])
-    grads = torch.autograd.grad((advantage * log_prob).mean(), params, allow_unused=True)
+    objective = (advantage * log_prob).mean()
+    objective = objective + penalty() if penalty is not None else objective
+    grads = torch.autograd.grad(objective, params, allow_unused=True)
     for p, g in zip(params, grads):
         p.grad = torch.zeros_like(p) if g is None else g
     dist.average_gradients(params)
@@ -155,15 +168,47 @@ def weight_sampling_logits(model: Supernet, how: str) -> dict[str, Tensor] | Non
     return out
 
 
-def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: bool = False,
-           quiet: bool = False) -> SearchResult:
-    """Run (or resume) a search into ``run_dir``; write checkpoints, genotypes and logs there.
+@dataclass
+class SearchSetup:
+    """Everything a search runs on, built before any file is written (``build_search``)."""
 
-    An existing ``run_dir`` is refused unless ``resume`` (continue it) or ``force`` (replace
-    it, once the data and the supernet are ready).
+    cfg: Config
+    device: torch.device
+    num_classes: int
+    images: tuple[int, int]          # (weights, architecture) split sizes
+    steps: int                       # steps per epoch
+    w_batches: Batches
+    a_batches: Batches
+    model: Supernet
+    layout: bool                     # channels-last
+    w_opt: torch.optim.Optimizer
+    lr_sched: torch.optim.lr_scheduler.CosineAnnealingLR
+    a_opt: torch.optim.Optimizer
+    taus: dict[str, TemperatureScheduler]
+    table: NB201Table | None         # monitoring only: never read by a step
+    weight_logits: dict[str, Tensor] | None
+    budget: BudgetConstraint | None = None
+
+    @property
+    def objects(self) -> dict[str, Any]:
+        """What a checkpoint holds, by key."""
+        return {"model": self.model, "w_opt": self.w_opt, "a_opt": self.a_opt,
+                "lr_sched": self.lr_sched, **self.taus,
+                **({"budget": self.budget} if self.budget is not None else {})}
+
+    def derive(self) -> Genotype:
+        """The genotype the logits point to now: the most probable one within the budget, if any."""
+        genotype = self.model.genotype() if self.budget is None else \
+            derive_within(self.model, self.budget.table, self.budget.limits)
+        return _stamped(genotype, self.cfg.space)
+
+
+def build_search(cfg: Config, saved_costs: Path | None = None) -> SearchSetup:
+    """Load the data and build the supernet, optimisers and schedules of ``cfg``'s search.
+
+    With ``search.budget``, also the cost table (its latency read from ``saved_costs``, a
+    resumed run's ``costs.json``, when given) and the budget's constraint.
     """
-    dist.begin_setup()
-    run_dir, resume, force = start_mode(run_dir, resume, force)
     s = cfg.search
     device = dist.local_device(resolve_device(cfg.device))
     dist.per_rank_batch(s.batch_size, "search.batch_size")
@@ -181,7 +226,6 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
                        seed=seed_of(cfg.seed, tag), max_steps=steps,
                        shard=(dist.rank(), dist.world_size()))
 
-    w_batches, a_batches = batches(w_idx, 1), batches(a_idx, 2)
     model = build_supernet(cfg.space, data.num_classes, s.mode, cfg.seed, cfg.supernet,
                            edge_topk=s.edge_topk).to(device)
     check_supernet(model, cfg.space, data.num_classes, cfg.data.image_size)  # before any file
@@ -190,7 +234,6 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
         model = model.to(memory_format=torch.channels_last)
     w_opt = torch.optim.SGD(model.weight_parameters(), s.lr, momentum=s.momentum,
                             weight_decay=s.weight_decay, nesterov=s.nesterov and s.momentum > 0)
-    lr_sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, s.epochs, eta_min=s.lr_min)
     a_opt = torch.optim.Adam(model.arch_parameters(), s.arch_lr, betas=tuple(s.arch_betas),
                              weight_decay=s.arch_weight_decay)
 
@@ -198,139 +241,264 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
         total = s.epochs if t.per == "epoch" else s.epochs * steps
         return TemperatureScheduler(t.schedule, total, t.max, t.min, t.per, **t.options)
 
-    tau = scheduler(s.tau)
     # the forward temperature has its own schedule, checkpointed only when it is on, so that
     # GDAS runs (and their checkpoints) are what they were before it existed
-    taus = {"tau": tau, **({"tau_forward": scheduler(s.tau_forward)} if forward_tau_on(s) else {})}
-    # Monitoring only: the table is read after each epoch's genotype is fixed, never by a step.
+    taus = {"tau": scheduler(s.tau),
+            **({"tau_forward": scheduler(s.tau_forward)} if forward_tau_on(s) else {})}
     table = load_table(s.benchmark) if s.benchmark else None
     if table is not None:
         table.query(model.genotype())  # a space the table cannot score fails before the run starts
-
-    weight_logits = weight_sampling_logits(model, s.weight_sampling)
     model.estimator = s.estimator if s.estimator in ("gumbel_rao", "reinmax") else "gdas"
     model.rao_samples = s.samples
+    budget = build_budget(cfg, model, data.num_classes, device, saved_costs) \
+        if budget_limits(s.budget) else None
+    return SearchSetup(cfg, device, data.num_classes, (len(w_idx), len(a_idx)), steps,
+                       batches(w_idx, 1), batches(a_idx, 2), model, layout, w_opt,
+                       torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, s.epochs, eta_min=s.lr_min),
+                       a_opt, taus, table, weight_sampling_logits(model, s.weight_sampling), budget)
 
-    def update(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        if s.estimator == "reinforce":
-            return reinforce_step(model, a_opt, x, y, s.samples, s.amp)
-        return arch_step(model, a_opt, x, y, s.amp)
 
-    start = 0
-    run_dir = dist.agree(run_dir)  # every rank is ready (else all stop), in rank 0's directory
-    main = dist.is_main()  # rank 0 alone writes the run directory
+COSTS = "costs.json"  # a budgeted run's cost table; a resumed run reuses its measured latency
+
+
+def build_budget(cfg: Config, model: Supernet, num_classes: int, device: torch.device,
+                 saved: Path | None = None) -> BudgetConstraint:
+    """The cost table of the ``network:`` that ``cfg`` builds, and the budget's constraint.
+
+    Fails in one line before the run starts when no architecture of the space fits.
+    """
+    b, limits = cfg.search.budget, budget_limits(cfg.search.budget)
+    size = b.image_size or cfg.data.image_size
+    measure = "latency_ms" in limits and not (saved is not None and saved.is_file())
+    metrics = ["params", "macs"] + (["latency_ms"] if measure else [])
+    build_network(cfg.space, model.genotype(), num_classes, cfg.network)  # options fail in one line
+    with torch.random.fork_rng(devices=[]):  # building probe networks draws no number of the run's
+        table = build_cost_table(model, lambda g: build_network(cfg.space, g, num_classes, cfg.network),
+                                 size, metrics, device if measure else torch.device("cpu"),
+                                 cfg.space, b.latency_batch)
+    if "latency_ms" in limits and not measure:
+        table.load_metric(json.loads(saved.read_text()), "latency_ms")
+    check_feasible(model, table, limits)
+    return BudgetConstraint(table, limits, b.dual_lr)
+
+
+def open_run(setup: SearchSetup, run_dir: Path, resume: bool, force: bool) -> tuple[int, dict]:
+    """Create (or resume into) ``run_dir``; returns the epochs done and the epoch counts grown."""
+    cfg, main = setup.cfg, dist.is_main()  # rank 0 alone writes the run directory
     if main:
         prepare_run_dir(run_dir, resume=resume, force=force)
-    objects = {"model": model, "w_opt": w_opt, "a_opt": a_opt, "lr_sched": lr_sched, **taus}
-    grown: dict[str, tuple] = {}
+    start, grown = 0, {}
     if resume:
-        start, grown = resume_from(run_dir, "search", objects, to_dict(cfg))
+        start, grown = resume_from(run_dir, "search", setup.objects, to_dict(cfg))
         if "search.epochs" in grown:  # the saved config was edited: the schedules stretch
-            stretch_cosine(lr_sched, s.epochs)
-            for schedule in taus.values():
-                schedule.total = s.epochs if schedule.per == "epoch" else s.epochs * steps
+            epochs = cfg.search.epochs
+            stretch_cosine(setup.lr_sched, epochs)
+            for schedule in setup.taus.values():
+                schedule.total = epochs if schedule.per == "epoch" else epochs * setup.steps
     elif main:
         save_config(cfg, run_dir / "config.yaml")
+    if main and setup.budget is not None and not (run_dir / COSTS).is_file():
+        (run_dir / COSTS).write_text(json.dumps(setup.budget.table.to_dict()) + "\n")
     if main:
         (run_dir / "genotypes").mkdir(exist_ok=True)
         for stale in (run_dir / "genotypes").glob("epoch_*.json"):  # written after the checkpoint
             if stale.stem[6:].isdigit() and int(stale.stem[6:]) > start:
                 stale.unlink()
-    # the logits stay out of DDP: the architecture step averages their gradients itself
-    ddp = dist.wrap(model, device, [f"arch_logits.{k}" for k in model.arch_logits])
-    ddp = None if ddp is model else ddp
+    return start, grown
 
+
+def header(setup: SearchSetup, run_dir: Path, resume: bool, start: int,
+           grown: dict[str, tuple]) -> list[str]:
+    """The lines a search prints before its first epoch."""
+    cfg, s = setup.cfg, setup.cfg.search
+    if resume:
+        lines = [f"resuming {run_dir} at epoch {start + 1}/{s.epochs}" if start < s.epochs
+                 else f"{run_dir} has finished all {s.epochs} epochs"]
+        return lines + [f"config.yaml was edited: {key} {was} -> {now}" + (
+            "; the learning-rate and temperature schedules now end there"
+            if key == "search.epochs" else "") for key, (was, now) in grown.items()]
+    n_params = sum(p.numel() for p in setup.model.weight_parameters())
+    how = "".join([f", {s.estimator} estimator" if s.estimator != "gdas" else "",
+                   f", {s.weight_sampling} weight sampling" if s.weight_sampling != "arch" else "",
+                   ", decoupled forward temperature" if "tau_forward" in setup.taus else "",
+                   f", top-{s.edge_topk} inputs per node" if s.edge_topk else ""])
+    w, a = setup.images
+    return [*budget_lines(setup), f"search: {cfg.space} space, {s.mode} mode{how}, {w}/{a} images (weights/"
+            f"architecture), {setup.steps} steps/epoch{dist.batch_note(s.batch_size, setup.device)}, "
+            f"{n_params:,} weights, device {setup.device}"]
+
+
+def budget_lines(setup: SearchSetup) -> list[str]:
+    """What a budgeted search promises, and how its costs were measured."""
+    if setup.budget is None:
+        return []
+    table, limits, cfg = setup.budget.table, setup.budget.limits, setup.cfg
+    least = table.minimum()
+    bounds = ", ".join(f"{m} <= {format_cost(m, v)}" for m, v in limits.items())
+    lines = [f"budget: {bounds} for the network {cfg.network or '(the space defaults)'} "
+             f"builds from the derived genotype, at {table.image_size}x{table.image_size} "
+             f"(the smallest possible: {', '.join(format_cost(m, least[m]) for m in limits)})"]
+    return lines + [f"  {m}: {how}" for m, how in table.how.items() if m in limits]
+
+
+def run_epoch(setup: SearchSetup, epoch: int, monitor: Monitor,
+              ddp: nn.Module | None) -> tuple[Meter, Meter]:
+    """One epoch of alternating weight and architecture steps; returns their meters."""
+    s, model, taus = setup.cfg.search, setup.model, setup.taus
+    setup.w_batches.set_epoch(epoch)
+    setup.a_batches.set_epoch(epoch)
+    update_arch = epoch >= s.warmup_epochs
+    train_meter, arch_meter = Meter(setup.device), Meter(setup.device)
+
+    budget = setup.budget
+    penalty = (lambda: budget.penalty(model)) if budget is not None else None
+
+    def update(x: Tensor, y: Tensor) -> None:
+        if s.estimator == "reinforce":
+            arch_meter.add(*reinforce_step(model, setup.a_opt, x, y, s.samples, s.amp, penalty), y)
+        else:
+            arch_meter.add(*arch_step(model, setup.a_opt, x, y, s.amp, penalty), y)
+        if budget is not None:
+            budget.update()
+
+    model.train()
+    for (xw, yw), (xa, ya) in monitor.steps(zip(setup.w_batches, setup.a_batches), setup.steps,
+                                            epoch):
+        xw, xa = in_layout(xw, setup.layout), in_layout(xa, setup.layout)
+        model.tau = taus["tau"].tau
+        if "tau_forward" in taus:
+            model.tau_forward = taus["tau_forward"].tau
+        if update_arch and s.order == "arch_first":
+            update(xa, ya)
+        model.sampling_logits = setup.weight_logits
+        train_meter.add(*weight_step(model, setup.w_opt, xw, yw, s.grad_clip, s.amp, ddp), yw)
+        model.sampling_logits = None
+        if update_arch and s.order == "weights_first":
+            update(xa, ya)
+        for t in taus.values():
+            if t.per == "iteration":
+                t.step()
+        if monitor.want_postfix():
+            loss, acc = train_meter.read()
+            monitor.postfix(loss=loss, acc=acc, **taus_of(model, taus))
+    setup.lr_sched.step()
+    for t in taus.values():
+        if t.per == "epoch":
+            t.step()
+    return train_meter, arch_meter
+
+
+def end_epoch(setup: SearchSetup, epoch: int, run_dir: Path, monitor: Monitor,
+              meters: tuple[Meter, Meter], lr: float, taus: dict[str, float],
+              started: float) -> dict[str, Any]:
+    """Derive and save the epoch's genotype, log its metrics, write the checkpoint."""
+    cfg, s, model, main = setup.cfg, setup.cfg.search, setup.model, dist.is_main()
+    dist.check_same(model.arch_parameters(), "architecture logits")
+    genotype = setup.derive()
+    if main:
+        genotype.save(run_dir / "genotypes" / f"epoch_{epoch + 1:03d}.json")
+    for meter in meters:
+        meter.reduce()
+    (train_loss, train_acc), (arch_loss, arch_acc) = (m.read() for m in meters)
+    update_arch = epoch >= s.warmup_epochs
+    check_finite([train_loss, arch_loss] if update_arch else [train_loss], epoch, run_dir)
+    metrics = {"train_loss": train_loss, "train_acc": train_acc, "arch_loss": arch_loss,
+               "arch_acc": arch_acc, **taus, "lr": lr, "arch_lr": s.arch_lr, "entropy": model.entropy(),
+               "seconds": time.time() - started}
+    metrics = {k: (None if isinstance(v, float) and math.isnan(v) else v)
+               for k, v in metrics.items()}
+    scalars = {"loss/train": train_loss, "accuracy/train": train_acc, **taus,
+               "lr/weights": lr, "lr/arch": s.arch_lr, "entropy": metrics["entropy"]}
+    if setup.table is not None:
+        bench = setup.table.query(genotype).scalars()
+        scalars.update(bench)
+        metrics.update({k.replace("/", "_"): v for k, v in bench.items()})
+    if update_arch:
+        scalars.update({"loss/arch": arch_loss, "accuracy/arch": arch_acc})
+    if setup.budget is not None:
+        costs = budget_scalars(setup.budget, model, genotype)
+        scalars.update(costs)
+        metrics.update({k.replace("/", "_"): v for k, v in costs.items()})
+    monitor.epoch_end(epoch, {**metrics, "genotype": str(genotype)}, scalars)
+    monitor.architecture(epoch, model, genotype)
+    if main:
+        save_checkpoint(checkpoint_state("search", epoch + 1, setup.objects, config=to_dict(cfg),
+                                         num_classes=setup.num_classes,
+                                         genotype=genotype.to_dict()), run_dir / CHECKPOINT)
+    return metrics
+
+
+def budget_scalars(budget: BudgetConstraint, model: Supernet, genotype: Genotype) -> dict[str, float]:
+    """The derived network's cost, the expected cost and the multipliers, by TensorBoard tag."""
+    return {**{f"cost/{m}": v for m, v in budget.table.of(genotype).items()},
+            **{f"cost/expected_{m}": v for m, v in expected_cost(budget.table, model).items()},
+            **{f"budget/lambda_{m}": v for m, v in budget.values().items()}}
+
+
+def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: bool = False,
+           quiet: bool = False) -> SearchResult:
+    """Run (or resume) a search into ``run_dir``; write checkpoints, genotypes and logs there.
+
+    An existing ``run_dir`` is refused unless ``resume`` (continue it) or ``force`` (replace
+    it, once the data and the supernet are ready).
+    """
+    dist.begin_setup()
+    run_dir, resume, force = start_mode(run_dir, resume, force)
+    setup = build_search(cfg, run_dir / COSTS if resume else None)
+    s, model = cfg.search, setup.model
+    run_dir = dist.agree(run_dir)  # every rank is ready (else all stop), in rank 0's directory
+    if setup.budget is not None:
+        _same_table_everywhere(setup.budget.table, setup.device)
+    start, grown = open_run(setup, run_dir, resume, force)
+    # the logits stay out of DDP: the architecture step averages their gradients itself
+    ddp = dist.wrap(model, setup.device, [f"arch_logits.{k}" for k in model.arch_logits])
+    ddp = None if ddp is model else ddp
     monitor = Monitor(run_dir, epochs=s.epochs, start_epoch=start, quiet=quiet, title="search",
-                      write=main)
-    if not resume:
-        n_params = sum(p.numel() for p in model.weight_parameters())
-        how = "".join([f", {s.estimator} estimator" if s.estimator != "gdas" else "",
-                       f", {s.weight_sampling} weight sampling" if s.weight_sampling != "arch" else "",
-                       ", decoupled forward temperature" if "tau_forward" in taus else "",
-                       f", top-{s.edge_topk} inputs per node" if s.edge_topk else ""])
-        monitor.print(f"search: {cfg.space} space, {s.mode} mode{how}, {len(w_idx)}/{len(a_idx)} "
-                      f"images (weights/architecture), {steps} steps/epoch"
-                      f"{dist.batch_note(s.batch_size, device)}, {n_params:,} weights, "
-                      f"device {device}")
-    else:
-        monitor.print(f"resuming {run_dir} at epoch {start + 1}/{s.epochs}" if start < s.epochs
-                      else f"{run_dir} has finished all {s.epochs} epochs")
-        for key, (was, now) in grown.items():
-            monitor.print(f"config.yaml was edited: {key} {was} -> {now}" + (
-                "; the learning-rate and temperature schedules now end there"
-                if key == "search.epochs" else ""))
+                      write=dist.is_main())
+    for line in header(setup, run_dir, resume, start, grown):
+        monitor.print(line)
     metrics: dict[str, Any] = {}
     try:
         for epoch in range(start, s.epochs):
             started = time.time()
-            w_batches.set_epoch(epoch)
-            a_batches.set_epoch(epoch)
-            update_arch = epoch >= s.warmup_epochs
-            train_meter, arch_meter = Meter(device), Meter(device)
-            lr, tau_used = w_opt.param_groups[0]["lr"], {k: t.tau for k, t in taus.items()}
-            model.train()
-            for (xw, yw), (xa, ya) in monitor.steps(zip(w_batches, a_batches), steps, epoch):
-                xw, xa = in_layout(xw, layout), in_layout(xa, layout)
-                model.tau = tau.tau
-                if "tau_forward" in taus:
-                    model.tau_forward = taus["tau_forward"].tau
-                if update_arch and s.order == "arch_first":
-                    arch_meter.add(*update(xa, ya), ya)
-                model.sampling_logits = weight_logits
-                train_meter.add(*weight_step(model, w_opt, xw, yw, s.grad_clip, s.amp, ddp), yw)
-                model.sampling_logits = None
-                if update_arch and s.order == "weights_first":
-                    arch_meter.add(*update(xa, ya), ya)
-                for t in taus.values():
-                    if t.per == "iteration":
-                        t.step()
-                if monitor.want_postfix():
-                    loss, acc = train_meter.read()
-                    monitor.postfix(loss=loss, acc=acc, **taus_of(model, taus))
-            lr_sched.step()
-            for t in taus.values():
-                if t.per == "epoch":
-                    t.step()
-            dist.check_same(model.arch_parameters(), "architecture logits")
-            genotype = _stamped(model.genotype(), cfg.space)
-            if main:
-                genotype.save(run_dir / "genotypes" / f"epoch_{epoch + 1:03d}.json")
-            train_meter.reduce()
-            arch_meter.reduce()
-            train_loss, train_acc = train_meter.read()
-            arch_loss, arch_acc = arch_meter.read()
-            check_finite([train_loss, arch_loss] if update_arch else [train_loss], epoch, run_dir)
-            metrics = {"train_loss": train_loss, "train_acc": train_acc, "arch_loss": arch_loss,
-                       "arch_acc": arch_acc, **tau_used, "lr": lr, "arch_lr": s.arch_lr,
-                       "entropy": model.entropy(), "seconds": time.time() - started}
-            metrics = {k: (None if isinstance(v, float) and math.isnan(v) else v)
-                       for k, v in metrics.items()}
-            scalars = {"loss/train": train_loss, "accuracy/train": train_acc, **tau_used,
-                       "lr/weights": lr, "lr/arch": s.arch_lr, "entropy": metrics["entropy"]}
-            if table is not None:
-                bench = table.query(genotype).scalars()
-                scalars.update(bench)
-                metrics.update({k.replace("/", "_"): v for k, v in bench.items()})
-            if update_arch:
-                scalars.update({"loss/arch": arch_loss, "accuracy/arch": arch_acc})
-            monitor.epoch_end(epoch, {**metrics, "genotype": str(genotype)}, scalars)
-            monitor.architecture(epoch, model, genotype)
-            if main:
-                save_checkpoint(checkpoint_state("search", epoch + 1, objects,
-                                                 config=to_dict(cfg), num_classes=data.num_classes,
-                                                 genotype=genotype.to_dict()), run_dir / CHECKPOINT)
+            lr, taus = setup.w_opt.param_groups[0]["lr"], {k: t.tau for k, t in setup.taus.items()}
+            meters = run_epoch(setup, epoch, monitor, ddp)
+            metrics = end_epoch(setup, epoch, run_dir, monitor, meters, lr, taus, started)
     except Exception:
         monitor.close()
         discard_failed_start(run_dir)
         raise
     finally:
         monitor.close()
-    genotype = _stamped(model.genotype(), cfg.space)
-    if main:
+    genotype = setup.derive()
+    cost = limits = None
+    if setup.budget is not None:  # counted on the network itself, not by the table
+        limits = setup.budget.limits
+        cost = {**setup.budget.table.of(genotype), **count_cost(
+            build_network(cfg.space, genotype, setup.num_classes, cfg.network),
+            setup.budget.table.image_size)}
+    if dist.is_main():
         genotype.save(run_dir / "genotype.json")
     dist.barrier()  # every rank returns once the run directory is complete
     return SearchResult(genotype, run_dir, metrics,
-                        table.query(genotype) if table is not None else None)
+                        setup.table.query(genotype) if setup.table is not None else None,
+                        cost, limits)
+
+
+def _same_table_everywhere(table: CostTable, device: torch.device) -> None:
+    """Average a measured latency table over the ranks, so that every rank's penalty is the same."""
+    if dist.world_size() == 1 or "latency_ms" not in table.base:
+        return
+    kinds = list(table.ops["latency_ms"])
+    flat = torch.cat([table.ops["latency_ms"][k].flatten() for k in kinds] +
+                     [torch.tensor([table.base["latency_ms"]])]).double().to(device)
+    flat = dist.all_sum(flat) / dist.world_size()
+    start = 0
+    for k in kinds:
+        n = table.ops["latency_ms"][k].numel()
+        table.ops["latency_ms"][k] = flat[start:start + n].view_as(table.ops["latency_ms"][k]).float().cpu()
+        start += n
+    table.base["latency_ms"] = float(flat[-1])
 
 
 def taus_of(model: Supernet, taus: dict[str, TemperatureScheduler]) -> dict[str, float]:

@@ -24,7 +24,8 @@ from .data import Batches, load_split, seed_of
 from .errors import InputError
 from .genotype import Genotype
 from .monitor import Monitor
-from .network import count_macs, count_parameters, set_drop_path
+from .cost import count_macs
+from .network import count_parameters, set_drop_path
 from .spaces import build_network, check_network
 from .runtime import (CHECKPOINT, Meter, autocast, channels_last, check_finite, checkpoint_state,
                       discard_failed_start, first_mismatch, in_layout, keep_freed_memory,

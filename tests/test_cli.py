@@ -97,7 +97,8 @@ def final_logits(run: Path) -> dict[str, torch.Tensor]:
     ["search.edge_topk=2", "search.tau_forward.schedule=linear", "search.tau_forward.max=3",
      "search.tau_forward.per=iteration"],
     ["search.edge_topk=1", "search.estimator=reinforce", "search.weight_sampling=uniform"],
-], ids=["gdas", "remedies", "topk-decoupled", "topk-reinforce"])
+    ["search.budget.params=5000", "search.budget.macs=9e4", "search.budget.dual_lr=0.5"],
+], ids=["gdas", "remedies", "topk-decoupled", "topk-reinforce", "budget"])
 def test_interrupted_then_resumed_equals_straight_through(tmp_path, tiny_config, capsys,
                                                           monkeypatch, remedies):
     args = ["--config", str(tiny_config), "--set", "search.epochs=3", *remedies, "--quiet"]
@@ -123,6 +124,9 @@ def test_interrupted_then_resumed_equals_straight_through(tmp_path, tiny_config,
     a, b = final_logits(straight), final_logits(broken)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert any(k.startswith("edge_logits.") for k in a) == any("edge_topk" in r for r in remedies)
+    if any("budget" in r for r in remedies):  # the multipliers moved, and resumed exactly
+        sa, sb = (torch.load(p / "checkpoint.pt", weights_only=False)["budget"] for p in (straight, broken))
+        assert sa == sb and any(v > 0 for v in sa["multipliers"].values())
     assert nas.Genotype.load(straight / "genotype.json") == nas.Genotype.load(broken / "genotype.json")
     strip = lambda p: [{k: v for k, v in json.loads(l).items() if k != "seconds"}
                        for l in (p / "metrics.jsonl").read_text().splitlines()]

@@ -1,0 +1,204 @@
+"""Searching under a budget: a constraint on the expected cost, and a derivation that keeps it.
+
+``search.budget`` bounds the parameters, multiply-adds or latency of the network that the
+``network:`` options build from the derived genotype (what is retrained and deployed), not the
+supernet. Two parts:
+
+- ``BudgetConstraint``: during the search the expected cost under the architecture distribution
+  (``CostTable.expected``, differentiable in the logits) enters the architecture objective as
+  ``sum_m lambda_m * (E[cost_m] / budget_m - 1)``. Each multiplier follows dual ascent,
+  ``lambda_m <- max(0, lambda_m + dual_lr * (E[cost_m] / budget_m - 1))`` after every
+  architecture step: it grows while the distribution is over budget and shrinks back to 0 once it
+  is inside, so no weight needs tuning per budget. The term is added to whatever gradient the
+  estimator gives, so it works with every estimator and mode.
+- ``derive_within``: the most probable architecture whose network fits, exactly: a
+  multiple-choice knapsack solved by dynamic programming over the nodes of every cell kind (over
+  which inputs a node keeps and which op each kept edge carries), keeping only the Pareto-optimal
+  partial choices. It never returns an architecture over budget.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from .cost import CostTable, format_cost
+from .errors import InputError
+from .genotype import Genotype, num_nodes
+from .supernet import Supernet
+
+
+def fits(cost: Mapping[str, float], limits: Mapping[str, float]) -> bool:
+    """Whether ``cost`` is within every limit."""
+    return all(cost[m] <= limit for m, limit in limits.items())
+
+
+def describe(cost: Mapping[str, float], limits: Mapping[str, float]) -> str:
+    """``78.6M multiply-adds (budget 80.0M, 98%), 486,080 parameters``."""
+    parts = []
+    for m, value in cost.items():
+        text = format_cost(m, value)
+        if m in limits:
+            text += f" (budget {format_cost(m, limits[m]).split(' ')[0]}, {100 * value / limits[m]:.0f}%)"
+        parts.append(text)
+    return ", ".join(parts)
+
+
+class BudgetConstraint:
+    """Lagrange multipliers of a budget, one per bounded metric, updated by dual ascent."""
+
+    def __init__(self, table: CostTable, limits: Mapping[str, float], dual_lr: float) -> None:
+        self.table, self.limits, self.dual_lr = table, dict(limits), float(dual_lr)
+        self.multipliers = torch.zeros(len(self.limits), dtype=torch.float64)
+        self._violation: Tensor | None = None
+
+    def penalty(self, model: Supernet) -> Tensor:
+        """``sum_m lambda_m * (E[cost_m] / budget_m - 1)``, differentiable in the logits."""
+        expected = self.table.expected(model)
+        ratio = torch.stack([expected[m] / limit for m, limit in self.limits.items()]) - 1
+        self.multipliers = self.multipliers.to(ratio.device)
+        self._violation = ratio.detach().double()
+        return (self.multipliers.to(ratio.dtype) * ratio).sum()
+
+    def update(self) -> None:
+        """One dual-ascent step from the violation the last ``penalty`` saw (no host sync)."""
+        if self._violation is not None:
+            self.multipliers = (self.multipliers + self.dual_lr * self._violation).clamp(min=0)
+            self._violation = None
+
+    def values(self) -> dict[str, float]:
+        """The multipliers by metric (one host sync)."""
+        return dict(zip(self.limits, self.multipliers.tolist()))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"multipliers": self.values()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        saved = state["multipliers"]
+        if set(saved) != set(self.limits):
+            raise ValueError(f"the checkpoint's budget bounds {sorted(saved)}, the config "
+                             f"{sorted(self.limits)}")
+        self.multipliers = torch.tensor([float(saved[m]) for m in self.limits],
+                                        dtype=torch.float64, device=self.multipliers.device)
+
+
+# -- derivation ---------------------------------------------------------------------------------
+Option = tuple[float, tuple[float, ...], tuple[tuple[str, int], ...]]  # score, cost, (op, src)s
+
+
+def _node_options(logp: Tensor, edge_logp: Tensor | None, cost: list[Tensor], ops: Sequence[str],
+                  allowed: Tensor, start: int, count: int, keep: int | None) -> list[list[Option]]:
+    """A node's choices as groups: one group per edge when it keeps every input, else one group
+    of every (k inputs, op per kept input)."""
+    def edge_option(j: int, o: int) -> tuple[float, tuple[float, ...]]:
+        e = start + j
+        score = float(logp[e, o]) + (float(edge_logp[e]) if edge_logp is not None else 0.0)
+        return score, tuple(float(c[e, o]) for c in cost)
+
+    usable = [o for o in range(len(ops)) if allowed[o]]
+    if keep is None:
+        return [[(*edge_option(j, o), ((ops[o], j),)) for o in usable] for j in range(count)]
+    group = []
+    for inputs in itertools.combinations(range(count), min(keep, count)):
+        for choice in itertools.product(usable, repeat=len(inputs)):
+            parts = [edge_option(j, o) for j, o in zip(inputs, choice)]
+            score = sum(p[0] for p in parts)
+            total = tuple(map(sum, zip(*(p[1] for p in parts)))) if parts else ()
+            # strongest edge first, as the unconstrained DARTS rule lists them
+            order = sorted(range(len(inputs)), key=lambda i: -parts[i][0])
+            group.append((score, total, tuple((ops[choice[i]], inputs[i]) for i in order)))
+    return [group]
+
+
+def _pareto(states: list[tuple[float, tuple[float, ...], Any]]) -> list[tuple[float, tuple[float, ...], Any]]:
+    """Drop every state that another state beats or equals in score at no more cost."""
+    states = sorted(states, key=lambda s: -s[0])  # stable: earlier choices win ties
+    kept: list[tuple[float, tuple[float, ...], Any]] = []
+    if states and len(states[0][1]) == 1:
+        best = math.inf
+        for s in states:
+            if s[1][0] < best:
+                kept.append(s)
+                best = s[1][0]
+        return kept
+    for s in states:
+        if not any(all(a <= b for a, b in zip(k[1], s[1])) for k in kept):
+            kept.append(s)
+    return kept
+
+
+def derive_within(model: Supernet, table: CostTable, limits: Mapping[str, float]) -> Genotype | None:
+    """The most probable genotype (sum of log-probabilities of the ops it keeps, and of the kept
+    inputs with edge top-k) whose network fits ``limits``; None if none does.
+
+    When the unconstrained genotype (``model.genotype()``) fits, it is the answer.
+    """
+    free = model.genotype()
+    if fits(table.of(free), limits):
+        return free
+    metrics = list(limits)
+    probs, edge_probs = model.probabilities(), model.edge_probabilities()
+    groups: list[tuple[str, int, list[Option]]] = []
+    for kind, p in probs.items():
+        logp = p.double().clamp_min(1e-300).log().cpu()
+        edge_logp = edge_probs[kind].double().clamp_min(1e-300).log().cpu() if kind in edge_probs else None
+        cost = [table.ops[m][kind].double().cpu() for m in metrics]
+        n, start = num_nodes(p.shape[0], table.cell_inputs), 0
+        for node in range(n):
+            count = table.cell_inputs + node
+            for group in _node_options(logp, edge_logp, cost, table.op_names[kind],
+                                       table.allowed[kind], start, count, table.keep):
+                groups.append((kind, node, group))
+            start += count
+    # the least each remaining group can add, so that a partial choice that cannot fit is dropped
+    least = [tuple(min(o[1][i] for o in g) for i in range(len(metrics))) for _, _, g in groups]
+    rest = [tuple(sum(lst[i] for lst in least[g:]) for i in range(len(metrics)))
+            for g in range(len(groups) + 1)]
+    cap = tuple(limits[m] - table.base[m] for m in metrics)
+    states: list[tuple[float, tuple[float, ...], Any]] = [(0.0, (0.0,) * len(metrics), None)]
+    for g, (_, _, options) in enumerate(groups):
+        merged = []
+        for score, spent, back in states:
+            for o_score, o_cost, edges in options:
+                total = tuple(a + b for a, b in zip(spent, o_cost))
+                if all(t + r <= c + 1e-9 * max(1.0, abs(c)) for t, r, c in zip(total, rest[g + 1], cap)):
+                    merged.append((score + o_score, total, (back, edges)))
+        states = _pareto(merged)
+        if not states:
+            return None
+    chain, back = [], states[0][2]
+    while back is not None:
+        back, edges = back
+        chain.append(edges)
+    chain.reverse()
+    cells: dict[str, list[list[tuple[str, int]]]] = {kind: [] for kind in probs}
+    for (kind, node, _), edges in zip(groups, chain):
+        nodes = cells[kind]
+        while len(nodes) <= node:
+            nodes.append([])
+        nodes[node].extend(edges)
+    return Genotype(cells, dict(free.concat), space=free.space)
+
+
+def check_feasible(model: Supernet, table: CostTable, limits: Mapping[str, float]) -> None:
+    """Fail in one line, naming the smallest possible costs, if no genotype fits ``limits``."""
+    least = table.minimum()
+    for m, limit in limits.items():
+        if least[m] > limit:
+            raise InputError(f"search.budget.{m}: no architecture of this space fits "
+                             f"{format_cost(m, limit)}: the smallest network has "
+                             f"{format_cost(m, least[m])}")
+    if derive_within(model, table, limits) is None:
+        smallest = ", ".join(format_cost(m, least[m]) for m in limits)
+        raise InputError(f"search.budget: no architecture of this space fits all bounds at once "
+                         f"(the smallest of each alone: {smallest}); loosen one of them")
+
+
+def expected_cost(table: CostTable, model: Supernet) -> dict[str, float]:
+    """The expected cost under the current distribution, as numbers (for logs)."""
+    with torch.no_grad():
+        return {m: float(v) for m, v in table.expected(model).items()}
+

@@ -1,0 +1,331 @@
+"""Cost-aware search: exact costs, the per-op table, the constrained derivation, the constraint."""
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+import nas
+from nas.budget import BudgetConstraint, derive_within, fits
+from nas.config import build_config
+from nas.cost import build_cost_table, count_cost, count_macs
+from nas.genotype import Genotype
+from nas.runtime import load_checkpoint
+from nas.spaces import build_network, build_supernet
+
+from conftest import ROOT, TINY_SEARCH
+
+NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+
+
+def nb201_table(C: int = 4, per_stage: int = 1, size: int = 8, metrics=("params", "macs")):
+    model = build_supernet("nasbench201", 10, "gdas", 0, {"C": 4, "cells_per_stage": 1})
+    table = build_cost_table(model, lambda g: build_network(
+        "nasbench201", g, 10, {"C": C, "cells_per_stage": per_stage}), size, list(metrics),
+        torch.device("cpu"), "nasbench201")
+    return model, table
+
+
+def nb201_cell(ops: list[str]) -> Genotype:
+    it = iter(ops)
+    return Genotype({"cell": [[(next(it), j) for j in range(i + 1)] for i in range(3)]},
+                    space="nasbench201")
+
+
+def test_multiply_adds_of_a_conv_by_hand():
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    assert count_macs(conv, (1, 3, 6, 6)) == 8 * 36 * 3 * 9
+    assert count_macs(conv, (4, 3, 6, 6)) == 8 * 36 * 3 * 9  # per image
+
+
+def test_nb201_conv3x3_edge_costs_what_its_convs_do():
+    _, table = nb201_table(C=4, per_stage=2, size=8)
+    ops = list(NB201_OPS)
+    # a nor_conv_3x3 edge: a C->C 3x3 conv in every cell of every stage (C, 2C, 4C channels;
+    # 8, 4, 2 pixels), two cells per stage; its batch norm has 2C affine parameters
+    macs = sum(2 * (c * c * 9) * (s * s) for c, s in ((4, 8), (8, 4), (16, 2)))
+    params = sum(2 * (c * c * 9 + 2 * c) for c in (4, 8, 16))
+    for e in range(6):
+        assert table.ops["macs"]["cell"][e, ops.index("nor_conv_3x3")] == macs
+        assert table.ops["params"]["cell"][e, ops.index("nor_conv_3x3")] == params
+        for free in ("none", "skip_connect", "avg_pool_3x3"):
+            assert table.ops["macs"]["cell"][e, ops.index(free)] == 0
+
+
+def test_the_table_adds_up_to_the_counted_network_for_random_cells():
+    _, table = nb201_table(C=4, per_stage=2, size=8)
+    rng = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        ops = [NB201_OPS[i] for i in torch.randint(5, (6,), generator=rng).tolist()]
+        g = nb201_cell(ops)
+        net = build_network("nasbench201", g, 10, {"C": 4, "cells_per_stage": 2})
+        assert table.of(g) == {k: float(v) for k, v in count_cost(net, 8).items()}
+
+
+def test_darts_table_matches_published_darts_v2_count():
+    model = build_supernet("darts", 10, "gdas", 0, {"C": 4, "cells": 3})
+    table = build_cost_table(model, lambda g: build_network("darts", g, 10, {"C": 36, "cells": 20}),
+                             32, ["params"], torch.device("cpu"), "darts")
+    assert table.of(nas.parse_genotype("DARTS_V2"))["params"] == 3_349_342  # as DARTS counts it
+
+
+def brute_force(model, table, limits):
+    """The best NB201 cell within limits by enumerating all 5^6 of them."""
+    logp = model.probabilities()["cell"].double().log()
+    best = None
+    for combo in itertools.product(range(5), repeat=6):
+        g = nb201_cell([NB201_OPS[o] for o in combo])
+        score = sum(float(logp[e, o]) for e, o in enumerate(combo))
+        if fits(table.of(g), limits) and (best is None or score > best[0] + 1e-12):
+            best = (score, g)
+    return best
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_nb201_derivation_is_the_most_probable_cell_within_budget(seed):
+    model, table = nb201_table()
+    largest = table.of(nb201_cell(["nor_conv_3x3"] * 6))
+    smallest = table.base
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        model.arch_logits["cell"].copy_(2 * torch.randn(6, 5))
+        model.arch_logits["cell"][:, NB201_OPS.index("nor_conv_3x3")] += 5  # the largest cell is likely
+    for frac in (0.2, 0.45):
+        limits = {"macs": smallest["macs"] + frac * (largest["macs"] - smallest["macs"])}
+        if seed == 2:
+            limits["params"] = smallest["params"] + 0.3 * (largest["params"] - smallest["params"])
+        g = derive_within(model, table, limits)
+        assert fits(table.of(g), limits)
+        assert not fits(table.of(model.genotype()), limits)  # the budget binds
+        score, best = brute_force(model, table, limits)
+        assert g.cells == best.cells
+
+
+def test_darts_derivation_keeps_two_inputs_and_is_optimal():
+    """A one-kind DARTS-family space small enough to enumerate: 3 ops, fixed reduction."""
+    ops = ["none", "skip_connect", "sep_conv_3x3"]
+    model = build_supernet("darts", 10, "gdas", 0, {"C": 4, "cells": 3, "ops": ops,
+                                                      "fixed_reduction": True})
+    table = build_cost_table(model, lambda g: build_network("darts", g, 10, {"C": 4, "cells": 3}),
+                             8, ["params"], torch.device("cpu"), "darts")
+    torch.manual_seed(3)
+    with torch.no_grad():
+        model.arch_logits["normal"].copy_(torch.randn(14, 3))
+        model.arch_logits["normal"][:, 2] += 1.5
+    free = table.of(model.genotype())["params"]
+    limits = {"params": free - 0.6 * (free - table.minimum()["params"])}
+    g = derive_within(model, table, limits)
+    assert all(len(node) == 2 for node in g.cells["normal"])
+    assert fits(table.of(g), limits)
+    logp = model.probabilities()["normal"].log()
+    # enumerate: each node keeps 2 inputs, each with skip_connect or sep_conv_3x3
+    per_node, start = [], 0
+    for node in range(4):
+        count = 2 + node
+        options = []
+        for pair in itertools.combinations(range(count), 2):
+            for choice in itertools.product((1, 2), repeat=2):
+                score = sum(float(logp[start + j, o]) for j, o in zip(pair, choice))
+                cost = sum(float(table.ops["params"]["normal"][start + j, o]) for j, o in zip(pair, choice))
+                options.append((score, cost, sorted((ops[o], j) for j, o in zip(pair, choice))))
+        per_node.append(options)
+        start += count
+    best = max((opt for opt in itertools.product(*per_node)
+                if table.base["params"] + sum(o[1] for o in opt) <= limits["params"]),
+               key=lambda opt: sum(o[0] for o in opt))
+    assert [sorted(node) for node in g.cells["normal"]] == [o[2] for o in best]
+
+
+def test_expected_cost_is_the_table_mean_and_its_gradient_is_exact():
+    model, table = nb201_table()
+    with torch.no_grad():
+        model.arch_logits["cell"].copy_(torch.randn(6, 5))
+    p = model.probabilities()["cell"].double()
+    exp = table.expected(model)["macs"]
+    by_hand = table.base["macs"] + float((p * table.ops["macs"]["cell"].double()).sum())
+    assert exp.item() == pytest.approx(by_hand, rel=1e-5)
+    grad, = torch.autograd.grad(exp, model.arch_logits["cell"])
+    eps = 1e-3
+    for e, o in [(0, 3), (4, 2), (5, 0)]:
+        with torch.no_grad():
+            model.arch_logits["cell"][e, o] += eps
+            up = float(table.expected(model)["macs"])
+            model.arch_logits["cell"][e, o] -= 2 * eps
+            down = float(table.expected(model)["macs"])
+            model.arch_logits["cell"][e, o] += eps
+        assert float(grad[e, o]) == pytest.approx((up - down) / (2 * eps), rel=2e-2)
+
+
+def test_multipliers_rise_over_budget_and_fall_back_to_zero():
+    model, table = nb201_table()
+    with torch.no_grad():
+        model.arch_logits["cell"].zero_()
+        model.arch_logits["cell"][:, 3] = 10.0  # almost surely the largest cell
+    limit = table.expected(model)["macs"].item() / 2
+    c = BudgetConstraint(table, {"macs": limit}, dual_lr=0.1)
+    penalty = c.penalty(model)
+    assert penalty.item() == 0.0  # lambda starts at 0
+    c.update()
+    assert c.values()["macs"] == pytest.approx(0.1 * (2.0 - 1.0), rel=1e-4)
+    grad, = torch.autograd.grad(c.penalty(model), model.arch_logits["cell"])
+    assert float(grad[0, 3]) > 0  # descending the penalty makes the conv less likely
+    c.update()
+    with torch.no_grad():
+        model.arch_logits["cell"][:, 3] = -10.0  # now far under budget
+    for _ in range(10):
+        c.penalty(model)
+        c.update()
+    assert c.values()["macs"] == 0.0
+    state = c.state_dict()
+    other = BudgetConstraint(table, {"macs": limit}, dual_lr=0.1)
+    other.load_state_dict(json.loads(json.dumps(state)))
+    assert other.values() == c.values()
+
+
+def budget_config(tmp_path, cifar_root, **budget):
+    cfg = {"space": "nasbench201", "data": {"root": str(cifar_root), "image_size": 8, "pad": 1,
+                                           "workers": 0},
+           "supernet": {"C": 4, "cells_per_stage": 1},
+           "network": {"C": 4, "cells_per_stage": 1},
+           "search": {"epochs": 3, "batch_size": 16, "steps_per_epoch": 2, "arch_lr": 0.5,
+                      "budget": budget}}
+    path = tmp_path / "budget.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def nas_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "nas", *args], capture_output=True, text=True,
+                          cwd=cwd, env={**__import__("os").environ, "PYTHONPATH": str(ROOT),
+                                        "OMP_NUM_THREADS": "1"})
+
+
+def test_search_under_budget_keeps_every_epoch_within_budget(tmp_path, cifar_root):
+    _, table = nb201_table(C=4, per_stage=1, size=8)
+    limit = table.base["macs"] + float(table.ops["macs"]["cell"][0, 3])  # one 3x3 conv
+    cfg = budget_config(tmp_path, cifar_root, macs=limit)
+    straight = tmp_path / "straight"
+    out = nas_cli("search", "--config", str(cfg), "--run-dir", str(straight))
+    assert out.returncode == 0, out.stderr
+    assert "budget: macs <=" in out.stdout + out.stderr
+    assert "cost of the network:" in out.stdout and "(budget" in out.stdout
+    lines = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 3
+    for line in lines:
+        assert line["cost_macs"] <= limit
+        assert fits(table.of(nas.parse_genotype(line["genotype"])), {"macs": limit})
+        assert line["cost_macs"] == table.of(nas.parse_genotype(line["genotype"]))["macs"]
+    assert any(line["budget_lambda_macs"] > 0 for line in lines)  # uniform cells are over budget
+    assert json.loads((straight / "costs.json").read_text())["base"]["macs"] == table.base["macs"]
+    # resuming exactly: tests/test_cli.py::test_interrupted_then_resumed_equals_straight_through[budget]
+
+
+def test_a_budget_below_the_smallest_network_fails_before_the_run(tmp_path, cifar_root):
+    cfg = budget_config(tmp_path, cifar_root, params=100)
+    run = tmp_path / "run"
+    out = nas_cli("search", "--config", str(cfg), "--run-dir", str(run))
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "smallest network has" in out.stderr
+    assert "search.budget.params" in out.stderr and not run.exists()
+
+
+@pytest.mark.parametrize("value", ["-5", "0", "abc"])
+def test_bad_budget_values_are_one_line(tmp_path, cifar_root, value):
+    cfg = budget_config(tmp_path, cifar_root)
+    out = nas_cli("search", "--config", str(cfg), "--run-dir", str(tmp_path / "r"),
+                  "--set", f"search.budget.macs={value}")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "search.budget.macs" in out.stderr and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("mode,estimator", [("gdas", "gdas"), ("gdas", "reinforce"),
+                                            ("gdas", "gumbel_rao"), ("st", "reinmax"),
+                                            ("gumbel", "gdas"), ("softmax", "gdas")])
+def test_the_budget_moves_the_logits_with_every_estimator(mode, estimator, cifar_root):
+    """The same batch and sample: a positive multiplier changes the architecture gradient by
+    exactly the penalty's gradient."""
+    from nas.data import Batches, load_split
+    from nas.search import arch_step, reinforce_step
+
+    cfg = build_config({"space": "nasbench201", "data": {"root": str(cifar_root), "image_size": 8},
+                        "supernet": {"C": 4, "cells_per_stage": 1},
+                        "network": {"C": 4, "cells_per_stage": 1},
+                        "search": {"mode": mode, "estimator": estimator, "budget": {"macs": 1e5}}})
+    data = load_split(cfg.data, train=True)
+    x, y = next(iter(Batches(data, 8, train=False, device=torch.device("cpu"))))
+    grads = []
+    _, table = nb201_table()
+    for lam in (0.0, 3.0):
+        torch.manual_seed(0)
+        model = build_supernet("nasbench201", 10, mode, 0, cfg.supernet)
+        model.estimator = estimator if estimator in ("gumbel_rao", "reinmax") else "gdas"
+        c = BudgetConstraint(table, {"macs": 1e5}, 0.1)
+        c.multipliers.fill_(lam)
+        opt = torch.optim.SGD(model.arch_parameters(), lr=0.0)  # keep the logits: read the grads
+        if estimator == "reinforce":
+            reinforce_step(model, opt, x, y, 3, False, lambda: c.penalty(model))
+        else:
+            arch_step(model, opt, x, y, False, lambda: c.penalty(model))
+        grads.append(model.arch_logits["cell"].grad.clone())
+        penalty_grad, = torch.autograd.grad(c.penalty(model), model.arch_logits["cell"])
+    assert torch.allclose(grads[1] - grads[0], penalty_grad, atol=1e-5)
+    assert penalty_grad.abs().max() > 0
+
+
+def test_darts_quick_search_with_a_params_budget_prints_the_count_under_it(tmp_path, cifar_root):
+    cfg = {**TINY_SEARCH, "data": {**TINY_SEARCH["data"], "root": str(cifar_root)},
+           "network": {"C": 36, "cells": 20, "auxiliary": True}}
+    cfg["search"] = {**cfg["search"], "weight_sampling": "uniform", "estimator": "reinforce",
+                     "budget": {"params": 2.0e6, "image_size": 32}}
+    path = tmp_path / "darts.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = nas_cli("search", "--config", str(path), "--run-dir", str(tmp_path / "run"))
+    assert out.returncode == 0, out.stderr
+    line = next(l for l in out.stdout.splitlines() if l.startswith("cost of the network:"))
+    count = int(line.split(":")[1].split(" parameters")[0].replace(",", ""))
+    assert count <= 2.0e6 and "(budget 2,000,000" in line
+    g = Genotype.load(tmp_path / "run" / "genotype.json")
+    net = build_network("darts", g, 10, {"C": 36, "cells": 20, "auxiliary": True})
+    assert nas.count_parameters(net) == count
+
+
+def test_latency_table_is_measured_once_and_reused_on_resume(tmp_path, cifar_root, monkeypatch):
+    from nas import cost
+    from nas.config import load_config
+    from nas.search import search
+
+    calls = []
+    real = cost.measure_latency
+    monkeypatch.setattr(cost, "measure_latency",
+                        lambda module, x, runs=30, warmup=5: calls.append(1) or real(module, x, 3, 1))
+    path = budget_config(tmp_path, cifar_root, latency_ms=1e3)
+    cfg = load_config(path, ["search.epochs=1"])
+    result = search(cfg, tmp_path / "run", quiet=True)
+    assert calls and result.cost["latency_ms"] <= 1e3
+    saved = json.loads((tmp_path / "run" / "costs.json").read_text())
+    assert "latency_ms" in saved["base"] and "measured on cpu" in saved["how"]["latency_ms"]
+    calls.clear()
+    (tmp_path / "run" / "config.yaml").write_text(
+        (tmp_path / "run" / "config.yaml").read_text().replace("epochs: 1", "epochs: 2", 1))
+    from nas.config import read_yaml
+    result = search(build_config(read_yaml(tmp_path / "run" / "config.yaml")), tmp_path / "run",
+                    resume=True, quiet=True)
+    assert calls == []  # the saved table's numbers, not a new measurement
+    lat = saved["ops"]["latency_ms"]["cell"]
+    edges = [(op, src) for node in result.genotype.cells["cell"] for op, src in node]
+    by_table = saved["base"]["latency_ms"] + sum(
+        lat[e][NB201_OPS.index(op)] for e, (op, _) in enumerate(edges))
+    assert result.cost["latency_ms"] == pytest.approx(by_table, rel=1e-5)
+
+
+def test_genotype_show_prints_the_cost(tmp_path):
+    out = nas_cli("genotype", "show", "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+"
+                  "|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|", "--set", "space=nasbench201",
+                  "network.C=16", "network.cells_per_stage=5")
+    assert out.returncode == 0, out.stderr
+    assert "1,531,546 parameters, 220.1M multiply-adds" in out.stdout
