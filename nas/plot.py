@@ -262,6 +262,71 @@ def charts(panels: dict[str, Series], title: str = "", columns: int = 4,
     return img
 
 
+Points = list[tuple[float, float]]
+
+
+def scatter(layers: dict[str, tuple[Points, tuple[int, int, int] | None, int]],
+            lines: dict[str, Points], vlines: Sequence[float] = (), title: str = "",
+            xlabel: str = "", ylabel: str = "", ylim: tuple[float, float] | None = None,
+            size: tuple[int, int] = (900, 560)) -> Image.Image:
+    """A scatter plot: ``layers`` name -> (points, colour or None for the palette, radius),
+    drawn in order; ``lines`` as polylines in black shades; dashed verticals at ``vlines``."""
+    w, h = size
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    left, right, top, bottom = 60, w - 20, 30, h - 70
+    pts = [p for pts, _, _ in layers.values() for p in pts] + [p for v in lines.values() for p in v]
+    lo_x, hi_x = min((p[0] for p in pts), default=0.0), max((p[0] for p in pts), default=1.0)
+    lo_x, hi_x = min([lo_x, *vlines]), max([hi_x, *vlines])
+    lo_y, hi_y = ylim or (min((p[1] for p in pts), default=0.0), max((p[1] for p in pts), default=1.0))
+    hi_x, hi_y = (hi_x if hi_x > lo_x else lo_x + 1), (hi_y if hi_y > lo_y else lo_y + 1)
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return (left + (x - lo_x) / (hi_x - lo_x) * (right - left),
+                bottom - (min(max(y, lo_y), hi_y) - lo_y) / (hi_y - lo_y) * (bottom - top))
+
+    draw.text((10, 8), title, fill="black", font=_FONT)
+    draw.rectangle([left, top, right, bottom], outline=(120, 120, 120))
+    for k in range(6):
+        x, y = lo_x + k * (hi_x - lo_x) / 5, lo_y + k * (hi_y - lo_y) / 5
+        tx, ty = at(x, y)
+        label = f"{x:.4g}"
+        draw.text((tx - _text_size(draw, label)[0] / 2, bottom + 4), label, fill=(80, 80, 80), font=_FONT)
+        draw.text((6, ty - 6), f"{y:.4g}", fill=(80, 80, 80), font=_FONT)
+    draw.text(((left + right) / 2 - _text_size(draw, xlabel)[0] / 2, bottom + 18), xlabel,
+              fill="black", font=_FONT)
+    draw.text((6, top - 16), ylabel, fill="black", font=_FONT)
+    for x in vlines:
+        px, _ = at(x, lo_y)
+        for y in range(int(top), int(bottom), 8):
+            draw.line([(px, y), (px, min(y + 4, bottom))], fill=(150, 150, 150))
+    colors, k = {}, 0
+    for name, (points, color, radius) in layers.items():
+        if color is None:
+            color, k = _PALETTE[k % len(_PALETTE)], k + 1
+        colors[name] = color
+        for x, y in points:
+            px, py = at(x, y)
+            draw.ellipse([px - radius, py - radius, px + radius, py + radius], fill=color)
+    for i, (name, points) in enumerate(lines.items()):
+        shade = (40 * i, 40 * i, 40 * i)
+        step = [q for a, b in zip(points, points[1:]) for q in (at(*a), at(b[0], a[1]))]
+        if points:
+            step.append(at(*points[-1]))
+        if len(step) > 1:
+            draw.line(step, fill=shade, width=2)
+        colors[name] = shade
+    x, y = 10, h - 40
+    for name, color in colors.items():
+        width = 30 + _text_size(draw, name)[0]
+        if x + width > w:
+            x, y = 10, y + 16
+        draw.rectangle([x, y + 3, x + 14, y + 9], fill=color)
+        draw.text((x + 18, y), name, fill="black", font=_FONT)
+        x += width
+    return img
+
+
 def _jsonl(path: Path) -> list[dict]:
     import json
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
