@@ -301,7 +301,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_genotype(args: argparse.Namespace) -> int:
     from . import plot
-    from .genotype import parse_genotype
+    from .genotype import cell_title, parse_genotype
     from .registry import GENOTYPES
 
     genotype = parse_genotype(args.genotype)
@@ -314,7 +314,7 @@ def cmd_genotype(args: argparse.Namespace) -> int:
         for kind, nodes in genotype.cells.items():
             states, num_inputs = plot.cell_states(genotype, kind)
             inputs = ", ".join(plot.state_label(i, num_inputs) for i in range(num_inputs))
-            print(f"{kind} cell (states {inputs}, then the nodes):")
+            print(f"{cell_title(kind)} (states {inputs}, then the nodes):")
             for i, node in enumerate(nodes):
                 edges = ", ".join(f"{op}({states[src]})" for op, src in node)
                 print(f"  node {states[num_inputs + i]} = {edges}")
@@ -347,7 +347,7 @@ def cmd_genotype(args: argparse.Namespace) -> int:
         dot_path, png_path = out / f"{stem}_{kind}.dot", out / f"{stem}_{kind}.png"
         dot_path.write_text(plot.to_dot(genotype, kind))
         how = plot.save_cell_png(genotype, kind, png_path)
-        print(f"{kind} cell: {dot_path} and {png_path} (drawn with {how})")
+        print(f"{cell_title(kind)}: {dot_path} and {png_path} (drawn with {how})")
     return 0
 
 

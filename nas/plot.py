@@ -15,7 +15,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import InputError
-from .genotype import Genotype
+from .genotype import Genotype, cell_title
 
 _FONT = ImageFont.load_default()
 _STOPS = [(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)]  # viridis
@@ -37,9 +37,8 @@ def cell_states(genotype: Genotype, kind: str) -> tuple[list[str], int]:
     """A cell's states by their numbers in the genotype (inputs first, then nodes), and how many
     of them are cell inputs. Every view (TensorBoard tags, heatmaps, ``genotype show``, pictures)
     uses these numbers."""
-    nodes, concat = genotype.cells[kind], genotype.concat.get(kind, ())
-    num_inputs = min(concat) if concat else 1
-    return [str(i) for i in range(num_inputs + len(nodes))], num_inputs
+    num_inputs = genotype.inputs[kind]
+    return [str(i) for i in range(num_inputs + len(genotype.cells[kind]))], num_inputs
 
 
 def state_label(i: int, num_inputs: int) -> str:
@@ -140,7 +139,7 @@ def cell_image(genotype: Genotype, kind: str) -> Image.Image:
         draw.rounded_rectangle(box, radius=6, fill=color, outline=(60, 60, 60))
         w, _ = _text_size(draw, label)
         draw.text(((box[0] + box[2] - w) / 2, box[1] + 6), label, fill="black", font=_FONT)
-    caption = "cell" if kind == "cell" else f"{kind} cell"
+    caption = cell_title(kind)
     draw.text((30, height - 22), caption, fill="black", font=_FONT)
     return img
 
@@ -302,8 +301,8 @@ def plot_runs(runs: Sequence[str | Path], out: str | Path) -> list[Path]:
                 panels[edge] = {op: [(r["epoch"], r["probabilities"][kind][e][o]) for r in records]
                                 for o, op in enumerate(ops)}
             top = max(v for r in records for row in r["probabilities"][kind] for v in row)
-            img = charts(panels, f"{label}: op probabilities of every edge of the {kind} cell over "
-                         "the epochs (edge = node<-input)", ylim=(0.0, math.ceil(top * 20) / 20))
+            img = charts(panels, f"{label}: op probabilities of every edge of the {cell_title(kind)} "
+                         "over the epochs (edge = node<-input)", ylim=(0.0, math.ceil(top * 20) / 20))
             written.append(out / f"{stem + '_' if stem else ''}ops_{kind}.png")
             img.save(written[-1])
     metrics = [_jsonl(folder / "metrics.jsonl") for folder in folders]
