@@ -40,8 +40,11 @@ class GenotypeCell(nn.Module):
                  wrap: Any = None, where: str = "cell") -> None:
         super().__init__()
         self.num_inputs, self.reduction, self.concat = num_inputs, reduction, tuple(concat)
+        self.where = where
         self.drop_prob = 0.0
         self.node_inputs: list[list[int]] = []
+        self.op_names: list[str] = []  # per op, in node order: its name and stride
+        self.strides: list[int] = []
         ops = []
         for i, node in enumerate(nodes):
             available = num_inputs + i
@@ -53,9 +56,11 @@ class GenotypeCell(nn.Module):
                                      f"states 0..{available - 1} exist before it")
                 if op_name not in OPS:
                     raise InputError(f"genotype {where}: {OPS.unknown_message(op_name)}")
-                op = build_op(op_name, C, 2 if reduction and src < num_inputs else 1, affine,
-                              track_running_stats)
+                stride = 2 if reduction and src < num_inputs else 1
+                op = build_op(op_name, C, stride, affine, track_running_stats)
                 ops.append(wrap(op_name, op, C) if wrap is not None else op)
+                self.op_names.append(op_name)
+                self.strides.append(stride)
             self.node_inputs.append([src for _, src in node])
         self.ops = nn.ModuleList(ops)
         # What each node runs: (op, input) pairs. A `none` op adds zeros, so it is left out unless

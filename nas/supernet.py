@@ -161,6 +161,7 @@ class MixedEdge(nn.Module):
                  wrap: Callable[[str, nn.Module, int], nn.Module] | None = None) -> None:
         super().__init__()
         self.op_names = tuple(ops)
+        self.stride = stride
         built = [build_op(name, C, stride, affine, track_running_stats) for name in ops]
         if wrap is not None:
             built = [wrap(name, op, C) for name, op in zip(ops, built)]
