@@ -158,12 +158,15 @@ def save_cell_png(genotype: Genotype, kind: str, path: str | Path) -> str:
 
 def heatmap(probs: torch.Tensor, ops: Sequence[str], row_names: Sequence[str],
             title: str = "") -> Image.Image:
-    """Edges x ops probabilities as a colour grid, values written in, each row's largest outlined."""
+    """Edges x ops probabilities as a colour grid, values written in, each row's largest outlined.
+
+    Colours are on the fixed scale 0 (dark purple) .. 1 (yellow), the same in every picture, so
+    that near-uniform probabilities look near-uniform (a scale stretched over each picture's own
+    range would paint 0.32 against 0.35 as a decision).
+    """
     probs = probs.detach().float().cpu()
     rows, cols = probs.shape
-    low, high = probs.min().item(), probs.max().item()
-    span = high - low if high > low else 1.0  # colours stretch over the grid's own range
-    title = f"{title}  (colour: {low:.2f} .. {high:.2f})" if title else title
+    title = f"{title}  (colour: 0 .. 1)" if title else title
     cw, ch = 44, 18
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     left = max(_text_size(probe, r)[0] for r in row_names) + 12
@@ -184,7 +187,7 @@ def heatmap(probs: torch.Tensor, ops: Sequence[str], row_names: Sequence[str],
         for j in range(cols):
             v = probs[i, j].item()
             x0, y0 = left + j * cw, top + i * ch
-            shade = (v - low) / span
+            shade = min(max(v, 0.0), 1.0)
             draw.rectangle([x0, y0, x0 + cw - 1, y0 + ch - 1], fill=_color(shade),
                            outline="red" if v == row_max else None)
             draw.text((x0 + 8, y0 + 3), f"{v:.2f}", fill="white" if shade < 0.6 else "black",
