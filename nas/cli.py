@@ -25,7 +25,10 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_run_options(p: argparse.ArgumentParser, config_required: bool) -> None:
     p.add_argument("--config", required=False, metavar="FILE",
-                   help="YAML config" + (" (required unless --resume)" if config_required else ""))
+                   help="YAML config" + (" (required unless --resume)" if config_required else
+                                         " (without one: the DARTS retraining recipe, for a darts "
+                                         "genotype; another space's needs one, or --set "
+                                         "train.epochs=N)"))
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
                    help="override config values, e.g. --set search.epochs=50 supernet.C=8")
     p.add_argument("--data-dir", metavar="DIR", help="directory holding the dataset (data.root)")
@@ -232,9 +235,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                              "(see nas train --help)")
         genotype = parse_genotype(args.genotype)  # parse first: a bad genotype creates nothing
         cfg, run_dir = _config(args, "train")
-        if not args.config and not args.quiet:  # a 600-epoch run must not start unannounced
+        if not args.config:  # a 600-epoch run must not start unannounced, nor on another space
             from .train import recipe_line, space_of
-            print(recipe_line(cfg, space_of(cfg, genotype)), flush=True)
+            epochs_set = any(item.partition("=")[0].strip() == "train.epochs" for item in args.set)
+            line = recipe_line(cfg, space_of(cfg, genotype), epochs_set)
+            if not args.quiet:
+                print(line, flush=True)
     _print_train(train(cfg, genotype, run_dir, resume=bool(args.resume), force=args.force,
                        quiet=args.quiet))
     return 0

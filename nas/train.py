@@ -55,20 +55,37 @@ def space_of(cfg: Config, genotype: Genotype) -> str:
     return genotype.space or cfg.space
 
 
-def recipe_line(cfg: Config, space: str) -> str:
-    """What a retraining with ``cfg`` will run, in one line (printed when no --config was given)."""
+def recipe_line(cfg: Config, space: str, epochs_set: bool = False) -> str:
+    """What a retraining with ``cfg`` will run, in one line (printed when no --config was given).
+
+    The defaults are the DARTS retraining recipe, made for the darts network; for another space
+    they are refused (InputError) unless ``epochs_set`` (``--set train.epochs=N``) says the user
+    chose at least how long to train. An auxiliary head is named only where the network has one
+    (an ``auxiliary`` option that is on).
+    """
     import inspect
     from .spaces import get_space
 
+    t = cfg.train
+    if space != "darts" and not epochs_set:
+        raise InputError(f"the genotype is of the {space} space, and without --config nas train's "
+                         f"defaults are the DARTS retraining recipe ({t.epochs} epochs, made for "
+                         "the darts network): pass --config FILE with this space's train: and "
+                         "network: sections, or --set train.epochs=N to train with the other "
+                         "defaults")
     network = get_space(space).network
     defaults = {k: p.default for k, p in inspect.signature(network).parameters.items()
                 if p.default is not inspect.Parameter.empty and k != "num_classes"} if network else {}
-    options = ", ".join(f"{k}={v}" for k, v in {**defaults, **cfg.network}.items())
-    t = cfg.train
-    return (f"train: no --config, so the default recipe (DARTS retraining): {space} network "
-            f"({options}), {t.epochs} epochs of batch {t.batch_size}, lr {t.lr:g} cosine, drop path "
-            f"{t.drop_path:g}, cutout {t.cutout}, auxiliary weight {t.auxiliary_weight:g}; pass "
-            "--config FILE or --set train.epochs=N to change it")
+    options = {**defaults, **cfg.network}
+    listed = ", ".join(f"{k}={v}" for k, v in options.items())
+    auxiliary = f", auxiliary weight {t.auxiliary_weight:g}" if options.get("auxiliary") else ""
+    darts = space == "darts"
+    recipe = "the default recipe (DARTS retraining)" if darts else "the defaults with your --set"
+    change = "pass --config FILE or --set train.epochs=N to change it" if darts else \
+        "pass --config FILE to change them"
+    return (f"train: no --config, so {recipe}: {space} network ({listed}), {t.epochs} epochs of "
+            f"batch {t.batch_size}, lr {t.lr:g} cosine, drop path {t.drop_path:g}, cutout "
+            f"{t.cutout}{auxiliary}; {change}")
 
 
 @torch.no_grad()

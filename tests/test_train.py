@@ -236,9 +236,34 @@ def test_train_without_config_says_first_what_it_will_run(tmp_path, cifar_root, 
                  "data.image_size=8", "data.workers=0", "network={C: 4, cells_per_stage: 1}"])
     assert code == 0
     first = capsys.readouterr().out.splitlines()[0]
-    assert first.startswith("train: no --config, so the default recipe (DARTS retraining): "
+    assert first.startswith("train: no --config, so the defaults with your --set: "
                             "nasbench201 network (C=4, cells_per_stage=1, affine=True")
-    assert "1 epochs of batch 16, lr 0.025 cosine, drop path 0.2, cutout 16" in first
+    assert first.endswith("1 epochs of batch 16, lr 0.025 cosine, drop path 0.2, cutout 16; "
+                          "pass --config FILE to change them")  # no auxiliary head to claim
+
+
+def test_train_without_config_refuses_the_darts_recipe_for_another_space(tmp_path, cifar_root,
+                                                                        capsys):
+    run = tmp_path / "run"
+    for quiet in ([], ["--quiet"]):
+        code = main(["train", "--genotype", NB, "--data-dir", str(cifar_root), "--run-dir",
+                     str(run), *quiet])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and not run.exists()
+        assert ("the genotype is of the nasbench201 space, and without --config nas train's "
+                "defaults are the DARTS retraining recipe (600 epochs") in err[0]
+        assert "pass --config FILE" in err[0] and "--set train.epochs=N" in err[0]
+
+
+def test_the_recipe_line_claims_an_auxiliary_head_only_where_there_is_one():
+    from nas.config import build_config
+    from nas.train import recipe_line
+    line = recipe_line(build_config(), "darts")
+    assert line.startswith("train: no --config, so the default recipe (DARTS retraining): darts "
+                           "network (C=36, cells=20, auxiliary=True")
+    assert "cutout 16, auxiliary weight 0.4;" in line
+    line = recipe_line(build_config({"network": {"auxiliary": False}}), "darts")
+    assert "auxiliary=False" in line and "auxiliary weight" not in line
 
 
 def test_api_example_script_searches_and_retrains(tmp_path, cifar_root, capsys, monkeypatch):
