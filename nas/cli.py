@@ -72,13 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     verbs.required = True
 
     p = verbs.add_parser("search", help="search an architecture; writes genotype.json")
+    _add_run_options(p, True)
     p.add_argument("--benchmark", metavar="TABLE",
                    help="NAS-Bench-201 table (CSV or NATS-Bench files): log the derived cell's "
                         "accuracy every epoch (config key search.benchmark)")
-    _add_run_options(p, True)
 
-    p = verbs.add_parser("train", help="retrain a genotype from scratch; writes result.json")
-    p.add_argument("--genotype", metavar="FILE|NAME|STRING", help=GENOTYPE_HELP)
+    p = verbs.add_parser("train", help="retrain a genotype from scratch; writes result.json",
+                         usage="nas train --genotype FILE|NAME|STRING [--config FILE] [options]")
+    p.add_argument("--genotype", metavar="FILE|NAME|STRING",
+                   help=f"required unless --resume: {GENOTYPE_HELP}")
     _add_run_options(p, False)
 
     p = verbs.add_parser("run", help="search, then retrain the genotype found (two subdirectories)")
@@ -87,9 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("evaluate", help="test accuracy of a trained network")
     p.add_argument("--checkpoint", required=True, metavar="FILE",
                    help="checkpoint.pt (or the run directory) of nas train")
-    p.add_argument("--data-dir", metavar="DIR")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="directory holding the test data now (default: the run's data.root)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--batch-size", type=int, metavar="N",
+                   help="evaluation batch size (default: the run's train.eval_batch_size)")
     _add_plugin_option(p)
 
     p = verbs.add_parser("list", help="registered search spaces, ops, schedules, datasets and "
@@ -409,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise
     except InputError as exc:
         together = dist is not None and isinstance(exc, dist.AgreedError)
-        _error(verb, exc, shared=together)
+        _error(" ".join(filter(None, [verb, getattr(args, "action", None)])), exc, shared=together)
         return 2
     except Diverged as exc:  # the losses are averaged over the ranks: every rank sees it
         _error(verb, exc, shared=True)
