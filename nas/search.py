@@ -36,7 +36,7 @@ from .monitor import Monitor
 from .runtime import (CHECKPOINT, Meter, autocast, channels_last, check_finite, checkpoint_state,
                       discard_failed_start, in_layout, keep_freed_memory,
                       prepare_run_dir, resolve_device, resume_from, save_checkpoint,
-                      seed_everything, start_mode, stretch_cosine)
+                      seed_everything, start_mode, steps_note, stretch_cosine)
 from .schedules import TemperatureScheduler
 from .ops import build_op
 from .spaces import build_supernet, check_supernet
@@ -241,15 +241,18 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
     ddp = None if ddp is model else ddp
 
     monitor = Monitor(run_dir, epochs=s.epochs, start_epoch=start, quiet=quiet, title="search",
-                      write=main)
+                      write=main, log_every=s.log_every)
     if not resume:
         n_params = sum(p.numel() for p in model.weight_parameters())
         how = "".join([f", {s.estimator} estimator" if s.estimator != "gdas" else "",
                        f", {s.weight_sampling} weight sampling" if s.weight_sampling != "arch" else "",
                        ", decoupled forward temperature" if "tau_forward" in taus else "",
                        f", top-{s.edge_topk} inputs per node" if s.edge_topk else ""])
+        per_epoch = steps_note(steps, s.steps_per_epoch, "search.steps_per_epoch",
+                               f"the smaller split's {min(len(w_idx), len(a_idx)):,} images",
+                               s.batch_size)
         monitor.print(f"search: {cfg.space} space, {s.mode} mode{how}, {len(w_idx)}/{len(a_idx)} "
-                      f"images (weights/architecture), {steps} steps/epoch"
+                      f"images (weights/architecture), {per_epoch}"
                       f"{dist.batch_note(s.batch_size, device)}, {n_params:,} weights, "
                       f"device {device}")
     else:
@@ -269,7 +272,8 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
             train_meter, arch_meter = Meter(device), Meter(device)
             lr, tau_used = w_opt.param_groups[0]["lr"], {k: t.tau for k, t in taus.items()}
             model.train()
-            for (xw, yw), (xa, ya) in monitor.steps(zip(w_batches, a_batches), steps, epoch):
+            for (xw, yw), (xa, ya) in monitor.steps(zip(w_batches, a_batches), steps, epoch,
+                                                    s.batch_size * (2 if update_arch else 1)):
                 xw, xa = in_layout(xw, layout), in_layout(xa, layout)
                 model.tau = tau.tau
                 if "tau_forward" in taus:
@@ -281,6 +285,8 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
                 model.sampling_logits = None
                 if update_arch and s.order == "weights_first":
                     arch_meter.add(*update(xa, ya), ya)
+                monitor.step_scalars(**{"loss/train": train_meter.last, "tau": model.tau,
+                                        "loss/arch": arch_meter.last if update_arch else None})
                 for t in taus.values():
                     if t.per == "iteration":
                         t.step()

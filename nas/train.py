@@ -29,7 +29,7 @@ from .spaces import build_network, check_network
 from .runtime import (CHECKPOINT, Meter, autocast, channels_last, check_finite, checkpoint_state,
                       discard_failed_start, first_mismatch, in_layout, keep_freed_memory,
                       load_checkpoint, prepare_run_dir, resolve_device, resume_from,
-                      save_checkpoint, seed_everything, start_mode, stretch_cosine)
+                      save_checkpoint, seed_everything, start_mode, steps_note, stretch_cosine)
 
 
 @dataclass
@@ -175,7 +175,7 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
     net = dist.wrap(model, device)  # every parameter gets a gradient: DDP's own all-reduce
 
     monitor = Monitor(run_dir, epochs=t.epochs, start_epoch=start, quiet=quiet, title="train",
-                      write=main)
+                      write=main, log_every=t.log_every)
     if resume:
         monitor.print(f"resuming {run_dir} at epoch {start + 1}/{t.epochs}" if start < t.epochs
                       else f"{run_dir} has finished all {t.epochs} epochs")
@@ -183,9 +183,13 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
             monitor.print(f"config.yaml was edited: {key} {was} -> {now}" + (
                 "; the learning-rate schedule now ends there" if key == "train.epochs" else ""))
     else:
-        monitor.print(f"train: {space} network, {params:,} parameters (auxiliary head "
-                      f"excluded), {macs / 1e6:.1f}M multiply-adds, {len(train_data)} training / "
-                      f"{len(test_data)} test images, {len(train_batches)} steps/epoch"
+        per_epoch = steps_note(len(train_batches), t.steps_per_epoch, "train.steps_per_epoch",
+                               f"the {len(train_data):,} training images", t.batch_size)
+        auxiliary = any("auxiliary" in name for name, _ in model.named_parameters())
+        monitor.print(f"train: {space} network, {params:,} parameters"
+                      f"{' (auxiliary head excluded)' if auxiliary else ''}, "
+                      f"{macs / 1e6:.1f}M multiply-adds, {len(train_data)} training / "
+                      f"{len(test_data)} test images, {per_epoch}"
                       f"{dist.batch_note(t.batch_size, device)}, device {device}")
     test_loss = test_acc = math.nan
     try:
@@ -197,7 +201,7 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
             train_batches.set_epoch(epoch)
             meter = Meter(device)
             model.train()
-            for x, y in monitor.steps(train_batches, len(train_batches), epoch):
+            for x, y in monitor.steps(train_batches, len(train_batches), epoch, t.batch_size):
                 x = in_layout(x, layout)
                 with autocast(device, t.amp):
                     logits, aux = _outputs(net(x))
@@ -213,6 +217,7 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
                     nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
                 optimizer.step()
                 meter.add(loss.detach(), logits.detach(), y)
+                monitor.step_scalars(**{"loss/train": meter.last, "lr": lr})
                 if monitor.want_postfix():
                     mean_loss, acc = meter.read()
                     monitor.postfix(loss=mean_loss, acc=acc)

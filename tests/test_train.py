@@ -53,6 +53,25 @@ def test_drop_path_rises_linearly_and_aux_loss_is_used(tmp_path, tiny_config, ca
     assert len(seen) >= 2 * 4 * 2
 
 
+def test_the_train_line_says_the_real_steps_and_the_steps_are_logged(tmp_path, tiny_config, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    run = tmp_path / "run"
+    assert main(["train", "--genotype", V2, "--config", str(tiny_config), "--run-dir", str(run),
+                 "--set", "train.epochs=1", "train.steps_per_epoch=9", "train.log_every=2"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "parameters (auxiliary head excluded)" in first  # tiny_config's network has one
+    assert ("6 steps/epoch (train.steps_per_epoch: 9 is a cap, and the 96 training images make 6 "
+            "batches of 16)") in first
+    steps = EventAccumulator(str(run / "steps"))
+    steps.Reload()
+    assert [e.step for e in steps.Scalars("step/loss/train")] == [2, 4, 6]
+    assert [e.value for e in steps.Scalars("step/lr")] == pytest.approx([0.025] * 3)
+    epochs = EventAccumulator(str(run))
+    epochs.Reload()
+    seconds = json.loads((run / "metrics.jsonl").read_text())["seconds"]
+    assert epochs.Scalars("throughput/images_per_second")[0].value == pytest.approx(6 * 16 / seconds)
+
+
 def test_interrupted_then_resumed_training_equals_straight_through(tmp_path, tiny_config, capsys,
                                                                    monkeypatch):
     args = ["train", "--genotype", V2, "--config", str(tiny_config), "--quiet",
