@@ -25,7 +25,10 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_run_options(p: argparse.ArgumentParser, config_required: bool) -> None:
     p.add_argument("--config", required=False, metavar="FILE",
-                   help="YAML config" + (" (required unless --resume)" if config_required else ""))
+                   help="YAML config" + (" (required unless --resume)" if config_required else
+                                         " (without one: the DARTS retraining recipe, for a darts "
+                                         "genotype; another space's needs one, or --set "
+                                         "train.epochs=N)"))
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
                    help="override config values, e.g. --set search.epochs=50 supernet.C=8")
     p.add_argument("--data-dir", metavar="DIR", help="directory holding the dataset (data.root)")
@@ -69,13 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     verbs.required = True
 
     p = verbs.add_parser("search", help="search an architecture; writes genotype.json")
+    _add_run_options(p, True)
     p.add_argument("--benchmark", metavar="TABLE",
                    help="NAS-Bench-201 table (CSV or NATS-Bench files): log the derived cell's "
                         "accuracy every epoch (config key search.benchmark)")
-    _add_run_options(p, True)
 
-    p = verbs.add_parser("train", help="retrain a genotype from scratch; writes result.json")
-    p.add_argument("--genotype", metavar="FILE|NAME|STRING", help=GENOTYPE_HELP)
+    p = verbs.add_parser("train", help="retrain a genotype from scratch; writes result.json",
+                         usage="nas train --genotype FILE|NAME|STRING [--config FILE] [options]")
+    p.add_argument("--genotype", metavar="FILE|NAME|STRING",
+                   help=f"required unless --resume: {GENOTYPE_HELP}")
     _add_run_options(p, False)
 
     p = verbs.add_parser("run", help="search, then retrain the genotype found (two subdirectories)")
@@ -84,9 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("evaluate", help="test accuracy of a trained network")
     p.add_argument("--checkpoint", required=True, metavar="FILE",
                    help="checkpoint.pt (or the run directory) of nas train")
-    p.add_argument("--data-dir", metavar="DIR")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="directory holding the test data now (default: the run's data.root)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--batch-size", type=int, metavar="N",
+                   help="evaluation batch size (default: the run's train.eval_batch_size)")
     _add_plugin_option(p)
 
     p = verbs.add_parser("list", help="registered search spaces, ops, schedules, datasets and "
@@ -243,9 +250,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                              "(see nas train --help)")
         genotype = parse_genotype(args.genotype)  # parse first: a bad genotype creates nothing
         cfg, run_dir = _config(args, "train")
-        if not args.config and not args.quiet:  # a 600-epoch run must not start unannounced
+        if not args.config:  # a 600-epoch run must not start unannounced, nor on another space
             from .train import recipe_line, space_of
-            print(recipe_line(cfg, space_of(cfg, genotype)), flush=True)
+            epochs_set = any(item.partition("=")[0].strip() == "train.epochs" for item in args.set)
+            line = recipe_line(cfg, space_of(cfg, genotype), epochs_set)
+            if not args.quiet:
+                print(line, flush=True)
     _print_train(train(cfg, genotype, run_dir, resume=bool(args.resume), force=args.force,
                        quiet=args.quiet))
     return 0
@@ -312,7 +322,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_genotype(args: argparse.Namespace) -> int:
     from . import plot
-    from .genotype import parse_genotype
+    from .genotype import cell_title, parse_genotype
     from .registry import GENOTYPES
 
     genotype = parse_genotype(args.genotype)
@@ -327,7 +337,7 @@ def cmd_genotype(args: argparse.Namespace) -> int:
         for kind, nodes in genotype.cells.items():
             states, num_inputs = plot.cell_states(genotype, kind)
             inputs = ", ".join(plot.state_label(i, num_inputs) for i in range(num_inputs))
-            print(f"{kind} cell (states {inputs}, then the nodes):")
+            print(f"{cell_title(kind)} (states {inputs}, then the nodes):")
             for i, node in enumerate(nodes):
                 edges = ", ".join(f"{op}({states[src]})" for op, src in node)
                 print(f"  node {states[num_inputs + i]} = {edges}")
@@ -362,7 +372,7 @@ def cmd_genotype(args: argparse.Namespace) -> int:
         dot_path, png_path = out / f"{stem}_{kind}.dot", out / f"{stem}_{kind}.png"
         dot_path.write_text(plot.to_dot(genotype, kind))
         how = plot.save_cell_png(genotype, kind, png_path)
-        print(f"{kind} cell: {dot_path} and {png_path} (drawn with {how})")
+        print(f"{cell_title(kind)}: {dot_path} and {png_path} (drawn with {how})")
     return 0
 
 
@@ -444,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise
     except InputError as exc:
         together = dist is not None and isinstance(exc, dist.AgreedError)
-        _error(verb, exc, shared=together)
+        _error(" ".join(filter(None, [verb, getattr(args, "action", None)])), exc, shared=together)
         return 2
     except Diverged as exc:  # the losses are averaged over the ranks: every rank sees it
         _error(verb, exc, shared=True)

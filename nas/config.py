@@ -28,7 +28,7 @@ class DataConfig:
 
     dataset: str = "cifar10"            # a registered dataset: cifar10, cifar100, imagefolder, ...
     root: str = "data"                  # directory holding cifar-10-batches-py/ etc.
-    download: bool = False              # fetch the official files through torchvision if missing
+    download: bool = False              # fetch the official files (progress bar) when missing
     image_size: int = 32                # images are resized to this once, when loaded
     pad: int = 4                        # random-crop padding of the standard augmentation
     split: float = 0.5                  # search: fraction of the training set for the weights
@@ -68,7 +68,8 @@ class SearchConfig:
     mode: Literal["gdas", "st", "gumbel", "softmax"] = "gdas"
     epochs: int = 250
     batch_size: int = 64
-    steps_per_epoch: int | None = None  # cap on steps per epoch; None: one pass of the split
+    steps_per_epoch: int | None = None  # a cap: at most this many steps per epoch, fewer when
+                                        # the smaller split has fewer batches; None: one pass
     order: Literal["weights_first", "arch_first"] = "weights_first"
     warmup_epochs: int = 0              # epochs that train the weights only
     weight_sampling: Literal["arch", "uniform", "params"] = "arch"  # ops the weight steps train
@@ -90,6 +91,7 @@ class SearchConfig:
     amp: bool = False                   # bf16 autocast (CUDA only)
     channels_last: bool | Literal["auto"] = "auto"  # channels-last memory format; auto: on a CPU
     benchmark: str | None = None        # NAS-Bench-201 table: log the derived cell's accuracy
+    log_every: int = 10                 # TensorBoard per-step scalars (step/...) every N steps; 0: off
     budget: BudgetConfig = field(default_factory=BudgetConfig)  # bounds on the derived network's cost
 
 
@@ -99,7 +101,7 @@ class TrainConfig:
 
     epochs: int = 600
     batch_size: int = 96
-    steps_per_epoch: int | None = None
+    steps_per_epoch: int | None = None  # a cap, as search.steps_per_epoch
     lr: float = 0.025
     lr_min: float = 0.0
     momentum: float = 0.9
@@ -113,6 +115,7 @@ class TrainConfig:
     amp: bool = False
     channels_last: bool | Literal["auto"] = "auto"
     sync_bn: bool = False               # SyncBatchNorm across the processes of a torchrun (CUDA)
+    log_every: int = 10                 # TensorBoard per-step scalars every N steps; 0: off
 
 
 @dataclass
@@ -249,6 +252,7 @@ def _check_ranges(cfg: Config) -> None:
         need(0 <= s.lr_min <= s.lr, f"{sec}.lr_min: must be in [0, lr], got {s.lr_min}")
         need(s.grad_clip >= 0, f"{sec}.grad_clip: must be >= 0, got {s.grad_clip}")
         need(s.weight_decay >= 0, f"{sec}.weight_decay: must be >= 0, got {s.weight_decay}")
+        need(s.log_every >= 0, f"{sec}.log_every: must be >= 0 (0: off), got {s.log_every}")
         need(0 <= s.momentum < 1, f"{sec}.momentum: must be in [0, 1), got {s.momentum}")
     need(len(cfg.search.arch_betas) == 2 and all(0 <= b < 1 for b in cfg.search.arch_betas),
          f"search.arch_betas: expected two numbers in [0, 1), got {cfg.search.arch_betas}")

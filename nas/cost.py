@@ -209,7 +209,8 @@ def probe_genotypes(model: Supernet, concat: Mapping[str, Sequence[int]], space:
             n = num_nodes(model.arch_logits[kind].shape[0], model.cell_inputs)
             cells[kind] = [[(op, src) for src in range(model.cell_inputs + node)]
                            for node in range(n)]
-        probes.append(Genotype(cells, dict(concat), space=space))
+        probes.append(Genotype(cells, dict(concat), space=space,
+                               inputs={kind: model.cell_inputs for kind in kinds}))
     return probes
 
 

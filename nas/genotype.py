@@ -2,8 +2,14 @@
 
 A genotype maps each cell kind to its intermediate nodes, and each node to its incoming edges
 ``(op, input)``. Inputs index the cell's states: the cell inputs first (two in DARTS, one in
-NAS-Bench-201), then the intermediate nodes in order. ``concat`` names the states whose
-concatenation is the cell's output; empty means the last node is the output.
+NAS-Bench-201), then the intermediate nodes in order; ``inputs`` says how many states are cell
+inputs. ``concat`` names the states whose concatenation is the cell's output; empty means the
+last node is the output.
+
+The text form (``str``) names the space and reads back (``parse_genotype``) to an equal genotype
+for every space: the DARTS ``Genotype(normal=..., ...)`` string for the darts space and the
+NAS-Bench-201 ``|op~0|+...`` string for nasbench201 (the published forms, unchanged), and for
+any other space or shape the compact JSON of the genotype, ``{"space": ..., "cells": ...}``.
 """
 from __future__ import annotations
 
@@ -57,31 +63,44 @@ class Genotype:
     concat: dict[str, tuple[int, ...]] = field(default_factory=dict)
     space: str = ""
     source: str = field(default="", compare=False)  # where a published genotype comes from
+    # how many of a cell kind's states are cell inputs (DARTS 2, NAS-Bench-201 1); a kind not
+    # given is inferred from its edges: the fewest inputs its nodes' indices allow
+    inputs: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.cells, dict) or not isinstance(self.concat, dict):
-            raise InputError("a genotype's 'cells' and 'concat' must map cell kinds to values")
+        if not isinstance(self.cells, dict) or not isinstance(self.concat, dict) or \
+                not isinstance(self.inputs, dict):
+            raise InputError("a genotype's 'cells', 'concat' and 'inputs' must map cell kinds to "
+                             "values")
         try:
             cells = {str(k): _freeze_nodes(v) for k, v in self.cells.items()}
             concat = {str(k): tuple(_index(i) for i in v) for k, v in self.concat.items()}
+            given = {str(k): _index(v) for k, v in self.inputs.items()}
         except ValueError as exc:
             raise InputError(f"not a valid genotype: {exc}") from None
         except TypeError:
             raise InputError("a genotype cell must be a list of nodes, each a list of "
                              "(op, input) pairs, and a concat a list of state indices") from None
+        for kind, count in given.items():
+            if kind not in cells or count < 1:
+                raise InputError(f"not a valid genotype: 'inputs' must give each cell kind "
+                                 f"({', '.join(cells)}) at least 1 input, got {kind}: {count}")
+        inputs = {k: given.get(k) or inferred_inputs(nodes) for k, nodes in cells.items()}
         object.__setattr__(self, "cells", cells)
         object.__setattr__(self, "concat", concat)
+        object.__setattr__(self, "inputs", inputs)
 
     def __hash__(self) -> int:
         return hash((tuple(sorted(self.cells.items())), tuple(sorted(self.concat.items())),
-                     self.space))
+                     self.space, tuple(sorted(self.inputs.items()))))
 
     # -- JSON ---------------------------------------------------------------------------------
     def _plain(self) -> dict[str, Any]:
         return {"space": self.space,
                 "cells": {k: [[list(e) for e in node] for node in nodes]
                           for k, nodes in self.cells.items()},
-                "concat": {k: list(v) for k, v in self.concat.items()}}
+                "concat": {k: list(v) for k, v in self.concat.items()},
+                "inputs": dict(self.inputs)}
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (with the string form, for people); ``from_dict`` reads it back."""
@@ -93,7 +112,8 @@ class Genotype:
         if not isinstance(data, dict) or "cells" not in data:
             raise InputError("not a genotype: expected a mapping with a 'cells' key")
         return cls(cells=data["cells"], concat=data.get("concat") or {},
-                   space=str(data.get("space") or ""), source=str(data.get("source") or ""))
+                   space=str(data.get("space") or ""), source=str(data.get("source") or ""),
+                   inputs=data.get("inputs") or {})  # files from before it: inferred
 
     def save(self, path: str | Path) -> None:
         """Write the genotype as JSON (written to a temporary file, then renamed)."""
@@ -135,12 +155,27 @@ class Genotype:
         return "+".join("|" + "|".join(f"{op}~{src}" for op, src in node) + "|"
                         for node in self.cells["cell"])
 
+    def fits_darts_string(self) -> bool:
+        """Whether the DARTS string holds this genotype exactly (and reads back as the darts space)."""
+        return (self.space in ("darts", "") and set(self.cells) == {"normal", "reduce"}
+                and all(self.inputs[k] == 2 and self.concat.get(k) and
+                        all(len(node) == 2 for node in self.cells[k]) for k in self.cells))
+
+    def fits_nb201_string(self) -> bool:
+        """Whether the NAS-Bench-201 string holds this genotype exactly (as the nasbench201 space)."""
+        return (self.space in ("nasbench201", "") and set(self.cells) == {"cell"}
+                and not self.concat.get("cell") and self.inputs["cell"] == 1
+                and all(node and all(op.strip() == op and not set(op) & set("|~+")
+                                     for op, _ in node) for node in self.cells["cell"]))
+
     def __str__(self) -> str:
-        if set(self.cells) == {"normal", "reduce"}:
+        if self.fits_darts_string():
             return self.to_darts_string()
-        if set(self.cells) == {"cell"}:
+        if self.fits_nb201_string():
             return self.to_nb201_string()
-        return json.dumps(self._plain())  # other cell kinds (e.g. GDAS-FRC): compact JSON
+        # any other space or shape (a plugin's, GDAS-FRC's normal cell alone): the compact JSON,
+        # which names the space and reads back to an equal genotype
+        return json.dumps(self._plain())
 
 
 _DARTS_RE = re.compile(r"^\s*Genotype\((.*)\)\s*$", re.S)
@@ -194,7 +229,7 @@ def parse_darts(text: str) -> Genotype:
             raise InputError(f"DARTS genotype string: '{kind}_concat' must be a list of state "
                              "indices, e.g. [2, 3, 4, 5]")
         concat[kind] = kind_concat
-    return Genotype(cells, concat, space="darts")
+    return Genotype(cells, concat, space="darts", inputs={"normal": 2, "reduce": 2})
 
 
 _NB201_NODE_RE = re.compile(r"^\|([^|~]+~\d+\|)+$")
@@ -214,7 +249,7 @@ def parse_nb201(text: str) -> Genotype:
             op, src = item.rsplit("~", 1)
             node.append((op, int(src)))
         nodes.append(node)
-    return Genotype({"cell": nodes}, {}, space="nasbench201")
+    return Genotype({"cell": nodes}, {}, space="nasbench201", inputs={"cell": 1})
 
 
 def parse_genotype(text: str) -> Genotype:
@@ -252,6 +287,19 @@ def parse_genotype(text: str) -> Genotype:
     hint = f"; did you mean '{close}'?" if close else ""
     raise InputError(f"'{stripped}' is neither a genotype file, a DARTS / NAS-Bench-201 string nor "
                      f"a published genotype{hint} (published: {known})")
+
+
+def inferred_inputs(nodes: Nodes) -> int:
+    """The fewest cell inputs under which every node reads only earlier states (at least 1).
+
+    Node i (0-based) may read the inputs and nodes 0..i-1, states ``0 .. inputs + i - 1``.
+    """
+    return max([1] + [src - i + 1 for i, node in enumerate(nodes) for _, src in node])
+
+
+def cell_title(kind: str) -> str:
+    """How views name a cell kind: ``normal cell``, and ``cell`` (not ``cell cell``)."""
+    return kind if kind.endswith("cell") else f"{kind} cell"
 
 
 # -- derivation ---------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import InputError
-from .genotype import Genotype
+from .genotype import Genotype, cell_title
 
 _FONT = ImageFont.load_default()
 _STOPS = [(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)]  # viridis
@@ -37,9 +37,8 @@ def cell_states(genotype: Genotype, kind: str) -> tuple[list[str], int]:
     """A cell's states by their numbers in the genotype (inputs first, then nodes), and how many
     of them are cell inputs. Every view (TensorBoard tags, heatmaps, ``genotype show``, pictures)
     uses these numbers."""
-    nodes, concat = genotype.cells[kind], genotype.concat.get(kind, ())
-    num_inputs = min(concat) if concat else 1
-    return [str(i) for i in range(num_inputs + len(nodes))], num_inputs
+    num_inputs = genotype.inputs[kind]
+    return [str(i) for i in range(num_inputs + len(genotype.cells[kind]))], num_inputs
 
 
 def state_label(i: int, num_inputs: int) -> str:
@@ -140,7 +139,7 @@ def cell_image(genotype: Genotype, kind: str) -> Image.Image:
         draw.rounded_rectangle(box, radius=6, fill=color, outline=(60, 60, 60))
         w, _ = _text_size(draw, label)
         draw.text(((box[0] + box[2] - w) / 2, box[1] + 6), label, fill="black", font=_FONT)
-    caption = "cell" if kind == "cell" else f"{kind} cell"
+    caption = cell_title(kind)
     draw.text((30, height - 22), caption, fill="black", font=_FONT)
     return img
 
@@ -159,12 +158,15 @@ def save_cell_png(genotype: Genotype, kind: str, path: str | Path) -> str:
 
 def heatmap(probs: torch.Tensor, ops: Sequence[str], row_names: Sequence[str],
             title: str = "") -> Image.Image:
-    """Edges x ops probabilities as a colour grid, values written in, each row's largest outlined."""
+    """Edges x ops probabilities as a colour grid, values written in, each row's largest outlined.
+
+    Colours are on the fixed scale 0 (dark purple) .. 1 (yellow), the same in every picture, so
+    that near-uniform probabilities look near-uniform (a scale stretched over each picture's own
+    range would paint 0.32 against 0.35 as a decision).
+    """
     probs = probs.detach().float().cpu()
     rows, cols = probs.shape
-    low, high = probs.min().item(), probs.max().item()
-    span = high - low if high > low else 1.0  # colours stretch over the grid's own range
-    title = f"{title}  (colour: {low:.2f} .. {high:.2f})" if title else title
+    title = f"{title}  (colour: 0 .. 1)" if title else title
     cw, ch = 44, 18
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     left = max(_text_size(probe, r)[0] for r in row_names) + 12
@@ -185,7 +187,7 @@ def heatmap(probs: torch.Tensor, ops: Sequence[str], row_names: Sequence[str],
         for j in range(cols):
             v = probs[i, j].item()
             x0, y0 = left + j * cw, top + i * ch
-            shade = (v - low) / span
+            shade = min(max(v, 0.0), 1.0)
             draw.rectangle([x0, y0, x0 + cw - 1, y0 + ch - 1], fill=_color(shade),
                            outline="red" if v == row_max else None)
             draw.text((x0 + 8, y0 + 3), f"{v:.2f}", fill="white" if shade < 0.6 else "black",
@@ -367,8 +369,8 @@ def plot_runs(runs: Sequence[str | Path], out: str | Path) -> list[Path]:
                 panels[edge] = {op: [(r["epoch"], r["probabilities"][kind][e][o]) for r in records]
                                 for o, op in enumerate(ops)}
             top = max(v for r in records for row in r["probabilities"][kind] for v in row)
-            img = charts(panels, f"{label}: op probabilities of every edge of the {kind} cell over "
-                         "the epochs (edge = node<-input)", ylim=(0.0, math.ceil(top * 20) / 20))
+            img = charts(panels, f"{label}: op probabilities of every edge of the {cell_title(kind)} "
+                         "over the epochs (edge = node<-input)", ylim=(0.0, math.ceil(top * 20) / 20))
             written.append(out / f"{stem + '_' if stem else ''}ops_{kind}.png")
             img.save(written[-1])
     metrics = [_jsonl(folder / "metrics.jsonl") for folder in folders]

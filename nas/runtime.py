@@ -248,7 +248,8 @@ def checkpoint_state(kind: str, epoch: int, objects: dict[str, Any], **extra: An
 # Keys a resumed run may take from an edited config.yaml (or flags): where the data is, how it
 # is read and what is monitored change no result; epochs may grow (the schedules stretch).
 RESUME_MAY_CHANGE = ("data.root", "data.download", "data.workers", "data.on_device", "device",
-                     "search.benchmark", "search.channels_last", "train.channels_last")
+                     "search.benchmark", "search.channels_last", "train.channels_last",
+                     "search.log_every", "train.log_every")
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -338,9 +339,11 @@ class Meter:
         self.loss = torch.zeros((), device=device)
         self.correct = torch.zeros((), device=device, dtype=torch.long)
         self.count = 0
+        self.last: Tensor | None = None  # the loss added last (per-step logging reads it)
 
     def add(self, loss: Tensor, logits: Tensor, target: Tensor) -> None:
         n = target.shape[0]
+        self.last = loss.detach()
         self.loss += loss.detach() * n
         self.correct += (logits.detach().argmax(1) == target).sum()
         self.count += n
@@ -359,6 +362,15 @@ class Meter:
         if not self.count:
             return math.nan, math.nan
         return self.loss.item() / self.count, 100.0 * self.correct.item() / self.count
+
+
+def steps_note(steps: int, cap: int | None, key: str, images: str, batch: int) -> str:
+    """``N steps/epoch``, and why, when ``key`` (a steps_per_epoch cap) asked for more than the
+    data makes: ``images`` says which images (``the 1,000 training images``)."""
+    if cap and steps < cap:
+        return (f"{steps} steps/epoch ({key}: {cap} is a cap, and {images} make {steps} "
+                f"batch{'es' if steps != 1 else ''} of {batch})")
+    return f"{steps} steps/epoch"
 
 
 def channels_last(setting: bool | str, device: torch.device) -> bool:

@@ -39,7 +39,7 @@ from .monitor import Monitor
 from .runtime import (CHECKPOINT, Meter, autocast, channels_last, check_finite, checkpoint_state,
                       discard_failed_start, in_layout, keep_freed_memory,
                       prepare_run_dir, resolve_device, resume_from, save_checkpoint,
-                      seed_everything, start_mode, stretch_cosine)
+                      seed_everything, start_mode, steps_note, stretch_cosine)
 from .schedules import TemperatureScheduler
 from .ops import build_op
 from .spaces import build_network, build_supernet, check_supernet
@@ -323,8 +323,10 @@ def header(setup: SearchSetup, run_dir: Path, resume: bool, start: int,
                    ", decoupled forward temperature" if "tau_forward" in setup.taus else "",
                    f", top-{s.edge_topk} inputs per node" if s.edge_topk else ""])
     w, a = setup.images
-    return [*budget_lines(setup), f"search: {cfg.space} space, {s.mode} mode{how}, {w}/{a} images (weights/"
-            f"architecture), {setup.steps} steps/epoch{dist.batch_note(s.batch_size, setup.device)}, "
+    per_epoch = steps_note(setup.steps, s.steps_per_epoch, "search.steps_per_epoch",
+                           f"the smaller split's {min(w, a):,} images", s.batch_size)
+    return [*budget_lines(setup), f"search: {cfg.space} space, {s.mode} mode{how}, {w}/{a} images "
+            f"(weights/architecture), {per_epoch}{dist.batch_note(s.batch_size, setup.device)}, "
             f"{n_params:,} weights, device {setup.device}"]
 
 
@@ -363,7 +365,7 @@ def run_epoch(setup: SearchSetup, epoch: int, monitor: Monitor,
 
     model.train()
     for (xw, yw), (xa, ya) in monitor.steps(zip(setup.w_batches, setup.a_batches), setup.steps,
-                                            epoch):
+                                            epoch, s.batch_size * (2 if update_arch else 1)):
         xw, xa = in_layout(xw, setup.layout), in_layout(xa, setup.layout)
         model.tau = taus["tau"].tau
         if "tau_forward" in taus:
@@ -375,6 +377,8 @@ def run_epoch(setup: SearchSetup, epoch: int, monitor: Monitor,
         model.sampling_logits = None
         if update_arch and s.order == "weights_first":
             update(xa, ya)
+        monitor.step_scalars(**{"loss/train": train_meter.last, "tau": model.tau,
+                                "loss/arch": arch_meter.last if update_arch else None})
         for t in taus.values():
             if t.per == "iteration":
                 t.step()
@@ -454,7 +458,7 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
     ddp = dist.wrap(model, setup.device, [f"arch_logits.{k}" for k in model.arch_logits])
     ddp = None if ddp is model else ddp
     monitor = Monitor(run_dir, epochs=s.epochs, start_epoch=start, quiet=quiet, title="search",
-                      write=dist.is_main())
+                      write=dist.is_main(), log_every=s.log_every)
     for line in header(setup, run_dir, resume, start, grown):
         monitor.print(line)
     metrics: dict[str, Any] = {}

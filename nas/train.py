@@ -30,7 +30,7 @@ from .spaces import build_network, check_network
 from .runtime import (CHECKPOINT, Meter, autocast, channels_last, check_finite, checkpoint_state,
                       discard_failed_start, first_mismatch, in_layout, keep_freed_memory,
                       load_checkpoint, prepare_run_dir, resolve_device, resume_from,
-                      save_checkpoint, seed_everything, start_mode, stretch_cosine)
+                      save_checkpoint, seed_everything, start_mode, steps_note, stretch_cosine)
 
 
 @dataclass
@@ -56,20 +56,37 @@ def space_of(cfg: Config, genotype: Genotype) -> str:
     return genotype.space or cfg.space
 
 
-def recipe_line(cfg: Config, space: str) -> str:
-    """What a retraining with ``cfg`` will run, in one line (printed when no --config was given)."""
+def recipe_line(cfg: Config, space: str, epochs_set: bool = False) -> str:
+    """What a retraining with ``cfg`` will run, in one line (printed when no --config was given).
+
+    The defaults are the DARTS retraining recipe, made for the darts network; for another space
+    they are refused (InputError) unless ``epochs_set`` (``--set train.epochs=N``) says the user
+    chose at least how long to train. An auxiliary head is named only where the network has one
+    (an ``auxiliary`` option that is on).
+    """
     import inspect
     from .spaces import get_space
 
+    t = cfg.train
+    if space != "darts" and not epochs_set:
+        raise InputError(f"the genotype is of the {space} space, and without --config nas train's "
+                         f"defaults are the DARTS retraining recipe ({t.epochs} epochs, made for "
+                         "the darts network): pass --config FILE with this space's train: and "
+                         "network: sections, or --set train.epochs=N to train with the other "
+                         "defaults")
     network = get_space(space).network
     defaults = {k: p.default for k, p in inspect.signature(network).parameters.items()
                 if p.default is not inspect.Parameter.empty and k != "num_classes"} if network else {}
-    options = ", ".join(f"{k}={v}" for k, v in {**defaults, **cfg.network}.items())
-    t = cfg.train
-    return (f"train: no --config, so the default recipe (DARTS retraining): {space} network "
-            f"({options}), {t.epochs} epochs of batch {t.batch_size}, lr {t.lr:g} cosine, drop path "
-            f"{t.drop_path:g}, cutout {t.cutout}, auxiliary weight {t.auxiliary_weight:g}; pass "
-            "--config FILE or --set train.epochs=N to change it")
+    options = {**defaults, **cfg.network}
+    listed = ", ".join(f"{k}={v}" for k, v in options.items())
+    auxiliary = f", auxiliary weight {t.auxiliary_weight:g}" if options.get("auxiliary") else ""
+    darts = space == "darts"
+    recipe = "the default recipe (DARTS retraining)" if darts else "the defaults with your --set"
+    change = "pass --config FILE or --set train.epochs=N to change it" if darts else \
+        "pass --config FILE to change them"
+    return (f"train: no --config, so {recipe}: {space} network ({listed}), {t.epochs} epochs of "
+            f"batch {t.batch_size}, lr {t.lr:g} cosine, drop path {t.drop_path:g}, cutout "
+            f"{t.cutout}{auxiliary}; {change}")
 
 
 @torch.no_grad()
@@ -159,7 +176,7 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
     net = dist.wrap(model, device)  # every parameter gets a gradient: DDP's own all-reduce
 
     monitor = Monitor(run_dir, epochs=t.epochs, start_epoch=start, quiet=quiet, title="train",
-                      write=main)
+                      write=main, log_every=t.log_every)
     if resume:
         monitor.print(f"resuming {run_dir} at epoch {start + 1}/{t.epochs}" if start < t.epochs
                       else f"{run_dir} has finished all {t.epochs} epochs")
@@ -167,9 +184,13 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
             monitor.print(f"config.yaml was edited: {key} {was} -> {now}" + (
                 "; the learning-rate schedule now ends there" if key == "train.epochs" else ""))
     else:
-        monitor.print(f"train: {space} network, {params:,} parameters (auxiliary head "
-                      f"excluded), {macs / 1e6:.1f}M multiply-adds, {len(train_data)} training / "
-                      f"{len(test_data)} test images, {len(train_batches)} steps/epoch"
+        per_epoch = steps_note(len(train_batches), t.steps_per_epoch, "train.steps_per_epoch",
+                               f"the {len(train_data):,} training images", t.batch_size)
+        auxiliary = any("auxiliary" in name for name, _ in model.named_parameters())
+        monitor.print(f"train: {space} network, {params:,} parameters"
+                      f"{' (auxiliary head excluded)' if auxiliary else ''}, "
+                      f"{macs / 1e6:.1f}M multiply-adds, {len(train_data)} training / "
+                      f"{len(test_data)} test images, {per_epoch}"
                       f"{dist.batch_note(t.batch_size, device)}, device {device}")
     test_loss = test_acc = math.nan
     try:
@@ -181,7 +202,7 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
             train_batches.set_epoch(epoch)
             meter = Meter(device)
             model.train()
-            for x, y in monitor.steps(train_batches, len(train_batches), epoch):
+            for x, y in monitor.steps(train_batches, len(train_batches), epoch, t.batch_size):
                 x = in_layout(x, layout)
                 with autocast(device, t.amp):
                     logits, aux = _outputs(net(x))
@@ -197,6 +218,7 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
                     nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
                 optimizer.step()
                 meter.add(loss.detach(), logits.detach(), y)
+                monitor.step_scalars(**{"loss/train": meter.last, "lr": lr})
                 if monitor.want_postfix():
                     mean_loss, acc = meter.read()
                     monitor.postfix(loss=mean_loss, acc=acc)

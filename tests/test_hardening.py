@@ -214,7 +214,9 @@ CASES = [
     ("network-C", None, [*T, DARTS_V2, "--set", "network.C=0"], "network.C"),
     ("image-odd", None, [*S, "--set", "data.image_size=7"], "data.image_size"),
     ("image-huge", None, [*S, "--set", "data.image_size=100000"], "data.image_size"),
-    ("image-unhalvable", None, [*S, "--set", "data.image_size=6"], "forward failed on a batch of shape (2, 3, 6, 6)"),
+    ("image-unhalvable", None, [*S, "--set", "data.image_size=6"],
+     "op 'skip_connect' on edge 2<-0 of cell 'cells.2.cell' (a reduction cell), stride 2, failed "
+     "on an input of shape (2, 16, 3, 3)"),
     ("pad-negative", None, [*S, "--set", "data.pad=-1"], "data.pad"),
     ("eval-batch-zero", None, [*S, "--set", "train.eval_batch_size=0"], "train.eval_batch_size"),
     ("seed-2^63", None, [*S, "--set", "seed=9223372036854775808"], "seed: must be in"),
