@@ -287,7 +287,7 @@ def scatter(layers: dict[str, tuple[Points, tuple[int, int, int] | None, int]],
         return (left + (x - lo_x) / (hi_x - lo_x) * (right - left),
                 bottom - (min(max(y, lo_y), hi_y) - lo_y) / (hi_y - lo_y) * (bottom - top))
 
-    draw.text((10, 8), title, fill="black", font=_FONT)
+    draw.text((10, 4), title, fill="black", font=_FONT)
     draw.rectangle([left, top, right, bottom], outline=(120, 120, 120))
     for k in range(6):
         x, y = lo_x + k * (hi_x - lo_x) / 5, lo_y + k * (hi_y - lo_y) / 5
@@ -297,11 +297,12 @@ def scatter(layers: dict[str, tuple[Points, tuple[int, int, int] | None, int]],
         draw.text((6, ty - 6), f"{y:.4g}", fill=(80, 80, 80), font=_FONT)
     draw.text(((left + right) / 2 - _text_size(draw, xlabel)[0] / 2, bottom + 18), xlabel,
               fill="black", font=_FONT)
-    draw.text((6, top - 16), ylabel, fill="black", font=_FONT)
+    draw.text((left + 4, top + 2), ylabel, fill="black", font=_FONT)
     for x in vlines:
         px, _ = at(x, lo_y)
         for y in range(int(top), int(bottom), 8):
             draw.line([(px, y), (px, min(y + 4, bottom))], fill=(150, 150, 150))
+        draw.text((px + 3, bottom - 14), f"{x:g}", fill=(110, 110, 110), font=_FONT)
     colors, k = {}, 0
     for name, (points, color, radius) in layers.items():
         if color is None:

@@ -337,8 +337,9 @@ def budget_lines(setup: SearchSetup) -> list[str]:
     table, limits, cfg = setup.budget.table, setup.budget.limits, setup.cfg
     least = table.minimum()
     bounds = ", ".join(f"{m} <= {format_cost(m, v)}" for m, v in limits.items())
-    lines = [f"budget: {bounds} for the network {cfg.network or '(the space defaults)'} "
-             f"builds from the derived genotype, at {table.image_size}x{table.image_size} "
+    options = ", ".join(f"{k}={v}" for k, v in cfg.network.items()) or "its defaults"
+    lines = [f"budget: {bounds} for the network ({options}) built from the derived genotype, "
+             f"at {table.image_size}x{table.image_size} "
              f"(the smallest possible: {', '.join(format_cost(m, least[m]) for m in limits)})"]
     return lines + [f"  {m}: {how}" for m, how in table.how.items() if m in limits]
 
