@@ -109,6 +109,7 @@ class Config:
     name: str = ""
     seed: int = 0
     device: str = "auto"                # auto, cpu, cuda, cuda:1, ...
+    threads: int | None = None          # CPU threads; null: the usable CPUs other work leaves free
     space: str = "darts"                # a registered search space or 'module:attr'
     data: DataConfig = field(default_factory=DataConfig)
     supernet: dict = field(default_factory=dict)   # keyword arguments of the space's supernet
@@ -118,6 +119,7 @@ class Config:
 
 
 MAX_IMAGE_SIZE = 1024  # images are resized once and held in memory: beyond this, a typo
+MAX_THREADS = 1024     # more threads than any machine's CPUs: a typo
 
 
 # -- type checking ------------------------------------------------------------------------------
@@ -245,6 +247,8 @@ def _check_ranges(cfg: Config) -> None:
     need(cfg.train.eval_batch_size >= 1,
          f"train.eval_batch_size: must be at least 1, got {cfg.train.eval_batch_size}")
     need(0 <= cfg.seed < 2 ** 63, f"seed: must be in [0, 2^63), got {cfg.seed}")
+    need(cfg.threads is None or 1 <= cfg.threads <= MAX_THREADS,
+         f"threads: must be from 1 to {MAX_THREADS} or null (the usable CPUs), got {cfg.threads}")
     need(0 <= cfg.search.warmup_epochs <= cfg.search.epochs,
          f"search.warmup_epochs: must be in [0, search.epochs], got {cfg.search.warmup_epochs}")
     need(cfg.search.samples >= 2, f"search.samples: must be at least 2, got {cfg.search.samples}")

@@ -143,11 +143,55 @@ def check_replaceable(path: Path) -> None:
 
 def start_mode(path: str | Path, resume: bool, force: bool) -> tuple[Path, bool, bool]:
     """Check ``path`` and return it with (resume, force); a run stopped before its first
-    checkpoint (its config saved, no checkpoint yet) is resumed by starting it again."""
+    checkpoint (its config saved, no checkpoint yet) is resumed by starting it again.
+
+    With ``resume``, ``force`` means: start again a run whose checkpoint is lost although its
+    metrics hold finished epochs (refused without it, so that no finished work is replaced).
+    """
     path = check_run_dir(path, resume=resume, force=force)
-    if resume and not (path / CHECKPOINT).is_file():
+    if resume:
+        if (path / CHECKPOINT).is_file():
+            if force:
+                raise InputError(f"--force with --resume starts again a run whose {CHECKPOINT} is "
+                                 f"lost, and {path} has its checkpoint: drop --force to continue it")
+            return path, True, False
+        check_restart(path, force)
         return path, False, True
     return path, resume, force
+
+
+def finished_epochs(path: str | Path) -> int:
+    """The last epoch that a run directory's metrics.jsonl records (0 if none; torn lines skipped)."""
+    return max((record["epoch"] for record in read_jsonl(Path(path) / "metrics.jsonl")), default=0)
+
+
+def check_restart(path: str | Path, force: bool) -> None:
+    """Refuse to start ``path`` again (as resuming a run without a checkpoint does) when its
+    metrics hold finished epochs, unless ``force``; nothing is changed."""
+    done = finished_epochs(path)
+    if done and not force:
+        raise InputError(f"cannot resume {path}: its {CHECKPOINT} is missing, but its metrics.jsonl "
+                         f"holds {done} finished epoch(s); restore the checkpoint, or pass --force "
+                         "with --resume to start the run again from epoch 1 (its files are replaced)")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The epoch records of a ``.jsonl`` file, in order; a line that is not a JSON object with a
+    whole-number ``epoch`` (a line half written when the process was killed) is skipped."""
+    import json
+    if not path.is_file():
+        return []
+    records = []
+    with open(path, "rb") as f:
+        for raw in f:
+            try:
+                record = json.loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                continue
+            epoch = record.get("epoch") if isinstance(record, dict) else None
+            if isinstance(epoch, int) and not isinstance(epoch, bool):
+                records.append(record)
+    return records
 
 
 def _missing_root(path: Path) -> Path:
@@ -178,6 +222,8 @@ def prepare_run_dir(path: str | Path, *, resume: bool = False, force: bool = Fal
                          "choose another --run-dir") from None
     if not resume:
         _created[path] = path if existed else outermost
+    # a checkpoint write that a killed process left half done: the checkpoint itself is whole
+    (path / (CHECKPOINT + ".tmp")).unlink(missing_ok=True)
     return path
 
 
@@ -204,11 +250,17 @@ def default_run_dir(name: str, root: str | Path = "runs") -> Path:
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write a checkpoint atomically: a crash mid-write leaves the previous one intact."""
+    """Write a checkpoint atomically: a crash mid-write leaves the previous one intact (and an
+    interrupted write removes its temporary file; one a killed process left is removed when
+    the run starts or resumes, ``prepare_run_dir``)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # Ctrl-C, SIGTERM or a full disk mid-write: no half file stays behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]:
@@ -236,6 +288,9 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
         raise InputError(f"{path} is not a gumbel-nas checkpoint")
     if kind is not None and state["kind"] != kind:
         raise InputError(f"{path} is a {state['kind']} checkpoint, not a {kind} checkpoint")
+    epoch = state.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise InputError(f"{path} is damaged: its epoch is {epoch!r}, not a whole number >= 0")
     return state
 
 
@@ -248,7 +303,8 @@ def checkpoint_state(kind: str, epoch: int, objects: dict[str, Any], **extra: An
 # Keys a resumed run may take from an edited config.yaml (or flags): where the data is, how it
 # is read and what is monitored change no result; epochs may grow (the schedules stretch).
 RESUME_MAY_CHANGE = ("data.root", "data.download", "data.workers", "data.on_device", "device",
-                     "search.benchmark", "search.channels_last", "train.channels_last")
+                     "search.benchmark", "search.channels_last", "train.channels_last",
+                     "threads")
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -313,7 +369,13 @@ def resume_from(run_dir: str | Path, kind: str, objects: dict[str, Any],
     """
     path = Path(run_dir) / CHECKPOINT
     state = load_checkpoint(path, kind)
-    epoch = int(state.get("epoch", 0))
+    epoch = state["epoch"]
+    saved = state.get("config")
+    planned = saved.get(kind, {}).get("epochs") if isinstance(saved, dict) and \
+        isinstance(saved.get(kind), dict) else None
+    if isinstance(planned, int) and epoch > planned:
+        raise InputError(f"{path} is damaged: its epoch is {epoch}, but its config plans "
+                         f"{planned} epochs")
     grown = config_changes(state["config"], config, epoch) \
         if config is not None and isinstance(state.get("config"), dict) else {}
     for key, obj in objects.items():

@@ -41,6 +41,7 @@ from .schedules import TemperatureScheduler
 from .ops import build_op
 from .spaces import build_supernet, check_supernet
 from .supernet import Supernet
+from .threads import use_threads
 
 
 @dataclass
@@ -167,6 +168,7 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
     s = cfg.search
     device = dist.local_device(resolve_device(cfg.device))
     dist.per_rank_batch(s.batch_size, "search.batch_size")
+    threads = use_threads(cfg.threads)
     if device.type == "cpu":
         keep_freed_memory()  # no page faults re-touching each step's activations
     seed_everything(cfg.seed)
@@ -251,10 +253,10 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
         monitor.print(f"search: {cfg.space} space, {s.mode} mode{how}, {len(w_idx)}/{len(a_idx)} "
                       f"images (weights/architecture), {steps} steps/epoch"
                       f"{dist.batch_note(s.batch_size, device)}, {n_params:,} weights, "
-                      f"device {device}")
+                      f"device {device}{threads.note()}")
     else:
-        monitor.print(f"resuming {run_dir} at epoch {start + 1}/{s.epochs}" if start < s.epochs
-                      else f"{run_dir} has finished all {s.epochs} epochs")
+        monitor.print(f"resuming {run_dir} at epoch {start + 1}/{s.epochs}{threads.note()}"
+                      if start < s.epochs else f"{run_dir} has finished all {s.epochs} epochs")
         for key, (was, now) in grown.items():
             monitor.print(f"config.yaml was edited: {key} {was} -> {now}" + (
                 "; the learning-rate and temperature schedules now end there"
