@@ -165,7 +165,7 @@ def _config(args: argparse.Namespace, verb: str, saved_config: str = "config.yam
     """
     from .config import build_config, config_specs, load_config, read_yaml
     from .registry import trust
-    from .runtime import check_run_dir, default_run_dir, resolve_device
+    from .runtime import check_run_dir, default_run_dir, path_problem, resolve_device
 
     if args.resume:
         if args.config or args.set or args.seed is not None or args.run_dir:
@@ -173,7 +173,14 @@ def _config(args: argparse.Namespace, verb: str, saved_config: str = "config.yam
                              "--set, --seed and --run-dir")
         run_dir = Path(args.resume)
         saved = run_dir / saved_config
-        if not saved.is_file():
+        problem = path_problem(run_dir)
+        if problem:
+            raise InputError(f"cannot resume {str(run_dir)!r}: {problem}")
+        try:
+            found = saved.is_file()
+        except OSError as exc:  # a symlink loop, no permission to look
+            raise InputError(f"cannot resume {run_dir}: {exc.strerror or exc}") from None
+        if not found:
             raise InputError(f"cannot resume: {saved} does not exist")
         cfg = build_config(read_yaml(saved))
     else:
@@ -331,6 +338,8 @@ def cmd_genotype(args: argparse.Namespace) -> int:
     from .registry import GENOTYPES
 
     genotype = parse_genotype(args.genotype)
+    for kind in genotype.cells:  # every input a node takes exists: checked before any output
+        plot.cell_states(genotype, kind)
     if args.action == "show":
         result = None
         if args.benchmark:
@@ -353,28 +362,31 @@ def cmd_genotype(args: argparse.Namespace) -> int:
                       f"mean cifar10 {result.class_accuracy['cifar10']:.2f}")
         return 0
     source = Path(args.genotype)
-    if args.out:
-        out = Path(args.out)
-    elif source.is_file():
-        out = source.parent
-    elif source.is_dir():
-        out = source
-    else:
-        out = Path(".")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file; --out names the directory to write the pictures in")
+    is_file, is_dir = _exists_as(source, "file"), _exists_as(source, "dir")
+    out = Path(args.out) if args.out else source.parent if is_file else source if is_dir \
+        else Path(".")
+    stem = source.stem if is_file else args.genotype if args.genotype in GENOTYPES else "genotype"
+    made = plot.output_dir(out, "--out")
+    written = []
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create --out {out}: {exc.strerror or exc}") from None
-    stem = source.stem if source.is_file() else args.genotype if args.genotype in GENOTYPES \
-        else "genotype"
-    for kind in genotype.cells:
-        dot_path, png_path = out / f"{stem}_{kind}.dot", out / f"{stem}_{kind}.png"
-        dot_path.write_text(plot.to_dot(genotype, kind))
-        how = plot.save_cell_png(genotype, kind, png_path)
-        print(f"{kind} cell: {dot_path} and {png_path} (drawn with {how})")
+        for kind in genotype.cells:
+            dot_path, png_path = out / f"{stem}_{kind}.dot", out / f"{stem}_{kind}.png"
+            written += [dot_path, png_path]
+            dot_path.write_text(plot.to_dot(genotype, kind))
+            how = plot.save_cell_png(genotype, kind, png_path)
+            print(f"{kind} cell: {dot_path} and {png_path} (drawn with {how})")
+    except OSError as exc:  # no permission, a full disk, ...
+        plot.discard(made, written)
+        raise InputError(f"cannot write the pictures in {out}: {exc.strerror or exc}") from None
     return 0
+
+
+def _exists_as(path: Path, what: str) -> bool:
+    """``path.is_file()`` / ``is_dir()``, False for text that cannot be a path (too long, NUL)."""
+    try:
+        return path.is_file() if what == "file" else path.is_dir()
+    except (OSError, ValueError):
+        return False
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

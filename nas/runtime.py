@@ -89,9 +89,39 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def path_problem(path: Path) -> str | None:
+    """Why the system cannot hold ``path`` (a NUL byte, a part or the whole over its length
+    limit), or None; checked before anything is created, so no parent is left behind."""
+    if b"\0" in os.fsencode(path):
+        return "it holds a NUL byte"
+    try:
+        name_max, path_max = os.pathconf(".", "PC_NAME_MAX"), os.pathconf(".", "PC_PATH_MAX")
+    except (OSError, ValueError, AttributeError):
+        name_max, path_max = 255, 4096
+    long = next((part for part in path.parts if len(os.fsencode(part)) > name_max), None)
+    if long is not None:
+        return f"its part {long[:24]}... has {len(os.fsencode(long))} bytes, over the system's " \
+               f"limit of {name_max} for a file name"
+    if len(os.fsencode(path.absolute())) >= path_max:
+        return f"it is over the system's limit of {path_max} bytes for a path"
+    return None
+
+
 def check_run_dir(path: str | Path, *, resume: bool = False, force: bool = False) -> Path:
     """Fail early, changing nothing, if a run cannot start (or resume) in ``path``."""
     path = Path(path)
+    problem = path_problem(path)
+    if problem:
+        raise InputError(f"cannot use the run directory {str(path)!r}: {problem}; choose "
+                         "another --run-dir or name")
+    try:
+        return _check_run_dir(path, resume, force)
+    except OSError as exc:  # a symlink loop, no permission to look, ...
+        raise InputError(f"cannot use the run directory {path}: {exc.strerror or exc}; choose "
+                         "another --run-dir") from None
+
+
+def _check_run_dir(path: Path, resume: bool, force: bool) -> Path:
     if resume:
         if not (path / CHECKPOINT).is_file() and not (path / "config.yaml").is_file():
             raise InputError(f"cannot resume: {path / CHECKPOINT} does not exist")
@@ -166,10 +196,18 @@ def finished_epochs(path: str | Path) -> int:
 
 
 def check_restart(path: str | Path, force: bool) -> None:
-    """Refuse to start ``path`` again (as resuming a run without a checkpoint does) when its
-    metrics hold finished epochs, unless ``force``; nothing is changed."""
+    """Refuse to start ``path`` again (as resuming a run without a checkpoint does) when it had
+    a checkpoint that is lost, unless ``force``; nothing is changed.
+
+    A checkpoint existed if the metrics record a second epoch (the first epoch's checkpoint was
+    written before it began) or the run finished; one epoch alone may be a run stopped while
+    its first checkpoint was written, which ``--resume`` starts again.
+    """
+    path = Path(path)
     done = finished_epochs(path)
-    if done and not force:
+    finished = (path / "result.json").is_file() or \
+        ((path / "genotype.json").is_file() and (path / "genotypes").is_dir())
+    if (done >= 2 or (done and finished)) and not force:
         raise InputError(f"cannot resume {path}: its {CHECKPOINT} is missing, but its metrics.jsonl "
                          f"holds {done} finished epoch(s); restore the checkpoint, or pass --force "
                          "with --resume to start the run again from epoch 1 (its files are replaced)")
@@ -214,10 +252,12 @@ def prepare_run_dir(path: str | Path, *, resume: bool = False, force: bool = Fal
         else:
             path.unlink()
     outermost = _missing_root(path)
+    existed = path.exists()
     try:
-        existed = path.exists()
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a read-only parent, a path under a regular file, ...
+        if not existed and outermost.is_dir():  # the parents it made before it failed
+            shutil.rmtree(outermost, ignore_errors=True)
         raise InputError(f"cannot create the run directory {path}: {exc.strerror or exc}; "
                          "choose another --run-dir") from None
     if not resume:
@@ -371,6 +411,9 @@ def resume_from(run_dir: str | Path, kind: str, objects: dict[str, Any],
     state = load_checkpoint(path, kind)
     epoch = state["epoch"]
     saved = state.get("config")
+    if saved is not None:
+        from .config import check_plain
+        check_plain(saved, f"{path}: its config")
     planned = saved.get(kind, {}).get("epochs") if isinstance(saved, dict) and \
         isinstance(saved.get(kind), dict) else None
     if isinstance(planned, int) and epoch > planned:

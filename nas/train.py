@@ -257,6 +257,12 @@ def evaluate_checkpoint(path: str | Path, *, data_root: str | None = None, devic
     """Test accuracy of the network in a ``nas train`` checkpoint (``threads``: as ``threads``
     in a config; None: the checkpoint's config's)."""
     state = load_checkpoint(path, "train")
+    needed = {"config": dict, "genotype": dict, "space": str, "num_classes": int, "model": dict}
+    for key, kind in needed.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            raise InputError(f"{path} is not a complete train checkpoint: its '{key}' is "
+                             f"{'missing' if key not in state else type(state[key]).__name__}, "
+                             f"expected a {kind.__name__}")
     overrides = [f"device={device}"]
     cfg = build_config(state["config"], overrides)
     if data_root is not None:
