@@ -43,11 +43,11 @@ def cell_states(genotype: Genotype, kind: str) -> tuple[list[str], int]:
     for i, node in enumerate(nodes):
         late = [src for _, src in node if src >= num_inputs + i]
         if late:
-            raise InputError(f"genotype: node {num_inputs + i} of cell '{kind}' takes state "
-                             f"{late[0]}, but only states 0 to {num_inputs + i - 1} come before it")
+            raise InputError(f"genotype {kind} cell: node {num_inputs + i} reads state {late[0]}, "
+                             f"but only states 0..{num_inputs + i - 1} exist before it")
     if concat and max(concat) >= num_inputs + len(nodes):
-        raise InputError(f"genotype: the output of cell '{kind}' concatenates state {max(concat)}, "
-                         f"but it has states 0 to {num_inputs + len(nodes) - 1}")
+        raise InputError(f"genotype {kind} cell: its output concatenates state {max(concat)}, "
+                         f"but only states 0..{num_inputs + len(nodes) - 1} exist")
     return [str(i) for i in range(num_inputs + len(nodes))], num_inputs
 
 
