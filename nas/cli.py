@@ -367,16 +367,14 @@ def cmd_genotype(args: argparse.Namespace) -> int:
         else Path(".")
     stem = source.stem if is_file else args.genotype if args.genotype in GENOTYPES else "genotype"
     made = plot.output_dir(out, "--out")
-    written = []
     try:
         for kind in genotype.cells:
             dot_path, png_path = out / f"{stem}_{kind}.dot", out / f"{stem}_{kind}.png"
-            written += [dot_path, png_path]
             dot_path.write_text(plot.to_dot(genotype, kind))
             how = plot.save_cell_png(genotype, kind, png_path)
             print(f"{kind} cell: {dot_path} and {png_path} (drawn with {how})")
     except OSError as exc:  # no permission, a full disk, ...
-        plot.discard(made, written)
+        plot.discard(made)
         raise InputError(f"cannot write the pictures in {out}: {exc.strerror or exc}") from None
     return 0
 

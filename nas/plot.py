@@ -323,8 +323,8 @@ def output_dir(out: Path, what: str) -> Path | None:
     return made
 
 
-def discard(made: Path | None, written: Sequence[Path] = ()) -> None:
-    """Remove what ``output_dir`` made, after a failed write."""
+def discard(made: Path | None) -> None:
+    """Remove what ``output_dir`` made (files written into it too), after a failed write."""
     if made is not None:
         shutil.rmtree(made, ignore_errors=True)
 

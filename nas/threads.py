@@ -7,18 +7,20 @@ instead, and ``OMP_NUM_THREADS`` is honoured when neither does. The run's header
 
 Idle OpenMP threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``), set before torch
 loads its OpenMP runtime, unless the user set a policy: beside other busy processes a spinning
-thread takes the CPU from the thread everyone waits for, and a run became 4-20 times slower
-(README, "Threads"). This module imports torch only when it applies a count.
+thread takes the CPU from the thread everyone waits for, and the quick search ran 3 to 10 times
+slower (README, "Threads on a shared machine"). This module imports torch only when it applies
+a count.
 """
 from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-WAIT_POLICY = "PASSIVE"  # measured: README, "Threads"
+WAIT_POLICY = "PASSIVE"  # measured: README, "Threads on a shared machine"
 _SAMPLE_S = 0.3          # the shortest window over which other processes' load is measured
 
 
@@ -27,7 +29,6 @@ def set_wait_policy() -> bool:
 
     Returns whether it set the policy; once torch is loaded it is too late, and nothing is set.
     """
-    import sys
     if "torch" in sys.modules or "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
         return False
     os.environ["OMP_WAIT_POLICY"] = WAIT_POLICY
@@ -136,7 +137,7 @@ def _cpu_ticks(cpus: set[int], stat: str | None = None) -> tuple[int, int] | Non
 
 @dataclass
 class Sample:
-    """A moment's CPU counters: the machine's (our CPUs) and this process's own time."""
+    """A moment's CPU counters: the machine's (over our CPUs) and this process's own time."""
 
     when: float
     ticks: tuple[int, int] | None
@@ -144,8 +145,10 @@ class Sample:
 
     @classmethod
     def now(cls, cpus: set[int]) -> "Sample":
+        """The counters now (this process's time includes its finished children: data workers)."""
         t = os.times()
-        return cls(time.monotonic(), _cpu_ticks(cpus), t.user + t.system)
+        own = t.user + t.system + t.children_user + t.children_system
+        return cls(time.monotonic(), _cpu_ticks(cpus), own)
 
 
 def others_busy(start: Sample, end: Sample) -> float | None:
