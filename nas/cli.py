@@ -1,7 +1,8 @@
 """The ``nas`` command: search, train, run, evaluate, list, plot, genotype show|plot.
 
 A user's mistake (bad config, flag, data, checkpoint) prints one line ``nas <verb>: error: ...``
-and exits with status 2; Ctrl-C exits with 130 and says how to resume.
+and exits with status 2; Ctrl-C exits with 130 and says how to resume, SIGTERM (what a
+scheduler or ``kill`` sends) likewise with 143.
 """
 from __future__ import annotations
 
@@ -36,11 +37,19 @@ def _add_run_options(p: argparse.ArgumentParser, config_required: bool) -> None:
                    help="where to write the run (default: runs/<config name>-<date>-<time>)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint")
     p.add_argument("--force", action="store_true",
-                   help="overwrite --run-dir if it already exists")
+                   help="overwrite --run-dir if it already exists; with --resume, start again a "
+                        "run whose checkpoint.pt is lost")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int, help="random seed (config key seed)")
+    _add_threads_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     _add_plugin_option(p)
+
+
+def _add_threads_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads (config key threads; default: the CPUs this process may "
+                        "use that other work leaves free)")
 
 
 def _add_plugin_option(p: argparse.ArgumentParser) -> None:
@@ -94,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--batch-size", type=int, metavar="N",
                    help="evaluation batch size (default: the run's train.eval_batch_size)")
+    _add_threads_option(p)
     _add_plugin_option(p)
 
     p = verbs.add_parser("list", help="registered search spaces, ops, schedules, datasets and "
@@ -170,15 +180,22 @@ def _config(args: argparse.Namespace, verb: str, saved_config: str = "config.yam
     """
     from .config import build_config, config_specs, load_config, read_yaml
     from .registry import trust
-    from .runtime import check_run_dir, default_run_dir, resolve_device
+    from .runtime import check_run_dir, default_run_dir, path_problem, resolve_device
 
     if args.resume:
-        if args.config or args.set or args.seed is not None or args.run_dir or args.force:
+        if args.config or args.set or args.seed is not None or args.run_dir:
             raise InputError("--resume continues a run with its saved config: drop --config, "
-                             "--set, --seed, --run-dir and --force")
+                             "--set, --seed and --run-dir")
         run_dir = Path(args.resume)
         saved = run_dir / saved_config
-        if not saved.is_file():
+        problem = path_problem(run_dir)
+        if problem:
+            raise InputError(f"cannot resume {str(run_dir)!r}: {problem}")
+        try:
+            found = saved.is_file()
+        except OSError as exc:  # a symlink loop, no permission to look
+            raise InputError(f"cannot resume {run_dir}: {exc.strerror or exc}") from None
+        if not found:
             raise InputError(f"cannot resume: {saved} does not exist")
         cfg = build_config(read_yaml(saved))
     else:
@@ -196,9 +213,18 @@ def _config(args: argparse.Namespace, verb: str, saved_config: str = "config.yam
         cfg.data.root = args.data_dir
     if args.device:
         cfg.device = args.device
+    if args.threads is not None:
+        cfg.threads = _threads(args.threads)
     resolve_device(cfg.device)
     args.chosen_run_dir = run_dir  # for the resume hint after Ctrl-C
     return cfg, run_dir
+
+
+def _threads(n: int) -> int:
+    from .config import MAX_THREADS
+    if not 1 <= n <= MAX_THREADS:
+        raise InputError(f"--threads must be from 1 to {MAX_THREADS}, got {n}")
+    return n
 
 
 def _print_search(result) -> None:
@@ -263,20 +289,26 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .genotype import Genotype
-    from .runtime import CHECKPOINT, load_checkpoint
+    from .runtime import CHECKPOINT, check_restart, load_checkpoint
     from .search import search
-    from .train import train
+    from .train import check_retraining, train
 
     cfg, run_dir = _config(args, "run", saved_config="search/config.yaml")
     search_dir, train_dir = run_dir / "search", run_dir / "train"
+    check_retraining(cfg)  # network: and train: fail before the search, not after it
     resume_search = bool(args.resume) and (search_dir / CHECKPOINT).is_file()
+    if args.resume:  # a lost checkpoint beside finished epochs is refused before anything runs
+        for sub in (search_dir, train_dir):
+            if sub.is_dir() and not (sub / CHECKPOINT).is_file():
+                check_restart(sub, args.force)
     done = (resume_search and (search_dir / "genotype.json").is_file()
             and load_checkpoint(search_dir / CHECKPOINT, "search")["epoch"] >= cfg.search.epochs)
     if done:
         genotype = Genotype.load(search_dir / "genotype.json")
     else:
         result = search(cfg, search_dir, resume=resume_search,
-                        force=args.force or bool(args.resume), quiet=args.quiet)
+                        force=not resume_search and (args.force or bool(args.resume)),
+                        quiet=args.quiet)
         _print_search(result)
         genotype = result.genotype
     resume_train = bool(args.resume) and (train_dir / CHECKPOINT).is_file()
@@ -289,8 +321,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .train import evaluate_checkpoint
     if args.batch_size is not None and args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    threads = None if args.threads is None else _threads(args.threads)
     r = evaluate_checkpoint(args.checkpoint, data_root=args.data_dir, device=args.device,
-                            batch_size=args.batch_size)
+                            batch_size=args.batch_size, threads=threads)
     print(f"test accuracy: {r['test_acc']:.2f}% (loss {r['test_loss']:.4f}) on {r['images']} "
           f"images, after {r['epoch']} epochs, {r['params']:,} parameters")
     return 0
@@ -326,6 +359,8 @@ def cmd_genotype(args: argparse.Namespace) -> int:
     from .registry import GENOTYPES
 
     genotype = parse_genotype(args.genotype)
+    for kind in genotype.cells:  # every input a node takes exists: checked before any output
+        plot.cell_states(genotype, kind)
     if args.action == "show":
         result = None
         if args.benchmark:
@@ -352,28 +387,29 @@ def cmd_genotype(args: argparse.Namespace) -> int:
             print(cost)
         return 0
     source = Path(args.genotype)
-    if args.out:
-        out = Path(args.out)
-    elif source.is_file():
-        out = source.parent
-    elif source.is_dir():
-        out = source
-    else:
-        out = Path(".")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file; --out names the directory to write the pictures in")
+    is_file, is_dir = _exists_as(source, "file"), _exists_as(source, "dir")
+    out = Path(args.out) if args.out else source.parent if is_file else source if is_dir \
+        else Path(".")
+    stem = source.stem if is_file else args.genotype if args.genotype in GENOTYPES else "genotype"
+    made = plot.output_dir(out, "--out")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create --out {out}: {exc.strerror or exc}") from None
-    stem = source.stem if source.is_file() else args.genotype if args.genotype in GENOTYPES \
-        else "genotype"
-    for kind in genotype.cells:
-        dot_path, png_path = out / f"{stem}_{kind}.dot", out / f"{stem}_{kind}.png"
-        dot_path.write_text(plot.to_dot(genotype, kind))
-        how = plot.save_cell_png(genotype, kind, png_path)
-        print(f"{cell_title(kind)}: {dot_path} and {png_path} (drawn with {how})")
+        for kind in genotype.cells:
+            dot_path, png_path = out / f"{stem}_{kind}.dot", out / f"{stem}_{kind}.png"
+            dot_path.write_text(plot.to_dot(genotype, kind))
+            how = plot.save_cell_png(genotype, kind, png_path)
+            print(f"{cell_title(kind)}: {dot_path} and {png_path} (drawn with {how})")
+    except OSError as exc:  # no permission, a full disk, ...
+        plot.discard(made)
+        raise InputError(f"cannot write the pictures in {out}: {exc.strerror or exc}") from None
     return 0
+
+
+def _exists_as(path: Path, what: str) -> bool:
+    """``path.is_file()`` / ``is_dir()``, False for text that cannot be a path (too long, NUL)."""
+    try:
+        return path.is_file() if what == "file" else path.is_dir()
+    except (OSError, ValueError):
+        return False
 
 
 CLASSES = {"cifar10": 10, "cifar100": 100}  # the built-in datasets' classes, known without loading
@@ -414,8 +450,16 @@ COMMANDS = {"search": cmd_search, "plot": cmd_plot, "train": cmd_train, "run": c
             "list": cmd_list, "genotype": cmd_genotype}
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: the run stops as on Ctrl-C (its last checkpoint kept), with status 143."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def _import_torch() -> None:
-    """Import torch with Ctrl-C held back until it is done, then honoured.
+    """Import torch with Ctrl-C and SIGTERM held back until it is done, then honoured.
 
     A KeyboardInterrupt raised inside torch's C++ initialisation aborts the process (SIGABRT,
     "terminate called after throwing ... KeyboardInterrupt") instead of reaching our handler.
@@ -423,19 +467,26 @@ def _import_torch() -> None:
     if "torch" in sys.modules or threading.current_thread() is not threading.main_thread():
         return
     pressed: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, frame: pressed.append(signum)) for s in held}
     try:
         import torch  # noqa: F401
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s in held:
+            signal.signal(s, previous[s])
     if pressed:
-        raise KeyboardInterrupt
+        raise Terminated if signal.SIGTERM in pressed else KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nas`` console script; returns the exit status."""
     verb, args, dist = "", None, None
     together = True  # every rank ends this way (finished, or an error they all share)
+    from .threads import set_wait_policy, start_sampling
+    start_sampling()    # the load of other processes is measured while this one starts
+    set_wait_policy()   # before torch loads OpenMP
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main else None
     try:
         args = build_parser().parse_args(argv)
         verb = args.verb
@@ -462,14 +513,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         together = False
         where = getattr(args, "chosen_run_dir", None)
-        hint = f"; continue with: nas {verb} --resume {where}" if verb in ("search", "train", "run") \
-            and where else ""
+        hint = f"; continue with: nas {verb} --resume {_quoted(where)}" \
+            if verb in ("search", "train", "run") and where else ""
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         if dist is None or dist.is_main():
-            print(f"\nnas{' ' + verb if verb else ''}: interrupted{hint}", file=sys.stderr)
-        return 130
+            print(f"\nnas{' ' + verb if verb else ''}: {what}{hint}", file=sys.stderr, flush=True)
+        return 143 if isinstance(exc, Terminated) else 130
     except Exception as exc:
         together = False
         if dist is None or dist.world_size() == 1:
@@ -482,6 +534,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if dist is not None:
             dist.shutdown(together)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _quoted(path: Path) -> str:
+    """A path as a shell word."""
+    import shlex
+    return shlex.quote(str(path))
 
 
 def _error(verb: str, exc: BaseException | str, shared: bool) -> None:

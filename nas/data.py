@@ -85,6 +85,8 @@ def _read_batch(path: Path, label_key: bytes, classes: int) -> tuple[Tensor, Ten
             entry = _CifarUnpickler(f, encoding="bytes").load()
     except pickle.UnpicklingError as exc:
         raise InputError(f"{path} is not a CIFAR python batch file: {exc}") from None
+    except OSError as exc:  # no permission, a directory, ...
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
     except Exception as exc:
         raise InputError(f"{path} is not a CIFAR python batch file ({type(exc).__name__})") from None
     if not isinstance(entry, dict):
@@ -244,8 +246,10 @@ def image_folder(root: str | Path, train: bool, download: bool = False,
                 img = img.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
                 images[i] = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8) \
                     .view(image_size, image_size, 3).permute(2, 0, 1)
+        except Image.DecompressionBombError as exc:  # a small file that decodes to gigabytes
+            raise InputError(f"refusing to read image {path}: {exc}") from None
         except OSError as exc:
-            raise InputError(f"cannot read image {path}: {exc}") from None
+            raise InputError(f"cannot read image {path}: {exc.strerror or exc}") from None
     flat = images.float().div_(255).transpose(0, 1).reshape(3, -1)
     mean = tuple(flat.mean(1).tolist())
     std = tuple(flat.std(1).clamp_min(1e-3).tolist())
@@ -256,10 +260,14 @@ def load_dataset(name: str, root: str | Path, train: bool, download: bool = Fals
                  image_size: int = 32) -> ImageSet:
     """Load a registered dataset and resize its images to ``image_size`` (once)."""
     factory = DATASETS.get(name)
-    if factory is image_folder:
-        data = factory(root, train, download, image_size=image_size)
-    else:
-        data = factory(root, train, download)
+    try:
+        if factory is image_folder:
+            data = factory(root, train, download, image_size=image_size)
+        else:
+            data = factory(root, train, download)
+    except OSError as exc:  # a name too long, a symlink loop, no permission to look
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else f" in {root}"
+        raise InputError(f"cannot read the {name} data{where}: {exc.strerror or exc}") from None
     if not isinstance(data, ImageSet):
         raise InputError(f"dataset '{name}' returned {type(data).__name__}, not an ImageSet")
     if data.images.shape[-1] != image_size or data.images.shape[-2] != image_size:

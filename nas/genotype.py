@@ -130,8 +130,12 @@ class Genotype:
             data = json.loads(path.read_text())
         except FileNotFoundError:
             raise InputError(f"genotype file not found: {path}") from None
+        except OSError as exc:  # no permission, a directory, a symlink loop, ...
+            raise InputError(f"cannot read the genotype file {path}: {exc.strerror or exc}") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"{path} is not a genotype JSON file ({exc})") from None
+        except RecursionError:
+            raise InputError(f"{path} is not a genotype JSON file (nested too deeply)") from None
         if not isinstance(data, dict) or "cells" not in data:
             raise InputError(f"{path} is not a genotype JSON file (no 'cells' key)")
         return cls.from_dict(data)
@@ -195,13 +199,17 @@ def parse_darts(text: str) -> Genotype:
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
                     and node.func.id == "range"):
                 span = range(*[int(ast.literal_eval(a)) for a in node.args])
-                if len(span) > MAX_STATES:
-                    raise ValueError(f"{kw.arg} = range() of {len(span)} states")
+                try:
+                    size = len(span)
+                except OverflowError:  # more than 2^63 states
+                    size = MAX_STATES + 1
+                if size > MAX_STATES:
+                    raise ValueError(f"{kw.arg} = range() of more than {MAX_STATES} states")
                 values[kw.arg] = list(span)
             else:
                 values[kw.arg] = ast.literal_eval(node)
-    except (SyntaxError, ValueError, TypeError) as exc:
-        raise InputError(f"cannot parse DARTS genotype string: {exc}") from None
+    except (SyntaxError, ValueError, TypeError, OverflowError, RecursionError, MemoryError) as exc:
+        raise InputError(f"cannot parse DARTS genotype string: {exc or type(exc).__name__}") from None
     known = {"normal", "normal_concat", "reduce", "reduce_concat"}
     unknown = sorted(set(values) - known)
     if unknown or call.args:
@@ -267,11 +275,20 @@ def parse_genotype(text: str) -> Genotype:
             return Genotype.from_dict(json.loads(stripped))
         except json.JSONDecodeError as exc:
             raise InputError(f"genotype JSON text does not parse: {exc}") from None
+        except RecursionError:
+            raise InputError("genotype JSON text is nested too deeply to be a genotype") from None
     path = Path(stripped)
-    if path.is_dir() and (path / "genotype.json").is_file():
-        path = path / "genotype.json"
-    if path.is_file():
-        return Genotype.load(path)
+    try:
+        if path.is_dir() and (path / "genotype.json").is_file():
+            path = path / "genotype.json"
+        if path.is_file():
+            return Genotype.load(path)
+    except InputError:
+        raise
+    except OSError as exc:  # a name too long, a symlink loop, ...
+        raise InputError(f"cannot read the genotype {stripped[:60]!r}: {exc.strerror or exc}") from None
+    except ValueError:  # a NUL byte: not a path, maybe a garbled string
+        raise InputError(f"the genotype {stripped[:60]!r} holds a NUL byte") from None
     if stripped in GENOTYPES:  # a registered name only: a genotype never names code to import
         found = GENOTYPES.get(stripped)
         if not isinstance(found, Genotype):

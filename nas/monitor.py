@@ -1,6 +1,7 @@
 """Where a run reports: TensorBoard, ``metrics.jsonl``, and tqdm bars or plain log lines.
 
-Bars are drawn only on a terminal; elsewhere (a log file, CI) each epoch prints one line.
+Each epoch prints one line: on a terminal above the bars (drawn only there), elsewhere (a log
+file, CI, ``nohup``) flushed at once, so the log is as current as ``metrics.jsonl``.
 ``quiet`` silences both; ``write=False`` (every rank but rank 0 of a distributed run) also
 writes nothing. TensorBoard event files are written into the run directory itself, so
 ``tensorboard --logdir runs`` shows every run side by side.
@@ -21,6 +22,7 @@ from tqdm import tqdm
 
 from . import plot
 from .genotype import Genotype, cell_title
+from .runtime import read_jsonl
 from .supernet import Supernet
 
 
@@ -58,13 +60,13 @@ def prob_layout(model: Supernet) -> dict[str, dict[str, list[Any]]]:
 
 
 def _cut_jsonl(path: Path, last_epoch: int) -> None:
-    """Keep the lines of epochs up to ``last_epoch`` (what a resumed run's checkpoint holds)."""
+    """Keep the records of epochs up to ``last_epoch`` (what a resumed run's checkpoint holds);
+    a line half written when the process was killed goes too."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("epoch", 0) <= last_epoch]
+    kept = [r for r in read_jsonl(path) if r["epoch"] <= last_epoch]
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
     tmp.replace(path)
 
 
@@ -160,7 +162,9 @@ class Monitor:
     def print(self, message: str) -> None:
         """A line for the user (above the bars), unless quiet."""
         if not self.quiet:
-            tqdm.write(message, file=sys.stderr if self.bars else sys.stdout)
+            out = sys.stderr if self.bars else sys.stdout
+            tqdm.write(message, file=out)
+            out.flush()  # block-buffered in a log file: the line must be there now
 
     # -- records ------------------------------------------------------------------------------
     def epoch_end(self, epoch: int, metrics: Mapping[str, Any], scalars: Mapping[str, float]) -> None:
@@ -180,13 +184,12 @@ class Monitor:
             self._step_writer.flush()
         shown = {k: v for k, v in metrics.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool)}  # benchmark_rank: int
+        line = " ".join(f"{k}={_number(v)}" for k, v in shown.items())
+        self.print(f"{self.title} epoch {epoch + 1}/{self.epochs} {line}")  # above the bars
         if self.bars:
             brief = {k: shown[k] for k in BAR_KEYS if k in shown}
             self.epoch_bar.update(1)
             self.epoch_bar.set_postfix_str(" ".join(f"{k}={_number(v)}" for k, v in brief.items()))
-        else:
-            line = " ".join(f"{k}={_number(v)}" for k, v in shown.items())
-            self.print(f"{self.title} epoch {epoch + 1}/{self.epochs} {line}")
 
     def architecture(self, epoch: int, model: Supernet, genotype: Genotype) -> None:
         """Op probabilities (per-op scalars, heatmaps, probabilities.jsonl) and the genotype."""

@@ -6,6 +6,7 @@ the ``dot`` program exists, ``save_cell_png`` uses it instead.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -37,8 +38,17 @@ def cell_states(genotype: Genotype, kind: str) -> tuple[list[str], int]:
     """A cell's states by their numbers in the genotype (inputs first, then nodes), and how many
     of them are cell inputs. Every view (TensorBoard tags, heatmaps, ``genotype show``, pictures)
     uses these numbers."""
+    nodes, concat = genotype.cells[kind], genotype.concat.get(kind, ())
     num_inputs = genotype.inputs[kind]
-    return [str(i) for i in range(num_inputs + len(genotype.cells[kind]))], num_inputs
+    for i, node in enumerate(nodes):
+        late = [src for _, src in node if src >= num_inputs + i]
+        if late:
+            raise InputError(f"genotype {cell_title(kind)}: node {num_inputs + i} reads state {late[0]}, "
+                             f"but only states 0..{num_inputs + i - 1} exist before it")
+    if concat and max(concat) >= num_inputs + len(nodes):
+        raise InputError(f"genotype {cell_title(kind)}: its output concatenates state {max(concat)}, "
+                         f"but only states 0..{num_inputs + len(nodes) - 1} exist")
+    return [str(i) for i in range(num_inputs + len(nodes))], num_inputs
 
 
 def state_label(i: int, num_inputs: int) -> str:
@@ -331,16 +341,73 @@ def scatter(layers: dict[str, tuple[Points, tuple[int, int, int] | None, int]],
 
 
 def _jsonl(path: Path) -> list[dict]:
+    """The records of a run's ``.jsonl`` file; a last line without its newline (the run was
+    killed while writing it) is left out, any other line that is not a record is an error."""
     import json
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_bytes().decode()
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not a text file of JSON records") from None
+    lines = text.split("\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            record = None
+        if not (isinstance(record, dict) and isinstance(record.get("epoch"), int)):
+            if number == len(lines):  # torn: no newline after it
+                continue
+            raise InputError(f"{path}, line {number}: not a record of this tool (a JSON object "
+                             "with an epoch); fix or delete that line")
+        records.append(record)
+    return records
+
+
+def output_dir(out: Path, what: str) -> Path | None:
+    """Make the directory pictures go into; returns the outermost directory it created (None
+    if it existed), for ``discard``. One line, and nothing made, if it cannot be."""
+    from .runtime import path_problem
+    problem = path_problem(out)
+    if problem:
+        raise InputError(f"{what} {str(out)!r}: {problem}")
+    try:
+        if out.exists() and not out.is_dir():
+            raise InputError(f"{what} {out} is a file; {what} names the directory to write the "
+                             "pictures in")
+        outermost = out
+        while not outermost.parent.exists() and outermost.parent != outermost:
+            outermost = outermost.parent
+        made = None if out.exists() else outermost
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create {what} {out}: {exc.strerror or exc}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        discard(made)
+        raise InputError(f"cannot write in {what} {out}: permission denied")
+    return made
+
+
+def discard(made: Path | None) -> None:
+    """Remove what ``output_dir`` made (files written into it too), after a failed write."""
+    if made is not None:
+        shutil.rmtree(made, ignore_errors=True)
 
 
 def run_files(run: str | Path) -> Path:
     """The directory of a finished search or retraining (a ``nas run`` directory: its search/)."""
     run = Path(run)
     for folder in (run, run / "search", run / "train"):
-        if (folder / "metrics.jsonl").is_file():
-            return folder
+        try:
+            if (folder / "metrics.jsonl").is_file():
+                return folder
+        except (OSError, ValueError) as exc:  # a name too long, a symlink loop, a NUL byte
+            raise InputError(f"cannot read the run {str(run)!r}: "
+                             f"{getattr(exc, 'strerror', None) or exc}") from None
     raise InputError(f"{run} is not a run directory: no metrics.jsonl in it or in its search/ "
                      "or train/")
 
@@ -355,33 +422,46 @@ def plot_runs(runs: Sequence[str | Path], out: str | Path) -> list[Path]:
     compare the runs' curves (loss, entropy, accuracy, benchmark accuracy); returns the files."""
     out = Path(out)
     folders = [run_files(r) for r in runs]
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
+    images: dict[str, Image.Image] = {}  # drawn first: a bad record writes nothing
     labels = [str(r) for r in runs]
     for label, folder in zip(labels, folders):
         path = folder / "probabilities.jsonl"
         if not path.is_file():
             continue
         records = _jsonl(path)
+        if not records:
+            continue
         stem = Path(label).name if len(folders) > 1 else ""
-        for kind, ops in records[-1]["ops"].items():
-            panels = {}
-            for e, edge in enumerate(records[-1]["edges"][kind]):
-                panels[edge] = {op: [(r["epoch"], r["probabilities"][kind][e][o]) for r in records]
-                                for o, op in enumerate(ops)}
-            top = max(v for r in records for row in r["probabilities"][kind] for v in row)
-            img = charts(panels, f"{label}: op probabilities of every edge of the {cell_title(kind)} "
-                         "over the epochs (edge = node<-input)", ylim=(0.0, math.ceil(top * 20) / 20))
-            written.append(out / f"{stem + '_' if stem else ''}ops_{kind}.png")
-            img.save(written[-1])
+        try:
+            for kind, ops in records[-1]["ops"].items():
+                panels = {}
+                for e, edge in enumerate(records[-1]["edges"][kind]):
+                    panels[edge] = {op: [(r["epoch"], float(r["probabilities"][kind][e][o]))
+                                         for r in records] for o, op in enumerate(ops)}
+                top = max(v for r in records for row in r["probabilities"][kind] for v in row)
+                images[f"{stem + '_' if stem else ''}ops_{kind}.png"] = charts(
+                    panels, f"{label}: op probabilities of every edge of the {cell_title(kind)} "
+                    "over the epochs (edge = node<-input)", ylim=(0.0, math.ceil(top * 20) / 20))
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+            raise InputError(f"{path}: its records do not hold the ops, edges and probabilities "
+                             "this tool writes") from None
     metrics = [_jsonl(folder / "metrics.jsonl") for folder in folders]
     panels = {}
     for key, title in COMPARED.items():
-        series = {label: [(m["epoch"], m[key]) for m in lines if m.get(key) is not None]
+        series = {label: [(m["epoch"], m[key]) for m in lines
+                          if isinstance(m.get(key), (int, float)) and not isinstance(m[key], bool)]
                   for label, lines in zip(labels, metrics)}
         if any(series.values()):
             panels[title] = {k: v for k, v in series.items() if v}
     if panels:
-        written.append(out / "curves.png")
-        charts(panels, "per epoch", columns=3, size=(300, 200)).save(written[-1])
+        images["curves.png"] = charts(panels, "per epoch", columns=3, size=(300, 200))
+    made = output_dir(out, "--out")
+    written = []
+    try:
+        for name, img in images.items():
+            written.append(out / name)
+            img.save(written[-1])
+    except OSError as exc:
+        discard(made)
+        raise InputError(f"cannot write the plots in {out}: {exc.strerror or exc}") from None
     return written

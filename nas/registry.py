@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.machinery
 import importlib.metadata
 import importlib.util
 import contextlib
@@ -151,7 +152,8 @@ def load_object(spec: str) -> Any:
             mod_name = f"{_FILE_MODULE}{path.stem}_{abs(hash(str(path))) % 10**8}"
             module = sys.modules.get(mod_name)
             if module is None:
-                file_spec = importlib.util.spec_from_file_location(mod_name, path)
+                file_spec = importlib.util.spec_from_file_location(
+                    mod_name, path, loader=_NoBytecodeLoader(mod_name, str(path)))
                 module = importlib.util.module_from_spec(file_spec)
                 sys.modules[mod_name] = module
                 try:
@@ -174,12 +176,22 @@ def load_object(spec: str) -> Any:
         raise
     except ModuleNotFoundError as exc:
         raise InputError(f"'{spec}': cannot import module '{module_name}' ({exc})") from exc
+    except SystemExit as exc:  # the plugin called sys.exit() or exit() while loading
+        raise InputError(f"'{spec}': importing '{module_name}' called sys.exit({exc.code!r}); "
+                         "a plugin must not exit while it loads") from None
     except Exception as exc:  # a plugin that fails while importing
         raise InputError(f"'{spec}': importing '{module_name}' failed: {type(exc).__name__}: {exc}") from exc
     try:
         return getattr(module, attr)
     except AttributeError:
         raise InputError(f"'{spec}': module '{module_name}' has no attribute '{attr}'") from None
+
+
+class _NoBytecodeLoader(importlib.machinery.SourceFileLoader):
+    """Loads a ``file.py:attr`` plugin without writing ``__pycache__/`` beside the user's file."""
+
+    def set_data(self, path: str, data: bytes, *, _mode: int = 0o666) -> None:  # noqa: D102
+        return None
 
 
 class Registry:
@@ -226,7 +238,7 @@ class Registry:
             where = f"entry point {dist.name if dist else '?'} ({ep.value})"
             try:
                 target = ep.load()
-            except Exception as exc:  # one broken plugin must not hide the others
+            except (Exception, SystemExit) as exc:  # one broken plugin must not hide the others
                 if ep.name not in self._entries:
                     self._entries[ep.name] = Entry(ep.name, None, where,
                                                    error=f"{type(exc).__name__}: {exc}")

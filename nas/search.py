@@ -44,6 +44,7 @@ from .schedules import TemperatureScheduler
 from .ops import build_op
 from .spaces import build_network, build_supernet, check_supernet
 from .supernet import Supernet
+from .threads import Threads, use_threads
 
 
 @dataclass
@@ -188,6 +189,7 @@ class SearchSetup:
     table: NB201Table | None         # monitoring only: never read by a step
     weight_logits: dict[str, Tensor] | None
     budget: BudgetConstraint | None = None
+    threads: Threads | None = None   # how many threads, and why (stated in the header)
 
     @property
     def objects(self) -> dict[str, Any]:
@@ -212,6 +214,7 @@ def build_search(cfg: Config, saved_costs: Path | None = None) -> SearchSetup:
     s = cfg.search
     device = dist.local_device(resolve_device(cfg.device))
     dist.per_rank_batch(s.batch_size, "search.batch_size")
+    threads = use_threads(cfg.threads)
     if device.type == "cpu":
         keep_freed_memory()  # no page faults re-touching each step's activations
     seed_everything(cfg.seed)
@@ -255,7 +258,8 @@ def build_search(cfg: Config, saved_costs: Path | None = None) -> SearchSetup:
     return SearchSetup(cfg, device, data.num_classes, (len(w_idx), len(a_idx)), steps,
                        batches(w_idx, 1), batches(a_idx, 2), model, layout, w_opt,
                        torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, s.epochs, eta_min=s.lr_min),
-                       a_opt, taus, table, weight_sampling_logits(model, s.weight_sampling), budget)
+                       a_opt, taus, table, weight_sampling_logits(model, s.weight_sampling), budget,
+                       threads)
 
 
 COSTS = "costs.json"  # a budgeted run's cost table; a resumed run reuses its measured latency
@@ -312,7 +316,8 @@ def header(setup: SearchSetup, run_dir: Path, resume: bool, start: int,
     """The lines a search prints before its first epoch."""
     cfg, s = setup.cfg, setup.cfg.search
     if resume:
-        lines = [f"resuming {run_dir} at epoch {start + 1}/{s.epochs}" if start < s.epochs
+        lines = [f"resuming {run_dir} at epoch {start + 1}/{s.epochs}{setup.threads.note()}"
+                 if start < s.epochs
                  else f"{run_dir} has finished all {s.epochs} epochs"]
         return lines + [f"config.yaml was edited: {key} {was} -> {now}" + (
             "; the learning-rate and temperature schedules now end there"
@@ -327,7 +332,7 @@ def header(setup: SearchSetup, run_dir: Path, resume: bool, start: int,
                            f"the smaller split's {min(w, a):,} images", s.batch_size)
     return [*budget_lines(setup), f"search: {cfg.space} space, {s.mode} mode{how}, {w}/{a} images "
             f"(weights/architecture), {per_epoch}{dist.batch_note(s.batch_size, setup.device)}, "
-            f"{n_params:,} weights, device {setup.device}"]
+            f"{n_params:,} weights, device {setup.device}{setup.threads.note()}"]
 
 
 def budget_lines(setup: SearchSetup) -> list[str]:

@@ -27,6 +27,7 @@ from .monitor import Monitor
 from .cost import count_macs
 from .network import count_parameters, set_drop_path
 from .spaces import build_network, check_network
+from .threads import use_threads
 from .runtime import (CHECKPOINT, Meter, autocast, channels_last, check_finite, checkpoint_state,
                       discard_failed_start, first_mismatch, in_layout, keep_freed_memory,
                       load_checkpoint, prepare_run_dir, resolve_device, resume_from,
@@ -106,6 +107,35 @@ def evaluate_model(model: nn.Module, batches: Batches, amp: bool = False,
     return meter.read()
 
 
+def checked_network(cfg: Config, space: str, genotype: Genotype, num_classes: int) -> nn.Module:
+    """Build the network ``train`` retrains and run two images through it (one line if it fails)."""
+    try:
+        model = build_network(space, genotype, num_classes, cfg.network)
+    except InputError as exc:
+        if space == cfg.space:
+            raise
+        raise InputError(f"{exc} (the genotype belongs to the {space} space, the config is for "
+                         f"{cfg.space})") from None
+    check_network(model, num_classes, cfg.data.image_size, f"search space '{space}'")
+    if cfg.train.drop_path > 0 and set_drop_path(model, 0.0) == 0:
+        raise InputError(f"search space '{space}': its network has no nas.GenotypeCell and no "
+                         f"drop_path_prob attribute, so train.drop_path={cfg.train.drop_path} would "
+                         "do nothing; set train.drop_path: 0, or build the cells from nas.GenotypeCell")
+    return model
+
+
+def check_retraining(cfg: Config) -> None:
+    """What ``nas run`` checks before it searches: the ``network:`` and ``train:`` sections
+    build a network that runs, for the genotype of the config's supernet as it starts."""
+    from .spaces import build_supernet, check_supernet
+    classes = 10  # the options are checked, not the dataset: the data is read once, by the search
+    supernet = build_supernet(cfg.space, classes, cfg.search.mode, cfg.seed, cfg.supernet,
+                              edge_topk=cfg.search.edge_topk)
+    check_supernet(supernet, cfg.space, classes, cfg.data.image_size)
+    genotype = supernet.genotype()
+    checked_network(cfg, space_of(cfg, genotype), genotype, classes)
+
+
 def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool = False,
           force: bool = False, quiet: bool = False) -> TrainResult:
     """Train the network of ``genotype`` from scratch into ``run_dir`` (or resume it there).
@@ -120,6 +150,7 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
     if t.sync_bn and dist.world_size() > 1 and device.type != "cuda":
         raise InputError("train.sync_bn: PyTorch's SyncBatchNorm runs on GPUs only; set it to "
                          "false on the CPU")
+    threads = use_threads(cfg.threads)
     if device.type == "cpu":
         keep_freed_memory()  # no page faults re-touching each step's activations
     seed_everything(cfg.seed)
@@ -127,18 +158,7 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
     if test_data.num_classes != train_data.num_classes:
         raise InputError("the training and test splits have different numbers of classes")
     space = space_of(cfg, genotype)
-    try:
-        model = build_network(space, genotype, train_data.num_classes, cfg.network)
-    except InputError as exc:
-        if space == cfg.space:
-            raise
-        raise InputError(f"{exc} (the genotype belongs to the {space} space, the config is for "
-                         f"{cfg.space})") from None
-    check_network(model, train_data.num_classes, cfg.data.image_size, f"search space '{space}'")
-    if t.drop_path > 0 and set_drop_path(model, 0.0) == 0:
-        raise InputError(f"search space '{space}': its network has no nas.GenotypeCell and no "
-                         f"drop_path_prob attribute, so train.drop_path={t.drop_path} would do "
-                         "nothing; set train.drop_path: 0, or build the cells from nas.GenotypeCell")
+    model = checked_network(cfg, space, genotype, train_data.num_classes)
     params = count_parameters(model)
     macs = count_macs(model, (1, 3, cfg.data.image_size, cfg.data.image_size))
     if t.sync_bn and dist.world_size() > 1:
@@ -178,8 +198,8 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
     monitor = Monitor(run_dir, epochs=t.epochs, start_epoch=start, quiet=quiet, title="train",
                       write=main, log_every=t.log_every)
     if resume:
-        monitor.print(f"resuming {run_dir} at epoch {start + 1}/{t.epochs}" if start < t.epochs
-                      else f"{run_dir} has finished all {t.epochs} epochs")
+        monitor.print(f"resuming {run_dir} at epoch {start + 1}/{t.epochs}{threads.note()}"
+                      if start < t.epochs else f"{run_dir} has finished all {t.epochs} epochs")
         for key, (was, now) in grown.items():
             monitor.print(f"config.yaml was edited: {key} {was} -> {now}" + (
                 "; the learning-rate schedule now ends there" if key == "train.epochs" else ""))
@@ -191,7 +211,7 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
                       f"{' (auxiliary head excluded)' if auxiliary else ''}, "
                       f"{macs / 1e6:.1f}M multiply-adds, {len(train_data)} training / "
                       f"{len(test_data)} test images, {per_epoch}"
-                      f"{dist.batch_note(t.batch_size, device)}, device {device}")
+                      f"{dist.batch_note(t.batch_size, device)}, device {device}{threads.note()}")
     test_loss = test_acc = math.nan
     try:
         for epoch in range(start, t.epochs):
@@ -256,15 +276,23 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
 
 
 def evaluate_checkpoint(path: str | Path, *, data_root: str | None = None, device: str = "auto",
-                        batch_size: int | None = None) -> dict[str, Any]:
-    """Test accuracy of the network in a ``nas train`` checkpoint."""
+                        batch_size: int | None = None, threads: int | None = None) -> dict[str, Any]:
+    """Test accuracy of the network in a ``nas train`` checkpoint (``threads``: as ``threads``
+    in a config; None: the checkpoint's config's)."""
     state = load_checkpoint(path, "train")
+    needed = {"config": dict, "genotype": dict, "space": str, "num_classes": int, "model": dict}
+    for key, kind in needed.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            raise InputError(f"{path} is not a complete train checkpoint: its '{key}' is "
+                             f"{'missing' if key not in state else type(state[key]).__name__}, "
+                             f"expected a {kind.__name__}")
     overrides = [f"device={device}"]
     cfg = build_config(state["config"], overrides)
     if data_root is not None:
         cfg.data.root = data_root
     genotype = Genotype.from_dict(state["genotype"])
     dev = resolve_device(cfg.device)
+    use_threads(cfg.threads if threads is None else threads)
     model = build_network(state["space"], genotype, state["num_classes"], cfg.network)
     problem = first_mismatch(model, state["model"])
     if problem:

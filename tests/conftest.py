@@ -1,6 +1,7 @@
 """Shared fixtures: tiny CIFAR-format data written to a temp dir, and small configs."""
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -11,7 +12,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 # The test networks are far too small for intra-op threads, and under CPU contention OpenMP's
-# spin-waiting makes 2 threads many times slower than 1.
+# spin-waiting makes 2 threads many times slower than 1. The environment variable is what a run's
+# default thread count honours (nas.threads), here and in the commands the tests start.
+os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 
 
