@@ -190,7 +190,7 @@ def gumbel_topk_st(logits: Tensor, k: int, tau: float | Tensor, dim: int = -1,
     size = logits.shape[dim]
     if not 1 <= k <= size:
         raise ValueError(f"k must be in [1, {size}], got {k}")
-    z = perturb(logits, generator)
+    z = perturb(logits, generator, dim)
     index = z.topk(k, dim=dim).indices
     soft = relaxed_topk(z, k, tau, dim)
     return GumbelSample(_StraightThrough.apply(soft, index, dim % soft.dim()).to(logits.dtype), index)

@@ -66,6 +66,33 @@ def test_the_k_subsets_follow_plackett_luce_without_replacement():
     assert logp[0].item() == pytest.approx(math.log(p[0] * p[1] / (1 - p[0])), abs=1e-6)
 
 
+
+def test_gumbel_topk_st_passes_dim_through():
+    """Sampling along dim 0 is sampling along the last dim of the transpose: the same
+    distribution, whatever the other dim's logits (which the shift must not mix in)."""
+    theta = torch.tensor([1.5, 0.0, -1.0, 0.5])
+    n = 20000
+    # column j of a [4, n] table is one draw; each row holds one logit, so a shift taken along
+    # the wrong dim would make every logit 0 and the draws uniform
+    s = gumbel.gumbel_topk_st(theta[:, None].expand(4, n), 1, 1.0, dim=0,
+                              generator=torch.Generator().manual_seed(0))
+    assert s.index.shape == (1, n) and s.sample.shape == (4, n)
+    assert torch.equal(s.sample, torch.zeros(4, n).scatter_(0, s.index, 1.0))
+    freq = s.sample.mean(1)
+    p = theta.softmax(0)
+    assert ((freq - p).abs() < 4.5 * (p * (1 - p) / n).sqrt()).all(), (freq, p)
+    # the gradient is the relaxed top-k's along dim 0, through the same noise
+    t = theta[:, None].expand(4, 3).clone().requires_grad_(True)
+    g = torch.Generator().manual_seed(1)
+    noise = gumbel.gumbel_noise((4, 3), generator=torch.Generator().manual_seed(1))
+    s = gumbel.gumbel_topk_st(t, 2, 0.5, dim=0, generator=g)
+    z = (t.detach() - t.detach().max(0, keepdim=True).values + noise).requires_grad_(True)
+    assert torch.equal(s.index, z.detach().topk(2, dim=0).indices)
+    v = torch.randn(4, 3, generator=torch.Generator().manual_seed(2))
+    (s.sample * v).sum().backward()
+    (gumbel.relaxed_topk(z, 2, 0.5, dim=0) * v).sum().backward()
+    assert torch.allclose(t.grad, z.grad, atol=1e-6)
+
 # -- the supernet -------------------------------------------------------------------------------
 def cells_of(model):
     return [m for m in model.modules() if isinstance(m, nas.SearchCell)]
