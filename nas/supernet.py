@@ -69,13 +69,28 @@ class ArchSample:
         return self.weights[edge], None if self.index is None else self.index[edge]
 
 
+_DOT_CHUNK = 1 << 20  # elements upcast at a time: a bounded temporary, whatever the activation
+
+
 def _dot(a: Tensor, b: Tensor) -> Tensor:
-    if a.dtype == b.dtype and a.stride() == b.stride():  # no temporary the size of the activation
+    """<a, b> accumulated in float32 at least: under bf16/fp16 autocast the activations are
+    upcast (in chunks; their products are then exact) rather than summed in their own dtype."""
+    wide = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
+    flat = None
+    if a.stride() == b.stride():  # no temporary the size of the activation
         if a.is_contiguous():
-            return torch.dot(a.view(-1), b.view(-1))
-        if a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last):
-            return torch.dot(a.permute(0, 2, 3, 1).reshape(-1), b.permute(0, 2, 3, 1).reshape(-1))
-    return (a * b).sum(dtype=torch.float32)  # other memory layouts, or mixed dtypes under autocast
+            flat = a.view(-1), b.view(-1)
+        elif a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last):
+            flat = a.permute(0, 2, 3, 1).reshape(-1), b.permute(0, 2, 3, 1).reshape(-1)
+    if flat is None:  # other memory layouts, or two layouts
+        return (a.to(wide) * b.to(wide)).sum()
+    x, y = flat
+    if x.dtype == y.dtype == wide:
+        return torch.dot(x, y)
+    total = torch.zeros((), dtype=wide, device=x.device)
+    for start in range(0, x.numel(), _DOT_CHUNK):
+        total += torch.dot(x[start:start + _DOT_CHUNK].to(wide), y[start:start + _DOT_CHUNK].to(wide))
+    return total
 
 
 class _SampledNode(torch.autograd.Function):

@@ -29,7 +29,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,17 +108,11 @@ def prepare(source: Path, work: Path, target: Target) -> None:
         shutil.copy2(source / name, dest)
     tests = "".join(f"\n    {t}" for t in present_tests(work, target))
     config = (work / "setup.cfg").read_text().split("\n[mutmut]")[0].rstrip("\n")
-    (work / "setup.cfg").write_text(config + textwrap.dedent(f"""
-
-        [mutmut]
-        source_paths =
-            nas
-            search_spaces
-        only_mutate = {target.path}
-        pytest_add_cli_args_test_selection ={tests}
-        # torch is not fork-safe once it has run: every mutant forks from a clean server
-        process_isolation = forkserver
-        """))
+    (work / "setup.cfg").write_text(config + "\n".join([
+        "", "", "[mutmut]", "source_paths =", "    nas", "    search_spaces",
+        f"only_mutate = {target.path}", f"pytest_add_cli_args_test_selection ={tests}",
+        "# torch is not fork-safe once it has run: every mutant forks from a clean server",
+        "process_isolation = forkserver", ""]))
 
 
 def present_tests(work: Path, target: Target) -> list[str]:
