@@ -57,13 +57,16 @@ class ArchSample:
     ``weights`` has shape ``[edges, ops]``; ``index`` lists the op each edge runs when only one
     op runs per edge (gdas, and eval mode of gdas/st), else it is None and every op runs. With
     edge top-k, ``keep`` flags the edges that run (k per node) and ``edge_weights`` ``[edges]``
-    is their k-hot sample; otherwise both are None and every edge runs.
+    is their k-hot sample; otherwise both are None and every edge runs. ``sampled`` lists the op
+    of each edge whose hard weight is 1 when every op runs on a one-hot (st, in training): the
+    others run without recording a gradient for their weights, as in gdas where they do not run.
     """
 
     weights: Tensor
     index: list[int] | None = None
     keep: list[bool] | None = None
     edge_weights: Tensor | None = None
+    sampled: list[int] | None = None
 
     def __getitem__(self, edge: int) -> tuple[Tensor, int | None]:
         return self.weights[edge], None if self.index is None else self.index[edge]
@@ -183,18 +186,27 @@ class MixedEdge(nn.Module):
         # ops known to return zeros: a single-path forward need not run them (nor add their output)
         self.zero = tuple(isinstance(op, Zero) for op in built)
 
-    def forward(self, x: Tensor, weights: Tensor | None, index: int | None = None) -> Tensor:
+    def forward(self, x: Tensor, weights: Tensor | None, index: int | None = None,
+                sampled: int | None = None) -> Tensor:
         """Run op ``index`` alone, or every op weighted by ``weights`` when index is None.
 
         With an index and ``weights=None`` the op's output comes back unweighted: the caller
         attaches the hard weights itself, as ``SearchCell`` does for a whole node at once.
+        ``sampled`` (st: ``weights`` is the one-hot of that op) runs the other ops without
+        recording their gradients: their weights get none, not zeros that momentum and weight
+        decay would act on; the edge's hard weights still get ``<grad, op(x)>`` from every op.
         """
         if index is not None:
             out = self.ops[index](x)
             return out if weights is None else sampled_op(out, weights, index)
-        out = weights[0] * self.ops[0](x)
-        for w, op in zip(weights[1:], self.ops[1:]):
-            out = out + w * op(x)
+        out = None
+        for k, (w, op) in enumerate(zip(weights, self.ops)):
+            if sampled is None or k == sampled:
+                y = op(x)
+            else:
+                with torch.no_grad():
+                    y = op(x)
+            out = w * y if out is None else out + w * y
         return out
 
 
@@ -224,7 +236,9 @@ class SearchCell(nn.Module):
         for _ in range(self.num_nodes):
             count = len(states)
             if sample.index is None:  # every op of every edge runs, weighted
-                out = node_sum([self.edges[e + j](states[j], sample.weights[e + j])
+                sampled = sample.sampled or (None,) * len(self.edges)
+                out = node_sum([self.edges[e + j](states[j], sample.weights[e + j],
+                                                  sampled=sampled[e + j])
                                 for j in range(count)])
             else:  # one op per edge; the node attaches the hard weights of all its edges at once
                 index = sample.index[e:e + count]
@@ -463,6 +477,13 @@ class Supernet(nn.Module):
                         keep[row[src]] = True
                     start += self.edge_topk
                 out[kind].keep, out[kind].edge_weights = keep, edge_weights
+            return out
+        if how.hard and self.training:  # st: every op runs; which one counts, read on the host
+            flat = torch.cat([index[k] for k in logits]).tolist()
+            out, start = {}, 0
+            for kind, value in logits.items():
+                out[kind] = ArchSample(weights[kind], sampled=flat[start:start + value.shape[0]])
+                start += value.shape[0]
             return out
         return {kind: ArchSample(weights[kind]) for kind in logits}
 
