@@ -127,7 +127,7 @@ def check_network(model: nn.Module, num_classes: int, image_size: int, who: str)
     Eval mode changes no state; a supernet runs every op (as in softmax mode), so that an image
     size a reduction op cannot halve fails here too, not in a later step.
     """
-    with _inspecting(model) as device:
+    with inspecting(model) as device:
         x = torch.zeros(2, 3, image_size, image_size, device=device)
         try:
             out = model(x)
@@ -140,8 +140,8 @@ def check_network(model: nn.Module, num_classes: int, image_size: int, who: str)
 
 
 @contextlib.contextmanager
-def _inspecting(model: nn.Module) -> Iterator[torch.device]:
-    """``evaluating``, and a supernet runs every op of every edge; restored after."""
+def inspecting(model: nn.Module) -> Iterator[torch.device]:
+    """``evaluating``, and a supernet runs every op of every edge (softmax mode); restored after."""
     sampling = getattr(model, "mode", None)
     if isinstance(model, Supernet):
         model.mode = "softmax"
