@@ -447,6 +447,7 @@ def end_epoch(setup: SearchSetup, epoch: int, run_dir: Path, monitor: Monitor,
     """Derive and save the epoch's genotype, log its metrics, write the checkpoint."""
     cfg, s, model, main = setup.cfg, setup.cfg.search, setup.model, dist.is_main()
     dist.check_same(model.arch_parameters(), "architecture logits")
+    dist.average_buffers(model)  # each rank's batch-norm statistics saw its slice of the batches
     genotype = setup.derive()
     if main:
         genotype.save(run_dir / "genotypes" / f"epoch_{epoch + 1:03d}.json")
