@@ -141,6 +141,78 @@ def test_exactly_k_inputs_run_per_node_and_the_edge_logits_learn(k):
             assert all(p.grad is None for p in edge.parameters())
 
 
+def test_a_node_s_hard_weights_get_the_gdas_gradient_one_level_up():
+    """sampled_node with edge top-k, against autograd on the GDAS edge output written out: a kept
+    edge j adds e_j * (w_jk * out_j + sum_{i != k} w_ji), an edge that did not run adds e_j; every
+    hard weight is exactly 0 or 1. So a kept edge's weight gets <g, out_j>, a dropped edge's
+    sum(g), a kept edge's op weights <g, out_j> (the sampled op) or sum(g), a dropped edge's none."""
+    g = torch.Generator().manual_seed(0)
+    ops, edges, first = 4, 6, 2  # the node's edges are 2, 3, 4 of a kind with 6 edges
+    keep, index = (True, False, True), (3, 1)  # edges 2 and 4 ran, with ops 3 and 1
+    outs = [torch.randn(2, 3, 4, 4, generator=g) for _ in index]
+    grad = torch.randn(2, 3, 4, 4, generator=g)
+    weights = torch.zeros(edges, ops)
+    for j, k in zip((2, 4), index):
+        weights[j, k] = 1.0
+    edge_w = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 1.0])
+    w, e = weights.clone().requires_grad_(True), edge_w.clone().requires_grad_(True)
+    out = nas.sampled_node(w, first, index, outs, keep, e)
+    assert torch.equal(out, outs[0] + outs[1])
+    out.backward(grad)
+    w_ref, e_ref = weights.clone().requires_grad_(True), edge_w.clone().requires_grad_(True)
+    ref = torch.zeros_like(grad)
+    kept = iter(zip(index, outs))
+    for j, ran in zip(range(first, first + 3), keep):
+        if ran:
+            k, o = next(kept)
+            edge = w_ref[j, k] * o + sum(w_ref[j, i] for i in range(ops) if i != k)
+            ref = ref + e_ref[j] * edge
+        else:
+            ref = ref + e_ref[j]
+    ref.backward(grad)
+    torch.testing.assert_close(w.grad, w_ref.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(e.grad, e_ref.grad, rtol=1e-5, atol=1e-5)
+    assert w.grad[3].eq(0).all() and w.grad[:2].eq(0).all() and w.grad[5].eq(0).all()
+    assert e.grad[3] == pytest.approx(grad.sum().item(), rel=1e-5)
+    assert e.grad[2] == pytest.approx((grad * outs[0]).sum().item(), rel=1e-5)
+    assert e.grad[[0, 1, 5]].eq(0).all()  # edges of other nodes
+
+
+def test_the_edge_logits_get_the_relaxed_top_k_gradient_of_the_same_noise(monkeypatch):
+    """The supernet's edge-logit gradient, recomputed: the gradient reaching the k-hot input
+    sample, pulled back through relaxed_topk(node logits + g) with the noise g of that draw."""
+    calls = []
+    real = gumbel.gumbel_topk_st
+
+    def recording(logits, k, tau, dim=-1, generator=None):
+        state = generator.get_state()
+        result = real(logits, k, tau, dim, generator)
+        result.sample.retain_grad()
+        calls.append((state, k, tau, result))
+        return result
+
+    monkeypatch.setattr(gumbel, "gumbel_topk_st", recording)
+    model = make(2, seed=5)
+    model.tau = 0.6
+    with torch.no_grad():
+        for p in model.arch_parameters():
+            p.normal_(generator=torch.Generator().manual_seed(7))
+    x, y = batch(1)
+    F.cross_entropy(model(x), y).backward()
+    assert len(calls) == 2  # one draw per cell kind
+    for kind, (state, k, tau, result) in zip(model.arch_logits, calls):
+        leaf = model.edge_logits[kind].detach().clone().requires_grad_(True)
+        node = model.node_logits(kind, leaf)
+        noise = gumbel.gumbel_noise(node.shape, generator=torch.Generator().set_state(state))
+        z = gumbel.shifted(node) + noise
+        assert torch.equal(result.index, z.detach().topk(k, dim=-1).indices)
+        v = result.sample.grad
+        assert v is not None and v.abs().sum() > 0
+        assert (k, tau) == (2, 0.6)  # the supernet's edge_topk and tau
+        (gumbel.relaxed_topk(z, 2, 0.6) * v).sum().backward()
+        torch.testing.assert_close(model.edge_logits[kind].grad, leaf.grad, rtol=1e-5, atol=1e-7)
+
+
 def test_the_op_sample_is_gdas_and_one_host_sync_per_forward(monkeypatch):
     plain, topk = make(0, seed=7), make(2, seed=7)
     topk.load_state_dict(plain.state_dict(), strict=False)
