@@ -298,3 +298,90 @@ def test_a_search_with_edge_topk_logs_the_input_distributions(tmp_path, tiny_con
     events = EventAccumulator(str(run), size_guidance={"images": 0})
     events.Reload()
     assert {"arch_inputs/normal", "arch_inputs/reduce"} <= set(events.Tags()["images"])
+
+
+# -- contracts found untested by mutation testing (scripts/mutation.py) ------------------------
+def test_eval_edge_weights_are_the_k_hot_of_the_strongest_inputs():
+    model = make(2)
+    with torch.no_grad():
+        model.edge_logits["normal"].copy_(torch.arange(14.0))
+    model.eval()
+    sample = model.sample()["normal"]
+    # node i's inputs are edges first..first+count-1; the two with the largest logits are the last two
+    expected, first = torch.zeros(14), 0
+    for node in range(4):
+        count = 2 + node
+        expected[first + count - 2:first + count] = 1.0
+        first += count
+    assert torch.equal(sample.edge_weights, expected)
+    assert sample.keep == expected.bool().tolist()
+
+
+def test_the_forward_temperature_tempers_the_input_draw_and_its_score():
+    """With tau_forward the kept inputs are drawn from softmax(edge logits / tau_forward), and
+    REINFORCE scores them under that distribution."""
+    model = make(1, seed=3)
+    with torch.no_grad():
+        model.edge_logits["normal"].zero_()
+        model.edge_logits["normal"][0] = 2.0  # the first node: inputs 0 and 1, logits 2 and 0
+    n, first = 600, {}
+    for tau_f in (1.0, 2.0):
+        model.tau_forward = tau_f
+        with torch.no_grad():
+            first[tau_f] = sum(int(model.sample()["normal"].keep[0]) for _ in range(n)) / n
+    for tau_f, p in ((1.0, torch.sigmoid(torch.tensor(2.0))), (2.0, torch.sigmoid(torch.tensor(1.0)))):
+        assert abs(first[tau_f] - p.item()) < 4.5 * math.sqrt(p * (1 - p) / n), (tau_f, first[tau_f])
+    with torch.no_grad():
+        model(batch()[0])
+    index, edges = dict(model.last_index), dict(model.last_edges)
+    extra = sum(gumbel.plackett_luce_log_prob(model.node_logits(k, model.edge_logits[k] / 2.0),
+                                              edges[k]).sum() for k in edges)
+    assert torch.allclose(model.log_prob(index, edges) - model.log_prob(index), extra)
+
+
+def test_input_samples_are_a_function_of_the_seed_and_the_count():
+    a, b = make(2, seed=11), make(2, seed=11)
+    x, _ = batch()
+    seq = []
+    for model in (a, b):
+        with torch.no_grad():
+            for _ in range(3):
+                torch.rand(50)  # the global generator must not matter
+                model(x)
+        seq.append({k: v.clone() for k, v in model.last_edges.items()})
+    assert all(torch.equal(seq[0][k], seq[1][k]) for k in seq[0])
+
+
+class TwoSizes(nas.Supernet):
+    """Two cell kinds of different sizes: 1 node (2 edges) and 2 nodes (5 edges)."""
+
+    inputs_kept = 2
+
+    def __init__(self) -> None:
+        super().__init__("gdas", {"small": (2, ("skip_connect", "none")),
+                                  "large": (5, ("skip_connect", "none"))}, seed=0, cell_inputs=2)
+
+
+def test_kinds_of_different_sizes_keep_their_own_layouts():
+    model = TwoSizes()
+    model.enable_edge_topk(1)
+    with torch.no_grad():
+        model.edge_logits["small"].copy_(torch.tensor([1.0, 2.0]))
+        model.edge_logits["large"].copy_(torch.arange(5.0))
+    inf = float("-inf")
+    assert torch.equal(model.node_logits("small"), torch.tensor([[1.0, 2.0]]))
+    assert torch.equal(model.node_logits("large"), torch.tensor([[0.0, 1.0, inf], [2.0, 3.0, 4.0]]))
+    probs = model.edge_probabilities()
+    assert torch.allclose(probs["small"], torch.tensor([1.0, 2.0]).softmax(0))
+    assert torch.allclose(probs["large"][2:], torch.tensor([2.0, 3.0, 4.0]).softmax(0))
+
+
+def test_the_input_layout_lives_on_the_supernet_s_device():
+    """On another device (meta: shapes only) nothing falls back to the CPU."""
+    model = make(2).to("meta")
+    model.eval()
+    model.mode = "softmax"  # no host transfer of the sample
+    model.sample()
+    assert {v.device.type for v in model.last_edges.values()} == {"meta"}
+    assert {v.device.type for v in model.edge_probabilities().values()} == {"meta"}
+    assert model.node_logits("normal").device.type == "meta"

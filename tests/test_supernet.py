@@ -445,6 +445,14 @@ def test_the_gdas_dot_product_accumulates_bfloat16_in_float32(layout):
     assert abs(weights.grad[1].double() - exact) / exact < 1e-5, (weights.grad[1].item(), exact.item())
     assert weights.grad[0].double() == pytest.approx(grad.double().sum().item(), rel=1e-5)
 
+
+def test_an_arch_sample_indexes_an_edge_as_weights_and_op():
+    weights = torch.eye(3)
+    w, op = nas.ArchSample(weights, [2, 0, 1])[1]
+    assert torch.equal(w, weights[1]) and op == 0
+    w, op = nas.ArchSample(weights)[2]
+    assert torch.equal(w, weights[2]) and op is None
+
 # -- 4. the parameter partition -----------------------------------------------------------------
 @pytest.mark.parametrize("space, options, shapes", [
     ("darts", {}, {"normal": (14, 8), "reduce": (14, 8)}),
