@@ -201,7 +201,37 @@ def test_reinforce_with_a_leave_one_out_baseline_is_unbiased():
     assert model.weight.grad is None  # no gradient reaches the weights
 
 
+def test_counting_the_parameters_changes_nothing_in_the_supernet():
+    model = nas.build_supernet("darts", 10, "gdas", seed=2, options={"C": 4, "cells": 3})
+    model.train()
+    state = {k: v.clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    edge_parameters(model, 8)
+    assert "sample" not in vars(model) and model.mode == "gdas" and model.training
+    assert all(m.training for m in model.modules())
+    assert not any(m._forward_pre_hooks for m in model.modules())
+    assert model.samples_drawn == 0
+    after = model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in state.items())
+
+
+class HalfMixed(nas.Supernet):
+    """Edge 0 a MixedEdge, edge 1 mixed by hand: the counts cannot cover it."""
+
+    def __init__(self) -> None:
+        super().__init__("gdas", {"cell": (2, ("skip_connect", "nor_conv_1x1"))}, seed=0)
+        self.edge = nas.MixedEdge(("skip_connect", "nor_conv_1x1"), 3)
+        self.conv = torch.nn.Conv2d(3, 3, 1)
+        self.head = torch.nn.Linear(3, 10)
+
+    def forward(self, x):
+        w = self.sample()["cell"].weights
+        h = self.edge(x, w[0]) + w[1, 0] * x + w[1, 1] * self.conv(x)
+        return self.head(h.mean((2, 3)))
+
+
 def test_params_sampling_needs_mixed_edges():
+    with pytest.raises(nas.InputError, match=r"HalfMixed runs 1 of the 2 edges of cell kind 'cell'"):
+        weight_sampling_logits(HalfMixed(), "params", 8)
     with pytest.raises(nas.InputError, match="weight_sampling: params counts .* nas.MixedEdge"):
         weight_sampling_logits(ToySupernet(seed=0), "params", 8)
     assert weight_sampling_logits(ToySupernet(seed=0), "uniform", 8)["cell"].eq(0).all()
