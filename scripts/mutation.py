@@ -3,14 +3,16 @@
 
     pip install -e '.[dev]'
     python scripts/mutation.py [MODULE ...] [--jobs N] [--work DIR] [--source DIR] [--json FILE]
+                               [--survivors]
 
 MODULE is one of gumbel, supernet, search, schedules, genotype (default: all five, one after
 the other). For each, the source tree (tracked and untracked, not ignored, files of ``--source``,
 default this repository) is copied to WORK/MODULE (default ``.mutation/``, ignored by git), and
 mutmut mutates the module's listed functions there; each mutant runs the module's fast tests
 that call the mutated function (mutmut records which tests call which function first). ``--jobs``
-mutants run at once (default 1: the machine is shared). A second run in the same WORK reuses
-mutmut's results for unchanged functions.
+mutants run at once (default 1: the machine is shared). ``--survivors`` runs again only the
+mutants that no test killed in the last run in WORK (after adding tests; a module whose code
+changed is run in full).
 
 The score of a module is killed / (mutants - equivalent): a mutant is killed when a test fails
 (or times out, or crashes); an equivalent mutant computes what the original computes, so no test
@@ -130,6 +132,18 @@ def mutant_globs(name: str, target: Target) -> list[str]:
     return [f"{module}.{f}__mutmut_*" for f in target.functions]
 
 
+def undetected(work: Path, target: Target, globs: list[str]) -> list[str]:
+    """The mutants of the last run in ``work`` that no test detected (or that never ran); all
+    of them when there was no run."""
+    meta = work / "mutants" / (target.path + ".meta")
+    if not meta.is_file():
+        return globs
+    from mutmut.stats import status_by_exit_code
+    codes = json.loads(meta.read_text())["exit_code_by_key"]
+    return [k for k, v in codes.items() if any(fnmatch.fnmatch(k, g) for g in globs)
+            and status_by_exit_code[v] not in DETECTED]
+
+
 def load_equivalent() -> dict[str, dict[str, str]]:
     import yaml
     if not EQUIVALENT.is_file():
@@ -185,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", type=Path, default=REPO,
                         help="the tree to mutate (default: this repository's working tree)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--survivors", action="store_true",
+                        help="run again only the mutants of WORK/MODULE's last run that no test "
+                             "killed (after adding tests; all of them if the module changed)")
     args = parser.parse_args(argv)
     unknown = [m for m in args.modules if m not in TARGETS]
     if unknown:
@@ -201,14 +218,22 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in args.modules or list(TARGETS):
         target, work = TARGETS[name], args.work.resolve() / name
+        old = work / target.path
+        same_code = old.is_file() and old.read_bytes() == (args.source / target.path).read_bytes()
         prepare(args.source.resolve(), work, target)
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutants/ comes first
         log = work / "mutmut.log"
         print(f"{name}: mutating {target.path} in {work} (log: {log})", flush=True)
-        with log.open("w") as out:
-            code = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children",
-                                   str(args.jobs), *mutant_globs(name, target)],
-                                  cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+        names = mutant_globs(name, target)
+        if args.survivors and same_code:  # the module changed: its mutants are new, run them all
+            names = undetected(work, target, names)
+            print(f"{name}: {len(names)} mutants to run again", flush=True)
+        code = 0
+        if names:
+            with log.open("w") as out:
+                code = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children",
+                                       str(args.jobs), *names],
+                                      cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
         if code != 0:
             print(f"mutation: mutmut failed on {name} (exit {code}); see {log}", file=sys.stderr)
             return 1
