@@ -112,6 +112,7 @@ def prepare(source: Path, work: Path, target: Target) -> None:
     config = (work / "setup.cfg").read_text().split("\n[mutmut]")[0].rstrip("\n")
     (work / "setup.cfg").write_text(config + "\n".join([
         "", "", "[mutmut]", "source_paths =", "    nas", "    search_spaces",
+        "also_copy =", "    configs", "    scripts",
         f"only_mutate = {target.path}", f"pytest_add_cli_args_test_selection ={tests}",
         "# torch is not fork-safe once it has run: every mutant forks from a clean server",
         "process_isolation = forkserver", ""]))
