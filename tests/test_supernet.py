@@ -453,6 +453,47 @@ def test_an_arch_sample_indexes_an_edge_as_weights_and_op():
     w, op = nas.ArchSample(weights)[2]
     assert torch.equal(w, weights[2]) and op is None
 
+
+def test_a_mixed_edge_given_weights_and_an_op_attaches_the_gdas_gradient():
+    """What a plugin calling MixedEdge(x, weights, index) gets: op ``index``'s output, and the
+    edge's hard weights' GDAS gradient (<g, out> for that op, sum(g) for the others)."""
+    torch.manual_seed(0)
+    edge = nas.MixedEdge(("skip_connect", "nor_conv_1x1", "avg_pool_3x3"), 4)
+    x = torch.randn(2, 4, 5, 5)
+    weights = torch.tensor([0.0, 1.0, 0.0], requires_grad=True)
+    out = edge(x, weights, 1)
+    assert torch.equal(out, edge.ops[1](x))
+    g = torch.randn(out.shape)
+    out.backward(g)
+    expected = torch.stack([g.sum(), (g * edge.ops[1](x)).sum(), g.sum()])
+    torch.testing.assert_close(weights.grad, expected.detach(), rtol=1e-5, atol=1e-5)
+    assert torch.equal(edge(x, None, 2), edge.ops[2](x))  # unweighted: the caller attaches them
+
+
+def test_a_node_with_only_its_edge_weights_learning_still_gets_their_gradient():
+    out = torch.randn(2, 3, 4, 4)
+    grad = torch.randn(2, 3, 4, 4)
+    weights = torch.tensor([[0.0, 1.0]])  # frozen op weights
+    edge_weights = torch.tensor([1.0, 0.0], requires_grad=True)
+    node = nas.sampled_node(weights, 0, [1], [out], keep=[True, False], edge_weights=edge_weights)
+    node.backward(grad)
+    torch.testing.assert_close(edge_weights.grad, torch.stack([(grad * out).sum(), grad.sum()]),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_the_hard_weights_gradient_keeps_their_dtype_and_device():
+    out = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    weights = torch.tensor([[0.0, 1.0]], dtype=torch.float64, requires_grad=True)
+    edge_weights = torch.tensor([1.0], dtype=torch.float64, requires_grad=True)
+    nas.sampled_node(weights, 0, [1], [out], edge_weights=edge_weights).sum().backward()
+    assert weights.grad.dtype == edge_weights.grad.dtype == torch.float64
+    assert weights.grad[0, 0].item() == out.numel()  # sum(grad) of ones, exact in float64
+    m = torch.device("meta")  # another device (shapes only): nothing is made on the CPU
+    w = torch.zeros(1, 2, device=m, requires_grad=True)
+    e = torch.zeros(1, device=m, requires_grad=True)
+    nas.sampled_node(w, 0, [1], [torch.zeros(2, 3, 4, 4, device=m)], edge_weights=e).sum().backward()
+    assert w.grad.device.type == e.grad.device.type == "meta"
+
 # -- 4. the parameter partition -----------------------------------------------------------------
 @pytest.mark.parametrize("space, options, shapes", [
     ("darts", {}, {"normal": (14, 8), "reduce": (14, 8)}),
