@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import distributed as dist
 from .errors import InputError
 from .registry import DATASETS
 
@@ -277,8 +278,12 @@ def load_dataset(name: str, root: str | Path, train: bool, download: bool = Fals
 
 def load_split(cfg: "DataConfig", train: bool) -> ImageSet:
     """The training or test split that a config's ``data:`` section names, cut to its limit."""
-    data = load_dataset(cfg.dataset, cfg.root, train=train, download=cfg.download,
-                        image_size=cfg.image_size)
+    def load(download: bool) -> ImageSet:
+        return load_dataset(cfg.dataset, cfg.root, train=train, download=download,
+                            image_size=cfg.image_size)
+
+    # under torchrun rank 0 downloads alone and the others wait for it
+    data = dist.main_first(load) if cfg.download else load(False)
     limit = cfg.limit if train else cfg.test_limit
     if limit is not None and limit < len(data):
         data = data.subset(torch.arange(limit))

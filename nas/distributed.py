@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -26,6 +26,7 @@ from .errors import InputError
 # job fails instead of hanging; NAS_DIST_TIMEOUT (seconds) overrides it.
 TIMEOUT_S = 600.0
 _setup_pending = False  # this rank has not yet reached the end-of-setup agreement
+T = TypeVar("T")
 
 
 def launched() -> bool:
@@ -174,6 +175,48 @@ def check_same(tensors: Iterable[Tensor], what: str) -> None:
             gap = (other - found[0]).abs().max().item()
             raise RuntimeError(f"rank {r} holds different {what} than rank 0 (max difference "
                                f"{gap:.3g}): a bug, please report")
+
+
+def average_buffers(model: nn.Module) -> None:
+    """Give every rank the same buffers: the floating ones (batch-norm running statistics, which
+    each rank updates from its own slice of the batch) averaged over the ranks, the others
+    (batch counts, equal anyway) rank 0's."""
+    if world_size() == 1:
+        return
+    floats = [b for b in model.buffers() if b.is_floating_point()]
+    if floats:
+        flat = torch.cat([b.detach().reshape(-1) for b in floats])
+        dist.all_reduce(flat)
+        flat /= world_size()
+        start = 0
+        for b in floats:
+            b.copy_(flat[start:start + b.numel()].view_as(b))
+            start += b.numel()
+    for b in model.buffers():
+        if not b.is_floating_point():
+            dist.broadcast(b, 0)
+
+
+def main_first(load: Callable[[bool], T]) -> T:
+    """``load(download=True)`` on rank 0 alone, then on the other ranks once it is done.
+
+    Rank 0 fetches the files while the others wait, so that no two processes write one
+    directory at once. The others then call ``load(True)`` if rank 0 succeeded (they read what it
+    wrote, or, on a machine that does not share its file system, fetch their own) and
+    ``load(False)`` if it failed (they fail too, and rank 0's error is the one reported).
+    """
+    if world_size() == 1:
+        return load(True)
+    flag = torch.zeros(1, dtype=torch.long)
+    if is_main():
+        try:
+            result = load(True)
+            flag += 1
+            return result
+        finally:
+            dist.broadcast(flag, 0)
+    dist.broadcast(flag, 0)
+    return load(bool(flag.item()))
 
 
 def broadcast_buffers(model: nn.Module) -> None:

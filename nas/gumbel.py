@@ -103,14 +103,16 @@ def conditional_gumbel(logits: Tensor, index: Tensor, samples: int, dim: int = -
     entry is its own Gumbel draw truncated below that maximum. Masked (-inf) entries stay -inf.
     """
     logits = shifted(logits, dim)
+    dim = dim % logits.dim()
     shape = (samples, *logits.shape)
     top = torch.logsumexp(logits, dim, keepdim=True) + gumbel_noise(
-        (samples, *logits.shape[:dim % logits.dim()], 1, *logits.shape[dim % logits.dim() + 1:]),
+        (samples, *logits.shape[:dim], 1, *logits.shape[dim + 1:]),
         device=logits.device, generator=generator)
     free = logits + gumbel_noise(shape, device=logits.device, generator=generator)
     below = -torch.logaddexp(-top, -free)  # a Gumbel truncated below top, by inversion
     index = index.unsqueeze(dim).unsqueeze(0).expand(samples, *index.unsqueeze(dim).shape)
-    return below.scatter(dim, index, top.expand_as(below).gather(dim, index))
+    # the draws are stacked in front: the sampled dim is one further along
+    return below.scatter(dim + 1, index, top.expand_as(below).gather(dim + 1, index))
 
 
 def gumbel_rao(logits: Tensor, index: Tensor, tau: float | Tensor, samples: int, dim: int = -1,
@@ -190,7 +192,7 @@ def gumbel_topk_st(logits: Tensor, k: int, tau: float | Tensor, dim: int = -1,
     size = logits.shape[dim]
     if not 1 <= k <= size:
         raise ValueError(f"k must be in [1, {size}], got {k}")
-    z = perturb(logits, generator)
+    z = perturb(logits, generator, dim)
     index = z.topk(k, dim=dim).indices
     soft = relaxed_topk(z, k, tau, dim)
     return GumbelSample(_StraightThrough.apply(soft, index, dim % soft.dim()).to(logits.dtype), index)

@@ -20,25 +20,21 @@ def _progress(step: int, total: int) -> float:
     return min(step / (total - 1), 1.0) if total > 1 else 1.0
 
 
-@SCHEDULES.register("linear")
 def linear(step: int, total: int, tau_max: float, tau_min: float) -> float:
     """GDAS: tau_max - (tau_max - tau_min) * step / (total - 1)."""
     return tau_max - (tau_max - tau_min) * _progress(step, total)
 
 
-@SCHEDULES.register("exponential")
 def exponential(step: int, total: int, tau_max: float, tau_min: float) -> float:
     """Geometric decay from tau_max at the first step to tau_min at the last."""
     return tau_max * (tau_min / tau_max) ** _progress(step, total)
 
 
-@SCHEDULES.register("cosine")
 def cosine(step: int, total: int, tau_max: float, tau_min: float) -> float:
     """Half a cosine from tau_max at the first step to tau_min at the last."""
     return tau_min + 0.5 * (tau_max - tau_min) * (1 + math.cos(math.pi * _progress(step, total)))
 
 
-@SCHEDULES.register("step")
 def step_decay(step: int, total: int, tau_max: float, tau_min: float, every: int = 1,
                gamma: float = 0.5) -> float:
     """Multiply by gamma every ``every`` steps, never below tau_min."""
@@ -48,10 +44,16 @@ def step_decay(step: int, total: int, tau_max: float, tau_min: float, every: int
     return max(tau_max * gamma ** (step // every), tau_min)
 
 
-@SCHEDULES.register("constant")
 def constant(step: int, total: int, tau_max: float, tau_min: float) -> float:
     """Always tau_max."""
     return tau_max
+
+
+# The built-in schedules, registered by name (plain functions, so that mutation testing reaches
+# them; a plugin may use the decorator form, @SCHEDULES.register("name")).
+for _name, _fn in {"linear": linear, "exponential": exponential, "cosine": cosine,
+                   "step": step_decay, "constant": constant}.items():
+    SCHEDULES.register(_name, _fn)
 
 
 class TemperatureScheduler:
@@ -86,10 +88,14 @@ class TemperatureScheduler:
     @property
     def tau(self) -> float:
         """The temperature at the current step."""
-        value = float(self.fn(self.last_step, self.total, self.tau_max, self.tau_min, **self.options))
+        return self.at(self.last_step)
+
+    def at(self, step: int) -> float:
+        """The temperature at ``step`` (never below ``TAU_FLOOR``)."""
+        value = float(self.fn(step, self.total, self.tau_max, self.tau_min, **self.options))
         if not math.isfinite(value):
             raise ValueError(f"temperature schedule '{self.schedule}' returned {value} at step "
-                             f"{self.last_step}")
+                             f"{step}")
         return max(value, TAU_FLOOR)
 
     def step(self) -> None:

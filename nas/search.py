@@ -41,9 +41,9 @@ from .runtime import (CHECKPOINT, Meter, autocast, channels_last, check_finite, 
                       prepare_run_dir, resolve_device, resume_from, save_checkpoint,
                       seed_everything, start_mode, steps_note, stretch_cosine)
 from .schedules import TemperatureScheduler
-from .ops import build_op
-from .spaces import build_network, build_supernet, check_supernet
-from .supernet import Supernet
+from .errors import InputError
+from .spaces import build_network, build_supernet, check_supernet, inspecting
+from .supernet import MixedEdge, Supernet
 from .threads import Threads, use_threads
 
 
@@ -148,24 +148,76 @@ def reinforce_step(model: Supernet, optimizer: torch.optim.Optimizer, x: Tensor,
     return loss.mean(), first
 
 
-def op_parameters(name: str) -> int:
-    """Trainable parameters of op ``name`` on a 16-channel stride-1 edge of a supernet."""
-    return sum(p.numel() for p in build_op(name, 16, 1, False, False).parameters())
+def edge_parameters(model: Supernet, image_size: int) -> dict[str, Tensor]:
+    """Trainable parameters of each op on each edge, ``[edges, ops]`` per cell kind, as built in
+    ``model``: summed over the cells of a kind (they share its sample), at the supernet's own
+    channels and strides (a reduction cell's stride-2 skip connection is a factorized reduce).
+
+    Found by one eval forward of two blank ``image_size`` images that runs every op and records
+    which ``MixedEdge`` receives which row of which kind's weights; nothing changes in ``model``.
+    """
+    name = type(model).__name__
+    if not any(isinstance(m, MixedEdge) for m in model.modules()):
+        raise InputError(f"search.weight_sampling: params counts the parameters of each edge's "
+                         f"ops in its nas.MixedEdge modules, and {name} has none; use uniform")
+    drawn: dict[str, Any] = {}
+    seen: list[tuple[MixedEdge, Tensor]] = []
+    real_sample = model.sample
+
+    def recording() -> dict[str, Any]:
+        drawn.update(real_sample())
+        return drawn
+
+    def record(edge: nn.Module, args: tuple) -> None:
+        if len(args) > 1 and isinstance(args[1], Tensor):
+            seen.append((edge, args[1]))
+
+    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, MixedEdge)]
+    model.sample = recording  # the kind of each row: the samples this forward hands out
+    try:
+        with inspecting(model) as device:
+            model(torch.zeros(2, 3, image_size, image_size, device=device))
+    finally:
+        del model.sample
+        for h in hooks:
+            h.remove()
+    counts = {kind: torch.zeros(tuple(v.shape)) for kind, v in model.arch_logits.items()}
+    found: dict[str, set[int]] = {kind: set() for kind in counts}
+    for edge, row in seen:
+        for kind, sample in drawn.items():
+            base = sample.weights
+            if row._base is base:  # row e of the kind's [edges, ops] weights
+                e = (row.storage_offset() - base.storage_offset()) // base.stride(0)
+                for op_name, op in zip(edge.op_names, edge.ops):
+                    k = model.op_names[kind].index(op_name)
+                    counts[kind][e, k] += sum(p.numel() for p in op.parameters() if p.requires_grad)
+                found[kind].add(e)
+    for kind, value in model.arch_logits.items():
+        if len(found[kind]) != value.shape[0]:
+            raise InputError(f"search.weight_sampling: params counts the parameters of each "
+                             f"edge's ops in its nas.MixedEdge modules, but {name} runs "
+                             f"{len(found[kind])} of the {value.shape[0]} edges of cell kind "
+                             f"'{kind}' as nas.MixedEdge(x, weights[edge]); use uniform")
+    return counts
 
 
-def weight_sampling_logits(model: Supernet, how: str) -> dict[str, Tensor] | None:
+def weight_sampling_logits(model: Supernet, how: str, image_size: int) -> dict[str, Tensor] | None:
     """Fixed logits the weight steps sample from: None (the architecture's), uniform, or params.
 
-    ``params`` samples op k with probability proportional to ``n_k + mean(n)``, ``n`` the ops'
-    parameter counts: ops with weights to learn get more of the training, and ops without any
-    keep at least half their uniform share, so every subnetwork stays in the supernet's reach.
+    ``params`` samples op k of an edge with probability proportional to ``n_k + mean(n)``, ``n``
+    the parameter counts of that edge's ops in ``model`` (``edge_parameters``): ops with weights
+    to learn get more of the training, and ops without any keep at least half their uniform
+    share, so every subnetwork stays in the supernet's reach. An edge none of whose ops has
+    parameters samples uniformly.
     """
     if how == "arch":
         return None
+    if how == "uniform":
+        return {kind: torch.zeros(len(ops)) for kind, ops in model.op_names.items()}
     out = {}
-    for kind, ops in model.op_names.items():
-        n = torch.tensor([float(op_parameters(op)) for op in ops])
-        out[kind] = torch.zeros(len(ops)) if how == "uniform" else (n + n.mean()).log()
+    for kind, n in edge_parameters(model, image_size).items():
+        logits = (n + n.mean(-1, keepdim=True)).log()
+        out[kind] = torch.where(n.sum(-1, keepdim=True) > 0, logits, torch.zeros_like(logits))
     return out
 
 
@@ -258,7 +310,8 @@ def build_search(cfg: Config, saved_costs: Path | None = None) -> SearchSetup:
     return SearchSetup(cfg, device, data.num_classes, (len(w_idx), len(a_idx)), steps,
                        batches(w_idx, 1), batches(a_idx, 2), model, layout, w_opt,
                        torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, s.epochs, eta_min=s.lr_min),
-                       a_opt, taus, table, weight_sampling_logits(model, s.weight_sampling), budget,
+                       a_opt, taus, table,
+                       weight_sampling_logits(model, s.weight_sampling, cfg.data.image_size), budget,
                        threads)
 
 
@@ -404,6 +457,7 @@ def end_epoch(setup: SearchSetup, epoch: int, run_dir: Path, monitor: Monitor,
     """Derive and save the epoch's genotype, log its metrics, write the checkpoint."""
     cfg, s, model, main = setup.cfg, setup.cfg.search, setup.model, dist.is_main()
     dist.check_same(model.arch_parameters(), "architecture logits")
+    dist.average_buffers(model)  # each rank's batch-norm statistics saw its slice of the batches
     genotype = setup.derive()
     if main:
         genotype.save(run_dir / "genotypes" / f"epoch_{epoch + 1:03d}.json")

@@ -127,7 +127,7 @@ def check_network(model: nn.Module, num_classes: int, image_size: int, who: str)
     Eval mode changes no state; a supernet runs every op (as in softmax mode), so that an image
     size a reduction op cannot halve fails here too, not in a later step.
     """
-    with _inspecting(model) as device, _ops_checked(model, who) as running:
+    with inspecting(model) as device, _ops_checked(model, who) as running:
         x = torch.zeros(2, 3, image_size, image_size, device=device)
         try:
             out = model(x)
@@ -217,8 +217,8 @@ def _ops_checked(model: nn.Module, who: str) -> Iterator[list[tuple[str, tuple[i
 
 
 @contextlib.contextmanager
-def _inspecting(model: nn.Module) -> Iterator[torch.device]:
-    """``evaluating``, and a supernet runs every op of every edge; restored after."""
+def inspecting(model: nn.Module) -> Iterator[torch.device]:
+    """``evaluating``, and a supernet runs every op of every edge (softmax mode); restored after."""
     sampling = getattr(model, "mode", None)
     if isinstance(model, Supernet):
         model.mode = "softmax"

@@ -50,6 +50,13 @@ SAMPLING = {
 MODES = tuple(SAMPLING)
 
 
+def canonical_order(ops: Sequence[str]) -> list[int]:
+    """The positions of ``ops`` sorted by name. Everything random about an op (its initial
+    weights and logit, its Gumbel noise) is drawn in this order, so it follows the op's name, not
+    its place in the list: a reordered op list is the same run, up to the order of the names."""
+    return sorted(range(len(ops)), key=lambda k: ops[k])
+
+
 @dataclass
 class ArchSample:
     """The weights of one cell kind's edges for one forward, and the ops to run.
@@ -57,25 +64,43 @@ class ArchSample:
     ``weights`` has shape ``[edges, ops]``; ``index`` lists the op each edge runs when only one
     op runs per edge (gdas, and eval mode of gdas/st), else it is None and every op runs. With
     edge top-k, ``keep`` flags the edges that run (k per node) and ``edge_weights`` ``[edges]``
-    is their k-hot sample; otherwise both are None and every edge runs.
+    is their k-hot sample; otherwise both are None and every edge runs. ``sampled`` lists the op
+    of each edge whose hard weight is 1 when every op runs on a one-hot (st, in training): the
+    others run without recording a gradient for their weights, as in gdas where they do not run.
     """
 
     weights: Tensor
     index: list[int] | None = None
     keep: list[bool] | None = None
     edge_weights: Tensor | None = None
+    sampled: list[int] | None = None
 
     def __getitem__(self, edge: int) -> tuple[Tensor, int | None]:
         return self.weights[edge], None if self.index is None else self.index[edge]
 
 
+_DOT_CHUNK = 1 << 20  # elements upcast at a time: a bounded temporary, whatever the activation
+
+
 def _dot(a: Tensor, b: Tensor) -> Tensor:
-    if a.dtype == b.dtype and a.stride() == b.stride():  # no temporary the size of the activation
+    """<a, b> accumulated in float32 at least: under bf16/fp16 autocast the activations are
+    upcast (in chunks; their products are then exact) rather than summed in their own dtype."""
+    wide = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
+    flat = None
+    if a.stride() == b.stride():  # no temporary the size of the activation
         if a.is_contiguous():
-            return torch.dot(a.view(-1), b.view(-1))
-        if a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last):
-            return torch.dot(a.permute(0, 2, 3, 1).reshape(-1), b.permute(0, 2, 3, 1).reshape(-1))
-    return (a * b).sum(dtype=torch.float32)  # other memory layouts, or mixed dtypes under autocast
+            flat = a.view(-1), b.view(-1)
+        elif a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last):
+            flat = a.permute(0, 2, 3, 1).reshape(-1), b.permute(0, 2, 3, 1).reshape(-1)
+    if flat is None:  # other memory layouts, or two layouts
+        return (a.to(wide) * b.to(wide)).sum()
+    x, y = flat
+    if x.dtype == y.dtype == wide:
+        return torch.dot(x, y)
+    total = torch.zeros((), dtype=wide, device=x.device)
+    for start in range(0, x.numel(), _DOT_CHUNK):
+        total += torch.dot(x[start:start + _DOT_CHUNK].to(wide), y[start:start + _DOT_CHUNK].to(wide))
+    return total
 
 
 class _SampledNode(torch.autograd.Function):
@@ -162,25 +187,37 @@ class MixedEdge(nn.Module):
         super().__init__()
         self.op_names = tuple(ops)
         self.stride = stride
-        built = [build_op(name, C, stride, affine, track_running_stats) for name in ops]
-        if wrap is not None:
-            built = [wrap(name, op, C) for name, op in zip(ops, built)]
+        built: list[nn.Module] = [nn.Identity()] * len(ops)
+        for k in canonical_order(ops):  # the ops' weights are drawn in name order
+            built[k] = build_op(ops[k], C, stride, affine, track_running_stats)
+            if wrap is not None:
+                built[k] = wrap(ops[k], built[k], C)
         self.ops = nn.ModuleList(built)
+        self.order = tuple(canonical_order(ops))
         # ops known to return zeros: a single-path forward need not run them (nor add their output)
         self.zero = tuple(isinstance(op, Zero) for op in built)
 
-    def forward(self, x: Tensor, weights: Tensor | None, index: int | None = None) -> Tensor:
+    def forward(self, x: Tensor, weights: Tensor | None, index: int | None = None,
+                sampled: int | None = None) -> Tensor:
         """Run op ``index`` alone, or every op weighted by ``weights`` when index is None.
 
         With an index and ``weights=None`` the op's output comes back unweighted: the caller
         attaches the hard weights itself, as ``SearchCell`` does for a whole node at once.
+        ``sampled`` (st: ``weights`` is the one-hot of that op) runs the other ops without
+        recording their gradients: their weights get none, not zeros that momentum and weight
+        decay would act on; the edge's hard weights still get ``<grad, op(x)>`` from every op.
         """
         if index is not None:
             out = self.ops[index](x)
             return out if weights is None else sampled_op(out, weights, index)
-        out = weights[0] * self.ops[0](x)
-        for w, op in zip(weights[1:], self.ops[1:]):
-            out = out + w * op(x)
+        out = None
+        for k in self.order:  # summed in name order: a reordered op list sums alike
+            if sampled is None or k == sampled:
+                y = self.ops[k](x)
+            else:
+                with torch.no_grad():
+                    y = self.ops[k](x)
+            out = weights[k] * y if out is None else out + weights[k] * y
         return out
 
 
@@ -210,7 +247,9 @@ class SearchCell(nn.Module):
         for _ in range(self.num_nodes):
             count = len(states)
             if sample.index is None:  # every op of every edge runs, weighted
-                out = node_sum([self.edges[e + j](states[j], sample.weights[e + j])
+                sampled = sample.sampled or (None,) * len(self.edges)
+                out = node_sum([self.edges[e + j](states[j], sample.weights[e + j],
+                                                  sampled=sampled[e + j])
                                 for j in range(count)])
             else:  # one op per edge; the node attaches the hard weights of all its edges at once
                 index = sample.index[e:e + count]
@@ -283,14 +322,17 @@ class Supernet(nn.Module):
         self.cell_inputs = cell_inputs
         self.cell_concat = self._declared_concat(concat, cells)
         self.init_scale = init_scale
-        self.arch_logits = nn.ParameterDict(
-            {kind: nn.Parameter(init_scale * torch.randn(edges, len(ops)))
-             for kind, (edges, ops) in cells.items()})
+        self.arch_logits = nn.ParameterDict()
+        for kind, (edges, ops) in cells.items():  # each op's column of noise follows its name
+            value = torch.empty(edges, len(ops))
+            value[:, canonical_order(ops)] = init_scale * torch.randn(edges, len(ops))
+            self.arch_logits[kind] = nn.Parameter(value)
         self.edge_logits = nn.ParameterDict()  # filled by enable_edge_topk
         self.edge_topk = 0
         self._slots: dict[str, Tensor] = {}  # [nodes, most inputs]: edge id of each input, or -1
         self._slot_lists: dict[str, list[list[int]]] = {}  # the same, read on the host
         self._on_device: dict[tuple[str, torch.device], tuple[Tensor, Tensor, Tensor]] = {}
+        self._orders: dict[tuple[str, torch.device], tuple[Tensor, Tensor] | None] = {}
         # Every sample is a function of (seed, samples_drawn): resumable from two integers and
         # the same on every rank of a distributed run.
         self.sample_seed = int(seed)
@@ -379,6 +421,26 @@ class Supernet(nn.Module):
             self._on_device[key] = (slots.to(device), node.to(device), src.to(device))
         return self._on_device[key]
 
+    def _canonical(self, kind: str, device: torch.device) -> tuple[Tensor, Tensor] | None:
+        """(order, inverse) of ``kind``'s ops by name on ``device``: ``logits[:, order]`` lists
+        the columns by op name and ``[:, inverse]`` puts them back; None if already in order."""
+        key = (kind, device)
+        if key not in self._orders:
+            order = canonical_order(self.op_names[kind])
+            if order == sorted(order):
+                self._orders[key] = None
+            else:
+                order_t = torch.tensor(order, device=device)
+                self._orders[key] = order_t, torch.argsort(order_t)
+        return self._orders[key]
+
+    def _softmax(self, kind: str, value: Tensor) -> Tensor:
+        """softmax of ``kind``'s logits over the ops, summed in op-name order."""
+        order = self._canonical(kind, value.device)
+        if order is None:
+            return value.softmax(-1)
+        return value[:, order[0]].softmax(-1)[:, order[1]]
+
     def node_logits(self, kind: str, edge_logits: Tensor | None = None) -> Tensor:
         """Edge logits ``[edges]`` laid out per node, ``[nodes, most inputs]``, -inf padded."""
         value = self.edge_logits[kind] if edge_logits is None else edge_logits
@@ -430,6 +492,23 @@ class Supernet(nn.Module):
         gen.manual_seed((self.sample_seed * 0x9E3779B97F4A7C15 + self.samples_drawn) % (2 ** 63))
         return gen
 
+    def _draw(self, kind: str, value: Tensor, hard: bool,
+              gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """One kind's training sample from logits ``value`` ``[edges, ops]``: (weights, index)
+        in list order, drawn with the columns in op-name order (its noise follows the names)."""
+        order = self._canonical(kind, value.device)
+        if order is not None:
+            value = value[:, order[0]]
+        weights, idx = gumbel.gumbel_softmax(value, self.tau, hard=hard, generator=gen)
+        if hard and value.requires_grad:  # the same one-hot, another gradient surrogate
+            if self.estimator == "gumbel_rao":
+                weights = gumbel.gumbel_rao(value, idx, self.tau, self.rao_samples, generator=gen)
+            elif self.estimator == "reinmax":
+                weights = gumbel.reinmax(value, idx, self.tau)
+        if order is not None:
+            weights, idx = weights[:, order[1]], order[0][idx]
+        return weights, idx
+
     def sample(self) -> dict[str, ArchSample]:
         """Draw this forward's sample for every cell kind (one host sync at most, none in soft modes)."""
         logits = dict(self.arch_logits.items())
@@ -439,12 +518,13 @@ class Supernet(nn.Module):
         if not self.training:
             if how.hard:
                 index = {k: v.argmax(-1) for k, v in logits.items()}
-                weights = {k: gumbel.straight_through(v.softmax(-1), index[k]) for k, v in logits.items()}
+                weights = {k: gumbel.straight_through(self._softmax(k, v), index[k])
+                           for k, v in logits.items()}
             else:
-                index, weights = {}, {k: v.softmax(-1) for k, v in logits.items()}
+                index, weights = {}, {k: self._softmax(k, v) for k, v in logits.items()}
             edges = {k: self._edge_sample(k, None) for k in self.edge_logits}
         elif not how.noise:
-            index, weights = {}, {k: v.softmax(-1) for k, v in logits.items()}
+            index, weights = {}, {k: self._softmax(k, v) for k, v in logits.items()}
         else:
             hard = how.hard
             index, weights = {}, {}
@@ -455,15 +535,9 @@ class Supernet(nn.Module):
                     value = self.sampling_logits[kind].to(value).expand_as(value)
                 elif hard and self.tau_forward != 1.0:  # the one-hot is drawn from softmax(value)
                     value = value / self.tau_forward
-                weights[kind], idx = gumbel.gumbel_softmax(value, self.tau, hard=hard, generator=gen)
+                weights[kind], idx = self._draw(kind, value, hard, gen)
                 if hard:
                     index[kind] = idx
-                if hard and value.requires_grad:  # the same one-hot, another gradient surrogate
-                    if self.estimator == "gumbel_rao":
-                        weights[kind] = gumbel.gumbel_rao(value, idx, self.tau, self.rao_samples,
-                                                          generator=gen)
-                    elif self.estimator == "reinmax":
-                        weights[kind] = gumbel.reinmax(value, idx, self.tau)
                 if kind in self.edge_logits:  # drawn after the ops: their sample is gdas's
                     edges[kind] = self._edge_sample(kind, gen)
         self.last_index = index
@@ -483,6 +557,13 @@ class Supernet(nn.Module):
                     start += self.edge_topk
                 out[kind].keep, out[kind].edge_weights = keep, edge_weights
             return out
+        if how.hard and self.training:  # st: every op runs; which one counts, read on the host
+            flat = torch.cat([index[k] for k in logits]).tolist()
+            out, start = {}, 0
+            for kind, value in logits.items():
+                out[kind] = ArchSample(weights[kind], sampled=flat[start:start + value.shape[0]])
+                start += value.shape[0]
+            return out
         return {kind: ArchSample(weights[kind]) for kind in logits}
 
     def log_prob(self, index: Mapping[str, Tensor], edges: Mapping[str, Tensor] | None = None) -> Tensor:
@@ -490,8 +571,11 @@ class Supernet(nn.Module):
         current logits, differentiable: the score function of REINFORCE."""
         total = torch.zeros((), device=next(iter(self.arch_logits.values())).device)
         for kind, i in index.items():
-            logp = (self.arch_logits[kind] / self.tau_forward).log_softmax(-1)
-            total = total + logp.gather(1, i.unsqueeze(1)).sum()
+            logits = self.arch_logits[kind] / self.tau_forward
+            order = self._canonical(kind, logits.device)
+            if order is not None:  # summed over the ops in name order, as they were drawn
+                logits, i = logits[:, order[0]], order[1][i]
+            total = total + logits.log_softmax(-1).gather(1, i.unsqueeze(1)).sum()
         for kind, order in (edges or {}).items():
             node = self.node_logits(kind, self.edge_logits[kind] / self.tau_forward)
             total = total + gumbel.plackett_luce_log_prob(node, order).sum()
@@ -499,7 +583,7 @@ class Supernet(nn.Module):
 
     def probabilities(self) -> dict[str, Tensor]:
         """softmax(logits) of every cell kind, detached."""
-        return {k: v.detach().softmax(-1) for k, v in self.arch_logits.items()}
+        return {k: self._softmax(k, v.detach()) for k, v in self.arch_logits.items()}
 
     def entropy(self) -> float:
         """Mean entropy (nats) of the op distributions over all edges."""

@@ -78,3 +78,44 @@ def tiny_config(tmp_path, cifar_root) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def check_genotype_cells(net: torch.nn.Module, genotype, x: torch.Tensor) -> int:
+    """Run ``net`` in eval mode on ``x`` and check every ``GenotypeCell`` against the genotype:
+    it holds the cell of its kind, each op is the module its name builds (stride 2 from the
+    inputs of a reduction cell), and its output is recomputed from its inputs by the genotype's
+    edges (node = sum of op(state) over its edges; output = the concat states, or the last
+    node). Returns how many cells were checked."""
+    import nas
+    seen = []
+    cells = [m for m in net.modules() if isinstance(m, nas.GenotypeCell)]
+    hooks = [c.register_forward_hook(lambda m, i, o: seen.append((m, i[0], o))) for c in cells]
+    net.eval()
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(seen) == len(cells) > 0
+    for cell, inputs, out in seen:
+        kinds = [k for k, nodes in genotype.cells.items() if nodes == cell.nodes]
+        assert kinds, f"a cell holds nodes of no cell kind: {cell.nodes}"
+        nodes = genotype.cells[kinds[0]]
+        states, k = list(inputs), 0
+        for node in nodes:
+            total = 0
+            for op_name, src in node:
+                op = cell.ops[k]
+                stride = 2 if cell.reduction and src < cell.num_inputs else 1
+                C = inputs[0].shape[1]
+                expected = nas.ops.build_op(op_name, C, stride)
+                assert type(op) is type(expected), (op_name, type(op))
+                assert [p.shape for p in op.parameters()] == [p.shape for p in expected.parameters()]
+                total = total + op(states[src])
+                k += 1
+            states.append(total)
+        concat = cell.concat
+        ref = torch.cat([states[i] for i in concat], 1) if concat else states[-1]
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    return len(seen)

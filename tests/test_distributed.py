@@ -17,6 +17,7 @@ import yaml
 import nas
 import nas.config
 import nas.distributed
+import nas.search
 import nas.train
 from nas.cli import main
 from nas.data import Batches
@@ -196,6 +197,76 @@ def test_a_rank_that_fails_stops_every_rank_with_one_line(tmp_path, flat_config,
         assert "nas search: error (rank 1): MemoryError: out of memory (simulated)" in err
         assert len(err) == 2 and any(l.startswith("nas search: error (rank 0): ") for l in err)
         assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 1  # resumable
+
+
+def _logged_cifar10(root, train, download=False):
+    """CIFAR-10 from ``root``, logging who asked for it, when, and whether to download."""
+    log = Path(os.environ["NAS_TEST_DATA_LOG"])
+    rank = os.environ["RANK"]
+    with log.open("a") as f:
+        f.write(f"{rank} start {download} {time.time()}\n")
+    if download:
+        time.sleep(1.0)  # a download takes a while
+    data = nas.data.cifar10(root, train, False)
+    with log.open("a") as f:
+        f.write(f"{rank} end {download} {time.time()}\n")
+    return data
+
+
+def _buffers_worker(rank: int, world: int, port: int, argv: list[str], out: str) -> None:
+    """Run a search; save this rank's buffers after every epoch."""
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NAS_DIST_TIMEOUT="60",
+                      NAS_TEST_DATA_LOG=str(Path(out) / "data.log"))
+    torch.set_num_threads(1)
+    nas.DATASETS.register("logged_cifar10", _logged_cifar10, override=True)
+    real_end_epoch, saved = nas.search.end_epoch, []
+
+    def end_epoch(setup, *args, **kwargs):
+        metrics = real_end_epoch(setup, *args, **kwargs)
+        saved.append({n: b.clone() for n, b in setup.model.named_buffers()})
+        torch.save(saved, Path(out) / f"rank{rank}.pt")
+        return metrics
+
+    nas.search.end_epoch = end_epoch
+    (Path(out) / f"rank{rank}.code").write_text(str(main(argv)))
+
+
+def test_ranks_hold_the_same_batch_norm_statistics_and_rank_0_downloads(tmp_path, tiny_config):
+    """In gdas mode the weight step runs outside DDP's hooks and the architecture step outside
+    DDP: without the end-of-epoch average each rank keeps the running statistics of its own
+    slices. And with data.download, rank 0 fetches the data while the other rank waits."""
+    out = tmp_path / "rec"
+    out.mkdir()
+    argv = ["search", "--config", str(tiny_config), "--device", "cpu", "--quiet",
+            "--run-dir", str(tmp_path / "run"), "--set", "data.dataset=logged_cifar10",
+            "data.download=true"]
+    ctx = mp.start_processes(_buffers_worker, (2, free_port(), argv, str(out)), nprocs=2,
+                             join=False, start_method="spawn")
+    deadline = time.time() + TIMEOUT
+    try:
+        while not ctx.join(timeout=max(deadline - time.time(), 0.1)):
+            if time.time() > deadline:
+                pytest.fail(f"the 2 processes did not finish in {TIMEOUT} s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+    assert [(out / f"rank{r}.code").read_text() for r in (0, 1)] == ["0", "0"]
+    r0, r1 = (torch.load(out / f"rank{r}.pt") for r in (0, 1))
+    assert len(r0) == len(r1) == 2  # epochs
+    for a, b in zip(r0, r1):
+        floats = [n for n in a if a[n].is_floating_point()]
+        assert len(floats) > 50 and a.keys() == b.keys()
+        assert all(torch.equal(a[n], b[n]) for n in a), [n for n in a if not torch.equal(a[n], b[n])][:5]
+    assert any(not torch.equal(r0[0][n], r0[1][n]) for n in floats)  # the statistics do move
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(checkpoint[n], r1[-1][n]) for n in r1[-1])  # what rank 0 saved
+    calls = [line.split() for line in (out / "data.log").read_text().splitlines()]
+    assert [(rank, what) for rank, what, _, _ in calls] == \
+        [("0", "start"), ("0", "end"), ("1", "start"), ("1", "end")]
+    assert calls[0][2] == "True"  # rank 0 downloads first; rank 1 waited for it
+    assert float(calls[2][3]) >= float(calls[1][3])
 
 
 @pytest.mark.parametrize("on_device", [True, False], ids=["on-device", "loader"])

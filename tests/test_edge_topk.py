@@ -66,6 +66,33 @@ def test_the_k_subsets_follow_plackett_luce_without_replacement():
     assert logp[0].item() == pytest.approx(math.log(p[0] * p[1] / (1 - p[0])), abs=1e-6)
 
 
+
+def test_gumbel_topk_st_passes_dim_through():
+    """Sampling along dim 0 is sampling along the last dim of the transpose: the same
+    distribution, whatever the other dim's logits (which the shift must not mix in)."""
+    theta = torch.tensor([1.5, 0.0, -1.0, 0.5])
+    n = 20000
+    # column j of a [4, n] table is one draw; each row holds one logit, so a shift taken along
+    # the wrong dim would make every logit 0 and the draws uniform
+    s = gumbel.gumbel_topk_st(theta[:, None].expand(4, n), 1, 1.0, dim=0,
+                              generator=torch.Generator().manual_seed(0))
+    assert s.index.shape == (1, n) and s.sample.shape == (4, n)
+    assert torch.equal(s.sample, torch.zeros(4, n).scatter_(0, s.index, 1.0))
+    freq = s.sample.mean(1)
+    p = theta.softmax(0)
+    assert ((freq - p).abs() < 4.5 * (p * (1 - p) / n).sqrt()).all(), (freq, p)
+    # the gradient is the relaxed top-k's along dim 0, through the same noise
+    t = theta[:, None].expand(4, 3).clone().requires_grad_(True)
+    g = torch.Generator().manual_seed(1)
+    noise = gumbel.gumbel_noise((4, 3), generator=torch.Generator().manual_seed(1))
+    s = gumbel.gumbel_topk_st(t, 2, 0.5, dim=0, generator=g)
+    z = (t.detach() - t.detach().max(0, keepdim=True).values + noise).requires_grad_(True)
+    assert torch.equal(s.index, z.detach().topk(2, dim=0).indices)
+    v = torch.randn(4, 3, generator=torch.Generator().manual_seed(2))
+    (s.sample * v).sum().backward()
+    (gumbel.relaxed_topk(z, 2, 0.5, dim=0) * v).sum().backward()
+    assert torch.allclose(t.grad, z.grad, atol=1e-6)
+
 # -- the supernet -------------------------------------------------------------------------------
 def cells_of(model):
     return [m for m in model.modules() if isinstance(m, nas.SearchCell)]
@@ -112,6 +139,78 @@ def test_exactly_k_inputs_run_per_node_and_the_edge_logits_learn(k):
     for e, edge in enumerate(cell.edges):  # weights of edges that did not run stay untouched
         if (0, e) not in ran:
             assert all(p.grad is None for p in edge.parameters())
+
+
+def test_a_node_s_hard_weights_get_the_gdas_gradient_one_level_up():
+    """sampled_node with edge top-k, against autograd on the GDAS edge output written out: a kept
+    edge j adds e_j * (w_jk * out_j + sum_{i != k} w_ji), an edge that did not run adds e_j; every
+    hard weight is exactly 0 or 1. So a kept edge's weight gets <g, out_j>, a dropped edge's
+    sum(g), a kept edge's op weights <g, out_j> (the sampled op) or sum(g), a dropped edge's none."""
+    g = torch.Generator().manual_seed(0)
+    ops, edges, first = 4, 6, 2  # the node's edges are 2, 3, 4 of a kind with 6 edges
+    keep, index = (True, False, True), (3, 1)  # edges 2 and 4 ran, with ops 3 and 1
+    outs = [torch.randn(2, 3, 4, 4, generator=g) for _ in index]
+    grad = torch.randn(2, 3, 4, 4, generator=g)
+    weights = torch.zeros(edges, ops)
+    for j, k in zip((2, 4), index):
+        weights[j, k] = 1.0
+    edge_w = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 1.0])
+    w, e = weights.clone().requires_grad_(True), edge_w.clone().requires_grad_(True)
+    out = nas.sampled_node(w, first, index, outs, keep, e)
+    assert torch.equal(out, outs[0] + outs[1])
+    out.backward(grad)
+    w_ref, e_ref = weights.clone().requires_grad_(True), edge_w.clone().requires_grad_(True)
+    ref = torch.zeros_like(grad)
+    kept = iter(zip(index, outs))
+    for j, ran in zip(range(first, first + 3), keep):
+        if ran:
+            k, o = next(kept)
+            edge = w_ref[j, k] * o + sum(w_ref[j, i] for i in range(ops) if i != k)
+            ref = ref + e_ref[j] * edge
+        else:
+            ref = ref + e_ref[j]
+    ref.backward(grad)
+    torch.testing.assert_close(w.grad, w_ref.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(e.grad, e_ref.grad, rtol=1e-5, atol=1e-5)
+    assert w.grad[3].eq(0).all() and w.grad[:2].eq(0).all() and w.grad[5].eq(0).all()
+    assert e.grad[3] == pytest.approx(grad.sum().item(), rel=1e-5)
+    assert e.grad[2] == pytest.approx((grad * outs[0]).sum().item(), rel=1e-5)
+    assert e.grad[[0, 1, 5]].eq(0).all()  # edges of other nodes
+
+
+def test_the_edge_logits_get_the_relaxed_top_k_gradient_of_the_same_noise(monkeypatch):
+    """The supernet's edge-logit gradient, recomputed: the gradient reaching the k-hot input
+    sample, pulled back through relaxed_topk(node logits + g) with the noise g of that draw."""
+    calls = []
+    real = gumbel.gumbel_topk_st
+
+    def recording(logits, k, tau, dim=-1, generator=None):
+        state = generator.get_state()
+        result = real(logits, k, tau, dim, generator)
+        result.sample.retain_grad()
+        calls.append((state, k, tau, result))
+        return result
+
+    monkeypatch.setattr(gumbel, "gumbel_topk_st", recording)
+    model = make(2, seed=5)
+    model.tau = 0.6
+    with torch.no_grad():
+        for p in model.arch_parameters():
+            p.normal_(generator=torch.Generator().manual_seed(7))
+    x, y = batch(1)
+    F.cross_entropy(model(x), y).backward()
+    assert len(calls) == 2  # one draw per cell kind
+    for kind, (state, k, tau, result) in zip(model.arch_logits, calls):
+        leaf = model.edge_logits[kind].detach().clone().requires_grad_(True)
+        node = model.node_logits(kind, leaf)
+        noise = gumbel.gumbel_noise(node.shape, generator=torch.Generator().set_state(state))
+        z = gumbel.shifted(node) + noise
+        assert torch.equal(result.index, z.detach().topk(k, dim=-1).indices)
+        v = result.sample.grad
+        assert v is not None and v.abs().sum() > 0
+        assert (k, tau) == (2, 0.6)  # the supernet's edge_topk and tau
+        (gumbel.relaxed_topk(z, 2, 0.6) * v).sum().backward()
+        torch.testing.assert_close(model.edge_logits[kind].grad, leaf.grad, rtol=1e-5, atol=1e-7)
 
 
 def test_the_op_sample_is_gdas_and_one_host_sync_per_forward(monkeypatch):
@@ -199,3 +298,90 @@ def test_a_search_with_edge_topk_logs_the_input_distributions(tmp_path, tiny_con
     events = EventAccumulator(str(run), size_guidance={"images": 0})
     events.Reload()
     assert {"arch_inputs/normal", "arch_inputs/reduce"} <= set(events.Tags()["images"])
+
+
+# -- contracts found untested by mutation testing (scripts/mutation.py) ------------------------
+def test_eval_edge_weights_are_the_k_hot_of_the_strongest_inputs():
+    model = make(2)
+    with torch.no_grad():
+        model.edge_logits["normal"].copy_(torch.arange(14.0))
+    model.eval()
+    sample = model.sample()["normal"]
+    # node i's inputs are edges first..first+count-1; the two with the largest logits are the last two
+    expected, first = torch.zeros(14), 0
+    for node in range(4):
+        count = 2 + node
+        expected[first + count - 2:first + count] = 1.0
+        first += count
+    assert torch.equal(sample.edge_weights, expected)
+    assert sample.keep == expected.bool().tolist()
+
+
+def test_the_forward_temperature_tempers_the_input_draw_and_its_score():
+    """With tau_forward the kept inputs are drawn from softmax(edge logits / tau_forward), and
+    REINFORCE scores them under that distribution."""
+    model = make(1, seed=3)
+    with torch.no_grad():
+        model.edge_logits["normal"].zero_()
+        model.edge_logits["normal"][0] = 2.0  # the first node: inputs 0 and 1, logits 2 and 0
+    n, first = 600, {}
+    for tau_f in (1.0, 2.0):
+        model.tau_forward = tau_f
+        with torch.no_grad():
+            first[tau_f] = sum(int(model.sample()["normal"].keep[0]) for _ in range(n)) / n
+    for tau_f, p in ((1.0, torch.sigmoid(torch.tensor(2.0))), (2.0, torch.sigmoid(torch.tensor(1.0)))):
+        assert abs(first[tau_f] - p.item()) < 4.5 * math.sqrt(p * (1 - p) / n), (tau_f, first[tau_f])
+    with torch.no_grad():
+        model(batch()[0])
+    index, edges = dict(model.last_index), dict(model.last_edges)
+    extra = sum(gumbel.plackett_luce_log_prob(model.node_logits(k, model.edge_logits[k] / 2.0),
+                                              edges[k]).sum() for k in edges)
+    assert torch.allclose(model.log_prob(index, edges) - model.log_prob(index), extra)
+
+
+def test_input_samples_are_a_function_of_the_seed_and_the_count():
+    a, b = make(2, seed=11), make(2, seed=11)
+    x, _ = batch()
+    seq = []
+    for model in (a, b):
+        with torch.no_grad():
+            for _ in range(3):
+                torch.rand(50)  # the global generator must not matter
+                model(x)
+        seq.append({k: v.clone() for k, v in model.last_edges.items()})
+    assert all(torch.equal(seq[0][k], seq[1][k]) for k in seq[0])
+
+
+class TwoSizes(nas.Supernet):
+    """Two cell kinds of different sizes: 1 node (2 edges) and 2 nodes (5 edges)."""
+
+    inputs_kept = 2
+
+    def __init__(self) -> None:
+        super().__init__("gdas", {"small": (2, ("skip_connect", "none")),
+                                  "large": (5, ("skip_connect", "none"))}, seed=0, cell_inputs=2)
+
+
+def test_kinds_of_different_sizes_keep_their_own_layouts():
+    model = TwoSizes()
+    model.enable_edge_topk(1)
+    with torch.no_grad():
+        model.edge_logits["small"].copy_(torch.tensor([1.0, 2.0]))
+        model.edge_logits["large"].copy_(torch.arange(5.0))
+    inf = float("-inf")
+    assert torch.equal(model.node_logits("small"), torch.tensor([[1.0, 2.0]]))
+    assert torch.equal(model.node_logits("large"), torch.tensor([[0.0, 1.0, inf], [2.0, 3.0, 4.0]]))
+    probs = model.edge_probabilities()
+    assert torch.allclose(probs["small"], torch.tensor([1.0, 2.0]).softmax(0))
+    assert torch.allclose(probs["large"][2:], torch.tensor([2.0, 3.0, 4.0]).softmax(0))
+
+
+def test_the_input_layout_lives_on_the_supernet_s_device():
+    """On another device (meta: shapes only) nothing falls back to the CPU."""
+    model = make(2).to("meta")
+    model.eval()
+    model.mode = "softmax"  # no host transfer of the sample
+    model.sample()
+    assert {v.device.type for v in model.last_edges.values()} == {"meta"}
+    assert {v.device.type for v in model.edge_probabilities().values()} == {"meta"}
+    assert model.node_logits("normal").device.type == "meta"

@@ -177,7 +177,9 @@ def test_decoupled_temperatures_hand_computed():
     model = _nb201()
     model.tau, model.tau_forward = 0.7, 2.5
     theta = model.arch_logits["cell"].detach().clone()
-    g = gumbel.gumbel_noise(theta.shape, generator=model._generator(torch.device("cpu")))
+    g = torch.empty_like(theta)  # drawn with the ops in name order: column j is op order[j]'s
+    order = nas.supernet.canonical_order(model.op_names["cell"])
+    g[:, order] = gumbel.gumbel_noise(theta.shape, generator=model._generator(torch.device("cpu")))
     sample = model.sample()["cell"]
     z = theta / 2.5 + g
     assert sample.index == z.argmax(-1).tolist()

@@ -578,3 +578,117 @@ def test_huge_logits_gumbel_rao_gradient_matches_shifted():
                                      * w).sum(), huge)
     assert torch.isfinite(g_huge).all()
     torch.testing.assert_close(g_huge.float(), g_small, atol=1e-5, rtol=1e-4)
+
+
+# -- contracts found untested by mutation testing (scripts/mutation.py) ------------------------
+def _rows_far_apart() -> torch.Tensor:
+    """Rows at very different offsets: a shift by another row's (or the whole table's) maximum
+    leaves the small rows at -1e9, where float32 rounds their logits and noise together."""
+    return torch.tensor([[0.0, 1.0, -0.5, 0.25], [1e9, 1e9, 1e9 + 128, 1e9], [-3.0, 2.0, 0.0, 1.0]])
+
+
+@pytest.mark.parametrize("dim", [-1, 0])
+def test_every_row_is_shifted_by_its_own_maximum(dim):
+    """shifted, and everything built on it, works along ``dim`` only: with the same noise the
+    results equal the reference computed here from the per-row (per-column) shift."""
+    x = _rows_far_apart() if dim == -1 else _rows_far_apart().t().contiguous()
+    ref = x.double() - x.double().amax(dim, keepdim=True)
+    assert torch.equal(gumbel.shifted(x, dim), ref.float())
+    noise = gumbel_noise(x.shape, generator=gen(170))
+    z = ref.float() + noise
+    assert torch.equal(perturb(x, gen(170), dim), z)
+    assert torch.equal(gumbel_max(x, dim, generator=gen(170)), z.argmax(dim))
+    assert torch.equal(gumbel_topk(x, 2, dim, generator=gen(170)), z.topk(2, dim).indices)
+    for tau in (0.5, 2.0):
+        sample, index = gumbel_softmax(x, tau, hard=False, dim=dim, generator=gen(170))
+        assert torch.equal(index, z.argmax(dim)) and torch.equal(sample, torch.softmax(z / tau, dim))
+        hard, index = gumbel_softmax(x, tau, hard=True, dim=dim, generator=gen(170))
+        assert torch.equal(hard, torch.zeros_like(z).scatter_(dim, index.unsqueeze(dim), 1.0))
+        topk = gumbel.gumbel_topk_st(x, 2, tau, dim, generator=gen(170))
+        assert torch.equal(topk.index, z.topk(2, dim).indices)
+    assert torch.equal(gumbel_softmax(x, dim=dim, generator=gen(171)).sample,
+                       gumbel_softmax(x, 1.0, dim=dim, generator=gen(171)).sample)  # tau 1 by default
+
+
+def test_conditional_gumbel_and_gumbel_rao_along_dim_0():
+    """Along dim 0, with a far-away column beside: the draws condition on the column's argmax,
+    their top is Gumbel around the column's logsumexp, and Gumbel-Rao's one-hot and gradient are
+    those of the column alone (to Monte Carlo precision over 4,000 conditional draws)."""
+    x = _rows_far_apart().t().contiguous()  # columns: the rows above
+    index = torch.tensor([1, 2, 0])  # one op per column
+    n = 4000
+    z = gumbel.conditional_gumbel(x, index, n, dim=0, generator=gen(172))
+    assert z.shape == (n, 4, 3) and torch.equal(z.argmax(1), index.expand(n, 3))
+    col = gumbel.shifted(x, 0)
+    top = z.gather(1, index.expand(n, 1, 3)).squeeze(1)
+    expected = torch.logsumexp(col, 0) + EULER_GAMMA
+    assert ((top.mean(0) - expected).abs() < 5 * math.sqrt(GUMBEL_VAR / n)).all(), (top.mean(0), expected)
+    v = torch.tensor([[1.0, -2.0, 0.5], [0.5, 1.0, -1.0], [2.0, 0.0, 1.0], [-1.0, 0.5, 0.0]])
+    t = x.clone().requires_grad_(True)
+    d = gumbel.gumbel_rao(t, index, 0.7, n, dim=0, generator=gen(173))
+    assert torch.equal(d, torch.zeros(4, 3).scatter_(0, index.unsqueeze(0), 1.0))
+    (d * v).sum().backward()
+    for c in range(3):  # each column alone, along the last dim
+        tc = x[:, c].clone().requires_grad_(True)
+        dc = gumbel.gumbel_rao(tc, index[c], 0.7, n, generator=gen(174 + c))
+        (dc * v[:, c]).sum().backward()
+        assert torch.allclose(t.grad[:, c], tc.grad, atol=0.03), (c, t.grad[:, c], tc.grad)
+
+
+def test_reinmax_along_dim_0_is_the_transpose():
+    x = torch.tensor([[0.2, -0.4, 0.9], [1.0, 0.0, -1.0]])
+    index = torch.tensor([1, 0])
+    v = torch.tensor([[1.5, -1.0, 0.25], [0.5, 2.0, -1.0]])
+    a, b = x.clone().requires_grad_(True), x.t().clone().requires_grad_(True)
+    da, db = gumbel.reinmax(a, index, 2.0), gumbel.reinmax(b, index, 2.0, dim=0)
+    assert torch.equal(db, da.t())
+    (da * v).sum().backward()
+    (db * v.t()).sum().backward()
+    assert torch.allclose(b.grad, a.grad.t(), atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_estimators_keep_the_logits_dtype(dtype):
+    x = torch.randn(3, 5, generator=gen(175)).to(dtype)
+    index = torch.tensor([0, 4, 2])
+    assert gumbel.gumbel_rao(x, index, 0.5, 4, generator=gen(176)).dtype == dtype
+    assert gumbel.reinmax(x, index, 0.5).dtype == dtype
+    assert gumbel.gumbel_topk_st(x, 2, 0.5, generator=gen(177)).sample.dtype == dtype
+
+
+def test_every_function_keeps_its_inputs_device():
+    """Nothing is created on the default device: run on the meta device (shapes only)."""
+    m = torch.device("meta")
+    x, index = torch.zeros(3, 4, device=m), torch.zeros(3, dtype=torch.long, device=m)
+    outs = {"gumbel_noise": gumbel_noise((3, 4), device=m), "perturb": perturb(x),
+            "gumbel_softmax": gumbel_softmax(x, 0.5, hard=True).sample,
+            "conditional_gumbel": gumbel.conditional_gumbel(x, index, 2),
+            "gumbel_rao": gumbel.gumbel_rao(x, index, 0.5, 2), "reinmax": gumbel.reinmax(x, index, 0.5),
+            "gumbel_topk_st": gumbel.gumbel_topk_st(x, 2, 0.5).sample,
+            "plackett_luce_log_prob": gumbel.plackett_luce_log_prob(x, torch.zeros(3, 2, dtype=torch.long, device=m)),
+            "concrete_log_prob": concrete_log_prob(torch.full((3, 4), 0.25, device=m), x, 0.5)}
+    assert {k: v.device.type for k, v in outs.items()} == {k: "meta" for k in outs}
+
+
+def test_noise_is_float32_whatever_the_default_dtype():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert gumbel_noise((3, 4), generator=gen(178)).dtype == torch.float32
+        x = torch.zeros(3, 4, dtype=torch.float32)
+        assert concrete_log_prob(torch.full((3, 4), 0.25), x, 0.5).dtype == torch.float32
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def test_the_errors_say_what_is_wrong():
+    x = torch.zeros(2, 4)
+    with pytest.raises(ValueError, match=r"tau must be a positive finite number, got -1\.0"):
+        gumbel_softmax(x, -1.0)
+    for fn in (lambda k: gumbel_topk(x, k), lambda k: gumbel.gumbel_topk_st(x, k, 1.0)):
+        for k in (0, 5):
+            with pytest.raises(ValueError, match=rf"k must be in \[1, 4\], got {k}"):
+                fn(k)
+    assert gumbel_topk(x, 1).shape == (2, 1) and gumbel_topk(x, 4).shape == (2, 4)  # both ends
+    assert gumbel.gumbel_topk_st(x, 1, 1.0).index.shape == (2, 1)
+    assert gumbel.gumbel_topk_st(x, 4, 1.0).sample.eq(1).all()

@@ -8,7 +8,7 @@ import torch
 
 import nas
 from nas.cli import main
-from conftest import DARTS_V2
+from conftest import DARTS_V2, check_genotype_cells
 
 TABLE = Path("/work/shared/benchmarks/nats_tss_200ep.csv")
 DARTS_NAMES = ("DARTS_V1", "DARTS_V2", "GDAS", "GDAS_FRC", "PC_DARTS")
@@ -31,12 +31,20 @@ def test_published_genotypes_are_registered_with_a_source():
 
 
 @pytest.mark.parametrize("name", DARTS_NAMES)
-def test_each_darts_space_genotype_builds_and_runs(name):
-    net = nas.build_network("darts", nas.parse_genotype(name), 10,
-                            {"C": 4, "cells": 3, "auxiliary": False})
-    net.eval()
-    logits, _ = net(torch.zeros(2, 3, 8, 8))
-    assert logits.shape == (2, 10)
+def test_each_darts_space_genotype_builds_the_cells_it_names(name):
+    """Every cell of the network holds its kind's nodes, each op built as named, and computes
+    what the genotype's edges compute; GDAS-FRC's reduction cells are GDAS's fixed ones."""
+    from search_spaces.darts import FixedReductionCell
+    genotype = nas.parse_genotype(name)
+    torch.manual_seed(0)
+    net = nas.build_network("darts", genotype, 10, {"C": 4, "cells": 3, "auxiliary": False})
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    assert check_genotype_cells(net, genotype, x) == (1 if name == "GDAS_FRC" else 3)
+    assert [type(c) is FixedReductionCell for c in net.cells] == \
+        ([False, True, True] if name == "GDAS_FRC" else [False, False, False])
+    assert [c.reduction for c in net.cells] == [False, True, True]
+    logits, aux = net(x)
+    assert logits.shape == (2, 10) and aux is None and torch.isfinite(logits).all()
 
 
 def test_darts_v2_has_the_published_parameter_count():

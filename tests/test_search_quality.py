@@ -13,7 +13,7 @@ from torch import Tensor
 import nas
 from nas.cli import main
 from nas.config import build_config
-from nas.search import reinforce_step, weight_sampling_logits
+from nas.search import edge_parameters, reinforce_step, weight_sampling_logits
 from test_benchmarks import write_table
 from test_cli import final_logits
 
@@ -85,8 +85,8 @@ def test_a_table_that_cannot_score_the_space_fails_before_the_run(tmp_path, tiny
 
 @pytest.mark.parametrize("how, expected", [
     ("uniform", [0.2, 0.2, 0.2, 0.2, 0.2]),
-    # parameters of none, skip, 1x1 conv, 3x3 conv, pool at 16 channels: 0, 0, 256, 2304, 0;
-    # probability (n + mean n) / sum = (512, 512, 768, 2816, 512) / 5120
+    # parameters of none, skip, 1x1 conv, 3x3 conv, pool summed over the three cells (C = 4,
+    # 8, 16): 0, 0, 336, 3024, 0; probability (n + mean n) / sum = (672, 672, 1008, 3696, 672) / 6720
     ("params", [0.1, 0.1, 0.15, 0.55, 0.1]),
 ])
 def test_weight_steps_sample_from_fixed_logits_not_the_architecture(how, expected):
@@ -95,7 +95,7 @@ def test_weight_steps_sample_from_fixed_logits_not_the_architecture(how, expecte
         model.arch_logits["cell"].copy_(torch.tensor([8.0, 0, 0, 0, 0]).expand(6, 5))
     draws = 400
     counts = {}
-    for fixed in (None, weight_sampling_logits(model, how)):
+    for fixed in (None, weight_sampling_logits(model, how, 8)):
         model.sampling_logits = fixed
         counts[fixed is None] = torch.zeros(5)
         for _ in range(draws):
@@ -107,7 +107,7 @@ def test_weight_steps_sample_from_fixed_logits_not_the_architecture(how, expecte
     exp = torch.tensor(expected) * n
     chi2 = ((counts[False] - exp) ** 2 / exp).sum().item()
     assert chi2 < 18.5, counts[False]
-    assert weight_sampling_logits(model, "arch") is None
+    assert weight_sampling_logits(model, "arch", 8) is None
 
 
 def test_params_sampling_follows_the_op_list_not_op_names():
@@ -115,8 +115,55 @@ def test_params_sampling_follows_the_op_list_not_op_names():
     ops = ("avg_pool_3x3", "nor_conv_3x3", "none", "nor_conv_1x1", "skip_connect")
     model = nas.build_supernet("nasbench201", 10, "gdas", options={"C": 4, "cells_per_stage": 1,
                                                                     "ops": list(ops)})
-    probs = weight_sampling_logits(model, "params")["cell"].softmax(-1)
-    assert torch.allclose(probs, torch.tensor([0.1, 0.55, 0.1, 0.15, 0.1]))
+    probs = weight_sampling_logits(model, "params", 8)["cell"].softmax(-1)
+    assert torch.allclose(probs, torch.tensor([0.1, 0.55, 0.1, 0.15, 0.1]).expand(6, 5))
+
+
+def sep_conv(C: int, k: int) -> int:
+    """Parameters of DARTS's sep_conv_kxk at C channels (no affine batch norm): two depthwise
+    k x k and two pointwise 1 x 1 convs."""
+    return 2 * (C * k * k + C * C)
+
+
+@pytest.mark.parametrize("C", [4, 64])
+def test_params_sampling_measures_each_edge_of_the_supernet_searched(C):
+    """Counts come from the supernet's own ops: its C, and per edge, so that the stride-2 edges of
+    reduction cells count the skip connection's factorized reduce (2 1x1 convs of C x C/2)."""
+    model = nas.build_supernet("darts", 10, "gdas", options={"C": C, "cells": 3})
+    ops = model.op_names["normal"]
+    n = edge_parameters(model, 8)
+    assert set(n) == {"normal", "reduce"} and n["normal"].shape == n["reduce"].shape == (14, 8)
+    # cell 0 is normal at C; cells 1 and 2 reduce, at 2C and 4C, sharing one sample
+    assert n["normal"][:, ops.index("sep_conv_3x3")].eq(sep_conv(C, 3)).all()
+    assert n["normal"][:, ops.index("sep_conv_5x5")].eq(sep_conv(C, 5)).all()
+    assert n["reduce"][:, ops.index("sep_conv_5x5")].eq(sep_conv(2 * C, 5) + sep_conv(4 * C, 5)).all()
+    skip = n["reduce"][:, ops.index("skip_connect")]
+    stride2 = torch.tensor([src < 2 for _, src in nas.edge_inputs(2, 4)])  # edges from the inputs
+    assert skip[stride2].eq(2 * (2 * C) ** 2 // 2 + 2 * (4 * C) ** 2 // 2).all()
+    assert skip[~stride2].eq(0).all() and n["normal"][:, ops.index("skip_connect")].eq(0).all()
+    for name in ("none", "max_pool_3x3", "avg_pool_3x3"):
+        assert n["normal"][:, ops.index(name)].eq(0).all() and n["reduce"][:, ops.index(name)].eq(0).all()
+    logits = weight_sampling_logits(model, "params", 8)
+    p = {k: v.softmax(-1) for k, v in logits.items()}
+    ratio = p["normal"][0, ops.index("sep_conv_5x5")] / p["normal"][0, ops.index("sep_conv_3x3")]
+    mean = n["normal"][0].mean()
+    expected = (sep_conv(C, 5) + mean) / (sep_conv(C, 3) + mean)
+    assert ratio.item() == pytest.approx(expected.item(), rel=1e-5)
+    # a reduction cell's stride-2 edge gives its skip connection more than a pooling op
+    assert p["reduce"][0, ops.index("skip_connect")] > p["reduce"][0, ops.index("max_pool_3x3")]
+    assert p["normal"][0, ops.index("skip_connect")] == p["normal"][0, ops.index("max_pool_3x3")]
+
+
+def test_params_sampling_is_uniform_where_no_op_has_weights():
+    ops = ["none", "skip_connect", "avg_pool_3x3", "max_pool_3x3"]
+    model = nas.build_supernet("nasbench201", 10, "gdas", seed=0,
+                               options={"C": 4, "cells_per_stage": 1, "ops": ops})
+    logits = weight_sampling_logits(model, "params", 8)["cell"]
+    assert torch.isfinite(logits).all() and torch.equal(logits.softmax(-1), torch.full((6, 4), 0.25))
+    model.sampling_logits = {"cell": logits}
+    drawn = torch.tensor([model.sample()["cell"].index for _ in range(300)])
+    counts = torch.bincount(drawn.flatten(), minlength=4).float()
+    assert (counts / counts.sum() - 0.25).abs().max() < 0.05, counts  # not op 0 every time
 
 
 class ToySupernet(nas.Supernet):
@@ -154,6 +201,42 @@ def test_reinforce_with_a_leave_one_out_baseline_is_unbiased():
     # the estimator's per-step standard deviation is about 0.3 per entry: 3000 steps -> 0.006
     assert torch.allclose(estimate, exact, atol=0.03), (estimate, exact)
     assert model.weight.grad is None  # no gradient reaches the weights
+
+
+def test_counting_the_parameters_changes_nothing_in_the_supernet():
+    model = nas.build_supernet("darts", 10, "gdas", seed=2, options={"C": 4, "cells": 3})
+    model.train()
+    state = {k: v.clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    edge_parameters(model, 8)
+    assert "sample" not in vars(model) and model.mode == "gdas" and model.training
+    assert all(m.training for m in model.modules())
+    assert not any(m._forward_pre_hooks for m in model.modules())
+    assert model.samples_drawn == 0
+    after = model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in state.items())
+
+
+class HalfMixed(nas.Supernet):
+    """Edge 0 a MixedEdge, edge 1 mixed by hand: the counts cannot cover it."""
+
+    def __init__(self) -> None:
+        super().__init__("gdas", {"cell": (2, ("skip_connect", "nor_conv_1x1"))}, seed=0)
+        self.edge = nas.MixedEdge(("skip_connect", "nor_conv_1x1"), 3)
+        self.conv = torch.nn.Conv2d(3, 3, 1)
+        self.head = torch.nn.Linear(3, 10)
+
+    def forward(self, x):
+        w = self.sample()["cell"].weights
+        h = self.edge(x, w[0]) + w[1, 0] * x + w[1, 1] * self.conv(x)
+        return self.head(h.mean((2, 3)))
+
+
+def test_params_sampling_needs_mixed_edges():
+    with pytest.raises(nas.InputError, match=r"HalfMixed runs 1 of the 2 edges of cell kind 'cell'"):
+        weight_sampling_logits(HalfMixed(), "params", 8)
+    with pytest.raises(nas.InputError, match="weight_sampling: params counts .* nas.MixedEdge"):
+        weight_sampling_logits(ToySupernet(seed=0), "params", 8)
+    assert weight_sampling_logits(ToySupernet(seed=0), "uniform", 8)["cell"].eq(0).all()
 
 
 def test_reinforce_runs_forward_only_samples_times_and_returns_the_mean_loss():

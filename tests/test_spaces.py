@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import nas
-from conftest import DARTS_V2
+from conftest import DARTS_V2, check_genotype_cells
 from search_spaces.darts import FixedReductionCell
 
 NB201_ARCH = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
@@ -174,10 +174,30 @@ def test_genotype_cell_skips_none_unless_a_node_has_nothing_else():
 
 
 def test_nb201_network_forward():
+    """Each cell computes the genotype's edges; the network is stem, cells and residual blocks
+    in stage order, then batch-norm, ReLU, global pooling and the classifier."""
     torch.manual_seed(0)
-    net = nb201().network(nas.parse_genotype(NB201_ARCH), 7, C=4, cells_per_stage=1)
-    out = net(images(2, size=8))
+    genotype = nas.parse_genotype(NB201_ARCH)
+    net = nb201().network(genotype, 7, C=4, cells_per_stage=2)
+    x = images(2, size=8)
+    assert check_genotype_cells(net, genotype, x) == 6
+    kinds = [type(layer).__name__ for layer in net.layers]
+    assert kinds == ["GenotypeCell"] * 2 + ["ResidualReduction"] + ["GenotypeCell"] * 2 + \
+        ["ResidualReduction"] + ["GenotypeCell"] * 2
+    with torch.no_grad():
+        h = net.stem(x)
+        for layer in net.layers:
+            h = layer((h,)) if isinstance(layer, nas.GenotypeCell) else layer(h)
+        assert h.shape == (2, 16, 2, 2)
+        expected = net.classifier(torch.relu(net.lastact[0](h)).mean((2, 3)))
+        out = net(x)
     assert out.shape == (2, 7) and torch.isfinite(out).all()
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    other = nb201().network(nas.parse_genotype(NB201_ARCH.replace("skip_connect~0", "none~0")), 7,
+                            C=4, cells_per_stage=2).eval()
+    other.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(other(x), out)  # the wiring shows in the output
 
 
 # -- GDAS-FRC -------------------------------------------------------------------------------------

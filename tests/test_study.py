@@ -216,3 +216,17 @@ def test_the_shipped_study_loads_with_its_methods_in_order(monkeypatch):
     decoupled = nas.config.load_config(s.methods["decoupled_params"].config,
                                        s.methods["decoupled_params"].sets).search
     assert (decoupled.tau_forward.schedule, decoupled.tau_forward.max) == ("constant", 2.0)
+    # the estimator rows differ from the REINFORCE row in the estimator and its temperature only
+    searches = {m: nas.config.load_config(s.methods[m].config, s.methods[m].sets).search
+                for m in ("gdas_nb201_cpu", "gdas_params", "gumbel_rao_params", "reinmax_params",
+                          "decoupled_params")}
+    first = searches["gdas_nb201_cpu"]
+    for name, search in searches.items():
+        assert (search.warmup_epochs, search.arch_lr, search.weight_sampling, search.epochs) == \
+            (first.warmup_epochs, first.arch_lr, first.weight_sampling, first.epochs), name
+        assert search.estimator == {"gdas_nb201_cpu": "reinforce", "gumbel_rao_params": "gumbel_rao",
+                                    "reinmax_params": "reinmax"}.get(name, "gdas")
+    taus = {name: (search.tau.schedule, search.tau.max, search.tau.min)
+            for name, search in searches.items()}
+    assert taus["reinmax_params"] == ("constant", 1.0, 1.0)  # ReinMax near tau = 1
+    assert taus["gdas_params"] == taus["gumbel_rao_params"] == ("linear", 10.0, 0.1)

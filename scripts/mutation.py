@@ -1,0 +1,265 @@
+#!/usr/bin/env python
+"""Mutation testing of the search core with mutmut: one module at a time, with its fast tests.
+
+    pip install -e '.[dev]'
+    python scripts/mutation.py [MODULE ...] [--jobs N] [--work DIR] [--source DIR] [--json FILE]
+                               [--survivors]
+
+MODULE is one of gumbel, supernet, search, schedules, genotype (default: all five, one after
+the other). For each, the source tree (tracked and untracked, not ignored, files of ``--source``,
+default this repository) is copied to WORK/MODULE (default ``.mutation/``, ignored by git), and
+mutmut mutates the module's listed functions there; each mutant runs the module's fast tests
+that call the mutated function (mutmut records which tests call which function first). ``--jobs``
+mutants run at once (default 1: the machine is shared). ``--survivors`` runs again only the
+mutants that no test killed in the last run in WORK (after adding tests; a module whose code
+changed is run in full).
+
+The score of a module is killed / (mutants - equivalent): a mutant is killed when a test fails
+(or times out, or crashes); an equivalent mutant computes what the original computes, so no test
+can kill it. ``scripts/mutation_equivalent.yaml`` lists those, each with the mutated line (so a
+renumbered mutant is noticed) and why it is equivalent. Prints one table row per module, and the
+surviving mutants that are not listed as equivalent (``mutmut show NAME`` in WORK/MODULE shows
+one); ``--json`` also writes the counts. Exit 0 when the run finished (whatever the score), 1 if
+mutmut failed, 2 on bad arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+EQUIVALENT = Path(__file__).with_name("mutation_equivalent.yaml")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A module, the functions of it to mutate (mutmut's mangled names, globs) and its tests."""
+
+    path: str
+    functions: tuple[str, ...]
+    tests: tuple[str, ...]
+
+
+# The tests of each module are its fast unit tests: whole searches through the CLI are left
+# out, since every mutant of a function they call would run them.
+TARGETS = {
+    "gumbel": Target("nas/gumbel.py", ("x_*", "xǁ*"), (
+        "tests/test_gumbel.py", "tests/test_edge_topk.py::test_relaxed_topk_is_successive_softmaxes_by_hand",
+        "tests/test_edge_topk.py::test_gumbel_topk_st_is_an_exact_k_hot_of_the_perturbed_top_k",
+        "tests/test_edge_topk.py::test_the_k_subsets_follow_plackett_luce_without_replacement",
+        "tests/test_edge_topk.py::test_gumbel_topk_st_passes_dim_through",
+        "tests/test_estimators.py::test_conditional_gumbel_has_the_right_argmax_and_marginals",
+        "tests/test_estimators.py::test_conditional_gumbel_keeps_masked_entries_out_and_works_per_row",
+        "tests/test_estimators.py::test_gumbel_rao_is_straight_through_rao_blackwellised",
+        "tests/test_estimators.py::test_reinmax_gradient_is_the_papers_formula",
+        "tests/test_toy_estimators.py")),
+    # the sampling and gradient code: the hard weights' gradients, the mixed edge, the cell's
+    # single-path forward, the samples and their log-probabilities (not construction checks,
+    # names, state or derivation, which is genotype's)
+    "supernet": Target("nas/supernet.py", (
+        "x__dot", "xǁ_SampledNodeǁ*", "x_sampled_node", "x_sampled_op", "xǁArchSampleǁ*",
+        "xǁMixedEdgeǁforward", "xǁMixedEdgeǁ_build", "xǁSearchCellǁforward", "x_canonical_order",
+        "xǁSupernetǁ_layout", "xǁSupernetǁnode_logits", "xǁSupernetǁ_edge_sample",
+        "xǁSupernetǁedge_probabilities", "xǁSupernetǁarch_parameters",
+        "xǁSupernetǁweight_parameters", "xǁSupernetǁ_generator", "xǁSupernetǁ_canonical",
+        "xǁSupernetǁsample", "xǁSupernetǁ_draw", "xǁSupernetǁlog_prob", "xǁSupernetǁprobabilities",
+        "xǁSupernetǁentropy"), (
+        "tests/test_supernet.py", "tests/test_edge_topk.py", "tests/test_toy_estimators.py",
+        "tests/test_estimators.py::test_supernet_estimators_run_the_gdas_sample_and_reach_every_logit",
+        "tests/test_estimators.py::test_decoupled_temperatures_hand_computed",
+        "tests/test_estimators.py::test_the_forward_temperature_sets_the_sampled_distribution",
+        "tests/test_search_quality.py::test_weight_steps_sample_from_fixed_logits_not_the_architecture",
+        "tests/test_search_quality.py::test_reinforce_runs_forward_only_samples_times_and_returns_the_mean_loss",
+        "tests/test_reorder.py")),
+    "search": Target("nas/search.py", (
+        "x_weight_step", "x_arch_step", "x_reinforce_step", "x_edge_parameters",
+        "x_weight_sampling_logits"), (
+        "tests/test_search_quality.py", "tests/test_toy_estimators.py", "tests/test_steps.py")),
+    "schedules": Target("nas/schedules.py", ("x_*", "xǁ*"), ("tests/test_schedules.py",)),
+    "genotype": Target("nas/genotype.py", ("x_edge_inputs", "x_num_nodes", "x_derive_cell"), (
+        "tests/test_genotype.py", "tests/test_supernet.py", "tests/test_edge_topk.py")),
+}
+DETECTED = {"killed", "timeout", "segfault"}  # a test failed, hung or the process crashed
+
+
+def fail(message: str) -> int:
+    print(f"mutation: error: {message}", file=sys.stderr)
+    return 2
+
+
+def source_files(source: Path) -> list[str]:
+    """The files of ``source`` that git tracks or would track (untracked, not ignored)."""
+    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=source,
+                         capture_output=True, text=True, check=True).stdout
+    return [f for f in out.split("\0") if f and (source / f).is_file()]
+
+
+def prepare(source: Path, work: Path, target: Target) -> None:
+    """Copy the tree to ``work`` (keeping mutmut's earlier results) and configure mutmut there."""
+    work.mkdir(parents=True, exist_ok=True)
+    for name in source_files(source):
+        dest = work / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / name, dest)
+    tests = "".join(f"\n    {t}" for t in present_tests(work, target))
+    config = (work / "setup.cfg").read_text().split("\n[mutmut]")[0].rstrip("\n")
+    (work / "setup.cfg").write_text(config + "\n".join([
+        "", "", "[mutmut]", "source_paths =", "    nas", "    search_spaces",
+        "also_copy =", "    configs", "    scripts",
+        f"only_mutate = {target.path}", f"pytest_add_cli_args_test_selection ={tests}",
+        "# torch is not fork-safe once it has run: every mutant forks from a clean server",
+        "process_isolation = forkserver", ""]))
+
+
+def present_tests(work: Path, target: Target) -> list[str]:
+    """The module's tests that exist in ``work`` (an older tree may lack the newer ones)."""
+    out = []
+    for test in target.tests:
+        file, _, function = test.partition("::")
+        if (work / file).is_file() and (not function or f"def {function}(" in (work / file).read_text()):
+            out.append(test)
+    return out
+
+
+def mutant_globs(name: str, target: Target) -> list[str]:
+    module = target.path[:-3].replace("/", ".")
+    return [f"{module}.{f}__mutmut_*" for f in target.functions]
+
+
+def undetected(work: Path, target: Target, globs: list[str]) -> list[str]:
+    """The mutants of the last run in ``work`` that no test detected (or that never ran); all
+    of them when there was no run."""
+    meta = work / "mutants" / (target.path + ".meta")
+    if not meta.is_file():
+        return globs
+    from mutmut.stats import status_by_exit_code
+    codes = json.loads(meta.read_text())["exit_code_by_key"]
+    return [k for k, v in codes.items() if any(fnmatch.fnmatch(k, g) for g in globs)
+            and status_by_exit_code[v] not in DETECTED]
+
+
+def load_equivalent() -> dict[str, dict[str, str]]:
+    import yaml
+    if not EQUIVALENT.is_file():
+        return {}
+    return yaml.safe_load(EQUIVALENT.read_text()) or {}
+
+
+def mutated_lines(work: Path, mutant: str) -> list[str]:
+    """The lines the mutant adds (stripped), from ``mutmut show``."""
+    out = subprocess.run([sys.executable, "-m", "mutmut", "show", mutant], cwd=work,
+                         capture_output=True, text=True).stdout
+    return [l[1:].strip() for l in out.splitlines() if l.startswith("+") and not l.startswith("+++")]
+
+
+def score(name: str, target: Target, work: Path, equivalent: dict[str, dict[str, str]]) -> dict:
+    """Count the module's mutants by status; check the equivalent ones against their lines."""
+    from mutmut.stats import status_by_exit_code
+    meta = json.loads((work / "mutants" / (target.path + ".meta")).read_text())
+    globs = mutant_globs(name, target)
+    statuses = {k: status_by_exit_code[v] for k, v in meta["exit_code_by_key"].items()
+                if any(fnmatch.fnmatch(k, g) for g in globs)}
+    counts: dict[str, int] = {}
+    for status in statuses.values():
+        counts[status] = counts.get(status, 0) + 1
+    equivalent_here, stale, survivors = [], [], []
+    for mutant, status in sorted(statuses.items()):
+        if status in DETECTED:
+            continue
+        entry = equivalent.get(mutant)
+        if entry is not None and status == "survived":
+            if entry.get("line", "").strip() in mutated_lines(work, mutant):
+                equivalent_here.append(mutant)
+                continue
+            stale.append(mutant)
+        survivors.append(mutant)
+    listed = [m for m in equivalent if m.startswith(target.path[:-3].replace("/", ".") + ".")]
+    missing = [m for m in listed if m not in statuses or statuses[m] in DETECTED]
+    killed = sum(counts.get(s, 0) for s in DETECTED)
+    total = len(statuses)
+    scored = total - len(equivalent_here)
+    return {"module": name, "mutants": total, "killed": killed, "equivalent": len(equivalent_here),
+            "survived": len(survivors), "score": killed / scored if scored else 1.0,
+            "counts": counts, "survivors": survivors, "stale_equivalent": stale,
+            "listed_but_not_surviving": missing}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("modules", nargs="*", metavar="MODULE", help=", ".join(TARGETS))
+    parser.add_argument("--jobs", type=int, default=1, help="mutants run at once (default 1)")
+    parser.add_argument("--work", type=Path, default=REPO / ".mutation",
+                        help="where the mutated copies live (default .mutation/)")
+    parser.add_argument("--source", type=Path, default=REPO,
+                        help="the tree to mutate (default: this repository's working tree)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--survivors", action="store_true",
+                        help="run again only the mutants of WORK/MODULE's last run that no test "
+                             "killed (after adding tests; all of them if the module changed)")
+    args = parser.parse_args(argv)
+    unknown = [m for m in args.modules if m not in TARGETS]
+    if unknown:
+        return fail(f"unknown module '{unknown[0]}' (known: {', '.join(TARGETS)})")
+    if args.jobs < 1:
+        return fail(f"--jobs must be at least 1, got {args.jobs}")
+    if not (args.source / "nas").is_dir():
+        return fail(f"--source {args.source} holds no nas/ package")
+    try:
+        import mutmut  # noqa: F401
+    except ImportError:
+        return fail("mutmut is not installed: pip install -e '.[dev]'")
+    equivalent = load_equivalent()
+    results = []
+    for name in args.modules or list(TARGETS):
+        target, work = TARGETS[name], args.work.resolve() / name
+        old = work / target.path
+        same_code = old.is_file() and old.read_bytes() == (args.source / target.path).read_bytes()
+        prepare(args.source.resolve(), work, target)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutants/ comes first
+        log = work / "mutmut.log"
+        print(f"{name}: mutating {target.path} in {work} (log: {log})", flush=True)
+        names = mutant_globs(name, target)
+        if args.survivors and same_code:  # the module changed: its mutants are new, run them all
+            names = undetected(work, target, names)
+            print(f"{name}: {len(names)} mutants to run again", flush=True)
+        code = 0
+        if names:
+            with log.open("w") as out:
+                code = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children",
+                                       str(args.jobs), *names],
+                                      cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+        if code != 0:
+            print(f"mutation: mutmut failed on {name} (exit {code}); see {log}", file=sys.stderr)
+            return 1
+        results.append(score(name, target, work, equivalent))
+        r = results[-1]
+        print(f"{name}: {r['killed']} of {r['mutants'] - r['equivalent']} non-equivalent mutants "
+              f"killed ({100 * r['score']:.1f}%), {r['equivalent']} equivalent", flush=True)
+    print("\n| module | mutants | equivalent | killed | survived | score |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in results:
+        print(f"| {TARGETS[r['module']].path} | {r['mutants']} | {r['equivalent']} | {r['killed']} | "
+              f"{r['survived']} | {100 * r['score']:.1f}% |")
+    for r in results:
+        if r["survivors"]:
+            print(f"\nsurviving in {r['module']}: " + " ".join(r["survivors"]))
+        if r["stale_equivalent"]:
+            print(f"listed as equivalent, but the mutated line changed ({r['module']}): "
+                  + " ".join(r["stale_equivalent"]))
+        if r["listed_but_not_surviving"]:
+            print(f"listed as equivalent, but not a surviving mutant now ({r['module']}): "
+                  + " ".join(r["listed_but_not_surviving"]))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
