@@ -1,4 +1,4 @@
-"""The ``nas`` command: search, train, run, evaluate, list, plot, genotype show|plot.
+"""The ``nas`` command: search, train, run, evaluate, list, plot, genotype show|plot, export, profile.
 
 A user's mistake (bad config, flag, data, checkpoint) prints one line ``nas <verb>: error: ...``
 and exits with status 2; Ctrl-C exits with 130 and says how to resume.
