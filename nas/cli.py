@@ -1,4 +1,4 @@
-"""The ``nas`` command: search, train, run, evaluate, list, plot, genotype show|plot, export, profile.
+"""The ``nas`` command: search, train, run, evaluate, list, plot, genotype show|plot.
 
 A user's mistake (bad config, flag, data, checkpoint) prints one line ``nas <verb>: error: ...``
 and exits with status 2; Ctrl-C exits with 130 and says how to resume.
@@ -128,8 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_deploy_verbs(verbs) -> None:
     """``nas export`` and ``nas profile``."""
-    p = verbs.add_parser("export", help="write a trained network as ONNX, TorchScript or a "
-                         "torch.export program, checked against PyTorch")
+    p = verbs.add_parser(
+        "export", help="write a trained network as ONNX, TorchScript or a torch.export program, "
+        "checked against PyTorch",
+        description="Write the network of a nas train run in eval mode (auxiliary head and drop "
+        "path removed) as one file that runs without gumbel-nas: ONNX, TorchScript or a "
+        "torch.export program, with a dynamic batch dimension. The file is checked in a fresh "
+        "Python process that cannot import gumbel-nas: a fixed batch must give logits within "
+        "--tolerance of PyTorch's, else nothing is written.")
     p.add_argument("source", metavar="RUN|CHECKPOINT",
                    help="a nas train run directory (or a nas run directory) or its checkpoint.pt")
     p.add_argument("--format", required=True, choices=("onnx", "torchscript", "exported"),
@@ -148,8 +154,13 @@ def _add_deploy_verbs(verbs) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_plugin_option(p)
 
-    p = verbs.add_parser("profile", help="parameters, multiply-adds, latency and memory of a "
-                         "genotype's network, in total and per cell")
+    p = verbs.add_parser(
+        "profile", help="parameters, multiply-adds, latency and memory of a genotype's network, "
+        "in total and per cell",
+        description="Measure the network that network: builds from a genotype: parameters "
+        "(auxiliary head left out), multiply-adds (torch.utils.flop_counter), latency (median of "
+        "timed runs after warm-up, at batch 1 and --batch, threads stated) and peak activation "
+        "memory, in total and per cell; a table, or JSON with --json.")
     p.add_argument("target", metavar="GENOTYPE|RUN", help=GENOTYPE_HELP + ", or a run directory "
                    "(its genotype and saved config)")
     p.add_argument("--config", metavar="FILE", help="YAML config whose network: options and "
@@ -158,7 +169,8 @@ def _add_deploy_verbs(verbs) -> None:
                    help="override config values, e.g. --set network.C=16")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: the config's device)")
     p.add_argument("--batch", type=int, default=16, metavar="N",
-                   help="the larger batch latency and memory are measured at, beside 1 (default 16)")
+                   help="the larger batch latency and memory are measured at, beside 1 "
+                        "(default 16)")
     p.add_argument("--image-size", type=int, metavar="S", help="default: data.image_size")
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads (torch.set_num_threads; default: torch's choice)")
@@ -192,15 +204,6 @@ DESCRIPTIONS = {
             "side by side (from metrics.jsonl).",
     "genotype": "Show a genotype node by node (nas genotype show) or draw its cells "
                 "(nas genotype plot).",
-    "export": "Write the network of a nas train run in eval mode (auxiliary head and drop path "
-              "removed) as one file that runs without gumbel-nas: ONNX, TorchScript or a "
-              "torch.export program, with a dynamic batch dimension. The file is checked in a "
-              "fresh Python process that cannot import gumbel-nas: a fixed batch must give "
-              "logits within --tolerance of PyTorch's, else nothing is written.",
-    "profile": "Measure the network that network: builds from a genotype: parameters (auxiliary "
-               "head left out), multiply-adds (torch.utils.flop_counter), latency (median of "
-               "timed runs after warm-up, at batch 1 and --batch, threads stated) and peak "
-               "activation memory, in total and per cell; a table, or JSON with --json.",
 }
 
 
@@ -501,8 +504,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"export": cmd_export, "profile": cmd_profile, "search": cmd_search, "plot": cmd_plot, "train": cmd_train, "run": cmd_run, "evaluate": cmd_evaluate,
+COMMANDS = {"search": cmd_search, "plot": cmd_plot, "train": cmd_train, "run": cmd_run, "evaluate": cmd_evaluate,
             "list": cmd_list, "genotype": cmd_genotype}
+COMMANDS.update(export=cmd_export, profile=cmd_profile)  # nas/export.py, nas/profiling.py
 
 
 def _import_torch() -> None:

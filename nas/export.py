@@ -228,10 +228,11 @@ else:
         module = torch.export.load(model_path).module()
     with torch.no_grad():
         outputs = [module(torch.from_numpy(x)).numpy() for x in inputs]
-    runtime = f"torch {torch.__version__} ({'torch.jit.load' if fmt == 'torchscript' else 'torch.export.load'})"
+    loader = "torch.jit.load" if fmt == "torchscript" else "torch.export.load"
+    runtime = f"torch {torch.__version__} ({loader})"
 for i, out in enumerate(outputs):
     np.save(f"{io_dir}/output{i}.npy", out)
-print(json.dumps({"runtime": runtime, "modules": sorted(m for m in sys.modules if m.split('.')[0] in ('nas', 'search_spaces'))}))
+print(json.dumps({"runtime": runtime}))
 """
 
 
@@ -263,9 +264,9 @@ def run_check(path: Path, fmt: str, inputs: list[Tensor], space: str, work: Path
                          "30 minutes; nothing was written") from None
     if done.returncode != 0:
         lines = [l for l in done.stderr.strip().splitlines() if l.strip()]
+        why = lines[-1] if lines else f"exit status {done.returncode}"
         raise InputError(f"the {fmt} file does not run in a fresh Python process without "
-                         f"gumbel-nas ({lines[-1] if lines else f'exit status {done.returncode}'}); "
-                         "nothing was written")
+                         f"gumbel-nas ({why}); nothing was written")
     outputs = [torch.from_numpy(np.load(work / f"output{i}.npy")) for i in range(len(inputs))]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     return outputs, report["runtime"]
@@ -331,10 +332,11 @@ def export(source: str | Path, fmt: str, out: str | Path | None = None, *, batch
         try:
             _write(module, fmt, example, written)
         except Exception as exc:
-            raise InputError(f"the network could not be exported as {fmt}: {first_line(exc)}") from None
+            raise InputError(f"the network could not be exported as {fmt}: "
+                             f"{first_line(exc)}") from None
         step("check in a fresh process")
         (got, got_one), runtime = run_check(written, fmt, [x, x[:1]], trained.space, work)
-        if tuple(got.shape) != tuple(reference.shape) or tuple(got_one.shape) != (1, reference.shape[1]):
+        if got.shape != reference.shape or got_one.shape != one.shape:
             raise InputError(f"the {fmt} file returned logits of shape {tuple(got.shape)} for "
                              f"{tuple(reference.shape)}; nothing was written")
         diff = max(float((got.float() - reference).abs().max()),

@@ -69,7 +69,8 @@ def _is_tty() -> bool:
 
 @contextlib.contextmanager
 def steps_bar(total: int, title: str, quiet: bool = False) -> Iterator[Callable[[str], None]]:
-    """A bar of ``total`` named steps (on a terminal); yields ``step(name)``, called as each starts."""
+    """A bar of ``total`` named steps (on a terminal); yields ``step(name)``, called as each
+    step starts."""
     bar = tqdm(total=total, desc=title, unit="step", leave=False, disable=quiet or not _is_tty())
     started = []
 

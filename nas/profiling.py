@@ -104,9 +104,10 @@ def blocks_of(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def kind_of(module: nn.Module, genotype: Genotype | None) -> str:
     """``normal cell``, ``reduce cell`` (what the genotype's cells are called) or the class name."""
     kinds = set()
+    built = {k: tuple(tuple((op, int(src)) for op, src in node) for node in nodes)
+             for k, nodes in (genotype.cells.items() if genotype else ())}  # as a cell keeps them
     for cell in (m for m in module.modules() if isinstance(m, GenotypeCell)):
-        names = [k for k, nodes in (genotype.cells.items() if genotype else ())
-                 if tuple(tuple((op, int(src)) for op, src in node) for node in nodes) == cell.nodes]
+        names = [k for k, nodes in built.items() if nodes == cell.nodes]
         kinds.add(names[0] if names else "genotype")
     if len(kinds) == 1:
         kind = kinds.pop()
@@ -135,7 +136,8 @@ def record_calls(model: nn.Module, blocks: list[tuple[str, nn.Module]], x: Tenso
         return hook
 
     def after(name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
+                 out: Any) -> None:
             if meter is not None and saved:
                 live, peak = saved.pop()
                 peaks[name] = max(peaks.get(name, 0), meter.peak - live)
@@ -208,7 +210,8 @@ def profile_network(model: nn.Module, image_size: int, device: torch.device | st
                     batch: int = BATCH, runs: int = RUNS, warmup: int = WARMUP,
                     genotype: Genotype | None = None, channels_last: bool = False,
                     progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Parameters, multiply-adds, latency and memory of ``model``, in total and per block (JSON-ready).
+    """Parameters, multiply-adds, latency and memory of ``model`` (moved to ``device``), in
+    total and per block, JSON-ready.
 
     Latency: median of up to ``runs`` timed forwards after ``warmup`` (fewer runs, at least 3,
     when a forward is slow), at batch 1 and ``batch``, in ``torch.get_num_threads()`` threads.
@@ -289,7 +292,8 @@ def format_profile(p: dict[str, Any], title: str = "") -> str:
     lines = [title] if title else []
     where = (f"{p['device']}, {p['threads']} thread{'s' if p['threads'] != 1 else ''}"
              f"{', channels-last' if p['channels_last'] else ''}")
-    left = f" (auxiliary head left out: {p['params_left_out']:,} more)" if p["params_left_out"] else ""
+    left = f" (auxiliary head left out: {p['params_left_out']:,} more)" \
+        if p["params_left_out"] else ""
     lines.append(f"parameters: {p['params']:,}{left}")
     lines.append(f"multiply-adds: {p['macs'] / 1e6:,.1f}M per {p['image_size']}x{p['image_size']} "
                  "image (torch.utils.flop_counter, eval mode)")
@@ -299,7 +303,8 @@ def format_profile(p: dict[str, Any], title: str = "") -> str:
     lines.append(f"latency on {where}: {lat}; median of {runs} runs after {p['warmup']} warm-up")
     mem = p["memory"]
     act = ", ".join(f"batch {b} {_mb(mem['activation_peak_bytes'][b])} MiB" for b in sizes)
-    lines.append(f"memory: weights {_mb(mem['weights_bytes'])} MiB; activations at their peak {act}")
+    lines.append(f"memory: weights {_mb(mem['weights_bytes'])} MiB; activations at their peak "
+                 f"{act}")
     if "cuda_max_allocated_bytes" in mem:
         cuda = ", ".join(f"batch {b} {_mb(mem['cuda_max_allocated_bytes'][b])} MiB" for b in sizes)
         lines.append(f"  torch.cuda.max_memory_allocated during the forward (weights and input "
@@ -335,7 +340,8 @@ def run_files(path: Path) -> Path | None:
 
 
 def network_to_profile(target: str, config: str | None = None, sets: Sequence[str] = (),
-                       image_size: int | None = None) -> tuple[nn.Module, Genotype, str, Any, int, int]:
+                       image_size: int | None = None
+                       ) -> tuple[nn.Module, Genotype, str, Any, int, int]:
     """The network ``nas profile TARGET`` measures: (network, genotype, space, config, classes,
     image size). A run directory gives its genotype and its saved config (unless ``config``);
     a genotype (name, file, string) gets ``config`` or the defaults, as ``nas train`` would."""

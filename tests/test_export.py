@@ -28,8 +28,9 @@ PLUGIN = f"{ROOT / 'scripts' / 'example_plugin.py'}:SPACE"
 SPACES = {  # space -> (genotype, network options); each a network of a few thousand parameters
     "darts": (DARTS_V2, {"C": 4, "cells": 3, "auxiliary": True}),
     "nasbench201": (NB, {"C": 4, "cells_per_stage": 1}),
-    "plugin": (nas.Genotype({"cell": [[("mbconv_3x3", 0)], [("nor_conv_3x3", 0), ("skip_connect", 1)]]},
-                            space=PLUGIN), {"C": 4, "cells": 2}),
+    "plugin": (nas.Genotype({"cell": [[("mbconv_3x3", 0)],
+                                      [("nor_conv_3x3", 0), ("skip_connect", 1)]]}, space=PLUGIN),
+               {"C": 4, "cells": 2}),
 }
 NEEDS_ONNX = pytest.mark.skipif(bool(onnx_missing()), reason="the export extra (onnx, onnxscript, "
                                 "onnxruntime) is not installed")
