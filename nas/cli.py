@@ -137,9 +137,66 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("genotype", metavar="FILE|NAME|STRING", help=GENOTYPE_HELP)
     g.add_argument("--out", metavar="DIR", help="output directory (default: beside the file, "
                    "or the current directory)")
+    _add_deploy_verbs(verbs)
     for name, text in DESCRIPTIONS.items():  # what `nas VERB --help` says above the options
         verbs.choices[name].description = text
     return parser
+
+
+def _add_deploy_verbs(verbs) -> None:
+    """``nas export`` and ``nas profile``."""
+    p = verbs.add_parser(
+        "export", help="write a trained network as ONNX, TorchScript or a torch.export program, "
+        "checked against PyTorch",
+        description="Write the network of a nas train run in eval mode (auxiliary head and drop "
+        "path removed) as one file that runs without gumbel-nas: ONNX, TorchScript or a "
+        "torch.export program, with a dynamic batch dimension. The file is checked in a fresh "
+        "Python process that cannot import gumbel-nas: a fixed batch must give logits within "
+        "--tolerance of PyTorch's, else nothing is written.")
+    p.add_argument("source", metavar="RUN|CHECKPOINT",
+                   help="a nas train run directory (or a nas run directory) or its checkpoint.pt")
+    p.add_argument("--format", required=True, choices=("onnx", "torchscript", "exported"),
+                   help="onnx (opset 18, needs the export extra), torchscript (traced) or "
+                        "exported (torch.export, .pt2)")
+    p.add_argument("--out", metavar="FILE", help="where to write it (default: model.onnx, "
+                   "model.pt or model.pt2 beside the checkpoint); an existing file is refused")
+    p.add_argument("--batch", type=int, default=8, metavar="N",
+                   help="images in the fixed check batch (default 8); the file takes any batch")
+    p.add_argument("--image-size", type=int, metavar="S",
+                   help="image size the file is traced and checked at (default: the run's "
+                        "data.image_size)")
+    p.add_argument("--tolerance", type=float, default=1e-3, metavar="T",
+                   help="largest absolute difference of a logit allowed between the file and "
+                        "PyTorch (default 1e-3)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_plugin_option(p)
+
+    p = verbs.add_parser(
+        "profile", help="parameters, multiply-adds, latency and memory of a genotype's network, "
+        "in total and per cell",
+        description="Measure the network that network: builds from a genotype: parameters "
+        "(auxiliary head left out), multiply-adds (torch.utils.flop_counter), latency (median of "
+        "timed runs after warm-up, at batch 1 and --batch, threads stated) and peak activation "
+        "memory, in total and per cell; a table, or JSON with --json.")
+    p.add_argument("target", metavar="GENOTYPE|RUN", help=GENOTYPE_HELP + ", or a run directory "
+                   "(its genotype and saved config)")
+    p.add_argument("--config", metavar="FILE", help="YAML config whose network: options and "
+                   "data.image_size build the network (default: the run's, else the defaults)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
+                   help="override config values, e.g. --set network.C=16")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: the config's device)")
+    p.add_argument("--batch", type=int, default=16, metavar="N",
+                   help="the larger batch latency and memory are measured at, beside 1 "
+                        "(default 16)")
+    p.add_argument("--image-size", type=int, metavar="S", help="default: data.image_size")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads (torch.set_num_threads; default: torch's choice)")
+    p.add_argument("--runs", type=int, default=20, metavar="N",
+                   help="timed runs per measurement at most (default 20; fewer, at least 3, "
+                        "when a forward takes long)")
+    p.add_argument("--json", action="store_true", help="print the profile as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_plugin_option(p)
 
 
 DESCRIPTIONS = {
@@ -248,6 +305,9 @@ def _print_train(result) -> None:
     print(f"test accuracy: {result.test_acc:.2f}% ({result.params:,} parameters, "
           f"{result.macs / 1e6:.1f}M multiply-adds)")
     print(f"result file: {result.run_dir / 'result.json'}")
+    if (result.run_dir / "profile.json").is_file():
+        print(f"profile (parameters, multiply-adds, latency, memory per cell): "
+              f"{result.run_dir / 'profile.json'}")
     print(f"TensorBoard: tensorboard --logdir {result.run_dir}")
 
 
@@ -446,8 +506,53 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import describe, export
+    from .monitor import steps_bar
+    with steps_bar(3, "export", args.quiet) as step:
+        result = export(args.source, args.format, args.out, batch=args.batch,
+                        image_size=args.image_size, tolerance=args.tolerance, progress=step)
+    print("\n".join(describe(result)))
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from .monitor import steps_bar
+    from .profiling import format_profile, network_to_profile, profile_network, with_network
+    from .runtime import channels_last, resolve_device
+    from .spaces import check_network
+
+    for flag, value, least in (("--batch", args.batch, 1), ("--runs", args.runs, 1),
+                               ("--threads", args.threads, 1)):
+        if value is not None and value < least:
+            raise InputError(f"{flag} must be at least {least}, got {value}")
+    model, genotype, space, cfg, classes, size = network_to_profile(
+        args.target, args.config, args.set, args.image_size)
+    device = resolve_device(args.device or cfg.device)
+    check_network(model, classes, size, f"search space '{space}'")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    layout = channels_last(cfg.train.channels_last, device)  # as nas train runs it
+    with steps_bar(4 if args.batch > 1 else 2, "profile", args.quiet) as step:
+        profile = profile_network(model, size, device, batch=args.batch, runs=args.runs,
+                                  genotype=genotype, channels_last=layout, progress=step)
+    options = ", ".join(f"{k}={v}" for k, v in cfg.network.items()) or "default options"
+    profile = with_network(profile, space, genotype, cfg.network, classes)
+    if args.json:
+        print(json.dumps(profile, indent=2))
+    else:
+        print(format_profile(profile, f"{space} network ({options}; {classes} classes, "
+                                      f"{size}x{size} images)"))
+    return 0
+
+
 COMMANDS = {"search": cmd_search, "plot": cmd_plot, "train": cmd_train, "run": cmd_run, "evaluate": cmd_evaluate,
             "list": cmd_list, "genotype": cmd_genotype}
+COMMANDS.update(export=cmd_export, profile=cmd_profile)  # nas/export.py, nas/profiling.py
 
 
 class Terminated(KeyboardInterrupt):

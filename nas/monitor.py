@@ -11,12 +11,13 @@ the nodes), the same in every view: TensorBoard tags, heatmap rows, ``nas genoty
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from tqdm import tqdm
 
@@ -72,6 +73,25 @@ def _cut_jsonl(path: Path, last_epoch: int) -> None:
 
 def _is_tty() -> bool:
     return hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+
+
+@contextlib.contextmanager
+def steps_bar(total: int, title: str, quiet: bool = False) -> Iterator[Callable[[str], None]]:
+    """A bar of ``total`` named steps (on a terminal); yields ``step(name)``, called as each
+    step starts."""
+    bar = tqdm(total=total, desc=title, unit="step", leave=False, disable=quiet or not _is_tty())
+    started = []
+
+    def step(name: str) -> None:
+        if started:
+            bar.update(1)
+        started.append(name)
+        bar.set_postfix_str(name)
+
+    try:
+        yield step
+    finally:
+        bar.close()
 
 
 class Monitor:

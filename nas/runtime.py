@@ -335,9 +335,14 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
 
 
 def checkpoint_state(kind: str, epoch: int, objects: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    """A checkpoint: every object's ``state_dict()``, the RNG states, the kind and the epoch."""
+    """A checkpoint: every object's ``state_dict()``, the RNG states, the kind and the epoch.
+
+    ``version`` (of gumbel-nas) lets a reader say which version wrote a checkpoint that does
+    not fit its own.
+    """
+    from . import __version__
     return {"kind": kind, "epoch": epoch, **{k: obj.state_dict() for k, obj in objects.items()},
-            "rng": rng_state(), **extra}
+            "rng": rng_state(), "version": __version__, **extra}
 
 
 # Keys a resumed run may take from an edited config.yaml (or flags): where the data is, how it

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,8 +272,29 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
               "epochs": t.epochs, "space": space, "genotype": str(genotype)}
     if main:
         (run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+        write_profile(run_dir / "profile.json", model, cfg, genotype, space,
+                      train_data.num_classes, device, layout)
     dist.barrier()
     return TrainResult(test_acc, test_loss, params, macs, run_dir)
+
+
+def write_profile(path: Path, model: nn.Module, cfg: Config, genotype: Genotype, space: str,
+                  num_classes: int, device: torch.device, layout: bool) -> None:
+    """``profile.json``: what the trained network costs on the run's device (``nas profile``).
+
+    The run's results are saved already: a network the profiler cannot follow costs this file
+    alone, with one line saying so.
+    """
+    from .profiling import profile_network, with_network
+    from .spaces import first_line
+    try:
+        profile = profile_network(model, cfg.data.image_size, device, genotype=genotype,
+                                  channels_last=layout)
+    except Exception as exc:  # a plugin's network the counters cannot follow
+        print(f"nas train: profile.json not written: {first_line(exc)}", file=sys.stderr)
+        return
+    path.write_text(json.dumps(with_network(profile, space, genotype, cfg.network, num_classes),
+                               indent=2) + "\n")
 
 
 def evaluate_checkpoint(path: str | Path, *, data_root: str | None = None, device: str = "auto",

@@ -302,16 +302,17 @@ def test_keep_freed_memory_stops_refaulting_freed_activations():
     otherwise maps it afresh each time (16k faults per allocation, 164k for the ten measured).
     In a fresh process: the setting is process-wide, and the heap's layout must not depend on
     earlier tests. The heap takes a few blocks to settle (after three, one process in four
-    still faulted one or two of the next blocks in; after six, none of 25 did when the modules
-    were compiled from source, but 5 of 5 did when they were read from ``__pycache__``, as with
-    bytecode writing on; after twelve, none of 10 either way)."""
+    still faulted one or two of the next blocks in; after six, none of 25 did, but a few hundred
+    bytes more or less of imported code, as any edit of nas/monitor.py or nas/runtime.py makes,
+    brought that back to one in four, and reading the modules from ``__pycache__`` (bytecode
+    writing on) made 5 of 5 fault; after twenty, none of 45 faulted, in three such layouts)."""
     code = """if True:
         import resource, torch
         import nas.search  # as `nas search` has when it calls it: the whole stack imported
         from nas.runtime import keep_freed_memory
         tuned = keep_freed_memory()
         faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for _ in range(12):  # the heap settles, as in a run's first steps
+        for _ in range(20):  # the heap settles, as in a run's first steps
             torch.ones(16 << 20)
         before = faults()
         for _ in range(10):
