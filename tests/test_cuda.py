@@ -8,31 +8,30 @@ check puts in its report.
 """
 from __future__ import annotations
 
+import contextlib
+import json
+import math
 import os
+import warnings
+from pathlib import Path
 
-# cuBLAS reads this when it starts: needed for deterministic matrix products (the resume test)
+import pytest
+import torch
+import yaml
+from torch import nn
+
+import nas
+import nas.search
+from nas.cli import build_parser, main
+from nas.config import build_config
+from nas.runtime import in_layout
+from nas.search import arch_step, search, weight_step
+
+from conftest import DARTS_V2, TINY_SEARCH, cuda_tests_device
+
+# cuBLAS reads this when CUDA first runs it (after collection, which imports this module):
+# deterministic matrix products for the resume test
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-
-import contextlib  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import warnings  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-import yaml  # noqa: E402
-from torch import nn  # noqa: E402
-
-import nas  # noqa: E402
-import nas.search  # noqa: E402
-from nas.cli import build_parser, main  # noqa: E402
-from nas.config import build_config  # noqa: E402
-from nas.runtime import in_layout  # noqa: E402
-from nas.search import arch_step, search, weight_step  # noqa: E402
-
-from conftest import DARTS_V2, TINY_SEARCH, cuda_tests_device  # noqa: E402
 
 pytestmark = pytest.mark.cuda
 
