@@ -162,9 +162,11 @@ def lower_step(net, xw, yw, xa, ya, device, amp: bool):
 
 def measure(space: str, mode: str, batch: int, steps: int, warmup: int, device_name: str,
             amp: bool, channels_last: bool, min_time: float = 0.0,
-            system_malloc: bool = False) -> dict:
+            system_malloc: bool = False, options: dict | None = None,
+            image_size: int = 32) -> dict:
     """Time search steps of one mode, or of the lower limit, after ``warmup`` steps: at least
-    ``steps`` of them, and more (up to 100) until ``min_time`` seconds have been measured."""
+    ``steps`` of them, and more (up to 100) until ``min_time`` seconds have been measured.
+    ``options``: the supernet's (and the lower limit's network's), in place of ``SPACES``."""
     import torch
     import nas
     from nas.runtime import keep_freed_memory, resolve_device
@@ -175,12 +177,13 @@ def measure(space: str, mode: str, batch: int, steps: int, warmup: int, device_n
         keep_freed_memory()  # as nas search does
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    xw = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
-    xa = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
+    opts = options or SPACES[space]
+    xw = torch.randn(batch, 3, image_size, image_size, device=device).contiguous(memory_format=fmt)
+    xa = torch.randn(batch, 3, image_size, image_size, device=device).contiguous(memory_format=fmt)
     yw = torch.randint(0, 10, (batch,), device=device)
     ya = torch.randint(0, 10, (batch,), device=device)
     supernet = nas.build_supernet(space, 10, mode if mode in MODES else "gdas", seed=0,
-                                  options=SPACES[space], edge_topk=2 if mode in TOPK else 0)
+                                  options=opts, edge_topk=2 if mode in TOPK else 0)
     supernet = supernet.to(device, memory_format=fmt)
     supernet.tau = 1.0
     # Every forward draws the same sample (the sample stream restarts at 0), so each mode and
@@ -192,7 +195,7 @@ def measure(space: str, mode: str, batch: int, steps: int, warmup: int, device_n
         genotype = sampled_genotype(supernet, supernet.sample())
         extra = ({"auxiliary": False, "affine": False, "pool_bn": True} if space == "darts"
                  else {"affine": False, "track_running_stats": False})
-        net = nas.get_space(space).network(genotype, 10, **SPACES[space], **extra)
+        net = nas.get_space(space).network(genotype, 10, **opts, **extra)
         net = net.to(device, memory_format=fmt).train()
         step = lower_step(net, xw, yw, xa, ya, device, amp)
         params = sum(p.numel() for p in net.parameters())
