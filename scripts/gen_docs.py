@@ -337,12 +337,18 @@ def errors_reference() -> str:
            "unknown name (a published genotype, a space, an op, a config key) suggests the "
            "closest known one. `tests/test_hardening.py` runs a table of bad inputs of every "
            "class through the real commands and checks the status, a phrase of the message, one "
-           "line without a traceback, and an unchanged workspace. Some examples:", "",
+           "line without a traceback, and an unchanged workspace. Some examples (run by "
+           "`tests/test_docs.py`):", "",
+           "<!-- test: output -->", "",
            "```",
            "$ nas search --config configs/quick.yaml --set search.arch_lr=abc",
            "nas search: error: search.arch_lr: expected a number, got 'abc'",
            "$ nas search --config configs/quick.yaml --set search.epochz=3",
            "nas search: error: search.epochz: unknown key; did you mean 'epochs'?",
+           "$ nas search --config configs/gdas_nb201_cpu.yaml --data-dir /tmp/empty",
+           "nas search: error: CIFAR-10 not found: no data_batch_1 / data_batch_2 / data_batch_3 / "
+           "data_batch_4 / data_batch_5 in /tmp/empty/cifar-10-batches-py; set data.download: "
+           "true, or point --data-dir at the directory that holds cifar-10-batches-py/",
            "$ nas genotype show darts_v2",
            "nas genotype show: error: 'darts_v2' is neither a genotype file, a DARTS / "
            "NAS-Bench-201 string nor a published genotype; did you mean 'DARTS_V2'? (published: "
