@@ -69,7 +69,7 @@ def _trust_plugins(args: argparse.Namespace) -> None:
 
 
 GENOTYPE_HELP = ("genotype.json, a search run directory, a published genotype's name (DARTS_V2; "
-                 "see nas list), or a DARTS / NAS-Bench-201 string")
+                 "see nas list), or a genotype as text: DARTS / NAS-Bench-201 string or JSON")
 
 
 def build_parser() -> argparse.ArgumentParser:

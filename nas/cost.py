@@ -145,8 +145,11 @@ class CostTable:
             total = torch.zeros((), device=next(iter(model.arch_logits.values())).device)
             for kind, logits in model.arch_logits.items():
                 allowed = self.allowed[kind].to(logits.device)
-                p = logits.masked_fill(~allowed, float("-inf")).softmax(-1)
                 cost = self.ops[m][kind].to(logits.device)
+                order = model._canonical(kind, logits.device)
+                if order is not None:  # summed in op-name order: a reordered op list is the same run
+                    logits, allowed, cost = logits[:, order[0]], allowed[order[0]], cost[:, order[0]]
+                p = logits.masked_fill(~allowed, float("-inf")).softmax(-1)
                 total = total + (weights[kind] * (p * cost).sum(-1)).sum()
             out[m] = total + self.base[m]
         return out

@@ -3,6 +3,7 @@ weights, initial logit and Gumbel noise follow its name, not its position (READM
 remedies do")."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -78,7 +79,11 @@ def _record_samples(monkeypatch) -> list[list[str]]:
     {"estimator": "reinforce", "weight_sampling": "params"},
     {"mode": "st", "estimator": "gumbel_rao"},
     {"mode": "softmax", "weight_sampling": "arch"},  # every op runs, weighted: sums in name order
-], ids=["gdas", "reinforce", "st-gumbel_rao", "softmax"])
+    # a budget below the uniform distribution's expected multiply-adds (3.4M): the expected cost and the
+    # knapsack derivation must not depend on the op order either
+    {"estimator": "reinforce", "weight_sampling": "params",
+     "budget": {"macs": 2.0e6, "image_size": 8, "dual_lr": 0.5}},
+], ids=["gdas", "reinforce", "st-gumbel_rao", "softmax", "reinforce-budget"])
 def test_a_reordered_search_is_the_same_run_up_to_names(tmp_path, cifar_root, monkeypatch,
                                                          capsys, search):
     """A whole search: the same ops run at every step, the same genotype, the logits equal bit
@@ -98,6 +103,10 @@ def test_a_reordered_search_is_the_same_run_up_to_names(tmp_path, cifar_root, mo
         monkeypatch.undo()
         state = torch.load(run / "checkpoint.pt", weights_only=True)["model"]
         runs[ops] = seen, nas.Genotype.load(run / "genotype.json"), state["arch_logits.cell"]
+        if "budget" in search:  # the constraint was active and every derived cell fits
+            epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+            assert max(e["budget_lambda_macs"] for e in epochs) > 0
+            assert all(e["cost_macs"] <= search["budget"]["macs"] for e in epochs)
     capsys.readouterr()
     (seen_a, genotype_a, logits_a), (seen_b, genotype_b, logits_b) = runs[OPS], runs[SHUFFLED]
     assert seen_a == seen_b and (len(seen_a) >= 3 * 2 * 2 or search.get("mode") == "softmax")
