@@ -173,7 +173,7 @@ def test_python_blocks_run(page, code, tmp_path, cifar_root):
 def test_python_blocks_are_found():
     pages = dict(python_blocks())
     assert "README.md" in pages and "docs/how-to/plugin.md" in pages
-    assert sum(map(len, pages.values())) >= 8
+    assert sum(map(len, pages.values())) >= 6
 
 
 def test_plugin_guide_package_checks_itself(tmp_path):
@@ -260,8 +260,13 @@ def test_cli_reference_has_every_verb_and_flag():
 
 def test_errors_reference_lists_the_messages():
     page = generated()["reference/errors.md"]
-    assert "expected a number, got" in page           # nas/config.py
-    assert "is registered twice" in page or "registered" in page
+    assert "expected a number, got" in page and "CIFAR-10 not found" in page
+    raising = {".".join(p.relative_to(ROOT).with_suffix("").parts)
+               for p in [*ROOT.joinpath("nas").rglob("*.py"),
+                         *ROOT.joinpath("search_spaces").rglob("*.py")]
+               if "InputError(" in p.read_text() and p.name != "errors.py"}
+    listed = set(re.findall(r"^### `([\w.]+)`$", page, re.M))
+    assert raising - listed == set(), "modules whose messages the page misses"
     assert page.count("\n- `") >= 50
 
 
