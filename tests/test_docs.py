@@ -52,6 +52,7 @@ def generated() -> dict[str, str]:
         import gen_docs
     finally:
         sys.path.remove(str(ROOT / "scripts"))
+    gen_docs._tree_first()  # the pages of this tree's code, as the hook makes them
     return {uri: make() for uri, make in gen_docs.PAGES.items()}
 
 
