@@ -34,7 +34,7 @@ class DataConfig:
     split: float = 0.5                  # search: fraction of the training set for the weights
     limit: int | None = None            # use only the first N training images (quick runs)
     test_limit: int | None = None       # evaluate on only the first N test images
-    on_device: bool | None = None       # hold uint8 images on the device; None: only on CUDA
+    on_device: bool | None = None       # hold uint8 images on the device, augment there; null: on CUDA
     workers: int = 2                    # DataLoader workers when not on the device
 
 
@@ -43,9 +43,9 @@ class TauConfig:
     """The temperature schedule of the Gumbel-softmax."""
 
     schedule: str = "linear"            # a registered schedule or 'module:attr'
-    max: float = 10.0
-    min: float = 0.1
-    per: Literal["epoch", "iteration"] = "epoch"
+    max: float = 10.0                   # the temperature at the start
+    min: float = 0.1                    # the temperature at the end (never below 1e-4)
+    per: Literal["epoch", "iteration"] = "epoch"  # the schedule steps once per epoch or per step
     options: dict = field(default_factory=dict)  # extra keyword arguments of the schedule
 
 
@@ -65,25 +65,25 @@ class BudgetConfig:
 class SearchConfig:
     """The alternating optimisation of weights and architecture (GDAS defaults)."""
 
-    mode: Literal["gdas", "st", "gumbel", "softmax"] = "gdas"
-    epochs: int = 250
-    batch_size: int = 64
+    mode: Literal["gdas", "st", "gumbel", "softmax"] = "gdas"  # gdas runs one op per edge; the rest all
+    epochs: int = 250                   # search epochs, warm-up included
+    batch_size: int = 64                # the global batch: split over the processes of a torchrun
     steps_per_epoch: int | None = None  # a cap: at most this many steps per epoch, fewer when
-                                        # the smaller split has fewer batches; None: one pass
-    order: Literal["weights_first", "arch_first"] = "weights_first"
+                                        # the smaller split has fewer batches; null: one pass
+    order: Literal["weights_first", "arch_first"] = "weights_first"  # arch_first: as DARTS
     warmup_epochs: int = 0              # epochs that train the weights only
     weight_sampling: Literal["arch", "uniform", "params"] = "arch"  # ops the weight steps train
     estimator: Literal["gdas", "reinforce", "gumbel_rao", "reinmax"] = "gdas"  # the arch gradient
     samples: int = 4                    # reinforce: subnetworks per arch step; gumbel_rao: draws
     lr: float = 0.025                   # weights: SGD, cosine from lr to lr_min
-    lr_min: float = 0.001
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
+    lr_min: float = 0.001               # the cosine schedule's last learning rate
+    momentum: float = 0.9               # SGD momentum of the weights
+    nesterov: bool = True               # Nesterov momentum
+    weight_decay: float = 5e-4          # of the weights
     grad_clip: float = 5.0              # gradient-norm clip of the weights; 0 disables
     arch_lr: float = 3e-4               # architecture: Adam
-    arch_betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
-    arch_weight_decay: float = 1e-3
+    arch_betas: list[float] = field(default_factory=lambda: [0.5, 0.999])  # Adam betas of the logits
+    arch_weight_decay: float = 1e-3     # of the logits
     tau: TauConfig = field(default_factory=TauConfig)  # the relaxation's (backward) temperature
     # gdas/st: the forward sample is drawn from softmax(logits / tau_forward); constant 1 is GDAS
     tau_forward: TauConfig = field(default_factory=lambda: TauConfig("constant", 1.0, 1.0))
@@ -99,21 +99,21 @@ class SearchConfig:
 class TrainConfig:
     """Retraining of the derived network (DARTS recipe defaults)."""
 
-    epochs: int = 600
-    batch_size: int = 96
+    epochs: int = 600                   # retraining epochs
+    batch_size: int = 96                # global, as search.batch_size
     steps_per_epoch: int | None = None  # a cap, as search.steps_per_epoch
-    lr: float = 0.025
-    lr_min: float = 0.0
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 3e-4
-    grad_clip: float = 5.0
+    lr: float = 0.025                   # SGD, cosine from lr to lr_min
+    lr_min: float = 0.0                 # the cosine schedule's last learning rate
+    momentum: float = 0.9               # SGD momentum
+    nesterov: bool = False              # Nesterov momentum
+    weight_decay: float = 3e-4          # of the weights
+    grad_clip: float = 5.0              # gradient-norm clip; 0 disables
     auxiliary_weight: float = 0.4       # 0 disables the auxiliary head's loss
     drop_path: float = 0.2              # final drop-path probability, rising linearly from 0
     cutout: int = 16                    # cutout square side; 0 disables
-    eval_batch_size: int = 256
-    amp: bool = False
-    channels_last: bool | Literal["auto"] = "auto"
+    eval_batch_size: int = 256          # the test set's batch
+    amp: bool = False                   # bf16 autocast (CUDA only)
+    channels_last: bool | Literal["auto"] = "auto"  # as search.channels_last
     sync_bn: bool = False               # SyncBatchNorm across the processes of a torchrun (CUDA)
     log_every: int = 10                 # TensorBoard per-step scalars every N steps; 0: off
 
@@ -122,8 +122,8 @@ class TrainConfig:
 class Config:
     """A whole run: data, search space, search and retraining."""
 
-    name: str = ""
-    seed: int = 0
+    name: str = ""                      # run name; empty: the config file's name
+    seed: int = 0                       # every random draw follows it; in [0, 2^63)
     device: str = "auto"                # auto, cpu, cuda, cuda:1, ...
     threads: int | None = None          # CPU threads; null: the usable CPUs other work leaves free
     space: str = "darts"                # a registered search space or 'module:attr'
