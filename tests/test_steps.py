@@ -251,3 +251,35 @@ def test_reinforce_is_the_leave_one_out_score_function_exactly(samples, monkeypa
     (expected,) = torch.autograd.grad(objective, theta)
     torch.testing.assert_close(model.arch_logits["cell"].grad, expected, rtol=1e-5, atol=1e-7)
     assert samples == 2 or len({tuple(d.tolist()) for d in drawn}) > 1  # the draws differ
+
+
+def test_reinforce_scores_the_input_choice_of_edge_top_k_and_averages_the_gradients(monkeypatch):
+    """With edge top-k a draw's score includes its kept inputs, so the edge logits get the
+    leave-one-out score-function gradient too (recomputed here from a twin that replays the
+    same three draws); the architecture gradients are averaged over the ranks."""
+    averaged = []
+    monkeypatch.setattr(nas.search.dist, "average_gradients",
+                        lambda params: averaged.append([id(p) for p in params]))
+
+    def build():
+        torch.manual_seed(0)
+        return nas.build_supernet("darts", 10, "gdas", seed=2, options={"C": 4, "cells": 3},
+                                  edge_topk=1)
+
+    model, replay = build(), build()
+    replay.load_state_dict(model.state_dict())
+    x, y = batch(6, n=2)
+    reinforce_step(model, torch.optim.SGD(model.arch_parameters(), lr=0.0), x, y, 3, False)
+    assert averaged == [[id(p) for p in model.arch_parameters()]]
+    losses, drawn = [], []
+    with torch.no_grad():
+        for _ in range(3):
+            losses.append(F.cross_entropy(replay(x), y))
+            drawn.append((dict(replay.last_index), dict(replay.last_edges)))
+    losses = torch.stack(losses)
+    logp = torch.stack([replay.log_prob(index, edges) for index, edges in drawn])
+    objective = ((losses - (losses.sum() - losses) / 2) * logp).mean()
+    expected = torch.autograd.grad(objective, replay.arch_parameters())
+    for p, g in zip(model.arch_parameters(), expected):
+        torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-8)
+    assert all(model.edge_logits[k].grad.abs().sum() > 0 for k in ("normal", "reduce"))
