@@ -108,14 +108,30 @@ def prepare(source: Path, work: Path, target: Target) -> None:
         dest = work / name
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source / name, dest)
+    (work / f"{ORDER_PLUGIN}.py").write_text(ORDER_PLUGIN_CODE)
     tests = "".join(f"\n    {t}" for t in present_tests(work, target))
     config = (work / "setup.cfg").read_text().split("\n[mutmut]")[0].rstrip("\n")
     (work / "setup.cfg").write_text(config + "\n".join([
         "", "", "[mutmut]", "source_paths =", "    nas", "    search_spaces",
-        "also_copy =", "    configs", "    scripts",
+        "also_copy =", "    configs", "    scripts", f"    {ORDER_PLUGIN}.py",
+        f"pytest_add_cli_args = -p {ORDER_PLUGIN}",
         f"only_mutate = {target.path}", f"pytest_add_cli_args_test_selection ={tests}",
         "# torch is not fork-safe once it has run: every mutant forks from a clean server",
         "process_isolation = forkserver", ""]))
+
+
+ORDER_PLUGIN = "mutation_fastest_first"
+ORDER_PLUGIN_CODE = '''"""pytest plugin of scripts/mutation.py: the fastest tests first, so that a mutant dies early."""
+import json
+from pathlib import Path
+
+
+def pytest_collection_modifyitems(session, config, items):
+    stats = Path("mutmut-stats.json")  # mutmut's record of each test's duration
+    if stats.is_file():
+        durations = json.loads(stats.read_text()).get("duration_by_test", {})
+        items.sort(key=lambda item: durations.get(item.nodeid, 0.0))
+'''
 
 
 def present_tests(work: Path, target: Target) -> list[str]:
