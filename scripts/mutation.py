@@ -216,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", type=Path, default=REPO,
                         help="the tree to mutate (default: this repository's working tree)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--score-only", action="store_true",
+                        help="run nothing: score the last run in WORK/MODULE again (after "
+                             "editing the list of equivalent mutants)")
     parser.add_argument("--survivors", action="store_true",
                         help="run again only the mutants of WORK/MODULE's last run that no test "
                              "killed (after adding tests; all of them if the module changed)")
@@ -235,6 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in args.modules or list(TARGETS):
         target, work = TARGETS[name], args.work.resolve() / name
+        if args.score_only:
+            if not (work / "mutants" / (target.path + ".meta")).is_file():
+                return fail(f"--score-only: no mutation run of {name} in {work}")
+            results.append(score(name, target, work, equivalent))
+            continue
         old = work / target.path
         same_code = old.is_file() and old.read_bytes() == (args.source / target.path).read_bytes()
         prepare(args.source.resolve(), work, target)
