@@ -32,6 +32,11 @@ _CSV_COLUMNS = {"cifar10": "CIFAR10TestAccuracy200Epochs",
                 "ImageNet16-120": "ImageNetTestAccuracy200Epochs"}
 
 
+def percent(value: float) -> str:
+    """A share of the table in %: one decimal, two below 1% (rank 3 of 15,625 is the top 0.02%)."""
+    return f"{value:.1f}" if round(value, 1) >= 1 else f"{value:.2f}"
+
+
 @dataclass(frozen=True)
 class BenchmarkResult:
     """A cell's test accuracies (%) in the table, its rank among all cells and its class."""
@@ -56,7 +61,7 @@ class BenchmarkResult:
         """One line: the three accuracies and the rank."""
         accs = ", ".join(f"{k} {v:.2f}" for k, v in self.accuracy.items())
         return (f"NAS-Bench-201: {accs} (test %); rank {self.rank:,} of {self.cells:,} on "
-                f"cifar10 (top {self.top_percent:.1f}%)")
+                f"cifar10 (top {percent(self.top_percent)}%)")
 
 
 def canonical_arch(genotype: Genotype | str) -> str:

@@ -180,7 +180,7 @@ def derive_within(model: Supernet, table: CostTable, limits: Mapping[str, float]
         while len(nodes) <= node:
             nodes.append([])
         nodes[node].extend(edges)
-    return Genotype(cells, dict(free.concat), space=free.space)
+    return Genotype(cells, dict(free.concat), space=free.space, inputs=dict(free.inputs))
 
 
 def check_feasible(model: Supernet, table: CostTable, limits: Mapping[str, float]) -> None:

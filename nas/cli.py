@@ -1,7 +1,8 @@
 """The ``nas`` command: search, train, run, evaluate, list, plot, genotype show|plot.
 
 A user's mistake (bad config, flag, data, checkpoint) prints one line ``nas <verb>: error: ...``
-and exits with status 2; Ctrl-C exits with 130 and says how to resume.
+and exits with status 2; Ctrl-C exits with 130 and says how to resume, SIGTERM (what a
+scheduler or ``kill`` sends) likewise with 143.
 """
 from __future__ import annotations
 
@@ -25,7 +26,10 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_run_options(p: argparse.ArgumentParser, config_required: bool) -> None:
     p.add_argument("--config", required=False, metavar="FILE",
-                   help="YAML config" + (" (required unless --resume)" if config_required else ""))
+                   help="YAML config" + (" (required unless --resume)" if config_required else
+                                         " (without one: the DARTS retraining recipe, for a darts "
+                                         "genotype; another space's needs one, or --set "
+                                         "train.epochs=N)"))
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
                    help="override config values, e.g. --set search.epochs=50 supernet.C=8")
     p.add_argument("--data-dir", metavar="DIR", help="directory holding the dataset (data.root)")
@@ -33,11 +37,19 @@ def _add_run_options(p: argparse.ArgumentParser, config_required: bool) -> None:
                    help="where to write the run (default: runs/<config name>-<date>-<time>)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint")
     p.add_argument("--force", action="store_true",
-                   help="overwrite --run-dir if it already exists")
+                   help="overwrite --run-dir if it already exists; with --resume, start again a "
+                        "run whose checkpoint.pt is lost")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int, help="random seed (config key seed)")
+    _add_threads_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     _add_plugin_option(p)
+
+
+def _add_threads_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads (config key threads; default: the CPUs this process may "
+                        "use that other work leaves free)")
 
 
 def _add_plugin_option(p: argparse.ArgumentParser) -> None:
@@ -69,13 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     verbs.required = True
 
     p = verbs.add_parser("search", help="search an architecture; writes genotype.json")
+    _add_run_options(p, True)
     p.add_argument("--benchmark", metavar="TABLE",
                    help="NAS-Bench-201 table (CSV or NATS-Bench files): log the derived cell's "
                         "accuracy every epoch (config key search.benchmark)")
-    _add_run_options(p, True)
 
-    p = verbs.add_parser("train", help="retrain a genotype from scratch; writes result.json")
-    p.add_argument("--genotype", metavar="FILE|NAME|STRING", help=GENOTYPE_HELP)
+    p = verbs.add_parser("train", help="retrain a genotype from scratch; writes result.json",
+                         usage="nas train --genotype FILE|NAME|STRING [--config FILE] [options]")
+    p.add_argument("--genotype", metavar="FILE|NAME|STRING",
+                   help=f"required unless --resume: {GENOTYPE_HELP}")
     _add_run_options(p, False)
 
     p = verbs.add_parser("run", help="search, then retrain the genotype found (two subdirectories)")
@@ -84,9 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("evaluate", help="test accuracy of a trained network")
     p.add_argument("--checkpoint", required=True, metavar="FILE",
                    help="checkpoint.pt (or the run directory) of nas train")
-    p.add_argument("--data-dir", metavar="DIR")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="directory holding the test data now (default: the run's data.root)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--batch-size", type=int, metavar="N",
+                   help="evaluation batch size (default: the run's train.eval_batch_size)")
+    _add_threads_option(p)
     _add_plugin_option(p)
 
     p = verbs.add_parser("list", help="registered search spaces, ops, schedules, datasets and "
@@ -120,9 +137,66 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("genotype", metavar="FILE|NAME|STRING", help=GENOTYPE_HELP)
     g.add_argument("--out", metavar="DIR", help="output directory (default: beside the file, "
                    "or the current directory)")
+    _add_deploy_verbs(verbs)
     for name, text in DESCRIPTIONS.items():  # what `nas VERB --help` says above the options
         verbs.choices[name].description = text
     return parser
+
+
+def _add_deploy_verbs(verbs) -> None:
+    """``nas export`` and ``nas profile``."""
+    p = verbs.add_parser(
+        "export", help="write a trained network as ONNX, TorchScript or a torch.export program, "
+        "checked against PyTorch",
+        description="Write the network of a nas train run in eval mode (auxiliary head and drop "
+        "path removed) as one file that runs without gumbel-nas: ONNX, TorchScript or a "
+        "torch.export program, with a dynamic batch dimension. The file is checked in a fresh "
+        "Python process that cannot import gumbel-nas: a fixed batch must give logits within "
+        "--tolerance of PyTorch's, else nothing is written.")
+    p.add_argument("source", metavar="RUN|CHECKPOINT",
+                   help="a nas train run directory (or a nas run directory) or its checkpoint.pt")
+    p.add_argument("--format", required=True, choices=("onnx", "torchscript", "exported"),
+                   help="onnx (opset 18, needs the export extra), torchscript (traced) or "
+                        "exported (torch.export, .pt2)")
+    p.add_argument("--out", metavar="FILE", help="where to write it (default: model.onnx, "
+                   "model.pt or model.pt2 beside the checkpoint); an existing file is refused")
+    p.add_argument("--batch", type=int, default=8, metavar="N",
+                   help="images in the fixed check batch (default 8); the file takes any batch")
+    p.add_argument("--image-size", type=int, metavar="S",
+                   help="image size the file is traced and checked at (default: the run's "
+                        "data.image_size)")
+    p.add_argument("--tolerance", type=float, default=1e-3, metavar="T",
+                   help="largest absolute difference of a logit allowed between the file and "
+                        "PyTorch (default 1e-3)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_plugin_option(p)
+
+    p = verbs.add_parser(
+        "profile", help="parameters, multiply-adds, latency and memory of a genotype's network, "
+        "in total and per cell",
+        description="Measure the network that network: builds from a genotype: parameters "
+        "(auxiliary head left out), multiply-adds (torch.utils.flop_counter), latency (median of "
+        "timed runs after warm-up, at batch 1 and --batch, threads stated) and peak activation "
+        "memory, in total and per cell; a table, or JSON with --json.")
+    p.add_argument("target", metavar="GENOTYPE|RUN", help=GENOTYPE_HELP + ", or a run directory "
+                   "(its genotype and saved config)")
+    p.add_argument("--config", metavar="FILE", help="YAML config whose network: options and "
+                   "data.image_size build the network (default: the run's, else the defaults)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
+                   help="override config values, e.g. --set network.C=16")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: the config's device)")
+    p.add_argument("--batch", type=int, default=16, metavar="N",
+                   help="the larger batch latency and memory are measured at, beside 1 "
+                        "(default 16)")
+    p.add_argument("--image-size", type=int, metavar="S", help="default: data.image_size")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads (torch.set_num_threads; default: torch's choice)")
+    p.add_argument("--runs", type=int, default=20, metavar="N",
+                   help="timed runs per measurement at most (default 20; fewer, at least 3, "
+                        "when a forward takes long)")
+    p.add_argument("--json", action="store_true", help="print the profile as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_plugin_option(p)
 
 
 DESCRIPTIONS = {
@@ -163,15 +237,22 @@ def _config(args: argparse.Namespace, verb: str, saved_config: str = "config.yam
     """
     from .config import build_config, config_specs, load_config, read_yaml
     from .registry import trust
-    from .runtime import check_run_dir, default_run_dir, resolve_device
+    from .runtime import check_run_dir, default_run_dir, path_problem, resolve_device
 
     if args.resume:
-        if args.config or args.set or args.seed is not None or args.run_dir or args.force:
+        if args.config or args.set or args.seed is not None or args.run_dir:
             raise InputError("--resume continues a run with its saved config: drop --config, "
-                             "--set, --seed, --run-dir and --force")
+                             "--set, --seed and --run-dir")
         run_dir = Path(args.resume)
         saved = run_dir / saved_config
-        if not saved.is_file():
+        problem = path_problem(run_dir)
+        if problem:
+            raise InputError(f"cannot resume {str(run_dir)!r}: {problem}")
+        try:
+            found = saved.is_file()
+        except OSError as exc:  # a symlink loop, no permission to look
+            raise InputError(f"cannot resume {run_dir}: {exc.strerror or exc}") from None
+        if not found:
             raise InputError(f"cannot resume: {saved} does not exist")
         cfg = build_config(read_yaml(saved))
     else:
@@ -189,9 +270,18 @@ def _config(args: argparse.Namespace, verb: str, saved_config: str = "config.yam
         cfg.data.root = args.data_dir
     if args.device:
         cfg.device = args.device
+    if args.threads is not None:
+        cfg.threads = _threads(args.threads)
     resolve_device(cfg.device)
     args.chosen_run_dir = run_dir  # for the resume hint after Ctrl-C
     return cfg, run_dir
+
+
+def _threads(n: int) -> int:
+    from .config import MAX_THREADS
+    if not 1 <= n <= MAX_THREADS:
+        raise InputError(f"--threads must be from 1 to {MAX_THREADS}, got {n}")
+    return n
 
 
 def _print_search(result) -> None:
@@ -215,6 +305,9 @@ def _print_train(result) -> None:
     print(f"test accuracy: {result.test_acc:.2f}% ({result.params:,} parameters, "
           f"{result.macs / 1e6:.1f}M multiply-adds)")
     print(f"result file: {result.run_dir / 'result.json'}")
+    if (result.run_dir / "profile.json").is_file():
+        print(f"profile (parameters, multiply-adds, latency, memory per cell): "
+              f"{result.run_dir / 'profile.json'}")
     print(f"TensorBoard: tensorboard --logdir {result.run_dir}")
 
 
@@ -243,9 +336,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                              "(see nas train --help)")
         genotype = parse_genotype(args.genotype)  # parse first: a bad genotype creates nothing
         cfg, run_dir = _config(args, "train")
-        if not args.config and not args.quiet:  # a 600-epoch run must not start unannounced
+        if not args.config:  # a 600-epoch run must not start unannounced, nor on another space
             from .train import recipe_line, space_of
-            print(recipe_line(cfg, space_of(cfg, genotype)), flush=True)
+            epochs_set = any(item.partition("=")[0].strip() == "train.epochs" for item in args.set)
+            line = recipe_line(cfg, space_of(cfg, genotype), epochs_set)
+            if not args.quiet:
+                print(line, flush=True)
     _print_train(train(cfg, genotype, run_dir, resume=bool(args.resume), force=args.force,
                        quiet=args.quiet))
     return 0
@@ -253,20 +349,26 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .genotype import Genotype
-    from .runtime import CHECKPOINT, load_checkpoint
+    from .runtime import CHECKPOINT, check_restart, load_checkpoint
     from .search import search
-    from .train import train
+    from .train import check_retraining, train
 
     cfg, run_dir = _config(args, "run", saved_config="search/config.yaml")
     search_dir, train_dir = run_dir / "search", run_dir / "train"
+    check_retraining(cfg)  # network: and train: fail before the search, not after it
     resume_search = bool(args.resume) and (search_dir / CHECKPOINT).is_file()
+    if args.resume:  # a lost checkpoint beside finished epochs is refused before anything runs
+        for sub in (search_dir, train_dir):
+            if sub.is_dir() and not (sub / CHECKPOINT).is_file():
+                check_restart(sub, args.force)
     done = (resume_search and (search_dir / "genotype.json").is_file()
             and load_checkpoint(search_dir / CHECKPOINT, "search")["epoch"] >= cfg.search.epochs)
     if done:
         genotype = Genotype.load(search_dir / "genotype.json")
     else:
         result = search(cfg, search_dir, resume=resume_search,
-                        force=args.force or bool(args.resume), quiet=args.quiet)
+                        force=not resume_search and (args.force or bool(args.resume)),
+                        quiet=args.quiet)
         _print_search(result)
         genotype = result.genotype
     resume_train = bool(args.resume) and (train_dir / CHECKPOINT).is_file()
@@ -279,8 +381,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .train import evaluate_checkpoint
     if args.batch_size is not None and args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    threads = None if args.threads is None else _threads(args.threads)
     r = evaluate_checkpoint(args.checkpoint, data_root=args.data_dir, device=args.device,
-                            batch_size=args.batch_size)
+                            batch_size=args.batch_size, threads=threads)
     print(f"test accuracy: {r['test_acc']:.2f}% (loss {r['test_loss']:.4f}) on {r['images']} "
           f"images, after {r['epoch']} epochs, {r['params']:,} parameters")
     return 0
@@ -312,10 +415,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_genotype(args: argparse.Namespace) -> int:
     from . import plot
-    from .genotype import parse_genotype
+    from .genotype import cell_title, parse_genotype
     from .registry import GENOTYPES
 
     genotype = parse_genotype(args.genotype)
+    for kind in genotype.cells:  # every input a node takes exists: checked before any output
+        plot.cell_states(genotype, kind)
     if args.action == "show":
         result = None
         if args.benchmark:
@@ -327,7 +432,7 @@ def cmd_genotype(args: argparse.Namespace) -> int:
         for kind, nodes in genotype.cells.items():
             states, num_inputs = plot.cell_states(genotype, kind)
             inputs = ", ".join(plot.state_label(i, num_inputs) for i in range(num_inputs))
-            print(f"{kind} cell (states {inputs}, then the nodes):")
+            print(f"{cell_title(kind)} (states {inputs}, then the nodes):")
             for i, node in enumerate(nodes):
                 edges = ", ".join(f"{op}({states[src]})" for op, src in node)
                 print(f"  node {states[num_inputs + i]} = {edges}")
@@ -342,28 +447,29 @@ def cmd_genotype(args: argparse.Namespace) -> int:
             print(cost)
         return 0
     source = Path(args.genotype)
-    if args.out:
-        out = Path(args.out)
-    elif source.is_file():
-        out = source.parent
-    elif source.is_dir():
-        out = source
-    else:
-        out = Path(".")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file; --out names the directory to write the pictures in")
+    is_file, is_dir = _exists_as(source, "file"), _exists_as(source, "dir")
+    out = Path(args.out) if args.out else source.parent if is_file else source if is_dir \
+        else Path(".")
+    stem = source.stem if is_file else args.genotype if args.genotype in GENOTYPES else "genotype"
+    made = plot.output_dir(out, "--out")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create --out {out}: {exc.strerror or exc}") from None
-    stem = source.stem if source.is_file() else args.genotype if args.genotype in GENOTYPES \
-        else "genotype"
-    for kind in genotype.cells:
-        dot_path, png_path = out / f"{stem}_{kind}.dot", out / f"{stem}_{kind}.png"
-        dot_path.write_text(plot.to_dot(genotype, kind))
-        how = plot.save_cell_png(genotype, kind, png_path)
-        print(f"{kind} cell: {dot_path} and {png_path} (drawn with {how})")
+        for kind in genotype.cells:
+            dot_path, png_path = out / f"{stem}_{kind}.dot", out / f"{stem}_{kind}.png"
+            dot_path.write_text(plot.to_dot(genotype, kind))
+            how = plot.save_cell_png(genotype, kind, png_path)
+            print(f"{cell_title(kind)}: {dot_path} and {png_path} (drawn with {how})")
+    except OSError as exc:  # no permission, a full disk, ...
+        plot.discard(made)
+        raise InputError(f"cannot write the pictures in {out}: {exc.strerror or exc}") from None
     return 0
+
+
+def _exists_as(path: Path, what: str) -> bool:
+    """``path.is_file()`` / ``is_dir()``, False for text that cannot be a path (too long, NUL)."""
+    try:
+        return path.is_file() if what == "file" else path.is_dir()
+    except (OSError, ValueError):
+        return False
 
 
 CLASSES = {"cifar10": 10, "cifar100": 100}  # the built-in datasets' classes, known without loading
@@ -400,12 +506,65 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import describe, export
+    from .monitor import steps_bar
+    with steps_bar(3, "export", args.quiet) as step:
+        result = export(args.source, args.format, args.out, batch=args.batch,
+                        image_size=args.image_size, tolerance=args.tolerance, progress=step)
+    print("\n".join(describe(result)))
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from .monitor import steps_bar
+    from .profiling import format_profile, network_to_profile, profile_network, with_network
+    from .runtime import channels_last, resolve_device
+    from .spaces import check_network
+
+    for flag, value, least in (("--batch", args.batch, 1), ("--runs", args.runs, 1),
+                               ("--threads", args.threads, 1)):
+        if value is not None and value < least:
+            raise InputError(f"{flag} must be at least {least}, got {value}")
+    model, genotype, space, cfg, classes, size = network_to_profile(
+        args.target, args.config, args.set, args.image_size)
+    device = resolve_device(args.device or cfg.device)
+    check_network(model, classes, size, f"search space '{space}'")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    layout = channels_last(cfg.train.channels_last, device)  # as nas train runs it
+    with steps_bar(4 if args.batch > 1 else 2, "profile", args.quiet) as step:
+        profile = profile_network(model, size, device, batch=args.batch, runs=args.runs,
+                                  genotype=genotype, channels_last=layout, progress=step)
+    options = ", ".join(f"{k}={v}" for k, v in cfg.network.items()) or "default options"
+    profile = with_network(profile, space, genotype, cfg.network, classes)
+    if args.json:
+        print(json.dumps(profile, indent=2))
+    else:
+        print(format_profile(profile, f"{space} network ({options}; {classes} classes, "
+                                      f"{size}x{size} images)"))
+    return 0
+
+
 COMMANDS = {"search": cmd_search, "plot": cmd_plot, "train": cmd_train, "run": cmd_run, "evaluate": cmd_evaluate,
             "list": cmd_list, "genotype": cmd_genotype}
+COMMANDS.update(export=cmd_export, profile=cmd_profile)  # nas/export.py, nas/profiling.py
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: the run stops as on Ctrl-C (its last checkpoint kept), with status 143."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 def _import_torch() -> None:
-    """Import torch with Ctrl-C held back until it is done, then honoured.
+    """Import torch with Ctrl-C and SIGTERM held back until it is done, then honoured.
 
     A KeyboardInterrupt raised inside torch's C++ initialisation aborts the process (SIGABRT,
     "terminate called after throwing ... KeyboardInterrupt") instead of reaching our handler.
@@ -413,19 +572,26 @@ def _import_torch() -> None:
     if "torch" in sys.modules or threading.current_thread() is not threading.main_thread():
         return
     pressed: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, frame: pressed.append(signum)) for s in held}
     try:
         import torch  # noqa: F401
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s in held:
+            signal.signal(s, previous[s])
     if pressed:
-        raise KeyboardInterrupt
+        raise Terminated if signal.SIGTERM in pressed else KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nas`` console script; returns the exit status."""
     verb, args, dist = "", None, None
     together = True  # every rank ends this way (finished, or an error they all share)
+    from .threads import set_wait_policy, start_sampling
+    start_sampling()    # the load of other processes is measured while this one starts
+    set_wait_policy()   # before torch loads OpenMP
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main else None
     try:
         args = build_parser().parse_args(argv)
         verb = args.verb
@@ -444,7 +610,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise
     except InputError as exc:
         together = dist is not None and isinstance(exc, dist.AgreedError)
-        _error(verb, exc, shared=together)
+        _error(" ".join(filter(None, [verb, getattr(args, "action", None)])), exc, shared=together)
         return 2
     except Diverged as exc:  # the losses are averaged over the ranks: every rank sees it
         _error(verb, exc, shared=True)
@@ -452,14 +618,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         together = False
         where = getattr(args, "chosen_run_dir", None)
-        hint = f"; continue with: nas {verb} --resume {where}" if verb in ("search", "train", "run") \
-            and where else ""
+        hint = f"; continue with: nas {verb} --resume {_quoted(where)}" \
+            if verb in ("search", "train", "run") and where else ""
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         if dist is None or dist.is_main():
-            print(f"\nnas{' ' + verb if verb else ''}: interrupted{hint}", file=sys.stderr)
-        return 130
+            print(f"\nnas{' ' + verb if verb else ''}: {what}{hint}", file=sys.stderr, flush=True)
+        return 143 if isinstance(exc, Terminated) else 130
     except Exception as exc:
         together = False
         if dist is None or dist.world_size() == 1:
@@ -472,6 +639,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if dist is not None:
             dist.shutdown(together)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _quoted(path: Path) -> str:
+    """A path as a shell word."""
+    import shlex
+    return shlex.quote(str(path))
 
 
 def _error(verb: str, exc: BaseException | str, shared: bool) -> None:

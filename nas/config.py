@@ -28,7 +28,7 @@ class DataConfig:
 
     dataset: str = "cifar10"            # a registered dataset: cifar10, cifar100, imagefolder, ...
     root: str = "data"                  # directory holding cifar-10-batches-py/ etc.
-    download: bool = False              # fetch the official files through torchvision if missing
+    download: bool = False              # fetch the official files (progress bar) when missing
     image_size: int = 32                # images are resized to this once, when loaded
     pad: int = 4                        # random-crop padding of the standard augmentation
     split: float = 0.5                  # search: fraction of the training set for the weights
@@ -68,7 +68,8 @@ class SearchConfig:
     mode: Literal["gdas", "st", "gumbel", "softmax"] = "gdas"
     epochs: int = 250
     batch_size: int = 64
-    steps_per_epoch: int | None = None  # cap on steps per epoch; None: one pass of the split
+    steps_per_epoch: int | None = None  # a cap: at most this many steps per epoch, fewer when
+                                        # the smaller split has fewer batches; None: one pass
     order: Literal["weights_first", "arch_first"] = "weights_first"
     warmup_epochs: int = 0              # epochs that train the weights only
     weight_sampling: Literal["arch", "uniform", "params"] = "arch"  # ops the weight steps train
@@ -90,6 +91,7 @@ class SearchConfig:
     amp: bool = False                   # bf16 autocast (CUDA only)
     channels_last: bool | Literal["auto"] = "auto"  # channels-last memory format; auto: on a CPU
     benchmark: str | None = None        # NAS-Bench-201 table: log the derived cell's accuracy
+    log_every: int = 10                 # TensorBoard per-step scalars (step/...) every N steps; 0: off
     budget: BudgetConfig = field(default_factory=BudgetConfig)  # bounds on the derived network's cost
 
 
@@ -99,7 +101,7 @@ class TrainConfig:
 
     epochs: int = 600
     batch_size: int = 96
-    steps_per_epoch: int | None = None
+    steps_per_epoch: int | None = None  # a cap, as search.steps_per_epoch
     lr: float = 0.025
     lr_min: float = 0.0
     momentum: float = 0.9
@@ -113,6 +115,7 @@ class TrainConfig:
     amp: bool = False
     channels_last: bool | Literal["auto"] = "auto"
     sync_bn: bool = False               # SyncBatchNorm across the processes of a torchrun (CUDA)
+    log_every: int = 10                 # TensorBoard per-step scalars every N steps; 0: off
 
 
 @dataclass
@@ -122,6 +125,7 @@ class Config:
     name: str = ""
     seed: int = 0
     device: str = "auto"                # auto, cpu, cuda, cuda:1, ...
+    threads: int | None = None          # CPU threads; null: the usable CPUs other work leaves free
     space: str = "darts"                # a registered search space or 'module:attr'
     data: DataConfig = field(default_factory=DataConfig)
     supernet: dict = field(default_factory=dict)   # keyword arguments of the space's supernet
@@ -131,6 +135,10 @@ class Config:
 
 
 MAX_IMAGE_SIZE = 1024  # images are resized once and held in memory: beyond this, a typo
+MAX_THREADS = 1024     # more threads than any machine's CPUs: a typo
+MAX_NAME = 200         # a run name, and the date and time after it, fit a file name (255 bytes)
+MAX_VALUES = 100_000   # values in a config once its YAML aliases are expanded: no config is near
+MAX_DEPTH = 64         # levels of nesting: a config has four or five
 
 
 # -- type checking ------------------------------------------------------------------------------
@@ -249,6 +257,7 @@ def _check_ranges(cfg: Config) -> None:
         need(0 <= s.lr_min <= s.lr, f"{sec}.lr_min: must be in [0, lr], got {s.lr_min}")
         need(s.grad_clip >= 0, f"{sec}.grad_clip: must be >= 0, got {s.grad_clip}")
         need(s.weight_decay >= 0, f"{sec}.weight_decay: must be >= 0, got {s.weight_decay}")
+        need(s.log_every >= 0, f"{sec}.log_every: must be >= 0 (0: off), got {s.log_every}")
         need(0 <= s.momentum < 1, f"{sec}.momentum: must be in [0, 1), got {s.momentum}")
     need(len(cfg.search.arch_betas) == 2 and all(0 <= b < 1 for b in cfg.search.arch_betas),
          f"search.arch_betas: expected two numbers in [0, 1), got {cfg.search.arch_betas}")
@@ -258,6 +267,12 @@ def _check_ranges(cfg: Config) -> None:
     need(cfg.train.eval_batch_size >= 1,
          f"train.eval_batch_size: must be at least 1, got {cfg.train.eval_batch_size}")
     need(0 <= cfg.seed < 2 ** 63, f"seed: must be in [0, 2^63), got {cfg.seed}")
+    need(not any(c in cfg.name for c in "/\\") and cfg.name not in (".", "..")
+         and len(cfg.name) <= MAX_NAME,
+         f"name: a run name is a name, not a path (no / or \\, not . or .., at most {MAX_NAME} "
+         f"characters), got {cfg.name!r}; --run-dir chooses where the run goes")
+    need(cfg.threads is None or 1 <= cfg.threads <= MAX_THREADS,
+         f"threads: must be from 1 to {MAX_THREADS} or null (the usable CPUs), got {cfg.threads}")
     need(0 <= cfg.search.warmup_epochs <= cfg.search.epochs,
          f"search.warmup_epochs: must be in [0, search.epochs], got {cfg.search.warmup_epochs}")
     need(cfg.search.samples >= 2, f"search.samples: must be at least 2, got {cfg.search.samples}")
@@ -317,6 +332,28 @@ def forward_tau_on(s: SearchConfig) -> bool:
 
 
 # -- loading ------------------------------------------------------------------------------------
+def check_plain(data: Any, where: str) -> None:
+    """Refuse config data that is huge once its YAML aliases are expanded (``&a [*b, *b, ...]``
+    nested: every later step walks the expansion), nested deeper than any config, or holding a
+    NUL character (which no file name or name may hold). Walks at most MAX_VALUES values."""
+    stack, count = [(data, 0)], 0
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise InputError(f"{where}: more than {MAX_VALUES:,} values once its aliases "
+                             "(&name, *name) are expanded; a config is far smaller")
+        if depth > MAX_DEPTH:
+            raise InputError(f"{where}: nested more than {MAX_DEPTH} levels deep; a config is not")
+        if isinstance(value, dict):
+            for k, v in value.items():
+                stack += [(k, depth + 1), (v, depth + 1)]
+        elif isinstance(value, (list, tuple)):
+            stack += [(v, depth + 1) for v in value]
+        elif isinstance(value, str) and "\0" in value:
+            raise InputError(f"{where}: {value!r} holds a NUL character")
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``a.b.c=value`` into its key path and YAML-parsed value."""
     key, sep, raw = text.partition("=")
@@ -327,6 +364,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    except RecursionError:
+        raise InputError(f"--set {key}=...: nested too deeply") from None
+    check_plain(value, f"--set {key}")
     return key.split("."), value
 
 
@@ -344,14 +384,21 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         text = path.read_text()
     except FileNotFoundError:
         raise InputError(f"config file not found: {path}") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+    except OSError as exc:  # a directory, no permission, a symlink loop, a name too long, ...
+        raise InputError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
         raise InputError(f"cannot read config file {path}: {exc}") from None
+    except ValueError as exc:  # a NUL byte in the path
+        raise InputError(f"cannot read config file {path!r}: {exc}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise InputError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    except RecursionError:
+        raise InputError(f"{path}: nested too deeply to be a config") from None
+    check_plain(data, str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -366,6 +413,7 @@ def build_config(data: Mapping[str, Any] | None = None, overrides: list[str] = (
     config works from any directory.
     """
     cfg = Config()
+    check_plain(data, "config")  # also a checkpoint's saved config, which no YAML reader saw
     _merge(cfg, data or {})
     for text in overrides:
         keys, value = parse_override(text)
@@ -404,7 +452,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     data = read_yaml(path) if path is not None else {}
     cfg = build_config(data, overrides)
     if not cfg.name and path is not None:
-        cfg.name = Path(path).stem
+        cfg.name = Path(path).stem[:MAX_NAME]
     return cfg
 
 

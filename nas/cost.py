@@ -209,7 +209,8 @@ def probe_genotypes(model: Supernet, concat: Mapping[str, Sequence[int]], space:
             n = num_nodes(model.arch_logits[kind].shape[0], model.cell_inputs)
             cells[kind] = [[(op, src) for src in range(model.cell_inputs + node)]
                            for node in range(n)]
-        probes.append(Genotype(cells, dict(concat), space=space))
+        probes.append(Genotype(cells, dict(concat), space=space,
+                               inputs={kind: model.cell_inputs for kind in kinds}))
     return probes
 
 
@@ -341,15 +342,23 @@ def build_cost_table(model: Supernet, build: Callable[[Genotype], nn.Module], im
 def _calibrate(op_sums: Sequence[float], totals: Sequence[float]) -> tuple[float, float]:
     """Least-squares ``totals ~ base + scale * op_sums`` over the probes; (scale, base).
 
-    Falls back to scale 1 (base the median remainder) when the probes cannot tell a scale.
+    Falls back to scale 1 (base the median remainder) when the probes cannot tell a scale, and
+    to ``totals ~ scale * op_sums`` (base 0) when the base would be negative, which would price
+    the smallest networks below zero (seen with noisy timings of tiny networks).
     """
     n = len(op_sums)
     mean_x, mean_y = sum(op_sums) / n, sum(totals) / n
     var = sum((x - mean_x) ** 2 for x in op_sums)
     scale = sum((x - mean_x) * (y - mean_y) for x, y in zip(op_sums, totals)) / var if var > 0 else 0.0
     if n < 3 or scale <= 0:
-        return 1.0, statistics.median(y - x for x, y in zip(op_sums, totals))
-    return scale, mean_y - scale * mean_x
+        scale, base = 1.0, statistics.median(y - x for x, y in zip(op_sums, totals))
+    else:
+        base = mean_y - scale * mean_x
+    if base < 0:
+        square = sum(x * x for x in op_sums)
+        scale = sum(x * y for x, y in zip(op_sums, totals)) / square if square > 0 else 1.0
+        base = 0.0
+    return scale, base
 
 
 def _whole_macs(build: Callable[[Genotype], nn.Module], genotype: Genotype, net: nn.Module,

@@ -51,11 +51,13 @@ CIFAR = {
     "cifar10": dict(folder="cifar-10-batches-py", train=[f"data_batch_{i}" for i in range(1, 6)],
                     test=["test_batch"], label_key=b"labels", classes=10,
                     mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
-                    title="CIFAR-10"),
+                    title="CIFAR-10", url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                    md5="c58f30108f718f92721af3b95e74349a"),
     "cifar100": dict(folder="cifar-100-python", train=["train"], test=["test"],
                      label_key=b"fine_labels", classes=100,
                      mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
-                     title="CIFAR-100"),
+                     title="CIFAR-100", url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                     md5="eb9058c3a382ffc7106e4002c42a8d85"),
 }
 
 
@@ -84,6 +86,8 @@ def _read_batch(path: Path, label_key: bytes, classes: int) -> tuple[Tensor, Ten
             entry = _CifarUnpickler(f, encoding="bytes").load()
     except pickle.UnpicklingError as exc:
         raise InputError(f"{path} is not a CIFAR python batch file: {exc}") from None
+    except OSError as exc:  # no permission, a directory, ...
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
     except Exception as exc:
         raise InputError(f"{path} is not a CIFAR python batch file ({type(exc).__name__})") from None
     if not isinstance(entry, dict):
@@ -123,13 +127,8 @@ def load_cifar(name: str, root: str | Path, train: bool, download: bool = False)
     wanted = spec["train"] if train else spec["test"]
     present = [directory / f for f in wanted if (directory / f).is_file()]
     if not present and download:
-        import torchvision
-        cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
         target = root.parent if root.name == spec["folder"] else root
-        try:
-            cls(str(target), train=train, download=True)
-        except Exception as exc:
-            raise InputError(f"downloading {spec['title']} to {target} failed: {exc}") from None
+        download_cifar(name, target)
         directory = target / spec["folder"]
         present = [directory / f for f in wanted if (directory / f).is_file()]
     if not present:
@@ -143,6 +142,61 @@ def load_cifar(name: str, root: str | Path, train: bool, download: bool = False)
         raise InputError(f"{directory}: the {spec['title']} files hold no images")
     return ImageSet(images, torch.cat([p[1] for p in parts]), spec["classes"], spec["mean"],
                     spec["std"])
+
+
+def download_cifar(name: str, target: Path) -> None:
+    """Fetch the official CIFAR archive into ``target`` with a progress bar, check its MD5 and
+    unpack its batch files into ``target/<folder>/``; without a network, one line naming --data-dir.
+
+    Only the archive's regular files directly inside the dataset folder are written (each to a
+    temporary name, then renamed), so a crafted archive cannot write elsewhere and an interrupted
+    download leaves no batch file half-written. The archive is deleted once unpacked.
+    """
+    import hashlib
+    import os
+    import tarfile
+    import urllib.error
+    import urllib.request
+    from pathlib import PurePosixPath
+
+    from tqdm import tqdm
+
+    spec = CIFAR[name]
+    title, folder, url = spec["title"], spec["folder"], spec["url"]
+    created = not target.exists()
+    archive = target / f"{folder}.tar.gz.{os.getpid()}.part"
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.md5()
+        with urllib.request.urlopen(url, timeout=60) as response, open(archive, "wb") as f, \
+                tqdm(total=response.length, unit="B", unit_scale=True, unit_divisor=1024,
+                     desc=f"downloading {title} into {target}") as bar:
+            while chunk := response.read(1 << 16):
+                f.write(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
+        if digest.hexdigest() != spec["md5"]:
+            raise InputError(f"the file downloaded from {url} is not the official {title} archive "
+                             f"(MD5 {digest.hexdigest()}, expected {spec['md5']}); nothing was kept")
+        (target / folder).mkdir(exist_ok=True)
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in tar.getmembers():
+                parts = PurePosixPath(member.name).parts
+                if not member.isfile() or len(parts) != 2 or parts[0] != folder or parts[1] in ("..", "."):
+                    continue
+                out = target / folder / parts[1]
+                tmp = out.with_name(f"{out.name}.{os.getpid()}.part")
+                tmp.write_bytes(tar.extractfile(member).read())
+                tmp.replace(out)
+    except (urllib.error.URLError, OSError, EOFError, tarfile.TarError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+        raise InputError(f"cannot download {title} from {url} into {target} ({reason}); without a "
+                         f"network, pass --data-dir DIR, the directory that holds {folder}/ "
+                         "(copied from a machine that has it)") from None
+    finally:
+        archive.unlink(missing_ok=True)
+        if created and target.is_dir() and not any(target.iterdir()):
+            target.rmdir()  # a failed download leaves no empty directory behind
 
 
 @DATASETS.register("cifar10")
@@ -193,8 +247,10 @@ def image_folder(root: str | Path, train: bool, download: bool = False,
                 img = img.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
                 images[i] = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8) \
                     .view(image_size, image_size, 3).permute(2, 0, 1)
+        except Image.DecompressionBombError as exc:  # a small file that decodes to gigabytes
+            raise InputError(f"refusing to read image {path}: {exc}") from None
         except OSError as exc:
-            raise InputError(f"cannot read image {path}: {exc}") from None
+            raise InputError(f"cannot read image {path}: {exc.strerror or exc}") from None
     flat = images.float().div_(255).transpose(0, 1).reshape(3, -1)
     mean = tuple(flat.mean(1).tolist())
     std = tuple(flat.std(1).clamp_min(1e-3).tolist())
@@ -205,10 +261,14 @@ def load_dataset(name: str, root: str | Path, train: bool, download: bool = Fals
                  image_size: int = 32) -> ImageSet:
     """Load a registered dataset and resize its images to ``image_size`` (once)."""
     factory = DATASETS.get(name)
-    if factory is image_folder:
-        data = factory(root, train, download, image_size=image_size)
-    else:
-        data = factory(root, train, download)
+    try:
+        if factory is image_folder:
+            data = factory(root, train, download, image_size=image_size)
+        else:
+            data = factory(root, train, download)
+    except OSError as exc:  # a name too long, a symlink loop, no permission to look
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else f" in {root}"
+        raise InputError(f"cannot read the {name} data{where}: {exc.strerror or exc}") from None
     if not isinstance(data, ImageSet):
         raise InputError(f"dataset '{name}' returned {type(data).__name__}, not an ImageSet")
     if data.images.shape[-1] != image_size or data.images.shape[-2] != image_size:

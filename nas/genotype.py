@@ -2,8 +2,14 @@
 
 A genotype maps each cell kind to its intermediate nodes, and each node to its incoming edges
 ``(op, input)``. Inputs index the cell's states: the cell inputs first (two in DARTS, one in
-NAS-Bench-201), then the intermediate nodes in order. ``concat`` names the states whose
-concatenation is the cell's output; empty means the last node is the output.
+NAS-Bench-201), then the intermediate nodes in order; ``inputs`` says how many states are cell
+inputs. ``concat`` names the states whose concatenation is the cell's output; empty means the
+last node is the output.
+
+The text form (``str``) names the space and reads back (``parse_genotype``) to an equal genotype
+for every space: the DARTS ``Genotype(normal=..., ...)`` string for the darts space and the
+NAS-Bench-201 ``|op~0|+...`` string for nasbench201 (the published forms, unchanged), and for
+any other space or shape the compact JSON of the genotype, ``{"space": ..., "cells": ...}``.
 """
 from __future__ import annotations
 
@@ -57,31 +63,44 @@ class Genotype:
     concat: dict[str, tuple[int, ...]] = field(default_factory=dict)
     space: str = ""
     source: str = field(default="", compare=False)  # where a published genotype comes from
+    # how many of a cell kind's states are cell inputs (DARTS 2, NAS-Bench-201 1); a kind not
+    # given is inferred from its edges: the fewest inputs its nodes' indices allow
+    inputs: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.cells, dict) or not isinstance(self.concat, dict):
-            raise InputError("a genotype's 'cells' and 'concat' must map cell kinds to values")
+        if not isinstance(self.cells, dict) or not isinstance(self.concat, dict) or \
+                not isinstance(self.inputs, dict):
+            raise InputError("a genotype's 'cells', 'concat' and 'inputs' must map cell kinds to "
+                             "values")
         try:
             cells = {str(k): _freeze_nodes(v) for k, v in self.cells.items()}
             concat = {str(k): tuple(_index(i) for i in v) for k, v in self.concat.items()}
+            given = {str(k): _index(v) for k, v in self.inputs.items()}
         except ValueError as exc:
             raise InputError(f"not a valid genotype: {exc}") from None
         except TypeError:
             raise InputError("a genotype cell must be a list of nodes, each a list of "
                              "(op, input) pairs, and a concat a list of state indices") from None
+        for kind, count in given.items():
+            if kind not in cells or count < 1:
+                raise InputError(f"not a valid genotype: 'inputs' must give each cell kind "
+                                 f"({', '.join(cells)}) at least 1 input, got {kind}: {count}")
+        inputs = {k: given.get(k) or inferred_inputs(nodes) for k, nodes in cells.items()}
         object.__setattr__(self, "cells", cells)
         object.__setattr__(self, "concat", concat)
+        object.__setattr__(self, "inputs", inputs)
 
     def __hash__(self) -> int:
         return hash((tuple(sorted(self.cells.items())), tuple(sorted(self.concat.items())),
-                     self.space))
+                     self.space, tuple(sorted(self.inputs.items()))))
 
     # -- JSON ---------------------------------------------------------------------------------
     def _plain(self) -> dict[str, Any]:
         return {"space": self.space,
                 "cells": {k: [[list(e) for e in node] for node in nodes]
                           for k, nodes in self.cells.items()},
-                "concat": {k: list(v) for k, v in self.concat.items()}}
+                "concat": {k: list(v) for k, v in self.concat.items()},
+                "inputs": dict(self.inputs)}
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (with the string form, for people); ``from_dict`` reads it back."""
@@ -93,7 +112,8 @@ class Genotype:
         if not isinstance(data, dict) or "cells" not in data:
             raise InputError("not a genotype: expected a mapping with a 'cells' key")
         return cls(cells=data["cells"], concat=data.get("concat") or {},
-                   space=str(data.get("space") or ""), source=str(data.get("source") or ""))
+                   space=str(data.get("space") or ""), source=str(data.get("source") or ""),
+                   inputs=data.get("inputs") or {})  # files from before it: inferred
 
     def save(self, path: str | Path) -> None:
         """Write the genotype as JSON (written to a temporary file, then renamed)."""
@@ -110,8 +130,12 @@ class Genotype:
             data = json.loads(path.read_text())
         except FileNotFoundError:
             raise InputError(f"genotype file not found: {path}") from None
+        except OSError as exc:  # no permission, a directory, a symlink loop, ...
+            raise InputError(f"cannot read the genotype file {path}: {exc.strerror or exc}") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"{path} is not a genotype JSON file ({exc})") from None
+        except RecursionError:
+            raise InputError(f"{path} is not a genotype JSON file (nested too deeply)") from None
         if not isinstance(data, dict) or "cells" not in data:
             raise InputError(f"{path} is not a genotype JSON file (no 'cells' key)")
         return cls.from_dict(data)
@@ -135,12 +159,27 @@ class Genotype:
         return "+".join("|" + "|".join(f"{op}~{src}" for op, src in node) + "|"
                         for node in self.cells["cell"])
 
+    def fits_darts_string(self) -> bool:
+        """Whether the DARTS string holds this genotype exactly (and reads back as the darts space)."""
+        return (self.space in ("darts", "") and set(self.cells) == {"normal", "reduce"}
+                and all(self.inputs[k] == 2 and self.concat.get(k) and
+                        all(len(node) == 2 for node in self.cells[k]) for k in self.cells))
+
+    def fits_nb201_string(self) -> bool:
+        """Whether the NAS-Bench-201 string holds this genotype exactly (as the nasbench201 space)."""
+        return (self.space in ("nasbench201", "") and set(self.cells) == {"cell"}
+                and not self.concat.get("cell") and self.inputs["cell"] == 1
+                and all(node and all(op.strip() == op and not set(op) & set("|~+")
+                                     for op, _ in node) for node in self.cells["cell"]))
+
     def __str__(self) -> str:
-        if set(self.cells) == {"normal", "reduce"}:
+        if self.fits_darts_string():
             return self.to_darts_string()
-        if set(self.cells) == {"cell"}:
+        if self.fits_nb201_string():
             return self.to_nb201_string()
-        return json.dumps(self._plain())  # other cell kinds (e.g. GDAS-FRC): compact JSON
+        # any other space or shape (a plugin's, GDAS-FRC's normal cell alone): the compact JSON,
+        # which names the space and reads back to an equal genotype
+        return json.dumps(self._plain())
 
 
 _DARTS_RE = re.compile(r"^\s*Genotype\((.*)\)\s*$", re.S)
@@ -160,13 +199,17 @@ def parse_darts(text: str) -> Genotype:
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
                     and node.func.id == "range"):
                 span = range(*[int(ast.literal_eval(a)) for a in node.args])
-                if len(span) > MAX_STATES:
-                    raise ValueError(f"{kw.arg} = range() of {len(span)} states")
+                try:
+                    size = len(span)
+                except OverflowError:  # more than 2^63 states
+                    size = MAX_STATES + 1
+                if size > MAX_STATES:
+                    raise ValueError(f"{kw.arg} = range() of more than {MAX_STATES} states")
                 values[kw.arg] = list(span)
             else:
                 values[kw.arg] = ast.literal_eval(node)
-    except (SyntaxError, ValueError, TypeError) as exc:
-        raise InputError(f"cannot parse DARTS genotype string: {exc}") from None
+    except (SyntaxError, ValueError, TypeError, OverflowError, RecursionError, MemoryError) as exc:
+        raise InputError(f"cannot parse DARTS genotype string: {exc or type(exc).__name__}") from None
     known = {"normal", "normal_concat", "reduce", "reduce_concat"}
     unknown = sorted(set(values) - known)
     if unknown or call.args:
@@ -194,7 +237,7 @@ def parse_darts(text: str) -> Genotype:
             raise InputError(f"DARTS genotype string: '{kind}_concat' must be a list of state "
                              "indices, e.g. [2, 3, 4, 5]")
         concat[kind] = kind_concat
-    return Genotype(cells, concat, space="darts")
+    return Genotype(cells, concat, space="darts", inputs={"normal": 2, "reduce": 2})
 
 
 _NB201_NODE_RE = re.compile(r"^\|([^|~]+~\d+\|)+$")
@@ -214,7 +257,7 @@ def parse_nb201(text: str) -> Genotype:
             op, src = item.rsplit("~", 1)
             node.append((op, int(src)))
         nodes.append(node)
-    return Genotype({"cell": nodes}, {}, space="nasbench201")
+    return Genotype({"cell": nodes}, {}, space="nasbench201", inputs={"cell": 1})
 
 
 def parse_genotype(text: str) -> Genotype:
@@ -232,11 +275,20 @@ def parse_genotype(text: str) -> Genotype:
             return Genotype.from_dict(json.loads(stripped))
         except json.JSONDecodeError as exc:
             raise InputError(f"genotype JSON text does not parse: {exc}") from None
+        except RecursionError:
+            raise InputError("genotype JSON text is nested too deeply to be a genotype") from None
     path = Path(stripped)
-    if path.is_dir() and (path / "genotype.json").is_file():
-        path = path / "genotype.json"
-    if path.is_file():
-        return Genotype.load(path)
+    try:
+        if path.is_dir() and (path / "genotype.json").is_file():
+            path = path / "genotype.json"
+        if path.is_file():
+            return Genotype.load(path)
+    except InputError:
+        raise
+    except OSError as exc:  # a name too long, a symlink loop, ...
+        raise InputError(f"cannot read the genotype {stripped[:60]!r}: {exc.strerror or exc}") from None
+    except ValueError:  # a NUL byte: not a path, maybe a garbled string
+        raise InputError(f"the genotype {stripped[:60]!r} holds a NUL byte") from None
     if stripped in GENOTYPES:  # a registered name only: a genotype never names code to import
         found = GENOTYPES.get(stripped)
         if not isinstance(found, Genotype):
@@ -252,6 +304,19 @@ def parse_genotype(text: str) -> Genotype:
     hint = f"; did you mean '{close}'?" if close else ""
     raise InputError(f"'{stripped}' is neither a genotype file, a DARTS / NAS-Bench-201 string nor "
                      f"a published genotype{hint} (published: {known})")
+
+
+def inferred_inputs(nodes: Nodes) -> int:
+    """The fewest cell inputs under which every node reads only earlier states (at least 1).
+
+    Node i (0-based) may read the inputs and nodes 0..i-1, states ``0 .. inputs + i - 1``.
+    """
+    return max([1] + [src - i + 1 for i, node in enumerate(nodes) for _, src in node])
+
+
+def cell_title(kind: str) -> str:
+    """How views name a cell kind: ``normal cell``, and ``cell`` (not ``cell cell``)."""
+    return kind if kind.endswith("cell") else f"{kind} cell"
 
 
 # -- derivation ---------------------------------------------------------------------------------

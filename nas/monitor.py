@@ -1,6 +1,7 @@
 """Where a run reports: TensorBoard, ``metrics.jsonl``, and tqdm bars or plain log lines.
 
-Bars are drawn only on a terminal; elsewhere (a log file, CI) each epoch prints one line.
+Each epoch prints one line: on a terminal above the bars (drawn only there), elsewhere (a log
+file, CI, ``nohup``) flushed at once, so the log is as current as ``metrics.jsonl``.
 ``quiet`` silences both; ``write=False`` (every rank but rank 0 of a distributed run) also
 writes nothing. TensorBoard event files are written into the run directory itself, so
 ``tensorboard --logdir runs`` shows every run side by side.
@@ -10,23 +11,31 @@ the nodes), the same in every view: TensorBoard tags, heatmap rows, ``nas genoty
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from tqdm import tqdm
 
 from . import plot
-from .genotype import Genotype
+from .genotype import Genotype, cell_title
+from .runtime import read_jsonl
 from .supernet import Supernet
 
 
 BAR_KEYS = ("train_loss", "train_acc", "arch_acc", "test_acc", "tau")  # beside the epoch bar
 PROBABILITIES = "probabilities.jsonl"  # one line per epoch: every edge's op probabilities
 HEATMAPS = "heatmaps"                  # <kind>_epoch_NNN.png
+STEPS = "steps"                        # TensorBoard's per-step scalars (step/...), a run of their own
+
+
+def _number(value: float) -> str:
+    """A metric on the epoch line: whole numbers in full (a rank of 1,204), others to 4 digits."""
+    return str(value) if isinstance(value, int) else f"{value:.4g}"
 
 
 def prob_tag(kind: str, edge: str, op: str) -> str:
@@ -46,19 +55,19 @@ def prob_scalars(model: Supernet) -> dict[str, float]:
 
 def prob_layout(model: Supernet) -> dict[str, dict[str, list[Any]]]:
     """A Custom Scalars layout: per cell kind, one chart per edge with one line per op."""
-    return {f"op probabilities, {kind} cell": {
+    return {f"op probabilities, {cell_title(kind)}": {
         edge: ["Multiline", [f"^{re.escape(prob_tag(kind, edge, op))}$" for op in ops]]
         for edge in model.edge_names(kind)} for kind, ops in model.op_names.items()}
 
 
 def _cut_jsonl(path: Path, last_epoch: int) -> None:
-    """Keep the lines of epochs up to ``last_epoch`` (what a resumed run's checkpoint holds)."""
+    """Keep the records of epochs up to ``last_epoch`` (what a resumed run's checkpoint holds);
+    a line half written when the process was killed goes too."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("epoch", 0) <= last_epoch]
+    kept = [r for r in read_jsonl(path) if r["epoch"] <= last_epoch]
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
     tmp.replace(path)
 
 
@@ -66,14 +75,39 @@ def _is_tty() -> bool:
     return hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
 
 
+@contextlib.contextmanager
+def steps_bar(total: int, title: str, quiet: bool = False) -> Iterator[Callable[[str], None]]:
+    """A bar of ``total`` named steps (on a terminal); yields ``step(name)``, called as each
+    step starts."""
+    bar = tqdm(total=total, desc=title, unit="step", leave=False, disable=quiet or not _is_tty())
+    started = []
+
+    def step(name: str) -> None:
+        if started:
+            bar.update(1)
+        started.append(name)
+        bar.set_postfix_str(name)
+
+    try:
+        yield step
+    finally:
+        bar.close()
+
+
 class Monitor:
     """Progress, metrics and pictures of one run."""
 
     def __init__(self, run_dir: str | Path, *, epochs: int, start_epoch: int = 0,
-                 quiet: bool = False, title: str = "search", write: bool = True) -> None:
+                 quiet: bool = False, title: str = "search", write: bool = True,
+                 log_every: int = 0) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir = Path(run_dir)
+        self.start_epoch, self.log_every = start_epoch, log_every
+        self.global_step = 0           # steps done since the run began, the current one included
+        self._images = 0               # images the epoch's steps read (for the throughput)
+        self._steps_per_epoch = 0
+        self._step_writer: Any = None  # per-step scalars: their own event file, in STEPS/
         self.quiet, self.write = quiet or not write, write
         self.bars = (not self.quiet) and _is_tty()
         self.title, self.epochs = title, epochs
@@ -98,15 +132,37 @@ class Monitor:
                     png.unlink()
 
     # -- progress -----------------------------------------------------------------------------
-    def steps(self, iterable: Iterable[Any], total: int, epoch: int) -> Iterator[Any]:
-        """Iterate with a step bar for this epoch (on a terminal)."""
+    def steps(self, iterable: Iterable[Any], total: int, epoch: int,
+              images: int = 0) -> Iterator[Any]:
+        """Iterate with a step bar for this epoch (on a terminal); ``images`` read per step."""
         self._step_bar = tqdm(iterable, total=total, desc=f"epoch {epoch + 1}/{self.epochs}",
                               unit="step", leave=False, dynamic_ncols=True, disable=not self.bars)
+        self._steps_per_epoch = total
+        self._images = 0
         try:
-            yield from self._step_bar
+            for k, item in enumerate(self._step_bar):
+                self.global_step = epoch * total + k + 1
+                self._images += images
+                yield item
         finally:
             self._step_bar.close()
             self._step_bar = None
+
+    def step_scalars(self, **values: Any) -> None:
+        """Per-step TensorBoard scalars (``step/<name>``, e.g. the loss and tau of this step),
+        written every ``log_every`` steps; values may be tensors (read only when written)."""
+        if not self.write or not self.log_every or self.global_step % self.log_every:
+            return
+        if self._step_writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+            # Their own directory, as their own run: the epoch scalars' purge on resume counts
+            # epochs, this one counts steps (it drops what steps after the checkpoint wrote).
+            resumed_at = self.start_epoch * self._steps_per_epoch
+            self._step_writer = SummaryWriter(log_dir=str(self.run_dir / STEPS),
+                                              purge_step=resumed_at + 1 if resumed_at else None)
+        for name, value in values.items():
+            if value is not None:
+                self._step_writer.add_scalar(f"step/{name}", float(value), self.global_step)
 
     def want_postfix(self) -> bool:
         """True at most every half second, so reading device values costs few host syncs."""
@@ -126,7 +182,9 @@ class Monitor:
     def print(self, message: str) -> None:
         """A line for the user (above the bars), unless quiet."""
         if not self.quiet:
-            tqdm.write(message, file=sys.stderr if self.bars else sys.stdout)
+            out = sys.stderr if self.bars else sys.stdout
+            tqdm.write(message, file=out)
+            out.flush()  # block-buffered in a log file: the line must be there now
 
     # -- records ------------------------------------------------------------------------------
     def epoch_end(self, epoch: int, metrics: Mapping[str, Any], scalars: Mapping[str, float]) -> None:
@@ -135,17 +193,23 @@ class Monitor:
             return
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps({"epoch": epoch + 1, **metrics}) + "\n")
+        seconds = metrics.get("seconds")
+        if isinstance(seconds, float) and seconds > 0 and self._images:
+            scalars = {**scalars, "time/epoch_seconds": seconds,
+                       "throughput/images_per_second": self._images / seconds}
         for tag, value in scalars.items():
             self.writer.add_scalar(tag, value, epoch + 1)
         self.writer.flush()
-        shown = {k: v for k, v in metrics.items() if isinstance(v, float)}
+        if self._step_writer is not None:
+            self._step_writer.flush()
+        shown = {k: v for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)}  # benchmark_rank: int
+        line = " ".join(f"{k}={_number(v)}" for k, v in shown.items())
+        self.print(f"{self.title} epoch {epoch + 1}/{self.epochs} {line}")  # above the bars
         if self.bars:
             brief = {k: shown[k] for k in BAR_KEYS if k in shown}
             self.epoch_bar.update(1)
-            self.epoch_bar.set_postfix_str(" ".join(f"{k}={v:.4g}" for k, v in brief.items()))
-        else:
-            line = " ".join(f"{k}={v:.4g}" for k, v in shown.items())
-            self.print(f"{self.title} epoch {epoch + 1}/{self.epochs} {line}")
+            self.epoch_bar.set_postfix_str(" ".join(f"{k}={_number(v)}" for k, v in brief.items()))
 
     def architecture(self, epoch: int, model: Supernet, genotype: Genotype) -> None:
         """Op probabilities (per-op scalars, heatmaps, probabilities.jsonl) and the genotype."""
@@ -161,7 +225,7 @@ class Monitor:
         (self.run_dir / HEATMAPS).mkdir(exist_ok=True)
         for kind, p in probs.items():
             img = plot.heatmap(p, model.op_names[kind], model.edge_names(kind),
-                               f"{kind} cell, epoch {step}")
+                               f"{cell_title(kind)}, epoch {step}")
             img.save(self.run_dir / HEATMAPS / f"{kind}_epoch_{step:03d}.png")
             self.writer.add_image(f"arch/{kind}", plot.image_to_tensor(img), step)
         record = {"epoch": step, "ops": {k: list(model.op_names[k]) for k in probs},
@@ -175,7 +239,7 @@ class Monitor:
             first = model.cell_inputs
             img = plot.heatmap(p, [f"input {i}" for i in range(p.shape[1])],
                                [f"node {first + n}" for n in range(p.shape[0])],
-                               f"{kind} cell inputs, epoch {step}")
+                               f"{cell_title(kind)} inputs, epoch {step}")
             self.writer.add_image(f"arch_inputs/{kind}", plot.image_to_tensor(img), step)
         self.writer.add_text("genotype", f"epoch {step}: `{genotype}`", step)
         for kind in genotype.cells:
@@ -188,4 +252,6 @@ class Monitor:
         self.epoch_bar.close()
         if self.write:
             self.writer.close()
+        if self._step_writer is not None:
+            self._step_writer.close()
 

@@ -42,8 +42,11 @@ class GenotypeCell(nn.Module):
         self.num_inputs, self.reduction, self.concat = num_inputs, reduction, tuple(concat)
         # the genotype's nodes, as built: what a cost table matches a cell's kind by
         self.nodes = tuple(tuple((op, int(src)) for op, src in node) for node in nodes)
+        self.where = where
         self.drop_prob = 0.0
         self.node_inputs: list[list[int]] = []
+        self.op_names: list[str] = []  # per op, in node order: its name and stride
+        self.strides: list[int] = []
         ops = []
         for i, node in enumerate(nodes):
             available = num_inputs + i
@@ -55,9 +58,11 @@ class GenotypeCell(nn.Module):
                                      f"states 0..{available - 1} exist before it")
                 if op_name not in OPS:
                     raise InputError(f"genotype {where}: {OPS.unknown_message(op_name)}")
-                op = build_op(op_name, C, 2 if reduction and src < num_inputs else 1, affine,
-                              track_running_stats)
+                stride = 2 if reduction and src < num_inputs else 1
+                op = build_op(op_name, C, stride, affine, track_running_stats)
                 ops.append(wrap(op_name, op, C) if wrap is not None else op)
+                self.op_names.append(op_name)
+                self.strides.append(stride)
             self.node_inputs.append([src for _, src in node])
         self.ops = nn.ModuleList(ops)
         # What each node runs: (op, input) pairs. A `none` op adds zeros, so it is left out unless

@@ -6,6 +6,7 @@ the ``dot`` program exists, ``save_cell_png`` uses it instead.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import InputError
-from .genotype import Genotype
+from .genotype import Genotype, cell_title
 
 _FONT = ImageFont.load_default()
 _STOPS = [(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)]  # viridis
@@ -38,7 +39,15 @@ def cell_states(genotype: Genotype, kind: str) -> tuple[list[str], int]:
     of them are cell inputs. Every view (TensorBoard tags, heatmaps, ``genotype show``, pictures)
     uses these numbers."""
     nodes, concat = genotype.cells[kind], genotype.concat.get(kind, ())
-    num_inputs = min(concat) if concat else 1
+    num_inputs = genotype.inputs[kind]
+    for i, node in enumerate(nodes):
+        late = [src for _, src in node if src >= num_inputs + i]
+        if late:
+            raise InputError(f"genotype {cell_title(kind)}: node {num_inputs + i} reads state {late[0]}, "
+                             f"but only states 0..{num_inputs + i - 1} exist before it")
+    if concat and max(concat) >= num_inputs + len(nodes):
+        raise InputError(f"genotype {cell_title(kind)}: its output concatenates state {max(concat)}, "
+                         f"but only states 0..{num_inputs + len(nodes) - 1} exist")
     return [str(i) for i in range(num_inputs + len(nodes))], num_inputs
 
 
@@ -140,7 +149,7 @@ def cell_image(genotype: Genotype, kind: str) -> Image.Image:
         draw.rounded_rectangle(box, radius=6, fill=color, outline=(60, 60, 60))
         w, _ = _text_size(draw, label)
         draw.text(((box[0] + box[2] - w) / 2, box[1] + 6), label, fill="black", font=_FONT)
-    caption = "cell" if kind == "cell" else f"{kind} cell"
+    caption = cell_title(kind)
     draw.text((30, height - 22), caption, fill="black", font=_FONT)
     return img
 
@@ -159,12 +168,15 @@ def save_cell_png(genotype: Genotype, kind: str, path: str | Path) -> str:
 
 def heatmap(probs: torch.Tensor, ops: Sequence[str], row_names: Sequence[str],
             title: str = "") -> Image.Image:
-    """Edges x ops probabilities as a colour grid, values written in, each row's largest outlined."""
+    """Edges x ops probabilities as a colour grid, values written in, each row's largest outlined.
+
+    Colours are on the fixed scale 0 (dark purple) .. 1 (yellow), the same in every picture, so
+    that near-uniform probabilities look near-uniform (a scale stretched over each picture's own
+    range would paint 0.32 against 0.35 as a decision).
+    """
     probs = probs.detach().float().cpu()
     rows, cols = probs.shape
-    low, high = probs.min().item(), probs.max().item()
-    span = high - low if high > low else 1.0  # colours stretch over the grid's own range
-    title = f"{title}  (colour: {low:.2f} .. {high:.2f})" if title else title
+    title = f"{title}  (colour: 0 .. 1)" if title else title
     cw, ch = 44, 18
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     left = max(_text_size(probe, r)[0] for r in row_names) + 12
@@ -185,7 +197,7 @@ def heatmap(probs: torch.Tensor, ops: Sequence[str], row_names: Sequence[str],
         for j in range(cols):
             v = probs[i, j].item()
             x0, y0 = left + j * cw, top + i * ch
-            shade = (v - low) / span
+            shade = min(max(v, 0.0), 1.0)
             draw.rectangle([x0, y0, x0 + cw - 1, y0 + ch - 1], fill=_color(shade),
                            outline="red" if v == row_max else None)
             draw.text((x0 + 8, y0 + 3), f"{v:.2f}", fill="white" if shade < 0.6 else "black",
@@ -262,17 +274,140 @@ def charts(panels: dict[str, Series], title: str = "", columns: int = 4,
     return img
 
 
+Points = list[tuple[float, float]]
+
+
+def scatter(layers: dict[str, tuple[Points, tuple[int, int, int] | None, int]],
+            lines: dict[str, Points], vlines: Sequence[float] = (), title: str = "",
+            xlabel: str = "", ylabel: str = "", ylim: tuple[float, float] | None = None,
+            size: tuple[int, int] = (900, 560)) -> Image.Image:
+    """A scatter plot: ``layers`` name -> (points, colour or None for the palette, radius),
+    drawn in order; ``lines`` as polylines in black shades; dashed verticals at ``vlines``."""
+    w, h = size
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    left, right, top, bottom = 60, w - 20, 30, h - 70
+    pts = [p for pts, _, _ in layers.values() for p in pts] + [p for v in lines.values() for p in v]
+    lo_x, hi_x = min((p[0] for p in pts), default=0.0), max((p[0] for p in pts), default=1.0)
+    lo_x, hi_x = min([lo_x, *vlines]), max([hi_x, *vlines])
+    lo_y, hi_y = ylim or (min((p[1] for p in pts), default=0.0), max((p[1] for p in pts), default=1.0))
+    hi_x, hi_y = (hi_x if hi_x > lo_x else lo_x + 1), (hi_y if hi_y > lo_y else lo_y + 1)
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return (left + (x - lo_x) / (hi_x - lo_x) * (right - left),
+                bottom - (min(max(y, lo_y), hi_y) - lo_y) / (hi_y - lo_y) * (bottom - top))
+
+    draw.text((10, 4), title, fill="black", font=_FONT)
+    draw.rectangle([left, top, right, bottom], outline=(120, 120, 120))
+    for k in range(6):
+        x, y = lo_x + k * (hi_x - lo_x) / 5, lo_y + k * (hi_y - lo_y) / 5
+        tx, ty = at(x, y)
+        label = f"{x:.4g}"
+        draw.text((tx - _text_size(draw, label)[0] / 2, bottom + 4), label, fill=(80, 80, 80), font=_FONT)
+        draw.text((6, ty - 6), f"{y:.4g}", fill=(80, 80, 80), font=_FONT)
+    draw.text(((left + right) / 2 - _text_size(draw, xlabel)[0] / 2, bottom + 18), xlabel,
+              fill="black", font=_FONT)
+    draw.text((left + 4, top + 2), ylabel, fill="black", font=_FONT)
+    for x in vlines:
+        px, _ = at(x, lo_y)
+        for y in range(int(top), int(bottom), 8):
+            draw.line([(px, y), (px, min(y + 4, bottom))], fill=(150, 150, 150))
+        draw.text((px + 3, bottom - 14), f"{x:g}", fill=(110, 110, 110), font=_FONT)
+    colors, k = {}, 0
+    for name, (points, color, radius) in layers.items():
+        if color is None:
+            color, k = _PALETTE[k % len(_PALETTE)], k + 1
+        colors[name] = color
+        for x, y in points:
+            px, py = at(x, y)
+            draw.ellipse([px - radius, py - radius, px + radius, py + radius], fill=color)
+    for i, (name, points) in enumerate(lines.items()):
+        shade = (40 * i, 40 * i, 40 * i)
+        step = [q for a, b in zip(points, points[1:]) for q in (at(*a), at(b[0], a[1]))]
+        if points:
+            step.append(at(*points[-1]))
+        if len(step) > 1:
+            draw.line(step, fill=shade, width=2)
+        colors[name] = shade
+    x, y = 10, h - 40
+    for name, color in colors.items():
+        width = 30 + _text_size(draw, name)[0]
+        if x + width > w:
+            x, y = 10, y + 16
+        draw.rectangle([x, y + 3, x + 14, y + 9], fill=color)
+        draw.text((x + 18, y), name, fill="black", font=_FONT)
+        x += width
+    return img
+
+
 def _jsonl(path: Path) -> list[dict]:
+    """The records of a run's ``.jsonl`` file; a last line without its newline (the run was
+    killed while writing it) is left out, any other line that is not a record is an error."""
     import json
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_bytes().decode()
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not a text file of JSON records") from None
+    lines = text.split("\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            record = None
+        if not (isinstance(record, dict) and isinstance(record.get("epoch"), int)):
+            if number == len(lines):  # torn: no newline after it
+                continue
+            raise InputError(f"{path}, line {number}: not a record of this tool (a JSON object "
+                             "with an epoch); fix or delete that line")
+        records.append(record)
+    return records
+
+
+def output_dir(out: Path, what: str) -> Path | None:
+    """Make the directory pictures go into; returns the outermost directory it created (None
+    if it existed), for ``discard``. One line, and nothing made, if it cannot be."""
+    from .runtime import path_problem
+    problem = path_problem(out)
+    if problem:
+        raise InputError(f"{what} {str(out)!r}: {problem}")
+    try:
+        if out.exists() and not out.is_dir():
+            raise InputError(f"{what} {out} is a file; {what} names the directory to write the "
+                             "pictures in")
+        outermost = out
+        while not outermost.parent.exists() and outermost.parent != outermost:
+            outermost = outermost.parent
+        made = None if out.exists() else outermost
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create {what} {out}: {exc.strerror or exc}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        discard(made)
+        raise InputError(f"cannot write in {what} {out}: permission denied")
+    return made
+
+
+def discard(made: Path | None) -> None:
+    """Remove what ``output_dir`` made (files written into it too), after a failed write."""
+    if made is not None:
+        shutil.rmtree(made, ignore_errors=True)
 
 
 def run_files(run: str | Path) -> Path:
     """The directory of a finished search or retraining (a ``nas run`` directory: its search/)."""
     run = Path(run)
     for folder in (run, run / "search", run / "train"):
-        if (folder / "metrics.jsonl").is_file():
-            return folder
+        try:
+            if (folder / "metrics.jsonl").is_file():
+                return folder
+        except (OSError, ValueError) as exc:  # a name too long, a symlink loop, a NUL byte
+            raise InputError(f"cannot read the run {str(run)!r}: "
+                             f"{getattr(exc, 'strerror', None) or exc}") from None
     raise InputError(f"{run} is not a run directory: no metrics.jsonl in it or in its search/ "
                      "or train/")
 
@@ -287,33 +422,46 @@ def plot_runs(runs: Sequence[str | Path], out: str | Path) -> list[Path]:
     compare the runs' curves (loss, entropy, accuracy, benchmark accuracy); returns the files."""
     out = Path(out)
     folders = [run_files(r) for r in runs]
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
+    images: dict[str, Image.Image] = {}  # drawn first: a bad record writes nothing
     labels = [str(r) for r in runs]
     for label, folder in zip(labels, folders):
         path = folder / "probabilities.jsonl"
         if not path.is_file():
             continue
         records = _jsonl(path)
+        if not records:
+            continue
         stem = Path(label).name if len(folders) > 1 else ""
-        for kind, ops in records[-1]["ops"].items():
-            panels = {}
-            for e, edge in enumerate(records[-1]["edges"][kind]):
-                panels[edge] = {op: [(r["epoch"], r["probabilities"][kind][e][o]) for r in records]
-                                for o, op in enumerate(ops)}
-            top = max(v for r in records for row in r["probabilities"][kind] for v in row)
-            img = charts(panels, f"{label}: op probabilities of every edge of the {kind} cell over "
-                         "the epochs (edge = node<-input)", ylim=(0.0, math.ceil(top * 20) / 20))
-            written.append(out / f"{stem + '_' if stem else ''}ops_{kind}.png")
-            img.save(written[-1])
+        try:
+            for kind, ops in records[-1]["ops"].items():
+                panels = {}
+                for e, edge in enumerate(records[-1]["edges"][kind]):
+                    panels[edge] = {op: [(r["epoch"], float(r["probabilities"][kind][e][o]))
+                                         for r in records] for o, op in enumerate(ops)}
+                top = max(v for r in records for row in r["probabilities"][kind] for v in row)
+                images[f"{stem + '_' if stem else ''}ops_{kind}.png"] = charts(
+                    panels, f"{label}: op probabilities of every edge of the {cell_title(kind)} "
+                    "over the epochs (edge = node<-input)", ylim=(0.0, math.ceil(top * 20) / 20))
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+            raise InputError(f"{path}: its records do not hold the ops, edges and probabilities "
+                             "this tool writes") from None
     metrics = [_jsonl(folder / "metrics.jsonl") for folder in folders]
     panels = {}
     for key, title in COMPARED.items():
-        series = {label: [(m["epoch"], m[key]) for m in lines if m.get(key) is not None]
+        series = {label: [(m["epoch"], m[key]) for m in lines
+                          if isinstance(m.get(key), (int, float)) and not isinstance(m[key], bool)]
                   for label, lines in zip(labels, metrics)}
         if any(series.values()):
             panels[title] = {k: v for k, v in series.items() if v}
     if panels:
-        written.append(out / "curves.png")
-        charts(panels, "per epoch", columns=3, size=(300, 200)).save(written[-1])
+        images["curves.png"] = charts(panels, "per epoch", columns=3, size=(300, 200))
+    made = output_dir(out, "--out")
+    written = []
+    try:
+        for name, img in images.items():
+            written.append(out / name)
+            img.save(written[-1])
+    except OSError as exc:
+        discard(made)
+        raise InputError(f"cannot write the plots in {out}: {exc.strerror or exc}") from None
     return written

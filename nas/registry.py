@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.machinery
 import importlib.metadata
 import importlib.util
 import contextlib
@@ -37,12 +38,47 @@ class Entry:
 
 
 def closest(name: str, known: list[str]) -> str | None:
-    """The known name most like ``name`` (similar spelling, or one a prefix of the other)."""
-    match = difflib.get_close_matches(name, known, n=1)
+    """The known name most like ``name``: the same but for case, a similar spelling (case
+    ignored), or one a prefix of the other."""
+    folded = {k.lower(): k for k in known}
+    if name.lower() in folded:
+        return folded[name.lower()]
+    match = difflib.get_close_matches(name.lower(), list(folded), n=1)
     if match:
-        return match[0]
+        return folded[match[0]]
     prefixed = [k for k in known if k.startswith(name) or name.startswith(k)]
     return min(prefixed, key=lambda k: abs(len(k) - len(name))) if prefixed else None
+
+
+def _fingerprint(obj: Any) -> Any:
+    """What makes two registered objects the same: for a function its name, code, defaults and
+    closure; for a class its name and source; else the object itself (compared by ``==``).
+
+    A plugin module imported twice (as an installed package and by its file path) defines its
+    factories twice: distinct objects, the same factory.
+    """
+    import inspect
+    import types
+    if isinstance(obj, types.FunctionType):
+        cells = tuple(_fingerprint(c.cell_contents) for c in obj.__closure__ or ())
+        return ("function", obj.__qualname__, obj.__code__, obj.__defaults__,
+                tuple(sorted((obj.__kwdefaults__ or {}).items())), cells)
+    if isinstance(obj, type):
+        try:
+            return ("class", obj.__qualname__, inspect.getsource(obj))
+        except (OSError, TypeError):
+            return ("class", id(obj))
+    return obj
+
+
+def same_object(a: Any, b: Any) -> bool:
+    """Whether registering ``b`` where ``a`` is registered registers nothing new (see ``_fingerprint``)."""
+    if a is b:
+        return True
+    try:
+        return bool(_fingerprint(a) == _fingerprint(b))
+    except Exception:  # objects whose == fails or is not a truth value (tensors): different
+        return False
 
 
 def _caller_source(obj: Any, caller: str = "") -> str:
@@ -116,7 +152,8 @@ def load_object(spec: str) -> Any:
             mod_name = f"{_FILE_MODULE}{path.stem}_{abs(hash(str(path))) % 10**8}"
             module = sys.modules.get(mod_name)
             if module is None:
-                file_spec = importlib.util.spec_from_file_location(mod_name, path)
+                file_spec = importlib.util.spec_from_file_location(
+                    mod_name, path, loader=_NoBytecodeLoader(mod_name, str(path)))
                 module = importlib.util.module_from_spec(file_spec)
                 sys.modules[mod_name] = module
                 try:
@@ -139,12 +176,22 @@ def load_object(spec: str) -> Any:
         raise
     except ModuleNotFoundError as exc:
         raise InputError(f"'{spec}': cannot import module '{module_name}' ({exc})") from exc
+    except SystemExit as exc:  # the plugin called sys.exit() or exit() while loading
+        raise InputError(f"'{spec}': importing '{module_name}' called sys.exit({exc.code!r}); "
+                         "a plugin must not exit while it loads") from None
     except Exception as exc:  # a plugin that fails while importing
         raise InputError(f"'{spec}': importing '{module_name}' failed: {type(exc).__name__}: {exc}") from exc
     try:
         return getattr(module, attr)
     except AttributeError:
         raise InputError(f"'{spec}': module '{module_name}' has no attribute '{attr}'") from None
+
+
+class _NoBytecodeLoader(importlib.machinery.SourceFileLoader):
+    """Loads a ``file.py:attr`` plugin without writing ``__pycache__/`` beside the user's file."""
+
+    def set_data(self, path: str, data: bytes, *, _mode: int = 0o666) -> None:  # noqa: D102
+        return None
 
 
 class Registry:
@@ -167,10 +214,15 @@ class Registry:
             if not key:
                 raise ValueError(f"cannot register a {self.kind} without a name")
             old = self._entries.get(key)
-            if old is not None and old.obj is not target and not override and old.error is None:
-                raise ValueError(f"{self.kind} '{key}' is already registered ({old.source}); "
-                                 "pass override=True to replace it")
-            self._entries[key] = Entry(key, target, source or _caller_source(target, caller))
+            where = source or _caller_source(target, caller)
+            if old is not None and old.error is None and not override:
+                if same_object(old.obj, target):  # the same plugin, imported a second way
+                    return target
+                raise ValueError(
+                    f"{self.kind} '{key}' is registered twice, with different definitions: by "
+                    f"{old.source} and by {where}; rename one (or uninstall the package you are "
+                    "not editing), or from Python pass override=True to replace it")
+            self._entries[key] = Entry(key, target, where)
             return target
 
         return add if obj is None else add(obj)
@@ -186,7 +238,7 @@ class Registry:
             where = f"entry point {dist.name if dist else '?'} ({ep.value})"
             try:
                 target = ep.load()
-            except Exception as exc:  # one broken plugin must not hide the others
+            except (Exception, SystemExit) as exc:  # one broken plugin must not hide the others
                 if ep.name not in self._entries:
                     self._entries[ep.name] = Entry(ep.name, None, where,
                                                    error=f"{type(exc).__name__}: {exc}")

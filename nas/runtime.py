@@ -89,9 +89,39 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def path_problem(path: Path) -> str | None:
+    """Why the system cannot hold ``path`` (a NUL byte, a part or the whole over its length
+    limit), or None; checked before anything is created, so no parent is left behind."""
+    if b"\0" in os.fsencode(path):
+        return "it holds a NUL byte"
+    try:
+        name_max, path_max = os.pathconf(".", "PC_NAME_MAX"), os.pathconf(".", "PC_PATH_MAX")
+    except (OSError, ValueError, AttributeError):
+        name_max, path_max = 255, 4096
+    long = next((part for part in path.parts if len(os.fsencode(part)) > name_max), None)
+    if long is not None:
+        return f"its part {long[:24]}... has {len(os.fsencode(long))} bytes, over the system's " \
+               f"limit of {name_max} for a file name"
+    if len(os.fsencode(path.absolute())) >= path_max:
+        return f"it is over the system's limit of {path_max} bytes for a path"
+    return None
+
+
 def check_run_dir(path: str | Path, *, resume: bool = False, force: bool = False) -> Path:
     """Fail early, changing nothing, if a run cannot start (or resume) in ``path``."""
     path = Path(path)
+    problem = path_problem(path)
+    if problem:
+        raise InputError(f"cannot use the run directory {str(path)!r}: {problem}; choose "
+                         "another --run-dir or name")
+    try:
+        return _check_run_dir(path, resume, force)
+    except OSError as exc:  # a symlink loop, no permission to look, ...
+        raise InputError(f"cannot use the run directory {path}: {exc.strerror or exc}; choose "
+                         "another --run-dir") from None
+
+
+def _check_run_dir(path: Path, resume: bool, force: bool) -> Path:
     if resume:
         if not (path / CHECKPOINT).is_file() and not (path / "config.yaml").is_file():
             raise InputError(f"cannot resume: {path / CHECKPOINT} does not exist")
@@ -143,11 +173,63 @@ def check_replaceable(path: Path) -> None:
 
 def start_mode(path: str | Path, resume: bool, force: bool) -> tuple[Path, bool, bool]:
     """Check ``path`` and return it with (resume, force); a run stopped before its first
-    checkpoint (its config saved, no checkpoint yet) is resumed by starting it again."""
+    checkpoint (its config saved, no checkpoint yet) is resumed by starting it again.
+
+    With ``resume``, ``force`` means: start again a run whose checkpoint is lost although its
+    metrics hold finished epochs (refused without it, so that no finished work is replaced).
+    """
     path = check_run_dir(path, resume=resume, force=force)
-    if resume and not (path / CHECKPOINT).is_file():
+    if resume:
+        if (path / CHECKPOINT).is_file():
+            if force:
+                raise InputError(f"--force with --resume starts again a run whose {CHECKPOINT} is "
+                                 f"lost, and {path} has its checkpoint: drop --force to continue it")
+            return path, True, False
+        check_restart(path, force)
         return path, False, True
     return path, resume, force
+
+
+def finished_epochs(path: str | Path) -> int:
+    """The last epoch that a run directory's metrics.jsonl records (0 if none; torn lines skipped)."""
+    return max((record["epoch"] for record in read_jsonl(Path(path) / "metrics.jsonl")), default=0)
+
+
+def check_restart(path: str | Path, force: bool) -> None:
+    """Refuse to start ``path`` again (as resuming a run without a checkpoint does) when it had
+    a checkpoint that is lost, unless ``force``; nothing is changed.
+
+    A checkpoint existed if the metrics record a second epoch (the first epoch's checkpoint was
+    written before it began) or the run finished; one epoch alone may be a run stopped while
+    its first checkpoint was written, which ``--resume`` starts again.
+    """
+    path = Path(path)
+    done = finished_epochs(path)
+    finished = (path / "result.json").is_file() or \
+        ((path / "genotype.json").is_file() and (path / "genotypes").is_dir())
+    if (done >= 2 or (done and finished)) and not force:
+        raise InputError(f"cannot resume {path}: its {CHECKPOINT} is missing, but its metrics.jsonl "
+                         f"holds {done} finished epoch(s); restore the checkpoint, or pass --force "
+                         "with --resume to start the run again from epoch 1 (its files are replaced)")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The epoch records of a ``.jsonl`` file, in order; a line that is not a JSON object with a
+    whole-number ``epoch`` (a line half written when the process was killed) is skipped."""
+    import json
+    if not path.is_file():
+        return []
+    records = []
+    with open(path, "rb") as f:
+        for raw in f:
+            try:
+                record = json.loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                continue
+            epoch = record.get("epoch") if isinstance(record, dict) else None
+            if isinstance(epoch, int) and not isinstance(epoch, bool):
+                records.append(record)
+    return records
 
 
 def _missing_root(path: Path) -> Path:
@@ -170,14 +252,18 @@ def prepare_run_dir(path: str | Path, *, resume: bool = False, force: bool = Fal
         else:
             path.unlink()
     outermost = _missing_root(path)
+    existed = path.exists()
     try:
-        existed = path.exists()
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a read-only parent, a path under a regular file, ...
+        if not existed and outermost.is_dir():  # the parents it made before it failed
+            shutil.rmtree(outermost, ignore_errors=True)
         raise InputError(f"cannot create the run directory {path}: {exc.strerror or exc}; "
                          "choose another --run-dir") from None
     if not resume:
         _created[path] = path if existed else outermost
+    # a checkpoint write that a killed process left half done: the checkpoint itself is whole
+    (path / (CHECKPOINT + ".tmp")).unlink(missing_ok=True)
     return path
 
 
@@ -204,11 +290,17 @@ def default_run_dir(name: str, root: str | Path = "runs") -> Path:
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write a checkpoint atomically: a crash mid-write leaves the previous one intact."""
+    """Write a checkpoint atomically: a crash mid-write leaves the previous one intact (and an
+    interrupted write removes its temporary file; one a killed process left is removed when
+    the run starts or resumes, ``prepare_run_dir``)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # Ctrl-C, SIGTERM or a full disk mid-write: no half file stays behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]:
@@ -236,19 +328,28 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
         raise InputError(f"{path} is not a gumbel-nas checkpoint")
     if kind is not None and state["kind"] != kind:
         raise InputError(f"{path} is a {state['kind']} checkpoint, not a {kind} checkpoint")
+    epoch = state.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise InputError(f"{path} is damaged: its epoch is {epoch!r}, not a whole number >= 0")
     return state
 
 
 def checkpoint_state(kind: str, epoch: int, objects: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    """A checkpoint: every object's ``state_dict()``, the RNG states, the kind and the epoch."""
+    """A checkpoint: every object's ``state_dict()``, the RNG states, the kind and the epoch.
+
+    ``version`` (of gumbel-nas) lets a reader say which version wrote a checkpoint that does
+    not fit its own.
+    """
+    from . import __version__
     return {"kind": kind, "epoch": epoch, **{k: obj.state_dict() for k, obj in objects.items()},
-            "rng": rng_state(), **extra}
+            "rng": rng_state(), "version": __version__, **extra}
 
 
 # Keys a resumed run may take from an edited config.yaml (or flags): where the data is, how it
 # is read and what is monitored change no result; epochs may grow (the schedules stretch).
 RESUME_MAY_CHANGE = ("data.root", "data.download", "data.workers", "data.on_device", "device",
-                     "search.benchmark", "search.channels_last", "train.channels_last")
+                     "search.benchmark", "search.channels_last", "train.channels_last",
+                     "search.log_every", "train.log_every", "threads")
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -313,7 +414,16 @@ def resume_from(run_dir: str | Path, kind: str, objects: dict[str, Any],
     """
     path = Path(run_dir) / CHECKPOINT
     state = load_checkpoint(path, kind)
-    epoch = int(state.get("epoch", 0))
+    epoch = state["epoch"]
+    saved = state.get("config")
+    if saved is not None:
+        from .config import check_plain
+        check_plain(saved, f"{path}: its config")
+    planned = saved.get(kind, {}).get("epochs") if isinstance(saved, dict) and \
+        isinstance(saved.get(kind), dict) else None
+    if isinstance(planned, int) and epoch > planned:
+        raise InputError(f"{path} is damaged: its epoch is {epoch}, but its config plans "
+                         f"{planned} epochs")
     grown = config_changes(state["config"], config, epoch) \
         if config is not None and isinstance(state.get("config"), dict) else {}
     for key, obj in objects.items():
@@ -338,9 +448,11 @@ class Meter:
         self.loss = torch.zeros((), device=device)
         self.correct = torch.zeros((), device=device, dtype=torch.long)
         self.count = 0
+        self.last: Tensor | None = None  # the loss added last (per-step logging reads it)
 
     def add(self, loss: Tensor, logits: Tensor, target: Tensor) -> None:
         n = target.shape[0]
+        self.last = loss.detach()
         self.loss += loss.detach() * n
         self.correct += (logits.detach().argmax(1) == target).sum()
         self.count += n
@@ -359,6 +471,15 @@ class Meter:
         if not self.count:
             return math.nan, math.nan
         return self.loss.item() / self.count, 100.0 * self.correct.item() / self.count
+
+
+def steps_note(steps: int, cap: int | None, key: str, images: str, batch: int) -> str:
+    """``N steps/epoch``, and why, when ``key`` (a steps_per_epoch cap) asked for more than the
+    data makes: ``images`` says which images (``the 1,000 training images``)."""
+    if cap and steps < cap:
+        return (f"{steps} steps/epoch ({key}: {cap} is a cap, and {images} make {steps} "
+                f"batch{'es' if steps != 1 else ''} of {batch})")
+    return f"{steps} steps/epoch"
 
 
 def channels_last(setting: bool | str, device: torch.device) -> bool:

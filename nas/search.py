@@ -39,11 +39,12 @@ from .monitor import Monitor
 from .runtime import (CHECKPOINT, Meter, autocast, channels_last, check_finite, checkpoint_state,
                       discard_failed_start, in_layout, keep_freed_memory,
                       prepare_run_dir, resolve_device, resume_from, save_checkpoint,
-                      seed_everything, start_mode, stretch_cosine)
+                      seed_everything, start_mode, steps_note, stretch_cosine)
 from .schedules import TemperatureScheduler
 from .errors import InputError
 from .spaces import build_network, build_supernet, check_supernet, inspecting
 from .supernet import MixedEdge, Supernet
+from .threads import Threads, use_threads
 
 
 @dataclass
@@ -240,6 +241,7 @@ class SearchSetup:
     table: NB201Table | None         # monitoring only: never read by a step
     weight_logits: dict[str, Tensor] | None
     budget: BudgetConstraint | None = None
+    threads: Threads | None = None   # how many threads, and why (stated in the header)
 
     @property
     def objects(self) -> dict[str, Any]:
@@ -264,6 +266,7 @@ def build_search(cfg: Config, saved_costs: Path | None = None) -> SearchSetup:
     s = cfg.search
     device = dist.local_device(resolve_device(cfg.device))
     dist.per_rank_batch(s.batch_size, "search.batch_size")
+    threads = use_threads(cfg.threads)
     if device.type == "cpu":
         keep_freed_memory()  # no page faults re-touching each step's activations
     seed_everything(cfg.seed)
@@ -308,7 +311,8 @@ def build_search(cfg: Config, saved_costs: Path | None = None) -> SearchSetup:
                        batches(w_idx, 1), batches(a_idx, 2), model, layout, w_opt,
                        torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, s.epochs, eta_min=s.lr_min),
                        a_opt, taus, table,
-                       weight_sampling_logits(model, s.weight_sampling, cfg.data.image_size), budget)
+                       weight_sampling_logits(model, s.weight_sampling, cfg.data.image_size), budget,
+                       threads)
 
 
 COSTS = "costs.json"  # a budgeted run's cost table; a resumed run reuses its measured latency
@@ -365,7 +369,8 @@ def header(setup: SearchSetup, run_dir: Path, resume: bool, start: int,
     """The lines a search prints before its first epoch."""
     cfg, s = setup.cfg, setup.cfg.search
     if resume:
-        lines = [f"resuming {run_dir} at epoch {start + 1}/{s.epochs}" if start < s.epochs
+        lines = [f"resuming {run_dir} at epoch {start + 1}/{s.epochs}{setup.threads.note()}"
+                 if start < s.epochs
                  else f"{run_dir} has finished all {s.epochs} epochs"]
         return lines + [f"config.yaml was edited: {key} {was} -> {now}" + (
             "; the learning-rate and temperature schedules now end there"
@@ -376,9 +381,11 @@ def header(setup: SearchSetup, run_dir: Path, resume: bool, start: int,
                    ", decoupled forward temperature" if "tau_forward" in setup.taus else "",
                    f", top-{s.edge_topk} inputs per node" if s.edge_topk else ""])
     w, a = setup.images
-    return [*budget_lines(setup), f"search: {cfg.space} space, {s.mode} mode{how}, {w}/{a} images (weights/"
-            f"architecture), {setup.steps} steps/epoch{dist.batch_note(s.batch_size, setup.device)}, "
-            f"{n_params:,} weights, device {setup.device}"]
+    per_epoch = steps_note(setup.steps, s.steps_per_epoch, "search.steps_per_epoch",
+                           f"the smaller split's {min(w, a):,} images", s.batch_size)
+    return [*budget_lines(setup), f"search: {cfg.space} space, {s.mode} mode{how}, {w}/{a} images "
+            f"(weights/architecture), {per_epoch}{dist.batch_note(s.batch_size, setup.device)}, "
+            f"{n_params:,} weights, device {setup.device}{setup.threads.note()}"]
 
 
 def budget_lines(setup: SearchSetup) -> list[str]:
@@ -388,8 +395,9 @@ def budget_lines(setup: SearchSetup) -> list[str]:
     table, limits, cfg = setup.budget.table, setup.budget.limits, setup.cfg
     least = table.minimum()
     bounds = ", ".join(f"{m} <= {format_cost(m, v)}" for m, v in limits.items())
-    lines = [f"budget: {bounds} for the network {cfg.network or '(the space defaults)'} "
-             f"builds from the derived genotype, at {table.image_size}x{table.image_size} "
+    options = ", ".join(f"{k}={v}" for k, v in cfg.network.items()) or "its defaults"
+    lines = [f"budget: {bounds} for the network ({options}) built from the derived genotype, "
+             f"at {table.image_size}x{table.image_size} "
              f"(the smallest possible: {', '.join(format_cost(m, least[m]) for m in limits)})"]
     return lines + [f"  {m}: {how}" for m, how in table.how.items() if m in limits]
 
@@ -416,7 +424,7 @@ def run_epoch(setup: SearchSetup, epoch: int, monitor: Monitor,
 
     model.train()
     for (xw, yw), (xa, ya) in monitor.steps(zip(setup.w_batches, setup.a_batches), setup.steps,
-                                            epoch):
+                                            epoch, s.batch_size * (2 if update_arch else 1)):
         xw, xa = in_layout(xw, setup.layout), in_layout(xa, setup.layout)
         model.tau = taus["tau"].tau
         if "tau_forward" in taus:
@@ -428,6 +436,8 @@ def run_epoch(setup: SearchSetup, epoch: int, monitor: Monitor,
         model.sampling_logits = None
         if update_arch and s.order == "weights_first":
             update(xa, ya)
+        monitor.step_scalars(**{"loss/train": train_meter.last, "tau": model.tau,
+                                "loss/arch": arch_meter.last if update_arch else None})
         for t in taus.values():
             if t.per == "iteration":
                 t.step()
@@ -508,7 +518,7 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
     ddp = dist.wrap(model, setup.device, [f"arch_logits.{k}" for k in model.arch_logits])
     ddp = None if ddp is model else ddp
     monitor = Monitor(run_dir, epochs=s.epochs, start_epoch=start, quiet=quiet, title="search",
-                      write=dist.is_main())
+                      write=dist.is_main(), log_every=s.log_every)
     for line in header(setup, run_dir, resume, start, grown):
         monitor.print(line)
     metrics: dict[str, Any] = {}

@@ -18,10 +18,10 @@ from torch import Tensor, nn
 
 from .config import check_options
 from .errors import InputError
-from .genotype import Genotype
-from .network import evaluating
+from .genotype import Genotype, edge_inputs
+from .network import GenotypeCell, evaluating
 from .registry import SEARCH_SPACES
-from .supernet import MODES, Supernet
+from .supernet import MODES, MixedEdge, SearchCell, Supernet
 
 
 @dataclass(frozen=True)
@@ -127,16 +127,93 @@ def check_network(model: nn.Module, num_classes: int, image_size: int, who: str)
     Eval mode changes no state; a supernet runs every op (as in softmax mode), so that an image
     size a reduction op cannot halve fails here too, not in a later step.
     """
-    with inspecting(model) as device:
+    with inspecting(model) as device, _ops_checked(model, who) as running:
         x = torch.zeros(2, 3, image_size, image_size, device=device)
         try:
             out = model(x)
         except InputError:
             raise
         except Exception as exc:  # a plugin's bug: name it, in one line
+            if running:  # it failed inside an op: say which, where
+                site, shape = running[-1]
+                raise InputError(f"{who}: {site} failed on an input of shape {shape}: "
+                                 f"{first_line(exc)}") from exc
             raise InputError(f"{who}: forward failed on a batch of shape {tuple(x.shape)}: "
                              f"{first_line(exc)}") from exc
     check_logits(out, 2, num_classes, who)
+
+
+def _op_sites(model: nn.Module) -> list[tuple[nn.Module, str, int]]:
+    """Every op of the cells in ``model``: (module, where it is in words, its stride)."""
+    sites, seen = [], set()
+
+    def cell_words(title: str, name: str, reduction: bool) -> str:
+        where = f"{title} '{name}'" if name else title
+        return where + (" (a reduction cell)" if reduction and "reduc" not in title else "")
+
+    for name, module in model.named_modules():
+        if isinstance(module, SearchCell):
+            cell = cell_words("cell", name, module.reduction)
+            pairs = edge_inputs(module.num_inputs, module.num_nodes)
+            for (node, src), edge in zip(pairs, module.edges):
+                seen.add(id(edge))
+                for op_name, op in zip(edge.op_names, edge.ops):
+                    sites.append((op, f"op '{op_name}' on edge {module.num_inputs + node}<-{src} "
+                                      f"of {cell}, stride {edge.stride},", edge.stride))
+        elif isinstance(module, GenotypeCell):
+            cell = cell_words(module.where, name, module.reduction)
+            k = 0
+            for node, sources in enumerate(module.node_inputs):
+                for src in sources:
+                    sites.append((module.ops[k], f"op '{module.op_names[k]}' on edge "
+                                  f"{module.num_inputs + node}<-{src} of {cell}, stride "
+                                  f"{module.strides[k]},", module.strides[k]))
+                    k += 1
+    for name, module in model.named_modules():
+        if isinstance(module, MixedEdge) and id(module) not in seen:  # an edge outside a SearchCell
+            for op_name, op in zip(module.op_names, module.ops):
+                sites.append((op, f"op '{op_name}' on edge '{name}', stride {module.stride},",
+                              module.stride))
+    return sites
+
+
+@contextlib.contextmanager
+def _ops_checked(model: nn.Module, who: str) -> Iterator[list[tuple[str, tuple[int, ...]]]]:
+    """While inside, every op of a cell checks that it maps ``[N, C, H, W]`` to ``[N, C, H/stride,
+    W/stride]`` (a wrong shape fails naming the op, edge, cell and stride, before a later sum
+    fails on it or broadcasts it); yields the ops running now (the innermost last)."""
+    running: list[tuple[str, tuple[int, ...]]] = []
+    handles = []
+
+    def before(site: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple) -> None:
+            x = args[0] if args else None
+            running.append((site, tuple(x.shape) if isinstance(x, Tensor) else ()))
+        return hook
+
+    def after(site: str, stride: int) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple, out: Any) -> None:
+            _, shape = running.pop()
+            if len(shape) != 4 or not isinstance(out, Tensor):
+                return
+            n, c, h, w = shape
+            sizes = [{d // stride, -(-d // stride)} for d in (h, w)]
+            got = tuple(out.shape)
+            if len(got) != 4 or got[:2] != (n, c) or got[2] not in sizes[0] or got[3] not in sizes[1]:
+                want = (n, c, *(min(s) if len(s) == 1 else f"{min(s)} or {max(s)}" for s in sizes))
+                raise InputError(f"{who}: {site} returned shape {got} from an input of shape "
+                                 f"{shape}; an op must return [N, C, H/stride, W/stride], here "
+                                 f"({', '.join(map(str, want))})")
+        return hook
+
+    for op, site, stride in _op_sites(model):
+        handles.append(op.register_forward_pre_hook(before(site)))
+        handles.append(op.register_forward_hook(after(site, stride)))
+    try:
+        yield running
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @contextlib.contextmanager

@@ -186,6 +186,7 @@ class MixedEdge(nn.Module):
                  wrap: Callable[[str, nn.Module, int], nn.Module] | None = None) -> None:
         super().__init__()
         self.op_names = tuple(ops)
+        self.stride = stride
         built: list[nn.Module] = [nn.Identity()] * len(ops)
         for k in canonical_order(ops):  # the ops' weights are drawn in name order
             built[k] = build_op(ops[k], C, stride, affine, track_running_stats)
@@ -288,11 +289,15 @@ class Supernet(nn.Module):
 
     def __init__(self, mode: str = "gdas",
                  cells: Mapping[str, tuple[int, Sequence[str]]] | None = None, seed: int = 0,
-                 cell_inputs: int | None = None, init_scale: float = 1e-3) -> None:
+                 cell_inputs: int | None = None, init_scale: float = 1e-3,
+                 concat: Sequence[int] | Mapping[str, Sequence[int]] | None = None) -> None:
         """``cells`` maps each cell kind to its number of edges and candidate op names.
 
         ``nas.build_supernet`` sets ``mode`` and the sampling seed after construction, so a
         plugin's constructor need not take or pass them on: ``super().__init__(cells=...)``.
+        ``concat`` declares the states whose concatenation is a cell's output (one sequence for
+        every kind, or one per kind), as its ``SearchCell``s compute it: the default
+        ``genotype()`` records them, so genotypes, their JSON and pictures show the output.
         """
         super().__init__()
         if not cells:
@@ -315,6 +320,7 @@ class Supernet(nn.Module):
         self.tau_forward = 1.0
         self.op_names = {kind: tuple(ops) for kind, (_, ops) in cells.items()}
         self.cell_inputs = cell_inputs
+        self.cell_concat = self._declared_concat(concat, cells)
         self.init_scale = init_scale
         self.arch_logits = nn.ParameterDict()
         for kind, (edges, ops) in cells.items():  # each op's column of noise follows its name
@@ -342,6 +348,34 @@ class Supernet(nn.Module):
         # ("gdas"), Gumbel-Rao's mean of rao_samples conditional soft samples, or ReinMax's.
         self.estimator = "gdas"
         self.rao_samples = 4
+
+    def _declared_concat(self, concat: Any, cells: Mapping[str, tuple[int, Sequence[str]]]
+                         ) -> dict[str, tuple[int, ...]]:
+        """``concat`` as ``{kind: states}``, each state checked against the cell's states."""
+        if concat is None:
+            return {}
+        name = type(self).__name__
+        per_kind = dict(concat) if isinstance(concat, Mapping) else {k: concat for k in cells}
+        out = {}
+        for kind, states in per_kind.items():
+            if kind not in cells:
+                raise InputError(f"{name}: concat names cell kind '{kind}', which is not one of "
+                                 f"its cells ({', '.join(cells)})")
+            if isinstance(states, (str, bytes)) or not all(
+                    isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in states):
+                raise InputError(f"{name}: concat of cell kind '{kind}' must be state indices, "
+                                 f"got {states!r}")
+            if self.cell_inputs is not None:
+                try:
+                    total = self.cell_inputs + num_nodes(cells[kind][0], self.cell_inputs)
+                except ValueError as exc:
+                    raise InputError(f"{name}: cell kind '{kind}': {exc}") from None
+                bad = [i for i in states if i >= total]
+                if bad:
+                    raise InputError(f"{name}: concat of cell kind '{kind}' names state {bad[0]}, "
+                                     f"but its cells have states 0..{total - 1}")
+            out[kind] = tuple(states)
+        return out
 
     def edge_names(self, kind: str) -> list[str]:
         """Readable edge names, ``"3<-1"`` (node <- state) in DARTS-family cells."""
@@ -561,8 +595,10 @@ class Supernet(nn.Module):
 
         The default serves DARTS-family cells (``cell_inputs`` given): each edge keeps its
         strongest op, each node its ``inputs_kept`` strongest inputs (by the edge logits with
-        edge top-k; all of them when None), and a cell that keeps a fixed number of inputs
-        outputs the concatenation of its nodes, as in DARTS. Other supernets override it.
+        edge top-k; all of them when None). The cell's output is the ``concat`` declared to
+        ``__init__``; without one, a cell that keeps a fixed number of inputs outputs the
+        concatenation of its nodes, as in DARTS, and any other its last node. Other supernets
+        override it.
         """
         if self.cell_inputs is None:
             raise NotImplementedError(f"{type(self).__name__} must implement genotype() (or pass "
@@ -572,9 +608,14 @@ class Supernet(nn.Module):
                                    edge_weights=edges.get(kind))
                  for kind, p in self.probabilities().items()}
         first = self.cell_inputs
-        concat = {} if self.inputs_kept is None else \
-            {kind: tuple(range(first, first + len(nodes))) for kind, nodes in cells.items()}
-        return Genotype(cells, concat, space=self.space_name)
+        if self.cell_concat:
+            concat = {kind: self.cell_concat[kind] for kind in cells if kind in self.cell_concat}
+        elif self.inputs_kept is not None:
+            concat = {kind: tuple(range(first, first + len(nodes))) for kind, nodes in cells.items()}
+        else:
+            concat = {}
+        return Genotype(cells, concat, space=self.space_name,
+                        inputs={kind: first for kind in cells})
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"sample_seed": self.sample_seed, "samples_drawn": self.samples_drawn,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +28,11 @@ from .monitor import Monitor
 from .cost import count_macs
 from .network import count_parameters, set_drop_path
 from .spaces import build_network, check_network
+from .threads import use_threads
 from .runtime import (CHECKPOINT, Meter, autocast, channels_last, check_finite, checkpoint_state,
                       discard_failed_start, first_mismatch, in_layout, keep_freed_memory,
                       load_checkpoint, prepare_run_dir, resolve_device, resume_from,
-                      save_checkpoint, seed_everything, start_mode, stretch_cosine)
+                      save_checkpoint, seed_everything, start_mode, steps_note, stretch_cosine)
 
 
 @dataclass
@@ -56,20 +58,37 @@ def space_of(cfg: Config, genotype: Genotype) -> str:
     return genotype.space or cfg.space
 
 
-def recipe_line(cfg: Config, space: str) -> str:
-    """What a retraining with ``cfg`` will run, in one line (printed when no --config was given)."""
+def recipe_line(cfg: Config, space: str, epochs_set: bool = False) -> str:
+    """What a retraining with ``cfg`` will run, in one line (printed when no --config was given).
+
+    The defaults are the DARTS retraining recipe, made for the darts network; for another space
+    they are refused (InputError) unless ``epochs_set`` (``--set train.epochs=N``) says the user
+    chose at least how long to train. An auxiliary head is named only where the network has one
+    (an ``auxiliary`` option that is on).
+    """
     import inspect
     from .spaces import get_space
 
+    t = cfg.train
+    if space != "darts" and not epochs_set:
+        raise InputError(f"the genotype is of the {space} space, and without --config nas train's "
+                         f"defaults are the DARTS retraining recipe ({t.epochs} epochs, made for "
+                         "the darts network): pass --config FILE with this space's train: and "
+                         "network: sections, or --set train.epochs=N to train with the other "
+                         "defaults")
     network = get_space(space).network
     defaults = {k: p.default for k, p in inspect.signature(network).parameters.items()
                 if p.default is not inspect.Parameter.empty and k != "num_classes"} if network else {}
-    options = ", ".join(f"{k}={v}" for k, v in {**defaults, **cfg.network}.items())
-    t = cfg.train
-    return (f"train: no --config, so the default recipe (DARTS retraining): {space} network "
-            f"({options}), {t.epochs} epochs of batch {t.batch_size}, lr {t.lr:g} cosine, drop path "
-            f"{t.drop_path:g}, cutout {t.cutout}, auxiliary weight {t.auxiliary_weight:g}; pass "
-            "--config FILE or --set train.epochs=N to change it")
+    options = {**defaults, **cfg.network}
+    listed = ", ".join(f"{k}={v}" for k, v in options.items())
+    auxiliary = f", auxiliary weight {t.auxiliary_weight:g}" if options.get("auxiliary") else ""
+    darts = space == "darts"
+    recipe = "the default recipe (DARTS retraining)" if darts else "the defaults with your --set"
+    change = "pass --config FILE or --set train.epochs=N to change it" if darts else \
+        "pass --config FILE to change them"
+    return (f"train: no --config, so {recipe}: {space} network ({listed}), {t.epochs} epochs of "
+            f"batch {t.batch_size}, lr {t.lr:g} cosine, drop path {t.drop_path:g}, cutout "
+            f"{t.cutout}{auxiliary}; {change}")
 
 
 @torch.no_grad()
@@ -89,6 +108,35 @@ def evaluate_model(model: nn.Module, batches: Batches, amp: bool = False,
     return meter.read()
 
 
+def checked_network(cfg: Config, space: str, genotype: Genotype, num_classes: int) -> nn.Module:
+    """Build the network ``train`` retrains and run two images through it (one line if it fails)."""
+    try:
+        model = build_network(space, genotype, num_classes, cfg.network)
+    except InputError as exc:
+        if space == cfg.space:
+            raise
+        raise InputError(f"{exc} (the genotype belongs to the {space} space, the config is for "
+                         f"{cfg.space})") from None
+    check_network(model, num_classes, cfg.data.image_size, f"search space '{space}'")
+    if cfg.train.drop_path > 0 and set_drop_path(model, 0.0) == 0:
+        raise InputError(f"search space '{space}': its network has no nas.GenotypeCell and no "
+                         f"drop_path_prob attribute, so train.drop_path={cfg.train.drop_path} would "
+                         "do nothing; set train.drop_path: 0, or build the cells from nas.GenotypeCell")
+    return model
+
+
+def check_retraining(cfg: Config) -> None:
+    """What ``nas run`` checks before it searches: the ``network:`` and ``train:`` sections
+    build a network that runs, for the genotype of the config's supernet as it starts."""
+    from .spaces import build_supernet, check_supernet
+    classes = 10  # the options are checked, not the dataset: the data is read once, by the search
+    supernet = build_supernet(cfg.space, classes, cfg.search.mode, cfg.seed, cfg.supernet,
+                              edge_topk=cfg.search.edge_topk)
+    check_supernet(supernet, cfg.space, classes, cfg.data.image_size)
+    genotype = supernet.genotype()
+    checked_network(cfg, space_of(cfg, genotype), genotype, classes)
+
+
 def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool = False,
           force: bool = False, quiet: bool = False) -> TrainResult:
     """Train the network of ``genotype`` from scratch into ``run_dir`` (or resume it there).
@@ -103,6 +151,7 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
     if t.sync_bn and dist.world_size() > 1 and device.type != "cuda":
         raise InputError("train.sync_bn: PyTorch's SyncBatchNorm runs on GPUs only; set it to "
                          "false on the CPU")
+    threads = use_threads(cfg.threads)
     if device.type == "cpu":
         keep_freed_memory()  # no page faults re-touching each step's activations
     seed_everything(cfg.seed)
@@ -110,18 +159,7 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
     if test_data.num_classes != train_data.num_classes:
         raise InputError("the training and test splits have different numbers of classes")
     space = space_of(cfg, genotype)
-    try:
-        model = build_network(space, genotype, train_data.num_classes, cfg.network)
-    except InputError as exc:
-        if space == cfg.space:
-            raise
-        raise InputError(f"{exc} (the genotype belongs to the {space} space, the config is for "
-                         f"{cfg.space})") from None
-    check_network(model, train_data.num_classes, cfg.data.image_size, f"search space '{space}'")
-    if t.drop_path > 0 and set_drop_path(model, 0.0) == 0:
-        raise InputError(f"search space '{space}': its network has no nas.GenotypeCell and no "
-                         f"drop_path_prob attribute, so train.drop_path={t.drop_path} would do "
-                         "nothing; set train.drop_path: 0, or build the cells from nas.GenotypeCell")
+    model = checked_network(cfg, space, genotype, train_data.num_classes)
     params = count_parameters(model)
     macs = count_macs(model, (1, 3, cfg.data.image_size, cfg.data.image_size))
     if t.sync_bn and dist.world_size() > 1:
@@ -159,18 +197,22 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
     net = dist.wrap(model, device)  # every parameter gets a gradient: DDP's own all-reduce
 
     monitor = Monitor(run_dir, epochs=t.epochs, start_epoch=start, quiet=quiet, title="train",
-                      write=main)
+                      write=main, log_every=t.log_every)
     if resume:
-        monitor.print(f"resuming {run_dir} at epoch {start + 1}/{t.epochs}" if start < t.epochs
-                      else f"{run_dir} has finished all {t.epochs} epochs")
+        monitor.print(f"resuming {run_dir} at epoch {start + 1}/{t.epochs}{threads.note()}"
+                      if start < t.epochs else f"{run_dir} has finished all {t.epochs} epochs")
         for key, (was, now) in grown.items():
             monitor.print(f"config.yaml was edited: {key} {was} -> {now}" + (
                 "; the learning-rate schedule now ends there" if key == "train.epochs" else ""))
     else:
-        monitor.print(f"train: {space} network, {params:,} parameters (auxiliary head "
-                      f"excluded), {macs / 1e6:.1f}M multiply-adds, {len(train_data)} training / "
-                      f"{len(test_data)} test images, {len(train_batches)} steps/epoch"
-                      f"{dist.batch_note(t.batch_size, device)}, device {device}")
+        per_epoch = steps_note(len(train_batches), t.steps_per_epoch, "train.steps_per_epoch",
+                               f"the {len(train_data):,} training images", t.batch_size)
+        auxiliary = any("auxiliary" in name for name, _ in model.named_parameters())
+        monitor.print(f"train: {space} network, {params:,} parameters"
+                      f"{' (auxiliary head excluded)' if auxiliary else ''}, "
+                      f"{macs / 1e6:.1f}M multiply-adds, {len(train_data)} training / "
+                      f"{len(test_data)} test images, {per_epoch}"
+                      f"{dist.batch_note(t.batch_size, device)}, device {device}{threads.note()}")
     test_loss = test_acc = math.nan
     try:
         for epoch in range(start, t.epochs):
@@ -181,7 +223,7 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
             train_batches.set_epoch(epoch)
             meter = Meter(device)
             model.train()
-            for x, y in monitor.steps(train_batches, len(train_batches), epoch):
+            for x, y in monitor.steps(train_batches, len(train_batches), epoch, t.batch_size):
                 x = in_layout(x, layout)
                 with autocast(device, t.amp):
                     logits, aux = _outputs(net(x))
@@ -197,6 +239,7 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
                     nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
                 optimizer.step()
                 meter.add(loss.detach(), logits.detach(), y)
+                monitor.step_scalars(**{"loss/train": meter.last, "lr": lr})
                 if monitor.want_postfix():
                     mean_loss, acc = meter.read()
                     monitor.postfix(loss=mean_loss, acc=acc)
@@ -229,20 +272,49 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
               "epochs": t.epochs, "space": space, "genotype": str(genotype)}
     if main:
         (run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+        write_profile(run_dir / "profile.json", model, cfg, genotype, space,
+                      train_data.num_classes, device, layout)
     dist.barrier()
     return TrainResult(test_acc, test_loss, params, macs, run_dir)
 
 
+def write_profile(path: Path, model: nn.Module, cfg: Config, genotype: Genotype, space: str,
+                  num_classes: int, device: torch.device, layout: bool) -> None:
+    """``profile.json``: what the trained network costs on the run's device (``nas profile``).
+
+    The run's results are saved already: a network the profiler cannot follow costs this file
+    alone, with one line saying so.
+    """
+    from .profiling import profile_network, with_network
+    from .spaces import first_line
+    try:
+        profile = profile_network(model, cfg.data.image_size, device, genotype=genotype,
+                                  channels_last=layout)
+    except Exception as exc:  # a plugin's network the counters cannot follow
+        print(f"nas train: profile.json not written: {first_line(exc)}", file=sys.stderr)
+        return
+    path.write_text(json.dumps(with_network(profile, space, genotype, cfg.network, num_classes),
+                               indent=2) + "\n")
+
+
 def evaluate_checkpoint(path: str | Path, *, data_root: str | None = None, device: str = "auto",
-                        batch_size: int | None = None) -> dict[str, Any]:
-    """Test accuracy of the network in a ``nas train`` checkpoint."""
+                        batch_size: int | None = None, threads: int | None = None) -> dict[str, Any]:
+    """Test accuracy of the network in a ``nas train`` checkpoint (``threads``: as ``threads``
+    in a config; None: the checkpoint's config's)."""
     state = load_checkpoint(path, "train")
+    needed = {"config": dict, "genotype": dict, "space": str, "num_classes": int, "model": dict}
+    for key, kind in needed.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            raise InputError(f"{path} is not a complete train checkpoint: its '{key}' is "
+                             f"{'missing' if key not in state else type(state[key]).__name__}, "
+                             f"expected a {kind.__name__}")
     overrides = [f"device={device}"]
     cfg = build_config(state["config"], overrides)
     if data_root is not None:
         cfg.data.root = data_root
     genotype = Genotype.from_dict(state["genotype"])
     dev = resolve_device(cfg.device)
+    use_threads(cfg.threads if threads is None else threads)
     model = build_network(state["space"], genotype, state["num_classes"], cfg.network)
     problem = first_mismatch(model, state["model"])
     if problem:

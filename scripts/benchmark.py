@@ -28,9 +28,18 @@ run as written (float32, contiguous; ``--amp`` and ``--layout`` are ours). Every
 row runs the same few sampled subnetworks in turn on the same batches; ratios are taken between
 medians of the same run. Writes ``interleaved.json`` and ``interleaved.md``.
 
+``--contention`` instead times the README's first command, ``nas search --config
+configs/quick.yaml``, alone and beside N busy processes (``--busy``), with each thread setting
+(``--settings``: ``default``, a count, or ``N:spin`` for N threads whose idle OpenMP threads spin
+as libgomp's default lets them, i.e. as before ``nas`` set a wait policy); every run is a fresh
+process. Besides the wall time it records the thread count each run used and the CPUs that other
+processes (neither the search nor the busy ones) kept busy meanwhile. Writes
+``contention.json`` and ``contention.md``.
+
     python scripts/benchmark.py --out bench            # everything (CPU: about 20 minutes)
     python scripts/benchmark.py --space darts --modes gdas softmax --steps 3
     python scripts/benchmark.py --reference ~/AutoDL-Projects --rounds 15
+    python scripts/benchmark.py --contention --busy 0 2 --data-dir ../shared/data
 """
 from __future__ import annotations
 
@@ -153,9 +162,11 @@ def lower_step(net, xw, yw, xa, ya, device, amp: bool):
 
 def measure(space: str, mode: str, batch: int, steps: int, warmup: int, device_name: str,
             amp: bool, channels_last: bool, min_time: float = 0.0,
-            system_malloc: bool = False) -> dict:
+            system_malloc: bool = False, options: dict | None = None,
+            image_size: int = 32) -> dict:
     """Time search steps of one mode, or of the lower limit, after ``warmup`` steps: at least
-    ``steps`` of them, and more (up to 100) until ``min_time`` seconds have been measured."""
+    ``steps`` of them, and more (up to 100) until ``min_time`` seconds have been measured.
+    ``options``: the supernet's (and the lower limit's network's), in place of ``SPACES``."""
     import torch
     import nas
     from nas.runtime import keep_freed_memory, resolve_device
@@ -166,12 +177,13 @@ def measure(space: str, mode: str, batch: int, steps: int, warmup: int, device_n
         keep_freed_memory()  # as nas search does
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    xw = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
-    xa = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
+    opts = options or SPACES[space]
+    xw = torch.randn(batch, 3, image_size, image_size, device=device).contiguous(memory_format=fmt)
+    xa = torch.randn(batch, 3, image_size, image_size, device=device).contiguous(memory_format=fmt)
     yw = torch.randint(0, 10, (batch,), device=device)
     ya = torch.randint(0, 10, (batch,), device=device)
     supernet = nas.build_supernet(space, 10, mode if mode in MODES else "gdas", seed=0,
-                                  options=SPACES[space], edge_topk=2 if mode in TOPK else 0)
+                                  options=opts, edge_topk=2 if mode in TOPK else 0)
     supernet = supernet.to(device, memory_format=fmt)
     supernet.tau = 1.0
     # Every forward draws the same sample (the sample stream restarts at 0), so each mode and
@@ -183,7 +195,7 @@ def measure(space: str, mode: str, batch: int, steps: int, warmup: int, device_n
         genotype = sampled_genotype(supernet, supernet.sample())
         extra = ({"auxiliary": False, "affine": False, "pool_bn": True} if space == "darts"
                  else {"affine": False, "track_running_stats": False})
-        net = nas.get_space(space).network(genotype, 10, **SPACES[space], **extra)
+        net = nas.get_space(space).network(genotype, 10, **opts, **extra)
         net = net.to(device, memory_format=fmt).train()
         step = lower_step(net, xw, yw, xa, ya, device, amp)
         params = sum(p.numel() for p in net.parameters())
@@ -460,6 +472,118 @@ def interleaved_table(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# -- threads under contention -------------------------------------------------------------------
+CONTENTION_TARGET = "beside 2 busy processes on 2 cores, default <= 1.5x the best setting's time"
+BUSY_LOOP = "while True: pass"
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process, from /proc."""
+    import os
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def contention_run(setting: str, busy_pids: list[int], config: str, data_dir: str,
+                   overrides: list[str], timeout: float) -> dict:
+    """Time one ``nas search`` in a fresh process with one thread setting; see ``--contention``."""
+    import os
+    import re
+    import resource
+    import tempfile
+    from nas import threads as nthreads
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    count, _, how = setting.partition(":")
+    flags = [] if count == "default" else ["--threads", count]
+    if how == "spin":
+        env["GOMP_SPINCOUNT"] = "300000"  # libgomp's own default when no policy is set
+    cpus = nthreads.affinity_cpus()
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "nas", "search", "--config", config, "--data-dir", data_dir,
+               "--run-dir", str(Path(tmp) / "run"), *flags, "--set", *overrides]
+        busy_before = {pid: _cpu_seconds(pid) for pid in busy_pids}
+        child_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = nthreads.Sample.now(cpus)
+        load = float(Path("/proc/loadavg").read_text().split()[0])
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+            finished = proc.returncode == 0
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+            finished = False
+        end = nthreads.Sample.now(cpus)
+    wall = end.when - start.when
+    child = resource.getrusage(resource.RUSAGE_CHILDREN)
+    search_cpu = (child.ru_utime + child.ru_stime) - (child_before.ru_utime + child_before.ru_stime)
+    busy_cpu = sum(_cpu_seconds(pid) - before for pid, before in busy_before.items())
+    machine = nthreads.others_busy(start, end)  # everything but this (sleeping) script
+    found = re.search(r"(\d+) threads? \(", out)
+    if proc.returncode not in (0, -9) and not found:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out}")
+    return {"setting": setting, "busy": len(busy_pids), "seconds": wall, "finished": finished,
+            "threads": int(found.group(1)) if found else None, "load_1min_before": load,
+            "search_cpus": search_cpu / wall, "busy_cpus": busy_cpu / wall,
+            "other_cpus": None if machine is None else
+            max(0.0, machine - (search_cpu + busy_cpu) / wall)}
+
+
+def contention(busy_levels: list[int], settings: list[str], config: str, data_dir: str,
+               overrides: list[str], timeout: float, rounds: int) -> list[dict]:
+    """Every setting beside each number of busy processes, ``rounds`` times in turn."""
+    results = []
+    for busy in busy_levels:
+        procs = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(busy)]
+        try:
+            time.sleep(1.0 if procs else 0.0)
+            for r in range(rounds):
+                for setting in settings:
+                    row = contention_run(setting, [p.pid for p in procs], config, data_dir,
+                                         overrides, timeout)
+                    row["round"] = r
+                    print(json.dumps(row), file=sys.stderr, flush=True)
+                    results.append(row)
+        finally:
+            for p in procs:
+                p.kill()
+                p.wait()
+    return results
+
+
+def contention_table(results: list[dict], command: str) -> str:
+    """The Markdown table of a contention run: median seconds per (busy, setting)."""
+    import os
+    lines = [f"Device: {os.cpu_count()}-CPU machine, {len({r['round'] for r in results})} "
+             f"round(s); command: `{command}`; busy process: `python -c \"{BUSY_LOOP}\"`. "
+             "Other load: CPUs kept busy by processes that were neither the search nor the busy "
+             "ones, over the run.", "",
+             "| busy processes | threads setting | threads used | wall (s) | vs best | other load (CPUs) |",
+             "|---:|---|---:|---:|---:|---:|"]
+    for busy in sorted({r["busy"] for r in results}):
+        rows = [r for r in results if r["busy"] == busy]
+        settings = list(dict.fromkeys(r["setting"] for r in rows))
+        med = {s: statistics.median(r["seconds"] for r in rows if r["setting"] == s)
+               for s in settings}
+        done = {s: all(r["finished"] for r in rows if r["setting"] == s) for s in settings}
+        best = min(med[s] for s in settings if done[s])
+        for s in settings:
+            mine = [r for r in rows if r["setting"] == s]
+            used = sorted({r["threads"] for r in mine if r["threads"] is not None})
+            other = [r["other_cpus"] for r in mine if r["other_cpus"] is not None]
+            name = s.split(":")[0] + (", idle threads spin (libgomp default)"
+                                      if s.endswith(":spin") else "")
+            wall = f"{med[s]:.1f}" if done[s] else f"> {med[s]:.0f} (stopped)"
+            load = f"{statistics.median(other):.1f}" if other else "-"
+            lines.append(f"| {busy} | {name} | {'/'.join(map(str, used)) or '-'} | {wall} | "
+                         f"{'> ' if not done[s] else ''}{med[s] / best:.2f}x | {load} |")
+    lines += ["", f"Target: {CONTENTION_TARGET}."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--space", nargs="+", default=list(SPACES), choices=list(SPACES))
@@ -485,11 +609,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", metavar="PATH",
                         help="an AutoDL-Projects checkout: compare with its GDAS code "
                              "(implies --interleave)")
-    parser.add_argument("--rounds", type=int, default=10, help="--interleave: measured rounds")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="measured rounds (--interleave: 10, --contention: 1)")
     parser.add_argument("--samples", type=int, default=3,
                         help="--interleave: subnetworks per round, the same for every row")
+    parser.add_argument("--contention", action="store_true",
+                        help="time the quick search alone and beside busy processes, per thread "
+                             "setting")
+    parser.add_argument("--busy", nargs="+", type=int, default=[0, 2],
+                        help="--contention: numbers of busy processes beside the search")
+    parser.add_argument("--settings", nargs="+", default=["default", "1", "2", "2:spin"],
+                        help="--contention: default, a thread count N, or N:spin")
+    parser.add_argument("--config", default="configs/quick.yaml", help="--contention: the search")
+    parser.add_argument("--data-dir", default="data", help="--contention: the data directory")
+    parser.add_argument("--set", nargs="+", default=["search.steps_per_epoch=10"],
+                        metavar="KEY=VALUE", help="--contention: overrides of the search")
+    parser.add_argument("--timeout", type=float, default=600.0,
+                        help="--contention: stop a run after this many seconds")
     parser.add_argument("--one", nargs=2, metavar=("SPACE", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.contention:
+        bad = [s for s in args.settings if s != "default" and not (
+            s.partition(":")[0].isdigit() and s.partition(":")[2] in ("", "spin"))]
+        if bad or any(b < 0 for b in args.busy):
+            print(f"benchmark.py: error: --settings takes default, N or N:spin and --busy counts "
+                  f">= 0, got {' '.join(bad) or args.busy}", file=sys.stderr)
+            return 2
+        found = contention(args.busy, args.settings, args.config, args.data_dir, args.set,
+                           args.timeout, args.rounds or 1)
+        out_dir = Path(args.out)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "contention.json").write_text(json.dumps(found, indent=2) + "\n")
+        command = f"nas search --config {args.config} --set {' '.join(args.set)}"
+        text = contention_table(found, command)
+        (out_dir / "contention.md").write_text(text)
+        print(text)
+        return 0
     if args.threads > 0:
         import torch
         torch.set_num_threads(args.threads)
@@ -512,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
                                  args.system_malloc)))
         return 0
     if args.interleave or args.reference:
-        found = [interleaved(space, args.reference, args.batch, args.rounds, args.samples,
+        found = [interleaved(space, args.reference, args.batch, args.rounds or 10, args.samples,
                              args.device, args.amp, cl, args.system_malloc)
                  for space in args.space]
         out_dir = Path(args.out)

@@ -23,12 +23,24 @@ STUDY.yaml (relative paths are relative to the current directory):
       gdas: {config: configs/gdas_nb201_cpu.yaml, set: [search.arch_lr=3e-3]}
     random_search: {epochs: 3}      # epochs per random cell; seconds: the budget if no search ran
     published: true                 # add the published full-scale figures
+    sweep:                          # optional: one method under several budgets, and a picture
+      method: gdas                  # a method of the study
+      metric: macs                  # params, macs or latency_ms (search.budget.<metric>)
+      budgets: [3.0e+7, 6.0e+7, 1.0e+8, 1.5e+8]
+      seeds: [0, 1]                 # default: the study's seeds
+
+Next to every search row stand the no-training baselines: the largest cell of the table (most
+parameters) and, when the first method searches under a budget (search.budget), the largest cell
+within it; with a budget the random-search baseline draws only cells within it. A sweep writes
+OUT/pareto.png: table accuracy against the budget's metric for every derived cell, over the
+table's cells and their Pareto front.
 """
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
 import inspect
+import itertools
 import json
 import os
 import platform
@@ -43,12 +55,13 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from nas.benchmarks import NB201Table, load_table
-from nas.config import load_config, read_yaml
+from nas.budget import fits
+from nas.config import budget_limits, load_config, read_yaml
 from nas.errors import InputError
 from nas.genotype import Genotype
 
 REPO = Path(__file__).resolve().parents[1]
-KEYS = ("benchmark", "data_dir", "seeds", "set", "methods", "random_search", "published")
+KEYS = ("benchmark", "data_dir", "seeds", "set", "methods", "random_search", "published", "sweep")
 PUBLISHED = (("GDAS", 93.61, 70.70), ("DARTS", 54.30, 15.61), ("DrNAS", 94.36, 73.51),
              ("optimum", 94.37, 73.51))
 
@@ -73,6 +86,9 @@ class Study:
     methods: dict[str, Method]
     random_search: dict[str, Any] | None
     published: bool
+    rows: list[str]                 # the methods with a row of their own (not sweep-only)
+    budget: dict[str, float]        # the first method's search.budget bounds ({}: none)
+    sweep: dict[str, Any] | None    # {method, metric, budgets, seeds}
 
 
 class RunFailed(Exception):
@@ -135,8 +151,43 @@ def load_study(path: str | Path, seeds: Sequence[int] | None = None, only: Seque
     _check(bool(bench), f"{path}: no benchmark table: set benchmark: or pass --benchmark")
     table = load_table(bench)
     _check(not data or Path(data).is_dir(), f"data directory not found: {data}")
+    first = next(iter(specs.values()))
+    budget = budget_limits(load_config(first["config"], common + _strings(
+        first.get("set") or [], f"{path}: methods")).search.budget)
+    sweep = _check_sweep(path, raw.get("sweep"), specs, list(seeds))
+    if sweep is not None and only and sweep["method"] not in only:
+        sweep = None
+    rows = list(methods)
+    if sweep is not None and sweep["method"] not in methods:  # swept, but not a row of its own
+        spec = specs[sweep["method"]]
+        methods[sweep["method"]] = Method(Path(spec["config"]).resolve(),
+                                          common + _strings(spec.get("set") or [], "sweep"))
     return Study(Path(path), table, Path(bench).resolve(), Path(data).resolve() if data else None,
-                 list(seeds), methods, rs, raw.get("published", False))
+                 list(seeds), methods, rs, raw.get("published", False), rows, budget, sweep)
+
+
+def _check_sweep(path: str | Path, sweep: Any, specs: dict[str, Any],
+                 seeds: list[int]) -> dict[str, Any] | None:
+    """The checked ``sweep:`` section, with its defaults filled in."""
+    if sweep is None:
+        return None
+    where = f"{path}: sweep"
+    _check(isinstance(sweep, dict) and not set(sweep) - {"method", "metric", "budgets", "seeds"},
+           f"{where}: expected {{method: NAME, metric: macs, budgets: [...], seeds: [...]}}")
+    _check(sweep.get("method") in specs, f"{where}.method: expected one of {', '.join(specs)}, "
+           f"got {sweep.get('method')!r}")
+    metric = sweep.get("metric", "macs")
+    _check(metric in ("params", "macs", "latency_ms"),
+           f"{where}.metric: expected params, macs or latency_ms, got {metric!r}")
+    budgets = sweep.get("budgets")
+    _check(isinstance(budgets, list) and bool(budgets) and all(
+        type(b) in (int, float) and b > 0 for b in budgets),
+           f"{where}.budgets: expected a list of positive numbers, got {budgets!r}")
+    runs = sweep.get("seeds", seeds)
+    _check(isinstance(runs, list) and bool(runs) and all(type(x) is int for x in runs),
+           f"{where}.seeds: expected a list of integers, got {runs!r}")
+    return {"method": sweep["method"], "metric": metric, "budgets": [float(b) for b in budgets],
+            "seeds": runs}
 
 
 # -- running ------------------------------------------------------------------------------------
@@ -159,8 +210,9 @@ def logged_seconds(run: Path) -> float:
     return sum({r["epoch"]: r.get("seconds") or 0.0 for r in map(json.loads, lines)}.values())
 
 
-def search_run(study: Study, name: str, seed: int, run: Path, jobs: int) -> str:
-    """Start, or resume, one search; record its wall time in study_time.json."""
+def search_run(study: Study, name: str, seed: int, run: Path, jobs: int,
+               extra: Sequence[str] = ()) -> str:
+    """Start, or resume, one search (``extra``: more --set overrides); record its wall time."""
     cmd = [sys.executable, "-m", "nas", "search"]
     tail = ["--benchmark", str(study.benchmark), "--quiet"]
     tail += ["--data-dir", str(study.data_dir)] if study.data_dir else []
@@ -171,7 +223,8 @@ def search_run(study: Study, name: str, seed: int, run: Path, jobs: int) -> str:
         shutil.rmtree(run, ignore_errors=True)  # died before its first checkpoint: start afresh
         m = study.methods[name]
         before, note = 0.0, "done"
-        cmd += ["--config", str(m.config), *(["--set", *m.sets] if m.sets else []),
+        sets = [*m.sets, *extra]
+        cmd += ["--config", str(m.config), *(["--set", *sets] if sets else []),
                 "--seed", str(seed), "--run-dir", str(run), *tail]
     seconds = before + child(cmd, jobs)
     (run / "study_time.json").write_text(json.dumps({"seconds": seconds}) + "\n")
@@ -181,11 +234,12 @@ def search_run(study: Study, name: str, seed: int, run: Path, jobs: int) -> str:
 def random_run(study: Study, seed: int, run: Path, jobs: int, budget: float | None) -> str:
     """One random-search baseline in its own process."""
     if budget is None:
-        raise RunFailed(f"no budget: no search of {next(iter(study.methods))} finished and "
+        raise RunFailed(f"no budget: no search of {study.rows[0]} finished and "
                         "random_search has no seconds:")
-    m = next(iter(study.methods.values()))
+    m = study.methods[study.rows[0]]
     run.mkdir(parents=True, exist_ok=True)
     spec = {"config": str(m.config), "set": m.sets, "seed": seed, "budget": budget,
+            "limits": study.budget,
             "data_dir": str(study.data_dir) if study.data_dir else None, "started": time.time(),
             "epochs": study.random_search.get("epochs", 1), "out": str(run / "result.json")}
     child([sys.executable, str(Path(__file__).resolve()), "--random-search-worker",
@@ -221,10 +275,16 @@ def random_search_worker(spec: dict[str, Any]) -> None:
     kw = dict(on_device=cfg.data.on_device, workers=cfg.data.workers)
     val = Batches(data.subset(a_idx), s.batch_size, train=False, device=device, **kw)
     gen, tried, deadline = torch.Generator().manual_seed(seed), [], spec["started"] + spec["budget"]
+    limits = spec.get("limits") or {}
+    costs = table_costs(cfg) if limits else {}  # a cost-aware baseline draws within the budget
     while True:
-        t0, ops = time.time(), iter(torch.randint(len(PRIMITIVES), (6,), generator=gen).tolist())
-        arch = "+".join("|" + "".join(f"{PRIMITIVES[next(ops)]}~{j}|" for j in range(i + 1))
-                        for i in range(3))
+        t0 = time.time()
+        while True:
+            ops = iter(torch.randint(len(PRIMITIVES), (6,), generator=gen).tolist())
+            arch = "+".join("|" + "".join(f"{PRIMITIVES[next(ops)]}~{j}|" for j in range(i + 1))
+                            for i in range(3))
+            if not limits or fits(costs[arch], limits):
+                break
         seed_everything(seed_of(seed, 4, len(tried)))
         model = NB201Network(parse_genotype(arch), data.num_classes, C=C,
                              cells_per_stage=per_stage).to(device, memory_format=fmt)
@@ -255,6 +315,42 @@ def random_search_worker(spec: dict[str, Any]) -> None:
     out = Path(spec["out"])
     out.with_suffix(".tmp").write_text(json.dumps(result, indent=2) + "\n")
     out.with_suffix(".tmp").replace(out)
+
+
+def table_costs(cfg: Any) -> dict[str, dict[str, float]]:
+    """Parameters and multiply-adds of the network ``cfg`` builds, for every NAS-Bench-201 cell
+    (CIFAR-10's 10 classes; at search.budget.image_size, else data.image_size)."""
+    import torch
+    from nas.cost import build_cost_table
+    from nas.spaces import build_network, build_supernet
+    from search_spaces.nasbench201 import PRIMITIVES
+
+    model = build_supernet(cfg.space, 10, "gdas", 0, cfg.supernet)
+    size = cfg.search.budget.image_size or cfg.data.image_size
+    with torch.random.fork_rng(devices=[]):
+        table = build_cost_table(model, lambda g: build_network(cfg.space, g, 10, cfg.network), size,
+                                 ["params", "macs"], torch.device("cpu"), cfg.space)
+    out = {}
+    for ops in itertools.product(PRIMITIVES, repeat=6):
+        it = iter(ops)
+        out["+".join("|" + "".join(f"{next(it)}~{j}|" for j in range(i + 1)) for i in range(3))] = \
+            table.of(Genotype({"cell": [[(ops[i * (i + 1) // 2 + j], j) for j in range(i + 1)]
+                                        for i in range(3)]}))
+    return out
+
+
+def size_baselines(study: Study, costs: dict[str, dict[str, float]]) -> dict[str, list[str]]:
+    """The cells "pick the biggest" chooses without training: the largest of the table, and
+    the largest within the budget (every cell tied for most parameters)."""
+    def largest(cells: list[str]) -> list[str]:
+        most = max(costs[a]["params"] for a in cells)
+        return [a for a in cells if costs[a]["params"] == most]
+
+    out = {"the largest cell (no training)": largest(list(costs))}
+    if study.budget:
+        fitting = [a for a in costs if fits(costs[a], study.budget)]
+        out["the largest cell within the budget (no training)"] = largest(fitting)
+    return out
 
 
 def run_pool(tasks: list[tuple[str, Callable[[], str]]], jobs: int,
@@ -338,16 +434,43 @@ def markdown(study: Study, out: dict[str, Any]) -> str:
     lines.append(f"| random cell (the whole table) | {len(study.table):,} cells | mean "
                  f"{t10['mean']:.2f}, median {t10['median']:.2f} | — | {t10['best']:.2f} | mean "
                  f"{t100['mean']:.2f}, median {t100['median']:.2f} | — | — | — |")
+    if out["within_budget"]:
+        w = out["within_budget"]
+        lines.append(f"| random cell within the budget | {w['cells']:,} cells | mean {w['mean']:.2f}, "
+                     f"median {w['median']:.2f} | — | {w['best']:.2f} | — | — | — | — |")
+    for name, b in out["baselines"].items():
+        lines.append(row(name, {**b, "runs": f"{b['runs']:,} cell(s) tied"}))
     if out["random_search_summary"] is not None:
-        lines.append(row("random search, same wall time", out["random_search_summary"]))
+        within = " within the budget" if study.budget else ""
+        lines.append(row(f"random search{within}, same wall time", out["random_search_summary"]))
     for name, c10, c100 in PUBLISHED if study.published else ():
         lines.append(f"| {name} (published, full CIFAR, not this proxy) | — | {c10:.2f} | — | "
                      f"— | {c100:.2f} | — | — | — |")
+    if study.budget:
+        bounds = ", ".join(f"{m} <= {v:,.0f}" for m, v in study.budget.items())
+        lines += ["", f"Budget of {study.rows[0]} (and of the baselines and random search within "
+                  f"it): {bounds}, for the network its config's network: options build."]
+    if out.get("sweep"):
+        sw = out["sweep"]
+        lines += ["", f"## Budget sweep: {sw['method']} under search.budget.{sw['metric']}, seeds "
+                  f"{', '.join(map(str, sw['seeds']))}", "",
+                  "| budget | runs | CIFAR-10 mean ± std | min | max | over budget | best cell "
+                  "that fits | largest cell that fits (mean) | random cell that fits (mean) |",
+                  "|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+        for limit, r in sw["summary"].items():
+            lines.append(f"| {float(limit):,.0f} | {r['runs']} | "
+                         f"{f(r['cifar10_mean'], std=r['cifar10_std'])} | {f(r['cifar10_min'])} | "
+                         f"{f(r['cifar10_max'])} | {r['over_budget']} | {r['best_fitting']:.2f} | "
+                         f"{r['largest_fitting']:.2f} | {r['random_fitting']:.2f} |")
+        lines += ["", "![budget sweep](pareto.png)"]
     lines += ["", "Runs (the CIFAR-10 accuracy of each derived cell in the table):", ""]
     for r in out["runs"] + out["random_search"]:
         how = f" (best of {r['cells']} cells, validation {r['val_acc']:.2f}%)" if "cells" in r \
             else ""
         lines.append(f"- {r['method']}, seed {r['seed']}: `{r['arch']}` {r['cifar10']:.2f}{how}")
+    for r in (out.get("sweep") or {}).get("runs", []):
+        lines.append(f"- sweep, {out['sweep']['metric']} <= {r['budget']:,.0f}, seed {r['seed']}: "
+                     f"`{r['arch']}` {r['cifar10']:.2f} ({r[out['sweep']['metric']]:,.0f})")
     return "\n".join(lines) + "\n"
 
 
@@ -355,11 +478,15 @@ def run_study(study: Study, out: Path, jobs: int) -> int:
     """Run what is missing, then write study.json and study.md; 1 if a run failed."""
     from tqdm import tqdm
 
-    runs = [(name, seed, out / "runs" / name / f"seed_{seed}") for name in study.methods
+    sweep, rows = study.sweep, study.rows
+    runs = [(name, seed, out / "runs" / name / f"seed_{seed}") for name in rows
             for seed in study.seeds]
+    swept = [(limit, seed, out / "runs" / "sweep" / f"{sweep['metric']}_{limit:g}" / f"seed_{seed}")
+             for limit in sweep["budgets"] for seed in sweep["seeds"]] if sweep else []
     randoms = [(seed, out / "runs" / "random_search" / f"seed_{seed}")
                for seed in (study.seeds if study.random_search is not None else ())]
-    bar = tqdm(total=len(runs) + len(randoms), unit="run", disable=not sys.stderr.isatty())
+    bar = tqdm(total=len(runs) + len(swept) + len(randoms), unit="run",
+               disable=not sys.stderr.isatty())
 
     def say(message: str) -> None:
         if bar.disable:
@@ -376,11 +503,18 @@ def run_study(study: Study, out: Path, jobs: int) -> int:
         else:
             tasks.append((f"{name} seed {seed}",
                           lambda n=name, s=seed, r=run: search_run(study, n, s, r, jobs)))
+    for limit, seed, run in swept:
+        label = f"{sweep['method']} {sweep['metric']} <= {limit:g} seed {seed}"
+        if (run / "genotype.json").is_file():
+            say(f"{label}: skip (finished)")
+        else:
+            tasks.append((label, lambda b=limit, s=seed, r=run: search_run(
+                study, sweep["method"], s, r, jobs, [f"search.budget.{sweep['metric']}={b:g}"])))
     failed = run_pool(tasks, jobs, say)
     records = [{"method": name, "seed": seed, "run_dir": str(run),
                 **search_record(study.table, run)}
                for name, seed, run in runs if (run / "genotype.json").is_file()]
-    times = [r["seconds"] for r in records if r["method"] == next(iter(study.methods))]
+    times = [r["seconds"] for r in records if r["method"] == rows[0]]
     budget = statistics.mean(times) if times else (study.random_search or {}).get("seconds")
     tasks = []
     for seed, run in randoms:
@@ -397,18 +531,37 @@ def run_study(study: Study, out: Path, jobs: int) -> int:
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                          text=True)
     cells = len(study.table)
+    first = study.methods[rows[0]]
+    costs = table_costs(load_config(first.config, first.sets))
+    baselines = {name: [{**scored(study.table, a), "seconds": None, "entropy": None} for a in archs]
+                 for name, archs in size_baselines(study, costs).items()}
+    within = [scored(study.table, a) for a in costs if fits(costs[a], study.budget)] \
+        if study.budget else []
+    sweep_runs = [{"budget": limit, "seed": seed, "run_dir": str(run),
+                   **search_record(study.table, run), **_cost_of(costs, run)}
+                  for limit, seed, run in swept if (run / "genotype.json").is_file()]
     result = {
         "study": str(study.path), "date": time.strftime("%Y-%m-%d %H:%M"),
         "commit": git.stdout.strip() if git.returncode == 0 else None,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "benchmark": str(study.benchmark), "seeds": study.seeds, "jobs": jobs,
         "summary": {name: summarize([r for r in records if r["method"] == name], cells)
-                    for name in study.methods},
+                    for name in rows},
         "random_search_summary": summarize(rs, cells) if randoms else None,
         "table": {d: study.table.stats(d) for d in ("cifar10", "cifar100")},
         "published": [dict(method=n, cifar10=a, cifar100=b) for n, a, b in PUBLISHED]
         if study.published else [],
-        "runs": records, "random_search": rs, "failed": failed}
+        "runs": records, "random_search": rs, "failed": failed,
+        "budget": study.budget,
+        "baselines": {name: {**summarize(cells_, cells), "cells": [c["arch"] for c in cells_]}
+                      for name, cells_ in baselines.items()},
+        "within_budget": _spread([c["cifar10"] for c in within]) if within else None,
+        "sweep": {**sweep, "runs": sweep_runs,
+                  "summary": {f"{limit:g}": _sweep_row(study, costs, sweep["metric"], limit,
+                                                       [r for r in sweep_runs if r["budget"] == limit])
+                              for limit in sweep["budgets"]}} if sweep else None}
+    if sweep:
+        pareto_image(costs, study.table, sweep, sweep_runs).save(out / "pareto.png")
     (out / "study.json").write_text(json.dumps(result, indent=2) + "\n")
     text = markdown(study, result)
     (out / "study.md").write_text(text)
@@ -416,6 +569,59 @@ def run_study(study: Study, out: Path, jobs: int) -> int:
     if failed:
         print(f"study: {len(failed)} run(s) failed: {', '.join(sorted(failed))}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _cost_of(costs: dict[str, dict[str, float]], run: Path) -> dict[str, float]:
+    """A finished search's derived cell's parameters and multiply-adds."""
+    from nas.benchmarks import canonical_arch
+    return costs[canonical_arch(Genotype.load(run / "genotype.json"))]
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    values = sorted(values)
+    n = len(values)
+    median = values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+    return {"cells": n, "mean": statistics.mean(values), "median": median, "best": values[-1]}
+
+
+def _sweep_row(study: Study, costs: dict[str, dict[str, float]], metric: str, limit: float,
+               runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One budget of a sweep: its runs against the best, the largest and a random fitting cell."""
+    fitting = [a for a in costs if costs[a][metric] <= limit]
+    acc = {a: study.table.query(a).accuracy["cifar10"] for a in fitting}
+    most = max(costs[a]["params"] for a in fitting)
+    largest = [acc[a] for a in fitting if costs[a]["params"] == most]
+    c10 = [r["cifar10"] for r in runs]
+    return {"runs": len(runs), "cifar10_mean": statistics.mean(c10) if c10 else None,
+            "cifar10_std": statistics.stdev(c10) if len(c10) > 1 else None,
+            "cifar10_min": min(c10, default=None), "cifar10_max": max(c10, default=None),
+            "over_budget": sum(r[metric] > limit for r in runs),
+            "best_fitting": max(acc.values()), "largest_fitting": statistics.mean(largest),
+            "random_fitting": statistics.mean(acc.values()), "fitting_cells": len(fitting)}
+
+
+def pareto_image(costs: dict[str, dict[str, float]], table: NB201Table, sweep: dict[str, Any],
+                 runs: list[dict[str, Any]]):
+    """Table accuracy against the sweep's metric: every cell, their Pareto front, the budgets and
+    the cells each budget's searches derived."""
+    from nas.plot import scatter
+    metric, scale = sweep["metric"], 1e6
+    unit = "M multiply-adds" if metric == "macs" else "M parameters"
+    cells = [(costs[a][metric] / scale, table.query(a).accuracy["cifar10"]) for a in costs]
+    front, best = [], -1.0
+    for x, y in sorted(cells):
+        if y > best:
+            front.append((x, y))
+            best = y
+    layers = {"every cell of the table": (cells, (200, 200, 200), 1),
+              **{f"derived, budget {b / scale:g}M": (
+                  [(r[metric] / scale, r["cifar10"]) for r in runs if r["budget"] == b], None, 4)
+                 for b in sweep["budgets"]}}
+    return scatter(layers, {"Pareto front of the table": front},
+                   [b / scale for b in sweep["budgets"]],
+                   title=f"NAS-Bench-201 CIFAR-10 test accuracy against {unit} (network of the "
+                         f"search's config): cells derived under each budget", xlabel=unit,
+                   ylabel="CIFAR-10 %", ylim=(85.0, 94.5))
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny CIFAR-format data written to a temp dir, and small configs."""
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -11,8 +12,31 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 # The test networks are far too small for intra-op threads, and under CPU contention OpenMP's
-# spin-waiting makes 2 threads many times slower than 1.
+# spin-waiting makes 2 threads many times slower than 1. The environment variable is what a run's
+# default thread count honours (nas.threads), here and in the commands the tests start.
+os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
+
+# Tests marked `cuda` need a GPU and are skipped without one. `scripts/gpu_check.py --dry-run`
+# sets this variable to "cpu" to run them on the CPU instead, so that they are exercised in CI.
+CUDA_TESTS_DEVICE = "NAS_CUDA_TESTS_DEVICE"
+
+
+def cuda_tests_device() -> torch.device | None:
+    """Where the `cuda` tests run: CUDA, the CPU when the dry run asks for it, else None (skip)."""
+    if os.environ.get(CUDA_TESTS_DEVICE) == "cpu":
+        return torch.device("cpu")
+    return torch.device("cuda") if torch.cuda.is_available() else None
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Skip the tests marked `cuda` where there is no CUDA device (and no dry run)."""
+    if cuda_tests_device() is not None:
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (scripts/gpu_check.py runs these on a GPU)")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
 
 
 def write_cifar10(root: Path, n_train: int = 96, n_test: int = 40, seed: int = 0,

@@ -146,3 +146,11 @@ def test_the_shared_table_reproduces_the_published_facts():
     skip = "|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|"
     assert table.query(skip).accuracy["cifar10"] == pytest.approx(54.30, abs=0.01)
     assert table.query(BEST).accuracy["cifar10"] == pytest.approx(94.36, abs=0.01)
+
+
+@pytest.mark.parametrize("rank, text", [(1, "top 0.01%"), (3, "top 0.02%"), (156, "top 1.0%"),
+                                        (380, "top 2.4%")])
+def test_the_summary_shows_small_shares_with_two_decimals(rank, text):
+    from nas.benchmarks import BenchmarkResult
+    r = BenchmarkResult("|a~0|", {"cifar10": 94.0}, rank, 15625, 1, {"cifar10": 94.0})
+    assert r.summary().endswith(f"rank {rank:,} of 15,625 on cifar10 ({text})")

@@ -323,6 +323,16 @@ def test_latency_table_is_measured_once_and_reused_on_resume(tmp_path, cifar_roo
     assert result.cost["latency_ms"] == pytest.approx(by_table, rel=1e-5)
 
 
+def test_the_latency_fit_never_prices_a_network_below_zero():
+    from nas.cost import _calibrate
+    assert _calibrate([1.0, 2.0, 3.0], [2.0, 3.5, 5.0]) == pytest.approx((1.5, 0.5))  # a free fit
+    # timings whose line crosses zero above the smallest probe (base -1.1): fit without a base
+    scale, base = _calibrate([1.0, 2.0, 3.0], [0.2, 1.5, 2.8])
+    assert base == 0.0 and scale == pytest.approx((0.2 + 3.0 + 8.4) / 14)
+    scale, base = _calibrate([1.0, 2.0], [0.5, 1.2])  # two probes: scale 1, the median rest < 0
+    assert base == 0.0 and scale == pytest.approx((0.5 + 2.4) / 5)
+
+
 def test_genotype_show_prints_the_cost(tmp_path):
     out = nas_cli("genotype", "show", "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+"
                   "|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|", "--set", "space=nasbench201",

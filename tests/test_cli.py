@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -228,6 +229,7 @@ def test_genotype_show_and_plot(tmp_path, capsys):
     assert main(["genotype", "show", nb]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0] == nb and "node 2 = nor_conv_3x3(0), avg_pool_3x3(1)" in out
+    assert out.splitlines()[1] == "cell (states 0: input, then the nodes):"  # not "cell cell"
     path = tmp_path / "g.json"
     nas.parse_genotype(nb).save(path)
     assert main(["genotype", "plot", str(path), "--out", str(tmp_path / "pics")]) == 0
@@ -322,7 +324,7 @@ def test_force_replaces_a_run_directory(tmp_path, tiny_config, capsys):
 
 def test_a_kill_between_metrics_and_checkpoint_leaves_no_duplicate_epoch(tmp_path, tiny_config,
                                                                          capsys, monkeypatch):
-    args = ["--config", str(tiny_config), "--set", "search.epochs=3", "--quiet"]
+    args = ["--config", str(tiny_config), "--set", "search.epochs=3", "search.log_every=1", "--quiet"]
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     assert run_search([*args, "--run-dir", str(straight)], capsys)[0] == 0
     real_save, calls = nas.search.save_checkpoint, []
@@ -354,6 +356,14 @@ def test_a_kill_between_metrics_and_checkpoint_leaves_no_duplicate_epoch(tmp_pat
     saved = lambda p: [json.loads(l)["epoch"] for l in (p / "probabilities.jsonl").read_text().splitlines()]
     assert saved(broken) == saved(straight) == [1, 2, 3]
     assert len(list((broken / "heatmaps").iterdir())) == 6
+    # the per-step scalars too: epoch 2's steps, written before the kill, appear once
+    steps = {}
+    for run in (straight, broken):
+        acc = EventAccumulator(str(run / "steps"))
+        acc.Reload()
+        steps[run] = [(e.step, e.value) for e in acc.Scalars("step/loss/train")]
+    assert [step for step, _ in steps[broken]] == [1, 2, 3, 4, 5, 6]
+    assert steps[broken] == steps[straight]  # the resumed run's steps are the same steps
 
 
 def test_a_run_stopped_before_its_first_checkpoint_resumes_from_the_start(tmp_path, tiny_config,
@@ -381,7 +391,7 @@ def test_custom_scalars_layout_draws_each_edge_with_one_line_per_op():
     from nas.monitor import prob_layout, prob_scalars
     model = nas.build_supernet("nasbench201", 10, "gdas", options={"C": 4, "cells_per_stage": 1})
     layout = prob_layout(model)
-    charts = layout["op probabilities, cell cell"]
+    charts = layout["op probabilities, cell"]  # not "cell cell"
     assert list(charts) == ["1<-0", "2<-0", "2<-1", "3<-0", "3<-1", "3<-2"]
     kind, patterns = charts["3<-1"]
     tags = list(prob_scalars(model))
@@ -414,3 +424,58 @@ def test_every_verb_help_says_what_it_does(capsys):
             main([verb, "--help"])
         assert info.value.code == 0
         assert text in " ".join(capsys.readouterr().out.split()), verb
+
+
+def test_per_step_scalars_throughput_and_the_real_steps_per_epoch(tmp_path, tiny_config, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    run = tmp_path / "run"
+    code, out, _ = run_search(["--config", str(tiny_config), "--run-dir", str(run), "--set",
+                               "search.log_every=3", "search.steps_per_epoch=30"], capsys)
+    assert code == 0
+    # 96 images split 48/48 make 3 batches of 16: the cap of 30 is not reached, and it says why
+    assert ("3 steps/epoch (search.steps_per_epoch: 30 is a cap, and the smaller split's 48 "
+            "images make 3 batches of 16)") in out.splitlines()[0]
+    steps = EventAccumulator(str(run / "steps"))
+    steps.Reload()
+    assert {"step/loss/train", "step/loss/arch", "step/tau"} <= set(steps.Tags()["scalars"])
+    assert [e.step for e in steps.Scalars("step/loss/train")] == [3, 6]  # every 3rd of 6 steps
+    assert [round(e.value, 4) for e in steps.Scalars("step/tau")] == [10.0, 0.1]
+    assert all(math.isfinite(e.value) and e.value > 0 for e in steps.Scalars("step/loss/arch"))
+    epochs = EventAccumulator(str(run))
+    epochs.Reload()
+    seconds = [json.loads(l)["seconds"] for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [e.value for e in epochs.Scalars("time/epoch_seconds")] == pytest.approx(seconds)
+    # each step reads a weight batch and an architecture batch of 16
+    assert [e.value for e in epochs.Scalars("throughput/images_per_second")] == \
+        pytest.approx([3 * 2 * 16 / s for s in seconds])
+    assert "step/loss/train" not in epochs.Tags()["scalars"]  # a run of their own, in steps/
+    quiet = tmp_path / "off"
+    assert run_search(["--config", str(tiny_config), "--run-dir", str(quiet), "--quiet", "--set",
+                       "search.log_every=0"], capsys)[0] == 0
+    assert not (quiet / "steps").exists()
+
+
+def test_help_lists_what_is_needed_first_and_explains_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["search", "--help"])
+    text = capsys.readouterr().out
+    assert text.index("--config") < text.index("--benchmark")
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert text.startswith("usage: nas train --genotype FILE|NAME|STRING [--config FILE]")
+    assert "--genotype FILE|NAME|STRING required unless --resume" in text
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for option in ("--data-dir DIR directory", "--device DEVICE auto", "--batch-size N evaluation"):
+        assert option in text
+
+
+def test_errors_name_the_subcommand_and_suggest_across_case(capsys):
+    assert main(["genotype", "show", "darts_v2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("nas genotype show: error: 'darts_v2' is neither")
+    assert "did you mean 'DARTS_V2'?" in err[0]
+    assert main(["genotype", "plot", "nope_v9"]) == 2
+    assert capsys.readouterr().err.startswith("nas genotype plot: error: ")

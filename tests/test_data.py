@@ -232,3 +232,88 @@ def test_bytes_written_by_python3_at_protocol_2_still_load(tmp_path):
     entry = pickle.loads(path.read_bytes())
     path.write_bytes(pickle.dumps(entry, protocol=2))  # bytes become _codecs.encode calls
     assert len(load_dataset("cifar10", root, train=True)) == 8
+
+
+# -- fetching CIFAR-10 when it is missing --------------------------------------------------------
+@pytest.fixture
+def cifar_server(tmp_path, monkeypatch):
+    """A local web server offering a CIFAR-10 archive (a small one, with two members that try
+    to write outside the dataset folder); CIFAR-10's URL and MD5 point at it."""
+    import hashlib
+    import http.server
+    import io
+    import tarfile
+    import threading
+
+    source = write_cifar10(tmp_path / "source", n_train=40, n_test=20)
+    archive = tmp_path / "served" / "cifar-10-python.tar.gz"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(source / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+        for name in ("../escaped", "cifar-10-batches-py/../../escaped"):
+            info = tarfile.TarInfo(name)
+            info.size = 4
+            tar.addfile(info, io.BytesIO(b"evil"))
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(archive.parent), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setitem(nas.data.CIFAR["cifar10"], "url",
+                        f"http://127.0.0.1:{server.server_address[1]}/{archive.name}")
+    monkeypatch.setitem(nas.data.CIFAR["cifar10"], "md5", hashlib.md5(archive.read_bytes()).hexdigest())
+    yield source
+    server.shutdown()
+
+
+def test_missing_cifar_is_fetched_into_data_with_a_progress_bar(tmp_path, cifar_server, capsys,
+                                                                monkeypatch):
+    from nas.cli import main
+    from conftest import TINY_SEARCH
+    import yaml
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "quick.yaml"  # as configs/quick.yaml: data in ./data, fetched if missing
+    config.write_text(yaml.safe_dump({**TINY_SEARCH, "data": {**TINY_SEARCH["data"], "root": "data",
+                                                              "download": True}}))
+    assert main(["search", "--config", str(config), "--run-dir", "run", "--quiet",
+                 "--set", "search.epochs=1"]) == 0
+    err = capsys.readouterr().err
+    assert "downloading CIFAR-10 into data" in err and "B/s" in err  # tqdm's bar
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        p.name for p in (cifar_server / "cifar-10-batches-py").iterdir())
+    assert list((tmp_path / "data").iterdir()) == [folder]  # the archive is gone
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "data" / "escaped").exists()
+    loaded = load_dataset("cifar10", tmp_path / "data", train=False)
+    assert torch.equal(loaded.images, load_dataset("cifar10", cifar_server, train=False).images)
+    # present now: a second run reads it and fetches nothing (the server could be gone)
+    monkeypatch.setitem(nas.data.CIFAR["cifar10"], "url", "http://127.0.0.1:9/nothing.tar.gz")
+    assert main(["search", "--config", str(config), "--run-dir", "run2", "--quiet",
+                 "--set", "search.epochs=1"]) == 0
+
+
+def test_without_a_network_one_line_names_data_dir(tmp_path, capsys, monkeypatch, cifar_root):
+    from nas.cli import main
+    monkeypatch.setitem(nas.data.CIFAR["cifar10"], "url", "http://127.0.0.1:9/cifar.tar.gz")
+    monkeypatch.chdir(tmp_path)
+    code = main(["search", "--config", str(Path(__file__).parents[1] / "configs" / "quick.yaml"),
+                 "--run-dir", "run"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("nas search: error: cannot download CIFAR-10 from http://127.0.0.1:9/")
+    assert "without a network, pass --data-dir DIR, the directory that holds cifar-10-batches-py/" in err[0]
+    assert list(tmp_path.iterdir()) == []  # no ./data, no run directory
+    # the shared-data command keeps working: data found, nothing fetched
+    assert load_dataset("cifar10", cifar_root, train=True, download=True).images.shape[0] == 96
+
+
+def test_a_download_that_is_not_the_official_archive_is_refused(tmp_path, cifar_server, monkeypatch):
+    monkeypatch.setitem(nas.data.CIFAR["cifar10"], "md5", "0" * 32)
+    with pytest.raises(nas.InputError, match="is not the official CIFAR-10 archive .*nothing was kept"):
+        load_dataset("cifar10", tmp_path / "data", train=True, download=True)
+    assert not (tmp_path / "data").exists()

@@ -116,12 +116,14 @@ def flat_config(tmp_path, cifar_root) -> Path:
     return path
 
 
-def test_torchrun_search_writes_one_run_directory(tmp_path, tiny_config):
+@pytest.mark.parametrize("budget", [[], ["--set", "search.budget.params=5000",
+                                         "search.budget.latency_ms=1000"]], ids=["plain", "budget"])
+def test_torchrun_search_writes_one_run_directory(tmp_path, tiny_config, budget):
     work = tmp_path / "work"
     work.mkdir()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "nas", "search", "--config", str(tiny_config), "--device", "cpu",
-           "--run-dir", "run"]
+           "--run-dir", "run", *budget]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NAS_DIST_TIMEOUT": "60", "OMP_NUM_THREADS": "1"}
     out = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -133,6 +135,10 @@ def test_torchrun_search_writes_one_run_directory(tmp_path, tiny_config):
     state = torch.load(work / "run" / "checkpoint.pt", weights_only=True)
     # every step drew 2 samples (weights, architecture) per cell kind, on each rank alike
     assert state["epoch"] == 2 and state["model"]["_extra_state"]["samples_drawn"] == 2 * 2 * 2 * 2
+    if budget:  # the ranks' logits stayed equal (checked every epoch) under one averaged table
+        assert "budget: params <= 5,000 parameters, latency_ms <= 1000.000 ms" in out.stdout
+        assert "cost of the network:" in out.stdout and set(state["budget"]["multipliers"]) == \
+            {"params", "latency_ms"}
 
 
 def test_ranks_share_every_sample_equal_one_process_and_resume_on_one(tmp_path, flat_config,

@@ -3,6 +3,8 @@ architecture weights (directly and through the built-in supernets)."""
 from __future__ import annotations
 
 import json
+import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ import nas
 from conftest import DARTS_V2
 from nas.genotype import Genotype, derive_cell, edge_inputs, parse_darts, parse_genotype, parse_nb201
 
+ROOT = Path(__file__).resolve().parents[1]
 DARTS_V2_RANGE = DARTS_V2.replace("[2, 3, 4, 5]", "range(2, 6)")
 NB201 = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
 
@@ -300,4 +303,79 @@ def test_genotype_is_immutable_and_normalised():
     assert g.concat == {"cell": (1,)}
     with pytest.raises(AttributeError):
         g.space = "x"  # type: ignore[misc]
-    assert str(g) == "|skip_connect~0|"
+    assert g.inputs == {"cell": 1}  # inferred: node 0 reads state 0
+    # a concat has no place in the NAS-Bench-201 string: the text form is the JSON, exact
+    assert str(g).startswith('{"space": ""') and parse_genotype(str(g)) == g
+    assert str(Genotype(g.cells)) == "|skip_connect~0|"
+
+
+# -- the text form of every space: a property over random genotypes -----------------------------
+SPACES = {  # name -> (the space as a config names it, supernet options)
+    "darts": ("darts", {"C": 2, "cells": 3}),
+    "darts-frc": ("darts", {"C": 4, "cells": 3, "fixed_reduction": True}),
+    "nasbench201": ("nasbench201", {"C": 2, "cells_per_stage": 1}),
+    "example_plugin": (f"{ROOT / 'scripts' / 'example_plugin.py'}:SPACE", {"C": 2}),
+    "example_plugin_concat": (f"{ROOT / 'scripts' / 'example_plugin_concat.py'}:SPACE", {"C": 2}),
+}
+
+
+def random_genotype(rng: random.Random, model: nas.Supernet, space: str) -> Genotype:
+    """A random genotype of the shape ``model`` derives: random ops, inputs and (where the space
+    has one) concat, so the text form is tried on more than argmax cells."""
+    template = model.genotype()
+    cells, concat = {}, {}
+    for kind, nodes in template.cells.items():
+        first, ops = template.inputs[kind], model.op_names[kind]
+        cells[kind] = [[(rng.choice(ops), rng.randrange(first + i) if len(node) < first + i else src)
+                        for _, src in node] for i, node in enumerate(nodes)]
+        if template.concat.get(kind):
+            states = range(first + len(nodes))
+            concat[kind] = sorted(rng.sample(states, rng.randint(1, len(states))))
+    return Genotype(cells, concat, space=template.space or space, inputs=template.inputs)
+
+
+@pytest.mark.parametrize("name", list(SPACES))
+def test_the_text_form_names_the_space_and_reads_back_for_every_space(name):
+    space, options = SPACES[name]
+    rng = random.Random(name)
+    model = nas.build_supernet(space, 10, "gdas", options=options)
+    for trial in range(40):
+        with torch.no_grad():
+            for logits in model.arch_parameters():
+                logits.copy_(torch.randn(logits.shape, generator=torch.Generator().manual_seed(trial)))
+        derived = model.genotype()
+        derived = derived if derived.space else Genotype(derived.cells, derived.concat, space,
+                                                         inputs=derived.inputs)  # as search stamps it
+        for g in (derived, random_genotype(rng, model, space)):
+            text = str(g)
+            assert parse_genotype(text) == g, text
+            assert parse_genotype(text).space == g.space == (
+                space if ":" in space else {"darts": "darts", "nasbench201": "nasbench201"}[space])
+            assert Genotype.from_dict(json.loads(json.dumps(g.to_dict()))) == g
+            # the published forms stay as they were; any other space's is its JSON
+            if name == "darts":
+                assert text.startswith("Genotype(normal=[")
+            elif name == "nasbench201":
+                assert text.startswith("|") and "~" in text
+            else:
+                assert json.loads(text)["space"] == g.space
+
+
+def test_a_plugin_genotype_of_darts_shape_keeps_its_own_space():
+    """The bug behind the JSON text form: a plugin's {normal, reduce} genotype used to print as a
+    DARTS string, which reads back as another cell in the darts space."""
+    nodes = [[("conv", 0)], [("conv", 0), ("pool", 1)], [("conv", 1), ("pool", 0), ("conv", 2)]]
+    g = Genotype({"normal": nodes, "reduce": nodes}, {"normal": (2, 3), "reduce": (2, 3)},
+                 space="my_space.py:SPACE")
+    assert g.inputs == {"normal": 1, "reduce": 1} and not g.fits_darts_string()
+    assert parse_genotype(str(g)) == g
+    darts_shaped = Genotype(darts_v2().cells, darts_v2().concat, space="other_space")
+    assert str(darts_shaped).startswith("{") and parse_genotype(str(darts_shaped)) == darts_shaped
+    with pytest.raises(nas.InputError, match="'inputs' must give each cell kind"):
+        Genotype({"cell": nodes}, inputs={"cell": 0})
+
+
+def test_cell_titles_never_say_cell_twice():
+    from nas.genotype import cell_title
+    assert [cell_title(k) for k in ("normal", "reduce", "cell", "stem_cell")] == \
+        ["normal cell", "reduce cell", "cell", "stem_cell"]

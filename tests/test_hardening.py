@@ -13,9 +13,11 @@ import os
 import pickle
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -188,7 +190,66 @@ class WrongShape(_Chain):
         return nas.Genotype({"chain": [[("skip_connect", 0)]]})
 '''
 
+def png_header(width: int, height: int) -> bytes:
+    """A tiny PNG file that claims ``width`` x ``height`` pixels (a decompression bomb's header)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + \
+        chunk(b"IEND", b"")
+
+
+def image_folder_with(content: bytes):
+    """An image folder (two classes of real images) with one more file of ``content``."""
+    def setup(ws: Path) -> None:
+        from PIL import Image
+        for cls in ("a", "b"):
+            (ws / "imgs" / "train" / cls).mkdir(parents=True)
+            Image.new("RGB", (8, 8), (10, 200, 30)).save(ws / "imgs" / "train" / cls / "1.png")
+        (ws / "imgs" / "train" / "b" / "2.png").write_bytes(content)
+    return setup
+
+
+def edit_checkpoint(**values):
+    def setup(ws: Path) -> None:
+        state = torch.load(ws / "run" / "checkpoint.pt", weights_only=True)
+        state.update(values)
+        torch.save(state, ws / "run" / "checkpoint.pt")
+    return setup
+
+
+def _shared_bomb(levels: int = 30) -> list:
+    """A list whose expansion has 2^levels leaves, made of shared references (as YAML aliases
+    or a pickle's memo make it)."""
+    value: list = ["x"]
+    for _ in range(levels):
+        value = [value, value]
+    return value
+
+
+def train_checkpoint_without(key: str):
+    def setup(ws: Path) -> None:
+        state = {"kind": "train", "epoch": 1, "config": {}, "genotype": {}, "space": "darts",
+                 "num_classes": 10, "model": {}}
+        del state[key]
+        torch.save(state, ws / "t.pt")
+    return setup
+
+
+def garbage_metrics_line(ws: Path) -> None:
+    path = ws / "run" / "metrics.jsonl"
+    first = path.read_text().splitlines()[0]
+    path.write_text(first + "\nnot json\n" + first.replace('"epoch": 1', '"epoch": 2') + "\n")
+
+
+# nine aliases deep, nine times each: 9^9 values once expanded (the "billion laughs")
+ALIAS_BOMB = "x: &a0 [lol]\n" + "".join(
+    f"x{k}: &a{k} [{', '.join([f'*a{k - 1}'] * 9)}]\n" for k in range(1, 10)) + "search: *a9\n"
+ALIAS_BOMB_FLOW = "[&a0 [lol], " + ", ".join(
+    f"&a{k} [{', '.join([f'*a{k - 1}'] * 9)}]" for k in range(1, 10)) + "]"
+
 S = ["search", "--config", "tiny.yaml", "--run-dir", "out"]
+R = ["run", "--config", "tiny.yaml", "--run-dir", "out", "--set"]
 T = ["train", "--config", "tiny.yaml", "--run-dir", "out", "--genotype"]
 PLUG = write("plug.py", PLUGINS)
 P = ["search", "--config", "plain.yaml", "--run-dir", "out", "--set"]
@@ -214,7 +275,9 @@ CASES = [
     ("network-C", None, [*T, DARTS_V2, "--set", "network.C=0"], "network.C"),
     ("image-odd", None, [*S, "--set", "data.image_size=7"], "data.image_size"),
     ("image-huge", None, [*S, "--set", "data.image_size=100000"], "data.image_size"),
-    ("image-unhalvable", None, [*S, "--set", "data.image_size=6"], "forward failed on a batch of shape (2, 3, 6, 6)"),
+    ("image-unhalvable", None, [*S, "--set", "data.image_size=6"],
+     "op 'skip_connect' on edge 2<-0 of cell 'cells.2.cell' (a reduction cell), stride 2, failed "
+     "on an input of shape (2, 16, 3, 3)"),
     ("pad-negative", None, [*S, "--set", "data.pad=-1"], "data.pad"),
     ("eval-batch-zero", None, [*S, "--set", "train.eval_batch_size=0"], "train.eval_batch_size"),
     ("seed-2^63", None, [*S, "--set", "seed=9223372036854775808"], "seed: must be in"),
@@ -331,6 +394,89 @@ CASES = [
     ("plot-out-file", write("picture.png", "x"), ["genotype", "plot", DARTS_V2, "--out",
                                                   "picture.png"], "is a file"),
     ("list-space", None, ["list", "--space", "gone.py:SPACE"], "no such file"),
+    # -- issue 22 --------------------------------------------------------------------------------
+    # nas run checks the retraining sections before it searches
+    ("run-network-C", None, [*R, "network.C=0"], "network.C"),
+    ("run-network-key", None, [*R, "network.widht=3"], "network.widht: unknown key"),
+    ("run-no-network-builder", PLUG, ["run", "--config", "plain.yaml", "--run-dir", "out",
+                                      "--set", "space=plug.py:TrainFails"],
+     "has no network builder"),
+    # configs that would hang or overflow the stack
+    ("yaml-alias-bomb", write("bomb.yaml", ALIAS_BOMB), ["search", "--config", "bomb.yaml"],
+     "aliases"),
+    ("set-alias-bomb", None, [*S, "--set", "supernet.x=" + ALIAS_BOMB_FLOW], "aliases"),
+    ("yaml-deep", write("deep.yaml", "a: " + "[" * 50_000 + "]" * 50_000),
+     ["search", "--config", "deep.yaml"], "nested too deeply"),
+    ("yaml-deep-mapping", write("deep.yaml", "a: " + "{b: " * 100 + "1" + "}" * 100),
+     ["search", "--config", "deep.yaml"], "nested more than 64 levels"),
+    ("genotype-json-deep", write("g.json", "[" * 50_000 + "]" * 50_000), [*T, "g.json"],
+     "nested too deeply"),
+    ("genotype-text-deep", None, [*T, '{"cells": ' + "[" * 50_000 + "]" * 50_000 + "}"],
+     "nested too deeply"),
+    # file names the system refuses
+    ("config-symlink-loop", lambda ws: (ws / "loop.yaml").symlink_to("loop.yaml"),
+     ["search", "--config", "loop.yaml"], "cannot read config file"),
+    ("config-name-too-long", None, ["search", "--config", "c" * 300 + ".yaml"],
+     "cannot read config file"),
+    ("data-dir-too-long", None, [*S, "--data-dir", "d" * 300], "File name too long"),
+    ("run-dir-too-long", None, [*S[:-1], "new/" + "r" * 300 + "/x"], "over the system's limit"),
+    ("resume-too-long", None, ["search", "--resume", "r" * 300], "over the system's limit"),
+    ("genotype-too-long", None, [*T, "g" * 300 + ".json"], "genotype"),
+    ("plot-too-long", None, ["plot", "p" * 300], "cannot read the run"),
+    # run names
+    ("run-name-nul", write("nul.yaml", 'name: "a\\0b"\n'), ["search", "--config", "nul.yaml"],
+     "NUL"),
+    ("data-root-nul", None, [*S, "--set", 'data.root="d\\0"'], "NUL"),
+    ("run-name-path", None, ["search", "--config", "tiny.yaml", "--set", "name=../../x"],
+     "a run name is a name, not a path"),
+    ("run-name-dotdot", None, ["search", "--config", "tiny.yaml", "--set", "name=.."],
+     "a run name is a name, not a path"),
+    ("run-name-too-long", None, ["search", "--config", "tiny.yaml", "--set", "name=" + "n" * 300],
+     "at most 200 characters"),
+    # data
+    ("image-bomb", image_folder_with(png_header(20_000, 10_000)),
+     [*S, "--set", "data.dataset=imagefolder", "data.root=imgs"], "refusing to read image"),
+    # genotypes, evaluate, plot
+    ("genotype-show-state", None, ["genotype", "show", '{"cells": {"cell": [[["nor_conv_3x3", 9]]]}, "inputs": {"cell": 1}}'],
+     "node 1 reads state 9"),
+    ("genotype-plot-state", None, ["genotype", "plot", '{"cells": {"cell": [[["nor_conv_3x3", 9]]]}, "inputs": {"cell": 1}}'],
+     "node 1 reads state 9"),
+    ("genotype-concat-state", None, ["genotype", "show", DARTS_V2.replace(
+        "reduce_concat=[2, 3, 4, 5]", "reduce_concat=[2, 3, 4, 9]")], "concatenates state 9"),
+    ("genotype-range-2^63", None, ["genotype", "show", DARTS_V2.replace(
+        "normal_concat=[2, 3, 4, 5]", "normal_concat=range(0, 9223372036854775808)")],
+     "range() of more than"),
+    ("evaluate-no-config", train_checkpoint_without("config"),
+     ["evaluate", "--checkpoint", "t.pt"], "its 'config' is missing"),
+    ("evaluate-threads", None, ["evaluate", "--checkpoint", "run", "--threads", "0"], "--threads"),
+    ("plot-onto-file", write("p.png", "x"), ["plot", "run", "--out", "p.png"], "is a file"),
+    ("plot-garbage-metrics", garbage_metrics_line, ["plot", "run"], "metrics.jsonl, line 2"),
+    ("plot-garbage-probabilities", write("run/probabilities.jsonl", '{"epoch": 1}\n'),
+     ["plot", "run"], "do not hold the ops"),
+    # plugins
+    ("plugin-sys-exit", write("exits.py", "import sys\nsys.exit(7)\n"),
+     [*P, "space=exits.py:SPACE"], "exits.py' called sys.exit(7)"),
+    ("plugin-flag-sys-exit", write("exits.py", "import sys\nsys.exit(7)\n"),
+     [*S, "--plugin", "exits.py:SPACE"], "exits.py' called sys.exit(7)"),
+    # checkpoints and resume
+    ("checkpoint-epoch-negative", edit_checkpoint(epoch=-2), ["search", "--resume", "run"],
+     "its epoch is -2"),
+    ("checkpoint-epoch-text", edit_checkpoint(epoch="3"), ["search", "--resume", "run"],
+     "its epoch is '3'"),
+    ("checkpoint-epoch-float", edit_checkpoint(epoch=1.5), ["search", "--resume", "run"],
+     "its epoch is 1.5"),
+    ("checkpoint-epoch-beyond", edit_checkpoint(epoch=99), ["search", "--resume", "run"],
+     "its config plans 1 epochs"),
+    ("checkpoint-config-bomb", edit_checkpoint(config=_shared_bomb()), ["search", "--resume", "run"],
+     "aliases"),
+    ("resume-lost-checkpoint", lambda ws: (ws / "run" / "checkpoint.pt").unlink(),
+     ["search", "--resume", "run"], "holds 1 finished epoch(s)"),
+    ("resume-force-with-checkpoint", None, ["search", "--resume", "run", "--force"],
+     "drop --force"),
+    # threads
+    ("threads-zero", None, [*S, "--threads", "0"], "--threads must be from 1"),
+    ("threads-config", None, [*S, "--set", "threads=0"], "threads: must be from 1"),
+    ("threads-text", None, [*S, "--set", "threads=many"], "threads: expected an integer"),
 ]
 
 
@@ -349,7 +495,7 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(ws, capsys, case):
 
 
 def test_the_table_is_as_large_as_promised():
-    assert len(CASES) >= 60 and len({c[0] for c in CASES}) == len(CASES)
+    assert len(CASES) >= 130 and len({c[0] for c in CASES}) == len(CASES)
 
 
 # -- the trust boundary, from the other side ------------------------------------------------
@@ -459,3 +605,271 @@ def test_ctrl_c_while_starting_is_one_line_and_130(ws, delay):
     assert proc.returncode == 130, err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("nas")
     assert "interrupted" in err and len(err.strip().splitlines()) == 1
+
+
+# -- issue 22: threads ----------------------------------------------------------------------------
+def test_cgroup_quotas_are_read_from_v2_and_v1_trees(tmp_path):
+    from nas.threads import cgroup_cpus
+    v2 = tmp_path / "v2"
+    (v2 / "jobs" / "mine").mkdir(parents=True)
+    (v2 / "cpu.max").write_text("max 100000\n")
+    (v2 / "jobs" / "cpu.max").write_text("150000 100000\n")   # the parent's quota binds too
+    (v2 / "jobs" / "mine" / "cpu.max").write_text("400000 100000\n")
+    assert cgroup_cpus("0::/jobs/mine\n", v2) == 1.5
+    assert cgroup_cpus("0::/\n", v2) is None  # no quota: "max"
+    v1 = tmp_path / "v1"
+    (v1 / "cpu,cpuacct" / "docker" / "c1").mkdir(parents=True)
+    (v1 / "cpu,cpuacct" / "docker" / "c1" / "cpu.cfs_quota_us").write_text("200000\n")
+    (v1 / "cpu,cpuacct" / "docker" / "c1" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpus("4:memory:/docker/c1\n3:cpu,cpuacct:/docker/c1\n", v1) == 2.0
+    (v1 / "cpu,cpuacct" / "docker" / "c1" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cgroup_cpus("3:cpu,cpuacct:/docker/c1\n", v1) is None
+
+
+def test_the_default_thread_count_is_the_usable_cpus_others_leave_free(monkeypatch):
+    from nas import threads
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "affinity_cpus", lambda: {0, 1, 2, 3})
+    monkeypatch.setattr(threads, "cgroup_cpus", lambda: None)
+    assert threads.usable_cpus() == 4
+    monkeypatch.setattr(threads, "cgroup_cpus", lambda: 2.5)  # a fractional quota rounds down
+    assert threads.usable_cpus() == 2
+    monkeypatch.setattr(threads, "cgroup_cpus", lambda: 0.5)
+    assert threads.usable_cpus() == 1
+    monkeypatch.setattr(threads, "cgroup_cpus", lambda: None)
+
+    def others(busy: float):  # /proc/stat as it reads with `busy` CPUs kept busy by others
+        hz = os.sysconf("SC_CLK_TCK")
+        start = threads.Sample(100.0, (0, 0), own=5.0)
+        end = threads.Sample(102.0, (int((busy + 0.5) * 2 * hz), 4 * 2 * hz), own=6.0)
+        monkeypatch.setattr(threads, "_started", start)
+        monkeypatch.setattr(threads.Sample, "now", classmethod(lambda cls, cpus: end))
+        monkeypatch.setattr(threads.time, "monotonic", lambda: 102.0)
+
+    others(0.0)  # this process used half a CPU (1 s of 2), nobody else anything
+    assert threads.choose().count == 4
+    others(2.0)
+    chosen = threads.choose()
+    assert chosen.count == 2 and "about 2.0 busy with other work" in chosen.note()
+    others(3.9)
+    assert threads.choose().count == 1
+    others(0.0)
+    assert threads.choose(processes=2).count == 2  # torchrun: the CPUs are shared
+    assert threads.choose(3).count == 3 and "threads setting" in threads.choose(3).why
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert threads.choose().count == 2 and threads.choose().why == "OMP_NUM_THREADS"
+    assert threads.choose(1).count == 1  # the config and --threads come first
+
+
+def test_others_busy_takes_this_process_out():
+    from nas.threads import Sample, others_busy
+    hz = os.sysconf("SC_CLK_TCK")
+    start, end = Sample(0.0, (0, 0), 0.0), Sample(1.0, (2 * hz, 2 * hz), 1.0)
+    assert others_busy(start, end) == pytest.approx(1.0)  # 2 CPUs busy, one of them us
+    assert others_busy(start, Sample(1.0, None, 1.0)) is None  # no /proc/stat
+
+
+def test_the_wait_policy_is_set_before_torch_unless_the_user_chose():
+    code = ("import os, sys\nfrom nas.threads import set_wait_policy\n"
+            "print(set_wait_policy(), os.environ.get('OMP_WAIT_POLICY'))\n"
+            "import torch\nos.environ.pop('OMP_WAIT_POLICY')\nprint(set_wait_policy())\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.split() == ["True", "PASSIVE", "False"], out.stderr
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                         capture_output=True, text=True)
+    assert out.stdout.split()[:2] == ["False", "ACTIVE"], out.stderr
+
+
+def test_the_header_states_the_threads_and_the_flag_sets_them(ws, capsys):
+    code = main(["search", "--config", "tiny.yaml", "--run-dir", "t2", "--threads", "2",
+                 "--set", "search.epochs=1"])
+    header = capsys.readouterr().out.splitlines()[0]
+    assert code == 0 and header.endswith(", 2 threads (threads setting)"), header
+    assert torch.get_num_threads() == 2
+    torch.set_num_threads(1)
+    code = main(["search", "--resume", "t2", "--threads", "1"])  # a speed setting may change
+    assert code == 0, capsys.readouterr().err
+    capsys.readouterr()
+    code = main(["search", "--config", "tiny.yaml", "--run-dir", "t1", "--set", "search.epochs=1"])
+    header = capsys.readouterr().out.splitlines()[0]
+    assert code == 0 and header.endswith(", 1 thread (OMP_NUM_THREADS)"), header  # conftest's
+
+
+def test_the_contention_benchmark_times_each_setting(ws, tmp_path):
+    from test_estimators import _load_script
+    bench = _load_script("benchmark")
+    out = tmp_path / "bench"
+    assert bench.main(["--contention", "--busy", "1", "--settings", "default", "1:spin",
+                       "--config", "tiny.yaml", "--data-dir", "data", "--set", "search.epochs=1",
+                       "--out", str(out)]) == 0
+    rows = json.loads((out / "contention.json").read_text())
+    assert [(r["busy"], r["setting"], r["finished"]) for r in rows] == \
+        [(1, "default", True), (1, "1:spin", True)]
+    assert rows[1]["threads"] == 1 and rows[0]["threads"] >= 1 and rows[0]["busy_cpus"] > 0
+    table = (out / "contention.md").read_text()
+    assert "| 1 | 1, idle threads spin (libgomp default) | 1 |" in table
+
+
+# -- issue 22: logs, signals, torn files ---------------------------------------------------------
+def test_an_epoch_line_stays_above_the_bars_on_a_terminal(tmp_path, monkeypatch, capsys):
+    from nas import monitor
+    monkeypatch.setattr(monitor, "_is_tty", lambda: True)
+    m = monitor.Monitor(tmp_path, epochs=2, title="search")
+    for epoch in range(2):
+        m.epoch_end(epoch, {"train_loss": 1.5 - epoch, "train_acc": 40.0}, {})
+    m.close()
+    err = capsys.readouterr().err
+    assert "search epoch 1/2 train_loss=1.5 train_acc=40" in err
+    assert "search epoch 2/2 train_loss=0.5" in err
+
+
+def test_sigterm_flushes_the_log_keeps_the_checkpoint_and_prints_the_resume(ws):
+    log = open(ws / "log.txt", "w")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "nas", "search", "--config", "tiny.yaml",
+                             "--run-dir", "term", "--set", "search.epochs=200"], cwd=ws, env=env,
+                            stdout=log, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    lines: list[str] = []
+    while time.time() < deadline and proc.poll() is None:
+        lines = (ws / "log.txt").read_text().splitlines()
+        if any(line.startswith("search epoch 2/200") for line in lines):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read()  # live lines while the run goes on
+    assert lines[0].startswith("search: darts space") and "thread" in lines[0]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    log.close()
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines() == [
+        "nas search: terminated (SIGTERM); continue with: nas search --resume term"], err
+    state = torch.load(ws / "term" / "checkpoint.pt", weights_only=True)
+    done = [json.loads(line)["epoch"] for line in (ws / "term" / "metrics.jsonl").read_text().splitlines()]
+    assert state["epoch"] >= 1 and done[-1] >= state["epoch"]
+    assert not (ws / "term" / "checkpoint.pt.tmp").exists()
+
+
+def test_an_interrupted_checkpoint_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    from nas import runtime
+
+    def torn_save(state, path):
+        Path(path).write_bytes(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runtime.torch, "save", torn_save)
+    with pytest.raises(KeyboardInterrupt):
+        runtime.save_checkpoint({"kind": "search"}, tmp_path / "checkpoint.pt")
+    assert os.listdir(tmp_path) == []
+
+
+def test_resume_removes_what_a_killed_checkpoint_write_left(ws, capsys):
+    (ws / "run" / "checkpoint.pt.tmp").write_bytes(b"half a checkpoint")
+    edit_saved_config("search.epochs", 2)(ws)
+    assert main(["search", "--resume", "run", "--quiet"]) == 0, capsys.readouterr().err
+    assert not (ws / "run" / "checkpoint.pt.tmp").exists()
+
+
+def test_resume_cuts_torn_lines_from_metrics_and_probabilities(ws, capsys):
+    edit_saved_config("search.epochs", 3)(ws)
+    for name in ("metrics.jsonl", "probabilities.jsonl"):
+        with open(ws / "run" / name, "a") as f:  # killed while writing epoch 2's line
+            f.write('{"epoch": 2, "train_lo')
+    assert main(["search", "--resume", "run", "--quiet"]) == 0, capsys.readouterr().err
+    for name in ("metrics.jsonl", "probabilities.jsonl"):
+        records = [json.loads(line) for line in (ws / "run" / name).read_text().splitlines()]
+        assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert main(["plot", "run"]) == 0
+
+
+def test_plot_leaves_out_a_torn_last_line(ws, capsys):
+    with open(ws / "run" / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "train_lo')
+    assert main(["plot", "run", "--out", "pics"]) == 0, capsys.readouterr().err
+    assert (ws / "pics" / "curves.png").is_file()
+
+
+def test_a_lost_checkpoint_is_started_again_only_with_force(ws, capsys):
+    (ws / "run" / "checkpoint.pt").unlink()
+    before = snapshot(ws)
+    code, err = call(["search", "--resume", "run"], capsys)
+    assert code == 2 and "--force" in err and snapshot(ws) == before
+    assert main(["search", "--resume", "run", "--force", "--quiet"]) == 0
+    assert [json.loads(line)["epoch"]
+            for line in (ws / "run" / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert torch.load(ws / "run" / "checkpoint.pt", weights_only=True)["epoch"] == 1
+
+
+def test_nas_run_refuses_a_lost_checkpoint_before_it_searches(ws, capsys):
+    nas_run_dir(ws)  # pair/search (empty) and pair/train (a run's files)
+    shutil.copy(ws / "run" / "config.yaml", ws / "pair" / "search" / "config.yaml")
+    (ws / "pair" / "train" / "checkpoint.pt").unlink()
+    before = snapshot(ws)
+    code, err = call(["run", "--resume", "pair"], capsys)
+    assert code == 2 and "pair/train" in err and "--force" in err, err
+    assert snapshot(ws) == before
+
+
+# -- issue 22: files the user cannot read or write ------------------------------------------------
+def _without_override() -> None:
+    """In the child: drop the capabilities that let root ignore file permissions, so that they
+    bind a root user as they bind everyone else (prctl PR_CAPBSET_DROP; the exec applies it)."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, cap, 0, 0, 0) != 0:
+            os._exit(99)
+
+
+PERMISSION_CASES = [
+    ("data-file", lambda ws: os.chmod(ws / "data" / "cifar-10-batches-py" / "data_batch_1", 0),
+     ["search", "--config", "tiny.yaml", "--run-dir", "out"], "Permission denied"),
+    ("genotype-file", lambda ws: [(ws / "g.json").write_text("{}"), os.chmod(ws / "g.json", 0)],
+     ["train", "--config", "tiny.yaml", "--run-dir", "out", "--genotype", "g.json"],
+     "Permission denied"),
+    ("plot-out", lambda ws: (ws / "locked").mkdir(mode=0o555),
+     ["plot", "run", "--out", "locked/plots"], "Permission denied"),
+    ("genotype-plot-out", lambda ws: (ws / "locked").mkdir(mode=0o555),
+     ["genotype", "plot", "DARTS_V2", "--out", "locked"], "permission denied"),
+]
+
+
+@pytest.mark.parametrize("case", PERMISSION_CASES, ids=[c[0] for c in PERMISSION_CASES])
+def test_permission_denied_is_one_line_exit_2_and_changes_nothing(ws, case):
+    import tempfile
+    _, setup, argv, phrase = case
+    root = Path(tempfile.mkdtemp(prefix="nas-perm-"))  # outside pytest's root-only folders
+    try:
+        os.chmod(root, 0o777)
+        shutil.copytree(ws / "data", root / "data")
+        shutil.copytree(ws / "run", root / "run")
+        cfg = yaml.safe_load((ws / "tiny.yaml").read_text())
+        cfg["data"]["root"] = str(root / "data")
+        (root / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+        for p in [root, *root.rglob("*")]:
+            os.chmod(p, 0o777 if p.is_dir() else 0o666)
+        setup(root)
+        before = snapshot(root)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+        out = subprocess.run([sys.executable, "-m", "nas", *argv], cwd=root, env=env, text=True,
+                             capture_output=True, timeout=120,
+                             preexec_fn=_without_override if os.geteuid() == 0 else None)
+        if out.returncode == 99:
+            pytest.skip("cannot drop root's permission override here")
+        assert out.returncode == 2, out.stderr
+        assert phrase in out.stderr and out.stderr.count("\n") == 1, out.stderr
+        assert snapshot(root) == before
+    finally:
+        for p in [root, *root.rglob("*")]:
+            os.chmod(p, 0o777) if p.is_dir() else None
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# -- issue 22: plugin files leave no bytecode -------------------------------------------------------
+def test_a_file_plugin_is_imported_without_writing_bytecode(tmp_path, monkeypatch):
+    from nas.registry import load_object
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)  # as in a default Python
+    (tmp_path / "mine.py").write_text("VALUE = 41 + 1\n")
+    assert load_object(f"{tmp_path / 'mine.py'}:VALUE") == 42
+    assert os.listdir(tmp_path) == ["mine.py"]

@@ -48,3 +48,16 @@ def test_plot_compares_runs_and_reports_bad_input_in_one_line(tmp_path, capsys):
     assert main(["plot", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is not a run directory: no metrics.jsonl" in err[0]
+
+
+def test_heatmap_colours_are_on_a_fixed_scale():
+    import torch
+    near_uniform = plot.heatmap(torch.tensor([[0.32, 0.33, 0.35], [0.34, 0.33, 0.33]]),
+                                ["a", "b", "c"], ["1<-0", "2<-0"], "cell, epoch 1")
+    colors = {c for _, c in near_uniform.convert("RGB").getcolors(1 << 20)}
+    # every cell is painted near the colour of 1/3; none at the ends of the scale, which a
+    # scale stretched over 0.32 .. 0.35 would give them (a decision that is not there)
+    assert {plot._color(0.32), plot._color(0.35)} <= colors
+    assert plot._color(0.0) not in colors and plot._color(1.0) not in colors
+    decided = plot.heatmap(torch.tensor([[0.0, 1.0]]), ["a", "b"], ["1<-0"], "t")
+    assert {plot._color(0.0), plot._color(1.0)} <= {c for _, c in decided.getcolors(1 << 20)}

@@ -64,7 +64,8 @@ def test_decorator_registers_and_unknown_names_suggest_the_closest():
     with pytest.raises(nas.InputError, match=r"unknown widget 'spaner'; did you mean 'spanner'\? "
                                              r"\(known: hammer, spanner\)"):
         reg.get("spaner")
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(ValueError, match=r"widget 'hammer' is registered twice, with different "
+                                         r"definitions: by python \(test_registry\) and by python "):
         reg.register("hammer", obj=lambda: "another hammer")
     reg.register("hammer", obj=spanner, override=True)
     assert reg.get("hammer") is spanner

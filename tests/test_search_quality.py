@@ -42,7 +42,7 @@ def test_the_table_is_logged_every_epoch_and_never_changes_the_search(tmp_path, 
                                                                         table, capsys):
     with_table, without = tmp_path / "with", tmp_path / "without"
     assert main(["search", "--config", str(nb201_config), "--run-dir", str(with_table),
-                 "--benchmark", str(table), "--quiet"]) == 0
+                 "--benchmark", str(table)]) == 0
     out = capsys.readouterr().out
     assert main(["search", "--config", str(nb201_config), "--run-dir", str(without), "--quiet"]) == 0
     capsys.readouterr()
@@ -55,6 +55,8 @@ def test_the_table_is_logged_every_epoch_and_never_changes_the_search(tmp_path, 
     assert expected.summary() in out  # the final lines print the table's accuracies and rank
     lines = [json.loads(l) for l in (with_table / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 2
+    epoch_line = next(l for l in out.splitlines() if l.startswith("search epoch 2/2 "))
+    assert epoch_line.endswith(f" benchmark_rank={lines[-1]['benchmark_rank']}")  # in full
     assert lines[-1]["benchmark_cifar10"] == pytest.approx(expected.accuracy["cifar10"])
     assert lines[-1]["benchmark_rank"] == expected.rank
     plain = json.loads((without / "metrics.jsonl").read_text().splitlines()[-1])

@@ -93,6 +93,44 @@ def test_study_runs_scores_and_skips_finished_runs(workdir, capsys):
     assert again["runs"] == data["runs"] and again["random_search"] == data["random_search"]
 
 
+@needs_table
+def test_budget_study_has_the_size_baselines_random_search_within_and_a_sweep(workdir, capsys):
+    # the network the budget counts: NAS-Bench-201's C=16, 5 cells per stage at 32x32, whose
+    # costs the issue measured independently: 7,783,040 multiply-adds without any op, 35,389,440
+    # per 3x3 conv edge, 3,932,160 per 1x1 conv edge
+    def macs(arch: str) -> int:
+        return 7_783_040 + 35_389_440 * arch.count("nor_conv_3x3") + 3_932_160 * arch.count("nor_conv_1x1")
+
+    cfg = {**TINY, "network": {"C": 16, "cells_per_stage": 5},
+           "search": {**TINY["search"], "budget": {"macs": 8.0e7, "image_size": 32}}}
+    (workdir / "budget.yaml").write_text(yaml.safe_dump(cfg))
+    path = write_study(workdir / "s.yaml", methods={"a": {"config": "budget.yaml"}},
+                       published=False, sweep={"method": "a", "budgets": [3.0e7, 1.5e8]})
+    assert study.main([str(path), "--out", "out"]) == 0, capsys.readouterr().err
+    data = json.loads((workdir / "out" / "study.json").read_text())
+    largest = data["baselines"]["the largest cell (no training)"]
+    assert largest["cells"] == ["|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+"
+                                "|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|"]
+    assert largest["cifar10_mean"] == pytest.approx(93.76, abs=0.01)
+    within = data["baselines"]["the largest cell within the budget (no training)"]
+    assert within["runs"] == 1215 and within["cifar10_mean"] == pytest.approx(88.21, abs=0.01)
+    assert all(a.count("nor_conv_3x3") == 2 and macs(a) <= 8e7 for a in within["cells"])
+    assert data["within_budget"]["cells"] == 11455 and data["within_budget"]["best"] == 93.91
+    tried = json.loads((workdir / "out" / "runs" / "random_search" / "seed_0" / "result.json")
+                       .read_text())["tried"]
+    assert tried and all(macs(t["arch"]) <= 8e7 for t in tried)
+    assert macs(data["runs"][0]["arch"]) <= 8e7
+    sweep = data["sweep"]
+    assert sorted(r["budget"] for r in sweep["runs"]) == [3.0e7, 1.5e8]
+    for r in sweep["runs"]:
+        assert r["macs"] == macs(r["arch"]) <= r["budget"]
+    assert sweep["summary"]["3e+07"]["over_budget"] == 0
+    assert (workdir / "out" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    md = (workdir / "out" / "study.md").read_text()
+    assert "| the largest cell within the budget (no training) | 1,215 cell(s) tied | 88.21" in md
+    assert "random search within the budget, same wall time" in md and "## Budget sweep" in md
+
+
 def test_search_run_resumes_or_restarts(tmp_path, monkeypatch):
     calls = []
 
@@ -103,7 +141,8 @@ def test_search_run_resumes_or_restarts(tmp_path, monkeypatch):
 
     monkeypatch.setattr(study, "child", child)
     s = study.Study(tmp_path / "s.yaml", None, tmp_path / "t.csv", tmp_path / "data", [3],
-                    {"a": study.Method(tmp_path / "a.yaml", ["search.epochs=1"])}, None, False)
+                    {"a": study.Method(tmp_path / "a.yaml", ["search.epochs=1"])}, None, False,
+                    ["a"], {}, None)
     run = tmp_path / "runs" / "a" / "seed_3"
     run.mkdir(parents=True)
     (run / "checkpoint.pt").write_bytes(b"")
