@@ -11,8 +11,8 @@ default this repository) is copied to WORK/MODULE (default ``.mutation/``, ignor
 mutmut mutates the module's listed functions there; each mutant runs the module's fast tests
 that call the mutated function (mutmut records which tests call which function first). ``--jobs``
 mutants run at once (default 1: the machine is shared). ``--survivors`` runs again only the
-mutants that no test killed in the last run in WORK (after adding tests; a module whose code
-changed is run in full).
+mutants that no test killed in the last run in WORK (after adding tests), and every mutant of
+a function whose code changed since.
 
 The score of a module is killed / (mutants - equivalent): a mutant is killed when a test fails
 (or times out, or crashes); an equivalent mutant computes what the original computes, so no test
@@ -25,6 +25,7 @@ mutmut failed, 2 on bad arguments.
 from __future__ import annotations
 
 import argparse
+import ast
 import fnmatch
 import json
 import os
@@ -149,16 +150,37 @@ def mutant_globs(name: str, target: Target) -> list[str]:
     return [f"{module}.{f}__mutmut_*" for f in target.functions]
 
 
-def undetected(work: Path, target: Target, globs: list[str]) -> list[str]:
-    """The mutants of the last run in ``work`` that no test detected (or that never ran); all
-    of them when there was no run."""
+def function_sources(path: Path) -> dict[str, str]:
+    """Each function's source in ``path`` by mutmut's mangled name (``x_f``, ``xǁClassǁf``)."""
+    if not path.is_file():
+        return {}
+    out = {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            out[f"x_{node.name}"] = ast.dump(node)
+        elif isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    out[f"xǁ{node.name}ǁ{item.name}"] = ast.dump(item)
+    return out
+
+
+def undetected(work: Path, target: Target, globs: list[str], source: Path) -> list[str]:
+    """The mutants to run again: those of the last run in ``work`` that no test detected (or
+    that never ran), and every mutant of a function whose code differs in ``source``; all of
+    them when there was no run."""
     meta = work / "mutants" / (target.path + ".meta")
     if not meta.is_file():
         return globs
     from mutmut.stats import status_by_exit_code
+    module = target.path[:-3].replace("/", ".")
+    old, new = function_sources(work / target.path), function_sources(source / target.path)
+    changed = [f"{module}.{f}__mutmut_*" for f in new if old.get(f) != new[f]
+               and any(fnmatch.fnmatch(f"{module}.{f}__mutmut_1", g) for g in globs)]
     codes = json.loads(meta.read_text())["exit_code_by_key"]
-    return [k for k, v in codes.items() if any(fnmatch.fnmatch(k, g) for g in globs)
-            and status_by_exit_code[v] not in DETECTED]
+    return changed + [k for k, v in codes.items() if any(fnmatch.fnmatch(k, g) for g in globs)
+                      and not any(fnmatch.fnmatch(k, c) for c in changed)
+                      and status_by_exit_code[v] not in DETECTED]
 
 
 def load_equivalent() -> dict[str, dict[str, str]]:
@@ -221,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                              "editing the list of equivalent mutants)")
     parser.add_argument("--survivors", action="store_true",
                         help="run again only the mutants of WORK/MODULE's last run that no test "
-                             "killed (after adding tests; all of them if the module changed)")
+                             "killed (after adding tests), and those of changed functions")
     args = parser.parse_args(argv)
     unknown = [m for m in args.modules if m not in TARGETS]
     if unknown:
@@ -243,15 +265,14 @@ def main(argv: list[str] | None = None) -> int:
                 return fail(f"--score-only: no mutation run of {name} in {work}")
             results.append(score(name, target, work, equivalent))
             continue
-        old = work / target.path
-        same_code = old.is_file() and old.read_bytes() == (args.source / target.path).read_bytes()
+        again = undetected(work, target, mutant_globs(name, target), args.source.resolve())
         prepare(args.source.resolve(), work, target)
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutants/ comes first
         log = work / "mutmut.log"
         print(f"{name}: mutating {target.path} in {work} (log: {log})", flush=True)
         names = mutant_globs(name, target)
-        if args.survivors and same_code:  # the module changed: its mutants are new, run them all
-            names = undetected(work, target, names)
+        if args.survivors:  # a changed function's mutants are new: they all run
+            names = again
             print(f"{name}: {len(names)} mutants to run again", flush=True)
         code = 0
         if names:
