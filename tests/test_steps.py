@@ -283,3 +283,28 @@ def test_reinforce_scores_the_input_choice_of_edge_top_k_and_averages_the_gradie
     for p, g in zip(model.arch_parameters(), expected):
         torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-8)
     assert all(model.edge_logits[k].grad.abs().sum() > 0 for k in ("normal", "reduce"))
+
+
+class ExtraArchParameter(ToyNet):
+    """A plugin whose architecture parameters include one that no sample's log-probability
+    reads (a scale of its own): the score function gives it no gradient."""
+
+    def __init__(self) -> None:
+        super().__init__(seed=5)
+        self.scale = nn.Parameter(torch.ones(3))
+
+    def arch_parameters(self):
+        return super().arch_parameters() + [self.scale]
+
+
+def test_reinforce_gives_an_architecture_parameter_it_does_not_reach_a_zero_gradient(monkeypatch):
+    """Zeros, not None: every rank averages the same list of tensors."""
+    averaged = []
+    monkeypatch.setattr(nas.search.dist, "average_gradients",
+                        lambda params: averaged.append([p.grad for p in params]))
+    model = ExtraArchParameter()
+    x, y = torch.zeros(2, 1), torch.ones(2, dtype=torch.long)
+    reinforce_step(model, torch.optim.SGD(model.arch_parameters(), lr=0.0), x, y, 3, False)
+    assert torch.equal(model.scale.grad, torch.zeros(3))
+    assert model.arch_logits["cell"].grad.abs().sum() > 0
+    assert len(averaged) == 1 and all(g is not None for g in averaged[0])

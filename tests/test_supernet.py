@@ -446,6 +446,29 @@ def test_the_gdas_dot_product_accumulates_bfloat16_in_float32(layout):
     assert weights.grad[0].double() == pytest.approx(grad.double().sum().item(), rel=1e-5)
 
 
+def largest_allocation(fn) -> int:
+    """The largest CPU allocation (bytes) of any op ``fn`` runs, by the (legacy: it starts in
+    milliseconds) autograd profiler."""
+    with torch.autograd.profiler.profile(profile_memory=True, use_kineto=False) as prof:
+        fn()
+    return max((e.cpu_memory_usage for e in prof.function_events), default=0)
+
+
+def test_the_gdas_dot_product_reads_activations_of_one_layout_in_place():
+    """<grad, out> of two float32 tensors of the same layout (contiguous, channels-last) is read
+    in place: no temporary the size of the activation each step. Two layouts need a product."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(4, 8, 16, 16, generator=g), torch.rand(4, 8, 16, 16, generator=g)
+    size = a.numel() * a.element_size()
+    exact = (a.double() * b.double()).sum()
+    last = [t.contiguous(memory_format=torch.channels_last) for t in (a, b)]
+    for x, y in ((a, b), last):
+        assert nas.supernet._dot(x, y).double().item() == pytest.approx(exact.item(), rel=1e-5)
+        assert largest_allocation(lambda: nas.supernet._dot(x, y)) < size // 100
+    assert nas.supernet._dot(a, last[1]).double().item() == pytest.approx(exact.item(), rel=1e-5)
+    assert largest_allocation(lambda: nas.supernet._dot(a, last[1])) >= size
+
+
 def test_an_arch_sample_indexes_an_edge_as_weights_and_op():
     weights = torch.eye(3)
     w, op = nas.ArchSample(weights, [2, 0, 1])[1]
