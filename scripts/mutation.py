@@ -3,7 +3,7 @@
 
     pip install -e '.[dev]'
     python scripts/mutation.py [MODULE ...] [--jobs N] [--work DIR] [--source DIR] [--json FILE]
-                               [--survivors]
+                               [--survivors] [--only FUNCTION ...] [--score-only]
 
 MODULE is one of gumbel, supernet, search, schedules, genotype (default: all five, one after
 the other). For each, the source tree (tracked and untracked, not ignored, files of ``--source``,
@@ -14,9 +14,12 @@ mutants run at once (default 1: the machine is shared). ``--survivors`` runs aga
 mutants that no test killed in the last run in WORK (after adding tests), and every mutant of
 a function whose code changed since.
 
-The score of a module is killed / (mutants - equivalent): a mutant is killed when a test fails
+``--only FUNCTION ...`` mutates only some of one module's functions (mutmut's names, globs).
+
+The score of a module is killed / (mutants run - equivalent): a mutant is killed when a test fails
 (or times out, or crashes); an equivalent mutant computes what the original computes, so no test
-can kill it. ``scripts/mutation_equivalent.yaml`` lists those, each with the mutated line (so a
+can kill it; a mutant not run (an interrupted or restricted run) is counted apart, as "not run".
+``scripts/mutation_equivalent.yaml`` lists the equivalent ones, each with the mutated line (so a
 renumbered mutant is noticed) and why it is equivalent. Prints one table row per module, and the
 surviving mutants that are not listed as equivalent (``mutmut show NAME`` in WORK/MODULE shows
 one); ``--json`` also writes the counts. Exit 0 when the run finished (whatever the score), 1 if
@@ -209,7 +212,7 @@ def score(name: str, target: Target, work: Path, equivalent: dict[str, dict[str,
         counts[status] = counts.get(status, 0) + 1
     equivalent_here, stale, survivors = [], [], []
     for mutant, status in sorted(statuses.items()):
-        if status in DETECTED:
+        if status in DETECTED or status == "not checked":  # not checked: not run (yet)
             continue
         entry = equivalent.get(mutant)
         if entry is not None and status == "survived":
@@ -222,8 +225,10 @@ def score(name: str, target: Target, work: Path, equivalent: dict[str, dict[str,
     missing = [m for m in listed if m not in statuses or statuses[m] in DETECTED]
     killed = sum(counts.get(s, 0) for s in DETECTED)
     total = len(statuses)
-    scored = total - len(equivalent_here)
-    return {"module": name, "mutants": total, "killed": killed, "equivalent": len(equivalent_here),
+    not_run = counts.get("not checked", 0)
+    scored = total - not_run - len(equivalent_here)
+    return {"module": name, "mutants": total, "not_run": not_run, "killed": killed,
+            "equivalent": len(equivalent_here),
             "survived": len(survivors), "score": killed / scored if scored else 1.0,
             "counts": counts, "survivors": survivors, "stale_equivalent": stale,
             "listed_but_not_surviving": missing}
@@ -241,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--score-only", action="store_true",
                         help="run nothing: score the last run in WORK/MODULE again (after "
                              "editing the list of equivalent mutants)")
+    parser.add_argument("--only", nargs="+", metavar="FUNCTION",
+                        help="mutate only these of the module's functions (mutmut's names, globs: "
+                             "x_f, xǁClassǁf); one module")
     parser.add_argument("--survivors", action="store_true",
                         help="run again only the mutants of WORK/MODULE's last run that no test "
                              "killed (after adding tests), and those of changed functions")
@@ -248,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in args.modules if m not in TARGETS]
     if unknown:
         return fail(f"unknown module '{unknown[0]}' (known: {', '.join(TARGETS)})")
+    if args.only and len(args.modules) != 1:
+        return fail("--only needs exactly one MODULE")
     if args.jobs < 1:
         return fail(f"--jobs must be at least 1, got {args.jobs}")
     if not (args.source / "nas").is_dir():
@@ -260,6 +270,12 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in args.modules or list(TARGETS):
         target, work = TARGETS[name], args.work.resolve() / name
+        if args.only:
+            outside = [f for f in args.only if not any(fnmatch.fnmatch(f, g) for g in target.functions)]
+            if outside:
+                return fail(f"--only {outside[0]} is not one of {name}'s functions "
+                            f"({', '.join(target.functions)})")
+            target = Target(target.path, tuple(args.only), target.tests)
         if args.score_only:
             if not (work / "mutants" / (target.path + ".meta")).is_file():
                 return fail(f"--score-only: no mutation run of {name} in {work}")
@@ -272,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: mutating {target.path} in {work} (log: {log})", flush=True)
         names = mutant_globs(name, target)
         if args.survivors:  # a changed function's mutants are new: they all run
-            names = again
+            names = [m for m in again if m not in equivalent]  # listed: checked when scored
             print(f"{name}: {len(names)} mutants to run again", flush=True)
         code = 0
         if names:
@@ -285,13 +301,14 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         results.append(score(name, target, work, equivalent))
         r = results[-1]
-        print(f"{name}: {r['killed']} of {r['mutants'] - r['equivalent']} non-equivalent mutants "
-              f"killed ({100 * r['score']:.1f}%), {r['equivalent']} equivalent", flush=True)
-    print("\n| module | mutants | equivalent | killed | survived | score |")
-    print("|---|---:|---:|---:|---:|---:|")
+        print(f"{name}: {r['killed']} of {r['mutants'] - r['not_run'] - r['equivalent']} "
+              f"non-equivalent mutants killed ({100 * r['score']:.1f}%), {r['equivalent']} "
+              f"equivalent, {r['not_run']} not run", flush=True)
+    print("\n| module | mutants | not run | equivalent | killed | survived | score |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        print(f"| {TARGETS[r['module']].path} | {r['mutants']} | {r['equivalent']} | {r['killed']} | "
-              f"{r['survived']} | {100 * r['score']:.1f}% |")
+        print(f"| {TARGETS[r['module']].path} | {r['mutants']} | {r['not_run']} | {r['equivalent']} | "
+              f"{r['killed']} | {r['survived']} | {100 * r['score']:.1f}% |")
     for r in results:
         if r["survivors"]:
             print(f"\nsurviving in {r['module']}: " + " ".join(r["survivors"]))

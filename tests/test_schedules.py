@@ -294,3 +294,25 @@ def test_a_schedule_that_raises_is_named_with_its_error(plugin):
         TemperatureScheduler(name, total=5)
     assert str(info.value) == (f"temperature schedule '{name}' failed at step 2: "
                                "ZeroDivisionError: float division by zero")
+
+
+@pytest.mark.parametrize("options, bad", [
+    ({"every": 0}, "every=0, gamma=0.5"), ({"gamma": 0.0}, "every=1, gamma=0.0"),
+    ({"gamma": 1.5}, "every=1, gamma=1.5"), ({"every": 2, "gamma": -0.5}, "every=2, gamma=-0.5"),
+])
+def test_the_step_schedule_checks_its_options(options, bad):
+    with pytest.raises(InputError) as info:
+        TemperatureScheduler("step", total=4, tau_max=2.0, tau_min=0.5, **options)
+    assert str(info.value) == ("temperature schedule 'step' failed at step 0: ValueError: the step "
+                               f"schedule needs every >= 1 and 0 < gamma <= 1, got {bad}")
+    # gamma = 1 is allowed: the temperature stays at tau_max
+    assert taus(TemperatureScheduler("step", total=4, tau_max=2.0, tau_min=0.5, gamma=1.0), 4) == [2.0] * 4
+
+
+def test_at_refuses_a_non_finite_value_past_the_checked_steps(plugin):
+    name = plugin(lambda step, total, a, b: float("nan") if step > total else 1.0)
+    sched = TemperatureScheduler(name, total=5)
+    assert sched.at(5) == 1.0
+    with pytest.raises(ValueError) as info:
+        sched.at(7)
+    assert str(info.value) == f"temperature schedule '{name}' returned nan at step 7"
