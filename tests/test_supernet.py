@@ -467,6 +467,10 @@ def test_the_gdas_dot_product_reads_activations_of_one_layout_in_place():
         assert largest_allocation(lambda: nas.supernet._dot(x, y)) < size // 100
     assert nas.supernet._dot(a, last[1]).double().item() == pytest.approx(exact.item(), rel=1e-5)
     assert largest_allocation(lambda: nas.supernet._dot(a, last[1])) >= size
+    # two dtypes: accumulated in the wider one
+    half = a.to(torch.bfloat16)
+    exact_half = (half.double() * b.double()).sum()
+    assert nas.supernet._dot(half, b).double().item() == pytest.approx(exact_half.item(), rel=1e-6)
 
 
 def test_an_arch_sample_indexes_an_edge_as_weights_and_op():
@@ -516,6 +520,18 @@ def test_the_hard_weights_gradient_keeps_their_dtype_and_device():
     e = torch.zeros(1, device=m, requires_grad=True)
     nas.sampled_node(w, 0, [1], [torch.zeros(2, 3, 4, 4, device=m)], edge_weights=e).sum().backward()
     assert w.grad.device.type == e.grad.device.type == "meta"
+
+def test_float64_hard_weights_get_float64_accurate_gradients():
+    """The gradients are computed in the weights' dtype, not rounded through float32."""
+    g = torch.Generator().manual_seed(3)
+    out = torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=g)
+    weights = torch.tensor([[0.0, 1.0]], dtype=torch.float64, requires_grad=True)
+    edge_weights = torch.tensor([1.0], dtype=torch.float64, requires_grad=True)
+    nas.sampled_node(weights, 0, [1], [out], edge_weights=edge_weights).sum().backward()
+    dot = out.sum().item()  # <ones, out>
+    assert abs(weights.grad[0, 1].item() - dot) < 1e-12 and abs(edge_weights.grad[0].item() - dot) < 1e-12
+    assert float(torch.tensor(dot, dtype=torch.float32)) != dot  # float32 would show
+
 
 # -- 4. the parameter partition -----------------------------------------------------------------
 @pytest.mark.parametrize("space, options, shapes", [
