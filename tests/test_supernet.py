@@ -473,6 +473,20 @@ def test_the_gdas_dot_product_reads_activations_of_one_layout_in_place():
     assert nas.supernet._dot(half, b).double().item() == pytest.approx(exact_half.item(), rel=1e-6)
 
 
+def test_the_dot_product_sums_every_chunk_in_the_wider_dtype_on_the_device(monkeypatch):
+    """Upcast in chunks: every chunk counts, the sum is kept in the wider of the two dtypes
+    (float64 here) and on the tensors' device (meta: shapes only)."""
+    monkeypatch.setattr(nas.supernet, "_DOT_CHUNK", 1000)
+    g = torch.Generator().manual_seed(4)
+    a = torch.rand(2, 4, 16, 16, generator=g, dtype=torch.float64)
+    b = torch.rand(2, 4, 16, 16, generator=g).to(torch.bfloat16)
+    exact = (a * b.double()).sum().item()
+    assert abs(nas.supernet._dot(a, b).item() - exact) < 1e-9 * exact  # float32 is off by ~1e-7
+    assert abs(nas.supernet._dot(b, a).item() - exact) < 1e-9 * exact
+    m = torch.device("meta")
+    assert nas.supernet._dot(b.to(m), b.to(m)).device.type == "meta"
+
+
 def test_an_arch_sample_indexes_an_edge_as_weights_and_op():
     weights = torch.eye(3)
     w, op = nas.ArchSample(weights, [2, 0, 1])[1]
