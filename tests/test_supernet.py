@@ -487,6 +487,26 @@ def test_the_dot_product_sums_every_chunk_in_the_wider_dtype_on_the_device(monke
     assert nas.supernet._dot(b.to(m), b.to(m)).device.type == "meta"
 
 
+@pytest.mark.parametrize("estimator", ["gumbel_rao", "reinmax"])
+def test_an_estimator_changes_only_hard_samples(estimator):
+    """A soft (gumbel mode) sample stays a soft point of the simplex whatever the estimator: the
+    estimators are gradient surrogates of a one-hot."""
+    model, ref = make("nasbench201", "gumbel"), make("nasbench201", "gumbel")
+    model.estimator = estimator
+    model.train(), ref.train()
+    w, w_ref = model.sample()["cell"].weights, ref.sample()["cell"].weights
+    assert torch.equal(w, w_ref) and w.max() < 1.0
+
+
+def test_the_training_draw_caches_the_op_order_on_the_logits_device():
+    """The op-name order a draw reads is cached under the logits' device (on a GPU, a CPU copy
+    would be moved to it every step)."""
+    model = make("nasbench201", "gdas")
+    model.train()
+    model.sample()
+    assert list(model._orders) == [("cell", torch.device("cpu"))]
+
+
 def test_an_arch_sample_indexes_an_edge_as_weights_and_op():
     weights = torch.eye(3)
     w, op = nas.ArchSample(weights, [2, 0, 1])[1]
