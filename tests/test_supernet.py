@@ -507,6 +507,16 @@ def test_the_training_draw_caches_the_op_order_on_the_logits_device():
     assert list(model._orders) == [("cell", torch.device("cpu"))]
 
 
+def test_fixed_sampling_logits_follow_the_logits_dtype_and_the_generator_their_device():
+    """The weight steps' fixed logits are cast to the architecture logits (a float64 supernet
+    draws float64 weights), and the noise comes from a generator of the logits' device."""
+    model = make("nasbench201", "gdas").double()
+    model.sampling_logits = {"cell": torch.zeros(5)}
+    model.train()
+    assert model.sample()["cell"].weights.dtype == torch.float64
+    assert list(model._generators) == [torch.device("cpu")]
+
+
 def test_an_arch_sample_indexes_an_edge_as_weights_and_op():
     weights = torch.eye(3)
     w, op = nas.ArchSample(weights, [2, 0, 1])[1]
