@@ -517,6 +517,24 @@ def test_fixed_sampling_logits_follow_the_logits_dtype_and_the_generator_their_d
     assert list(model._generators) == [torch.device("cpu")]
 
 
+def test_the_forward_temperature_tempers_hard_draws_only():
+    """tau_forward = 2 draws the one-hot of a gdas sample from softmax(logits / 2) (the same
+    draw as halved logits at tau_forward 1); a soft (gumbel mode) sample ignores it."""
+    drawn = {}
+    for name, tau_forward, scale in (("tempered", 2.0, 1.0), ("halved", 1.0, 0.5), ("plain", 1.0, 1.0)):
+        model = make("nasbench201", "gdas", init_seed=1)
+        with torch.no_grad():
+            model.arch_logits["cell"].mul_(300.0 * scale)  # sharp: the temperature shows
+        model.tau_forward = tau_forward
+        model.train()
+        drawn[name] = [model.sample()["cell"].index for _ in range(20)]
+    assert drawn["tempered"] == drawn["halved"] != drawn["plain"]
+    soft = [make("nasbench201", "gumbel", init_seed=1) for _ in range(2)]
+    soft[0].tau_forward = 2.0
+    w = [m.train().sample()["cell"].weights for m in soft]
+    assert torch.equal(w[0], w[1])
+
+
 def test_an_arch_sample_indexes_an_edge_as_weights_and_op():
     weights = torch.eye(3)
     w, op = nas.ArchSample(weights, [2, 0, 1])[1]
