@@ -535,6 +535,19 @@ def test_the_forward_temperature_tempers_hard_draws_only():
     assert torch.equal(w[0], w[1])
 
 
+def test_an_st_sample_of_three_kinds_reads_each_kind_s_own_ops():
+    """st mode reads every kind's sampled ops back in one transfer: each kind gets its own."""
+    ops = ("a", "b", "c")
+    model = nas.Supernet("st", {"x": (2, ops), "y": (3, ops), "z": (4, ops)}, seed=0)
+    with torch.no_grad():
+        for k, v in model.arch_logits.items():
+            v.normal_(generator=torch.Generator().manual_seed(len(k)))
+    model.train()
+    sample = model.sample()
+    assert {k: list(v.sampled) for k, v in sample.items()} == \
+        {k: v.tolist() for k, v in model.last_index.items()}
+
+
 def test_an_arch_sample_indexes_an_edge_as_weights_and_op():
     weights = torch.eye(3)
     w, op = nas.ArchSample(weights, [2, 0, 1])[1]
