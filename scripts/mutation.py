@@ -69,7 +69,7 @@ TARGETS = {
     # names, state or derivation, which is genotype's)
     "supernet": Target("nas/supernet.py", (
         "x__dot", "xǁ_SampledNodeǁ*", "x_sampled_node", "x_sampled_op", "xǁArchSampleǁ*",
-        "xǁMixedEdgeǁforward", "xǁMixedEdgeǁ_build", "xǁSearchCellǁforward", "x_canonical_order",
+        "xǁMixedEdgeǁforward", "xǁSearchCellǁforward", "x_canonical_order",
         "xǁSupernetǁ_layout", "xǁSupernetǁnode_logits", "xǁSupernetǁ_edge_sample",
         "xǁSupernetǁedge_probabilities", "xǁSupernetǁarch_parameters",
         "xǁSupernetǁweight_parameters", "xǁSupernetǁ_generator", "xǁSupernetǁ_canonical",
