@@ -3,7 +3,7 @@
 
     pip install -e '.[dev]'
     python scripts/mutation.py [MODULE ...] [--jobs N] [--work DIR] [--source DIR] [--json FILE]
-                               [--survivors]
+                               [--survivors] [--only FUNCTION ...] [--score-only]
 
 MODULE is one of gumbel, supernet, search, schedules, genotype (default: all five, one after
 the other). For each, the source tree (tracked and untracked, not ignored, files of ``--source``,
@@ -11,12 +11,15 @@ default this repository) is copied to WORK/MODULE (default ``.mutation/``, ignor
 mutmut mutates the module's listed functions there; each mutant runs the module's fast tests
 that call the mutated function (mutmut records which tests call which function first). ``--jobs``
 mutants run at once (default 1: the machine is shared). ``--survivors`` runs again only the
-mutants that no test killed in the last run in WORK (after adding tests; a module whose code
-changed is run in full).
+mutants that no test killed in the last run in WORK (after adding tests), and every mutant of
+a function whose code changed since.
 
-The score of a module is killed / (mutants - equivalent): a mutant is killed when a test fails
+``--only FUNCTION ...`` mutates only some of one module's functions (mutmut's names, globs).
+
+The score of a module is killed / (mutants run - equivalent): a mutant is killed when a test fails
 (or times out, or crashes); an equivalent mutant computes what the original computes, so no test
-can kill it. ``scripts/mutation_equivalent.yaml`` lists those, each with the mutated line (so a
+can kill it; a mutant not run (an interrupted or restricted run) is counted apart, as "not run".
+``scripts/mutation_equivalent.yaml`` lists the equivalent ones, each with the mutated line (so a
 renumbered mutant is noticed) and why it is equivalent. Prints one table row per module, and the
 surviving mutants that are not listed as equivalent (``mutmut show NAME`` in WORK/MODULE shows
 one); ``--json`` also writes the counts. Exit 0 when the run finished (whatever the score), 1 if
@@ -25,6 +28,7 @@ mutmut failed, 2 on bad arguments.
 from __future__ import annotations
 
 import argparse
+import ast
 import fnmatch
 import json
 import os
@@ -65,7 +69,7 @@ TARGETS = {
     # names, state or derivation, which is genotype's)
     "supernet": Target("nas/supernet.py", (
         "x__dot", "xǁ_SampledNodeǁ*", "x_sampled_node", "x_sampled_op", "xǁArchSampleǁ*",
-        "xǁMixedEdgeǁforward", "xǁMixedEdgeǁ_build", "xǁSearchCellǁforward", "x_canonical_order",
+        "xǁMixedEdgeǁforward", "xǁSearchCellǁforward", "x_canonical_order",
         "xǁSupernetǁ_layout", "xǁSupernetǁnode_logits", "xǁSupernetǁ_edge_sample",
         "xǁSupernetǁedge_probabilities", "xǁSupernetǁarch_parameters",
         "xǁSupernetǁweight_parameters", "xǁSupernetǁ_generator", "xǁSupernetǁ_canonical",
@@ -108,14 +112,30 @@ def prepare(source: Path, work: Path, target: Target) -> None:
         dest = work / name
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source / name, dest)
+    (work / f"{ORDER_PLUGIN}.py").write_text(ORDER_PLUGIN_CODE)
     tests = "".join(f"\n    {t}" for t in present_tests(work, target))
     config = (work / "setup.cfg").read_text().split("\n[mutmut]")[0].rstrip("\n")
     (work / "setup.cfg").write_text(config + "\n".join([
         "", "", "[mutmut]", "source_paths =", "    nas", "    search_spaces",
-        "also_copy =", "    configs", "    scripts",
+        "also_copy =", "    configs", "    scripts", f"    {ORDER_PLUGIN}.py",
+        f"pytest_add_cli_args = -p {ORDER_PLUGIN}",
         f"only_mutate = {target.path}", f"pytest_add_cli_args_test_selection ={tests}",
         "# torch is not fork-safe once it has run: every mutant forks from a clean server",
         "process_isolation = forkserver", ""]))
+
+
+ORDER_PLUGIN = "mutation_fastest_first"
+ORDER_PLUGIN_CODE = '''"""pytest plugin of scripts/mutation.py: the fastest tests first, so that a mutant dies early."""
+import json
+from pathlib import Path
+
+
+def pytest_collection_modifyitems(session, config, items):
+    stats = Path("mutmut-stats.json")  # mutmut's record of each test's duration
+    if stats.is_file():
+        durations = json.loads(stats.read_text()).get("duration_by_test", {})
+        items.sort(key=lambda item: durations.get(item.nodeid, 0.0))
+'''
 
 
 def present_tests(work: Path, target: Target) -> list[str]:
@@ -133,16 +153,37 @@ def mutant_globs(name: str, target: Target) -> list[str]:
     return [f"{module}.{f}__mutmut_*" for f in target.functions]
 
 
-def undetected(work: Path, target: Target, globs: list[str]) -> list[str]:
-    """The mutants of the last run in ``work`` that no test detected (or that never ran); all
-    of them when there was no run."""
+def function_sources(path: Path) -> dict[str, str]:
+    """Each function's source in ``path`` by mutmut's mangled name (``x_f``, ``xǁClassǁf``)."""
+    if not path.is_file():
+        return {}
+    out = {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            out[f"x_{node.name}"] = ast.dump(node)
+        elif isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    out[f"xǁ{node.name}ǁ{item.name}"] = ast.dump(item)
+    return out
+
+
+def undetected(work: Path, target: Target, globs: list[str], source: Path) -> list[str]:
+    """The mutants to run again: those of the last run in ``work`` that no test detected (or
+    that never ran), and every mutant of a function whose code differs in ``source``; all of
+    them when there was no run."""
     meta = work / "mutants" / (target.path + ".meta")
     if not meta.is_file():
         return globs
     from mutmut.stats import status_by_exit_code
+    module = target.path[:-3].replace("/", ".")
+    old, new = function_sources(work / target.path), function_sources(source / target.path)
+    changed = [f"{module}.{f}__mutmut_*" for f in new if old.get(f) != new[f]
+               and any(fnmatch.fnmatch(f"{module}.{f}__mutmut_1", g) for g in globs)]
     codes = json.loads(meta.read_text())["exit_code_by_key"]
-    return [k for k, v in codes.items() if any(fnmatch.fnmatch(k, g) for g in globs)
-            and status_by_exit_code[v] not in DETECTED]
+    return changed + [k for k, v in codes.items() if any(fnmatch.fnmatch(k, g) for g in globs)
+                      and not any(fnmatch.fnmatch(k, c) for c in changed)
+                      and status_by_exit_code[v] not in DETECTED]
 
 
 def load_equivalent() -> dict[str, dict[str, str]]:
@@ -171,7 +212,7 @@ def score(name: str, target: Target, work: Path, equivalent: dict[str, dict[str,
         counts[status] = counts.get(status, 0) + 1
     equivalent_here, stale, survivors = [], [], []
     for mutant, status in sorted(statuses.items()):
-        if status in DETECTED:
+        if status in DETECTED or status == "not checked":  # not checked: not run (yet)
             continue
         entry = equivalent.get(mutant)
         if entry is not None and status == "survived":
@@ -184,8 +225,10 @@ def score(name: str, target: Target, work: Path, equivalent: dict[str, dict[str,
     missing = [m for m in listed if m not in statuses or statuses[m] in DETECTED]
     killed = sum(counts.get(s, 0) for s in DETECTED)
     total = len(statuses)
-    scored = total - len(equivalent_here)
-    return {"module": name, "mutants": total, "killed": killed, "equivalent": len(equivalent_here),
+    not_run = counts.get("not checked", 0)
+    scored = total - not_run - len(equivalent_here)
+    return {"module": name, "mutants": total, "not_run": not_run, "killed": killed,
+            "equivalent": len(equivalent_here),
             "survived": len(survivors), "score": killed / scored if scored else 1.0,
             "counts": counts, "survivors": survivors, "stale_equivalent": stale,
             "listed_but_not_surviving": missing}
@@ -200,13 +243,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", type=Path, default=REPO,
                         help="the tree to mutate (default: this repository's working tree)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--score-only", action="store_true",
+                        help="run nothing: score the last run in WORK/MODULE again (after "
+                             "editing the list of equivalent mutants)")
+    parser.add_argument("--only", nargs="+", metavar="FUNCTION",
+                        help="mutate only these of the module's functions (mutmut's names, globs: "
+                             "x_f, xǁClassǁf); one module")
     parser.add_argument("--survivors", action="store_true",
                         help="run again only the mutants of WORK/MODULE's last run that no test "
-                             "killed (after adding tests; all of them if the module changed)")
+                             "killed (after adding tests), and those of changed functions")
     args = parser.parse_args(argv)
     unknown = [m for m in args.modules if m not in TARGETS]
     if unknown:
         return fail(f"unknown module '{unknown[0]}' (known: {', '.join(TARGETS)})")
+    if args.only and len(args.modules) != 1:
+        return fail("--only needs exactly one MODULE")
     if args.jobs < 1:
         return fail(f"--jobs must be at least 1, got {args.jobs}")
     if not (args.source / "nas").is_dir():
@@ -219,15 +270,25 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in args.modules or list(TARGETS):
         target, work = TARGETS[name], args.work.resolve() / name
-        old = work / target.path
-        same_code = old.is_file() and old.read_bytes() == (args.source / target.path).read_bytes()
+        if args.only:
+            outside = [f for f in args.only if not any(fnmatch.fnmatch(f, g) for g in target.functions)]
+            if outside:
+                return fail(f"--only {outside[0]} is not one of {name}'s functions "
+                            f"({', '.join(target.functions)})")
+            target = Target(target.path, tuple(args.only), target.tests)
+        if args.score_only:
+            if not (work / "mutants" / (target.path + ".meta")).is_file():
+                return fail(f"--score-only: no mutation run of {name} in {work}")
+            results.append(score(name, target, work, equivalent))
+            continue
+        again = undetected(work, target, mutant_globs(name, target), args.source.resolve())
         prepare(args.source.resolve(), work, target)
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutants/ comes first
         log = work / "mutmut.log"
         print(f"{name}: mutating {target.path} in {work} (log: {log})", flush=True)
         names = mutant_globs(name, target)
-        if args.survivors and same_code:  # the module changed: its mutants are new, run them all
-            names = undetected(work, target, names)
+        if args.survivors:  # a changed function's mutants are new: they all run
+            names = [m for m in again if m not in equivalent]  # listed: checked when scored
             print(f"{name}: {len(names)} mutants to run again", flush=True)
         code = 0
         if names:
@@ -240,13 +301,14 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         results.append(score(name, target, work, equivalent))
         r = results[-1]
-        print(f"{name}: {r['killed']} of {r['mutants'] - r['equivalent']} non-equivalent mutants "
-              f"killed ({100 * r['score']:.1f}%), {r['equivalent']} equivalent", flush=True)
-    print("\n| module | mutants | equivalent | killed | survived | score |")
-    print("|---|---:|---:|---:|---:|---:|")
+        print(f"{name}: {r['killed']} of {r['mutants'] - r['not_run'] - r['equivalent']} "
+              f"non-equivalent mutants killed ({100 * r['score']:.1f}%), {r['equivalent']} "
+              f"equivalent, {r['not_run']} not run", flush=True)
+    print("\n| module | mutants | not run | equivalent | killed | survived | score |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        print(f"| {TARGETS[r['module']].path} | {r['mutants']} | {r['equivalent']} | {r['killed']} | "
-              f"{r['survived']} | {100 * r['score']:.1f}% |")
+        print(f"| {TARGETS[r['module']].path} | {r['mutants']} | {r['not_run']} | {r['equivalent']} | "
+              f"{r['killed']} | {r['survived']} | {100 * r['score']:.1f}% |")
     for r in results:
         if r["survivors"]:
             print(f"\nsurviving in {r['module']}: " + " ".join(r["survivors"]))

@@ -385,3 +385,20 @@ def test_the_input_layout_lives_on_the_supernet_s_device():
     assert {v.device.type for v in model.last_edges.values()} == {"meta"}
     assert {v.device.type for v in model.edge_probabilities().values()} == {"meta"}
     assert model.node_logits("normal").device.type == "meta"
+    # the index tensors are cached there (one copy, not one per step), none on the CPU
+    assert len(model._on_device) == 2
+    assert {t.device.type for v in model._on_device.values() for t in v} == {"meta"}
+
+
+def test_log_prob_is_computed_on_the_logits_device():
+    """Its sum starts there (the empty sample's 0 too) and the op-name order it reads is cached
+    there, not on the CPU."""
+    model = make(2).to("meta")
+    model.eval()
+    model.mode = "softmax"
+    model.sample()
+    index = {k: torch.zeros(len(v), dtype=torch.long, device="meta") for k, v in model.arch_logits.items()}
+    assert model.log_prob(index, model.last_edges).device.type == "meta"
+    assert model.log_prob({}).device.type == "meta"
+    orders = [t for v in model._orders.values() if v is not None for t in v]
+    assert len(orders) == 2 * 2 and {t.device.type for t in orders} == {"meta"}

@@ -235,8 +235,17 @@ def test_derive_cell_keep_none_keeps_every_edge_with_none_allowed():
 @pytest.mark.parametrize("shape, ops, inputs", [((13, 8), DARTS_OPS, 2), ((14, 7), DARTS_OPS, 2),
                                                 ((7, 5), NB201_OPS, 1)])
 def test_derive_cell_rejects_weights_of_the_wrong_shape(shape, ops, inputs):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"do not (fit|make) a cell with \d inputs"):
         derive_cell(torch.zeros(shape), ops, num_inputs=inputs)
+
+
+def test_derive_cell_keeps_two_inputs_by_default_and_counts_nodes_from_zero():
+    probs = darts_weights(HAND_LOGITS).softmax(-1)
+    assert derive_cell(probs, DARTS_OPS, num_inputs=2) == HAND_NODES
+    assert nas.genotype.num_nodes(0, 2) == 0 and nas.genotype.num_nodes(2, 2) == 1
+    assert nas.genotype.num_nodes(14, 2) == 4 and nas.genotype.num_nodes(6, 1) == 3
+    with pytest.raises(ValueError, match="4 edges do not make a cell with 2 inputs"):
+        nas.genotype.num_nodes(4, 2)
 
 
 def tiny_supernet(space: str, **options) -> nas.Supernet:

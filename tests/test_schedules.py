@@ -212,3 +212,107 @@ def test_tau_floor_applies_to_builtin_schedule_with_tiny_tau_min():
     assert seq[0] == 1.0
     assert seq[4:] == [TAU_FLOOR] * 4
     assert min(seq) >= TAU_FLOOR
+
+
+# --- contracts found untested by mutation testing (scripts/mutation.py) ------------------------
+
+def test_a_one_step_schedule_is_at_tau_min():
+    for name in DECAYING:
+        assert TemperatureScheduler(name, total=1, tau_max=4.0, tau_min=0.5).tau == pytest.approx(0.5)
+    assert schedules._progress(0, 1) == 1.0 and schedules._progress(3, 0) == 1.0
+    assert schedules._progress(1, 3) == 0.5 and schedules._progress(5, 3) == 1.0
+
+
+def test_the_scheduler_defaults():
+    s = TemperatureScheduler()
+    assert s.state_dict() == {"schedule": "linear", "total": 1, "per": "epoch", "tau_max": 10.0,
+                              "tau_min": 0.1, "options": {}, "last_step": 0}
+    assert s.tau == pytest.approx(0.1) and s.at(0) == s.tau
+
+
+def test_at_reads_any_step_without_moving():
+    s = TemperatureScheduler("linear", total=11, tau_max=2.0, tau_min=1.0)
+    assert [s.at(k) for k in (0, 5, 10, 20)] == pytest.approx([2.0, 1.5, 1.0, 1.0])
+    assert s.last_step == 0 and s.tau == 2.0
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"per": "batch"}, "tau.per must be 'epoch' or 'iteration', got 'batch'"),
+    ({"tau_max": 0.05, "tau_min": 0.1}, "temperature needs tau_max >= tau_min > 0, got tau_max=0.05, tau_min=0.1"),
+    ({"total": 0}, "a temperature schedule needs total >= 1 steps, got 0"),
+])
+def test_bad_arguments_say_what_to_fix(kwargs, message):
+    with pytest.raises(InputError) as info:
+        TemperatureScheduler("linear", **{"total": 10, **kwargs})
+    assert str(info.value) == message
+
+
+@pytest.fixture
+def plugin():
+    """Register a schedule under a test name; removed afterwards."""
+    names = []
+
+    def register(fn):
+        name = f"test_plugin_{len(names)}"
+        SCHEDULES.register(name, fn)
+        names.append(name)
+        return name
+
+    yield register
+    for name in names:
+        del SCHEDULES._entries[name]
+
+
+def test_construction_checks_every_step_a_run_reaches(plugin):
+    """Steps 0..total are each evaluated once when the scheduler is built (so a bad schedule
+    fails before the run), beyond 100,000 steps only the first, middle and last."""
+    seen = []
+    name = plugin(lambda step, total, a, b: seen.append(step) or 1.0)
+    TemperatureScheduler(name, total=7)
+    assert seen == list(range(8))
+    for total, expected in ((100_000, 100_001), (100_001, 3)):
+        seen.clear()
+        TemperatureScheduler(name, total=total)
+        assert len(seen) == expected, total
+    seen.clear()
+    TemperatureScheduler(name, total=200_001)
+    assert seen == [0, 100_000, 200_001] and all(type(s) is int for s in seen)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), True, "1.0", None])
+def test_a_schedule_must_return_a_finite_number(plugin, value):
+    name = plugin(lambda step, total, a, b: value if step == 3 else 1.0)
+    with pytest.raises(InputError) as info:
+        TemperatureScheduler(name, total=5)
+    assert str(info.value) == (f"temperature schedule '{name}' returned {value!r} at step 3; it "
+                               "must return a finite number")
+
+
+def test_a_schedule_that_raises_is_named_with_its_error(plugin):
+    name = plugin(lambda step, total, a, b: 1.0 / (step - 2))
+    with pytest.raises(InputError) as info:
+        TemperatureScheduler(name, total=5)
+    assert str(info.value) == (f"temperature schedule '{name}' failed at step 2: "
+                               "ZeroDivisionError: float division by zero")
+
+
+@pytest.mark.parametrize("options, bad", [
+    ({"every": 0}, "every=0, gamma=0.5"), ({"gamma": 0.0}, "every=1, gamma=0.0"),
+    ({"gamma": 1.5}, "every=1, gamma=1.5"), ({"every": 2, "gamma": -0.5}, "every=2, gamma=-0.5"),
+])
+def test_the_step_schedule_checks_its_options(options, bad):
+    with pytest.raises(InputError) as info:
+        TemperatureScheduler("step", total=4, tau_max=2.0, tau_min=0.5, **options)
+    assert str(info.value) == ("temperature schedule 'step' failed at step 0: ValueError: the step "
+                               f"schedule needs every >= 1 and 0 < gamma <= 1, got {bad}")
+    # gamma = 1 is allowed: the temperature stays at tau_max
+    assert taus(TemperatureScheduler("step", total=4, tau_max=2.0, tau_min=0.5, gamma=1.0), 4) == [2.0] * 4
+
+
+def test_at_refuses_a_non_finite_value_past_the_checked_steps(plugin):
+    name = plugin(lambda step, total, a, b: float("nan") if step > total else 1.0)
+    sched = TemperatureScheduler(name, total=5)
+    assert sched.at(5) == 1.0
+    with pytest.raises(ValueError) as info:
+        sched.at(7)
+    assert str(info.value) == f"temperature schedule '{name}' returned nan at step 7"

@@ -154,6 +154,24 @@ def test_params_sampling_measures_each_edge_of_the_supernet_searched(C):
     assert p["normal"][0, ops.index("skip_connect")] == p["normal"][0, ops.index("max_pool_3x3")]
 
 
+def test_params_sampling_logits_are_log_of_count_plus_the_edge_mean(monkeypatch):
+    """log(n_k + mean(n)) per edge, the mean over that edge's ops; uniform (zeros) on an edge
+    none of whose ops has parameters."""
+    n = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [2.0, 4.0, 6.0]])
+    monkeypatch.setattr(nas.search, "edge_parameters", lambda model, image_size: {"cell": n})
+    logits = weight_sampling_logits(ToySupernet(seed=0), "params", 8)["cell"]
+    expected = torch.tensor([[4 / 3, 1 / 3, 1 / 3], [1.0, 1.0, 1.0], [6.0, 8.0, 10.0]]).log()
+    torch.testing.assert_close(logits, expected)
+
+
+def test_params_are_counted_on_the_supernet_s_device():
+    """The blank images go to the model's device (meta: shapes only, no memory)."""
+    model = nas.build_supernet("nasbench201", 10, "gdas", seed=0, options={"C": 4, "cells_per_stage": 1})
+    on_cpu = edge_parameters(model, 8)
+    model.to("meta")
+    assert torch.equal(edge_parameters(model, 8)["cell"], on_cpu["cell"])
+
+
 def test_params_sampling_is_uniform_where_no_op_has_weights():
     ops = ["none", "skip_connect", "avg_pool_3x3", "max_pool_3x3"]
     model = nas.build_supernet("nasbench201", 10, "gdas", seed=0,
@@ -217,23 +235,38 @@ def test_counting_the_parameters_changes_nothing_in_the_supernet():
 
 
 class HalfMixed(nas.Supernet):
-    """Edge 0 a MixedEdge, edge 1 mixed by hand: the counts cannot cover it."""
+    """Edge 0 a MixedEdge, edges 1 and 2 mixed by hand: the counts cannot cover them."""
 
     def __init__(self) -> None:
-        super().__init__("gdas", {"cell": (2, ("skip_connect", "nor_conv_1x1"))}, seed=0)
+        super().__init__("gdas", {"cell": (3, ("skip_connect", "nor_conv_1x1"))}, seed=0)
         self.edge = nas.MixedEdge(("skip_connect", "nor_conv_1x1"), 3)
         self.conv = torch.nn.Conv2d(3, 3, 1)
         self.head = torch.nn.Linear(3, 10)
 
     def forward(self, x):
         w = self.sample()["cell"].weights
-        h = self.edge(x, w[0]) + w[1, 0] * x + w[1, 1] * self.conv(x)
+        h = self.mixed(x, w[0])
+        for e in (1, 2):
+            h = h + w[e, 0] * x + w[e, 1] * self.conv(x)
         return self.head(h.mean((2, 3)))
+
+    def mixed(self, x, weights):
+        return self.edge(x, weights)
+
+
+class KeywordMixed(HalfMixed):
+    """Edge 0's MixedEdge is given its weights by keyword, which the counting cannot follow."""
+
+    def mixed(self, x, weights):
+        return self.edge(x, weights=weights)
 
 
 def test_params_sampling_needs_mixed_edges():
-    with pytest.raises(nas.InputError, match=r"HalfMixed runs 1 of the 2 edges of cell kind 'cell'"):
+    with pytest.raises(nas.InputError, match=r"HalfMixed runs 1 of the 3 edges of cell kind 'cell'"):
         weight_sampling_logits(HalfMixed(), "params", 8)
+    with pytest.raises(nas.InputError, match=r"KeywordMixed runs 0 of the 3 edges .* "
+                                             r"as nas.MixedEdge\(x, weights\[edge\]\)"):
+        weight_sampling_logits(KeywordMixed(), "params", 8)
     with pytest.raises(nas.InputError, match="weight_sampling: params counts .* nas.MixedEdge"):
         weight_sampling_logits(ToySupernet(seed=0), "params", 8)
     assert weight_sampling_logits(ToySupernet(seed=0), "uniform", 8)["cell"].eq(0).all()

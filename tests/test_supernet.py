@@ -446,6 +446,121 @@ def test_the_gdas_dot_product_accumulates_bfloat16_in_float32(layout):
     assert weights.grad[0].double() == pytest.approx(grad.double().sum().item(), rel=1e-5)
 
 
+def largest_allocation(fn) -> int:
+    """The largest CPU allocation (bytes) of any op ``fn`` runs, by the (legacy: it starts in
+    milliseconds) autograd profiler."""
+    with torch.autograd.profiler.profile(profile_memory=True, use_kineto=False) as prof:
+        fn()
+    return max((e.cpu_memory_usage for e in prof.function_events), default=0)
+
+
+def test_the_gdas_dot_product_reads_activations_of_one_layout_in_place():
+    """<grad, out> of two float32 tensors of the same layout (contiguous, channels-last) is read
+    in place: no temporary the size of the activation each step. Two layouts need a product."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(4, 8, 16, 16, generator=g), torch.rand(4, 8, 16, 16, generator=g)
+    size = a.numel() * a.element_size()
+    exact = (a.double() * b.double()).sum()
+    last = [t.contiguous(memory_format=torch.channels_last) for t in (a, b)]
+    for x, y in ((a, b), last):
+        assert nas.supernet._dot(x, y).double().item() == pytest.approx(exact.item(), rel=1e-5)
+        assert largest_allocation(lambda: nas.supernet._dot(x, y)) < size // 100
+    assert nas.supernet._dot(a, last[1]).double().item() == pytest.approx(exact.item(), rel=1e-5)
+    assert largest_allocation(lambda: nas.supernet._dot(a, last[1])) >= size
+    # two dtypes: accumulated in the wider one
+    half = a.to(torch.bfloat16)
+    exact_half = (half.double() * b.double()).sum()
+    assert nas.supernet._dot(half, b).double().item() == pytest.approx(exact_half.item(), rel=1e-6)
+
+
+def test_the_dot_product_sums_every_chunk_in_the_wider_dtype_on_the_device(monkeypatch):
+    """Upcast in chunks: every chunk counts, the sum is kept in the wider of the two dtypes
+    (float64 here) and on the tensors' device (meta: shapes only)."""
+    monkeypatch.setattr(nas.supernet, "_DOT_CHUNK", 1000)
+    g = torch.Generator().manual_seed(4)
+    a = torch.rand(2, 4, 16, 16, generator=g, dtype=torch.float64)
+    b = torch.rand(2, 4, 16, 16, generator=g).to(torch.bfloat16)
+    exact = (a * b.double()).sum().item()
+    assert abs(nas.supernet._dot(a, b).item() - exact) < 1e-9 * exact  # float32 is off by ~1e-7
+    assert abs(nas.supernet._dot(b, a).item() - exact) < 1e-9 * exact
+    m = torch.device("meta")
+    assert nas.supernet._dot(b.to(m), b.to(m)).device.type == "meta"
+
+
+@pytest.mark.parametrize("estimator", ["gumbel_rao", "reinmax"])
+def test_an_estimator_changes_only_hard_samples(estimator):
+    """A soft (gumbel mode) sample stays a soft point of the simplex whatever the estimator: the
+    estimators are gradient surrogates of a one-hot."""
+    model, ref = make("nasbench201", "gumbel"), make("nasbench201", "gumbel")
+    model.estimator = estimator
+    model.train(), ref.train()
+    w, w_ref = model.sample()["cell"].weights, ref.sample()["cell"].weights
+    assert torch.equal(w, w_ref) and w.max() < 1.0
+
+
+def test_the_training_draw_caches_the_op_order_on_the_logits_device():
+    """The op-name order a draw reads is cached under the logits' device (on a GPU, a CPU copy
+    would be moved to it every step)."""
+    model = make("nasbench201", "gdas")
+    model.train()
+    model.sample()
+    assert list(model._orders) == [("cell", torch.device("cpu"))]
+
+
+def test_fixed_sampling_logits_follow_the_logits_dtype_and_the_generator_their_device():
+    """The weight steps' fixed logits are cast to the architecture logits (a float64 supernet
+    draws float64 weights), and the noise comes from a generator of the logits' device."""
+    model = make("nasbench201", "gdas").double()
+    model.sampling_logits = {"cell": torch.zeros(5)}
+    model.train()
+    assert model.sample()["cell"].weights.dtype == torch.float64
+    assert list(model._generators) == [torch.device("cpu")]
+
+
+def test_the_forward_temperature_tempers_hard_draws_only():
+    """tau_forward = 2 draws the one-hot of a gdas sample from softmax(logits / 2) (the same
+    draw as halved logits at tau_forward 1); a soft (gumbel mode) sample ignores it."""
+    drawn = {}
+    for name, tau_forward, scale in (("tempered", 2.0, 1.0), ("halved", 1.0, 0.5), ("plain", 1.0, 1.0)):
+        model = make("nasbench201", "gdas", init_seed=1)
+        with torch.no_grad():
+            model.arch_logits["cell"].mul_(300.0 * scale)  # sharp: the temperature shows
+        model.tau_forward = tau_forward
+        model.train()
+        drawn[name] = [model.sample()["cell"].index for _ in range(20)]
+    assert drawn["tempered"] == drawn["halved"] != drawn["plain"]
+    soft = [make("nasbench201", "gumbel", init_seed=1) for _ in range(2)]
+    soft[0].tau_forward = 2.0
+    w = [m.train().sample()["cell"].weights for m in soft]
+    assert torch.equal(w[0], w[1])
+
+
+def test_an_st_sample_of_three_kinds_reads_each_kind_s_own_ops():
+    """st mode reads every kind's sampled ops back in one transfer: each kind gets its own."""
+    ops = ("a", "b", "c")
+    model = nas.Supernet("st", {"x": (2, ops), "y": (3, ops), "z": (4, ops)}, seed=0)
+    with torch.no_grad():
+        for k, v in model.arch_logits.items():
+            v.normal_(generator=torch.Generator().manual_seed(len(k)))
+    model.train()
+    sample = model.sample()
+    assert {k: list(v.sampled) for k, v in sample.items()} == \
+        {k: v.tolist() for k, v in model.last_index.items()}
+
+
+def test_the_sample_stream_is_seeded_by_the_seed_and_the_draw_count():
+    """Draw n of seed s uses one generator per device, re-seeded with (s * 0x9E3779B97F4A7C15 + n)
+    mod 2^63: the stream of a seed is fixed, so runs reproduce across versions."""
+    model = make("nasbench201", "gdas", seed=1)
+    model.samples_drawn = 5
+    gen = model._generator(torch.device("cpu"))
+    assert gen is model._generator(torch.device("cpu"))  # made once, re-seeded
+    expected = torch.Generator().manual_seed((0x9E3779B97F4A7C15 + 5) % 2 ** 63)
+    model.samples_drawn = 5
+    assert torch.equal(torch.rand(4, generator=model._generator(torch.device("cpu"))),
+                       torch.rand(4, generator=expected))
+
+
 def test_an_arch_sample_indexes_an_edge_as_weights_and_op():
     weights = torch.eye(3)
     w, op = nas.ArchSample(weights, [2, 0, 1])[1]
@@ -493,6 +608,18 @@ def test_the_hard_weights_gradient_keeps_their_dtype_and_device():
     e = torch.zeros(1, device=m, requires_grad=True)
     nas.sampled_node(w, 0, [1], [torch.zeros(2, 3, 4, 4, device=m)], edge_weights=e).sum().backward()
     assert w.grad.device.type == e.grad.device.type == "meta"
+
+def test_float64_hard_weights_get_float64_accurate_gradients():
+    """The gradients are computed in the weights' dtype, not rounded through float32."""
+    g = torch.Generator().manual_seed(3)
+    out = torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=g)
+    weights = torch.tensor([[0.0, 1.0]], dtype=torch.float64, requires_grad=True)
+    edge_weights = torch.tensor([1.0], dtype=torch.float64, requires_grad=True)
+    nas.sampled_node(weights, 0, [1], [out], edge_weights=edge_weights).sum().backward()
+    dot = out.sum().item()  # <ones, out>
+    assert abs(weights.grad[0, 1].item() - dot) < 1e-12 and abs(edge_weights.grad[0].item() - dot) < 1e-12
+    assert float(torch.tensor(dot, dtype=torch.float32)) != dot  # float32 would show
+
 
 # -- 4. the parameter partition -----------------------------------------------------------------
 @pytest.mark.parametrize("space, options, shapes", [
