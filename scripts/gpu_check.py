@@ -336,6 +336,13 @@ class SyncSite:
         return self.ours if self.inner == self.ours else f"{self.ours} -> {self.inner}"
 
 
+def in_repository(filename: str) -> bool:
+    """Whether code is this repository's own, not a virtualenv's packages kept inside it (.ci/venv)."""
+    path = Path(filename).resolve()
+    return path.is_relative_to(ROOT) and "site-packages" not in path.parts and \
+        not path.is_relative_to(Path(sys.prefix).resolve())
+
+
 def site_of(stack: list[traceback.FrameSummary]) -> SyncSite:
     """Name a sync by its stack (the frames of this script left out)."""
     frames = [f for f in stack if Path(f.filename).resolve() != Path(__file__).resolve()
@@ -351,7 +358,7 @@ def site_of(stack: list[traceback.FrameSummary]) -> SyncSite:
         code = (f.line or "").strip()  # its end: where the call that waits usually is
         return f"{where}:{f.lineno} in {f.name}: {code if len(code) <= 90 else '...' + code[-87:]}"
 
-    ours = [f for f in frames if Path(f.filename).resolve().is_relative_to(ROOT)]
+    ours = [f for f in frames if in_repository(f.filename)]
     inner = frames[-1] if frames else None
     return SyncSite(name(ours[-1]) if ours else "(outside this repository)",
                     name(inner) if inner else "?")
@@ -393,7 +400,7 @@ def host_reads() -> Iterator[list[SyncSite]]:
     def wrap(name: str, real):
         def read(self, *args, **kwargs):
             caller = sys._getframe(1)
-            if Path(caller.f_code.co_filename).resolve().is_relative_to(ROOT) and \
+            if in_repository(caller.f_code.co_filename) and \
                     Path(caller.f_code.co_filename).resolve() != Path(__file__).resolve():
                 found.append(site_of(traceback.extract_stack(caller)))
             return real(self, *args, **kwargs)
