@@ -9,6 +9,7 @@ check puts in its report.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -236,9 +237,18 @@ def test_edge_topk_search_on_the_device(tmp_path, cifar_root, device):
     assert len(state["a_opt"]["state"]) == 4  # op logits and edge logits of both cell kinds
 
 
-@pytest.mark.parametrize("estimator", ["gdas", "gumbel_rao", "reinmax", "reinforce"])
-def test_each_estimator_on_the_device(tmp_path, cifar_root, device, estimator):
-    checked_search(tiny(cifar_root, device, [f"search.estimator={estimator}"]), tmp_path / "run")
+def test_each_estimator_on_the_device(tmp_path, cifar_root, device):
+    """Each estimator runs on the device and is the one applied: on the same seed, batches and
+    weights, the architecture logits each ends with differ from every other's."""
+    logits = {}
+    for estimator in ("gdas", "gumbel_rao", "reinmax", "reinforce"):
+        state = checked_search(tiny(cifar_root, device, [f"search.estimator={estimator}"]),
+                               tmp_path / estimator)
+        assert state["config"]["search"]["estimator"] == estimator
+        logits[estimator] = torch.cat([v.flatten() for k, v in sorted(state["model"].items())
+                                       if k.startswith("arch_logits.")])
+    for a, b in itertools.combinations(logits, 2):
+        assert not torch.allclose(logits[a], logits[b], rtol=0, atol=1e-7), (a, b)
 
 
 def test_a_budget_on_the_device(tmp_path, cifar_root, device, monkeypatch, record_property):
