@@ -140,19 +140,18 @@ class CostTable:
     def expected(self, model: Supernet) -> dict[str, Tensor]:
         """The expected cost of the derived network under softmax(logits), differentiable."""
         weights = self.edge_weights(model)
-        out = {}
-        for m in self.metrics:
-            total = torch.zeros((), device=next(iter(model.arch_logits.values())).device)
-            for kind, logits in model.arch_logits.items():
-                allowed = self.allowed[kind].to(logits.device)
-                cost = self.ops[m][kind].to(logits.device)
-                order = model._canonical(kind, logits.device)
-                if order is not None:  # summed in op-name order: a reordered op list is the same run
-                    logits, allowed, cost = logits[:, order[0]], allowed[order[0]], cost[:, order[0]]
-                p = logits.masked_fill(~allowed, float("-inf")).softmax(-1)
-                total = total + (weights[kind] * (p * cost).sum(-1)).sum()
-            out[m] = total + self.base[m]
-        return out
+        out = {m: torch.zeros((), device=next(iter(model.arch_logits.values())).device)
+               for m in self.metrics}
+        for kind, logits in model.arch_logits.items():
+            allowed = self.allowed[kind].to(logits.device)
+            # the ops in name order, as they were drawn: a reordered op list is the same run
+            order = model._canonical(kind, logits.device)
+            cols = slice(None) if order is None else order[0]
+            p = logits[:, cols].masked_fill(~allowed[cols], float("-inf")).softmax(-1)
+            for m in self.metrics:
+                cost = self.ops[m][kind].to(logits.device)[:, cols]
+                out[m] = out[m] + (weights[kind] * (p * cost).sum(-1)).sum()
+        return {m: total + self.base[m] for m, total in out.items()}
 
     def minimum(self) -> dict[str, float]:
         """The smallest cost of each metric over all genotypes of the space (metric by metric)."""
