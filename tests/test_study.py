@@ -18,6 +18,8 @@ from nas.cli import build_parser
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT.parent / "shared" / "benchmarks" / "nats_tss_200ep.csv"
 needs_table = pytest.mark.skipif(not TABLE.is_file(), reason=f"no NAS-Bench-201 table at {TABLE}")
+needs_shared_data = pytest.mark.skipif(not (ROOT.parent / "shared" / "data").is_dir(),
+                                       reason="no shared data")
 
 spec = importlib.util.spec_from_file_location("study", ROOT / "scripts" / "study.py")
 study = importlib.util.module_from_spec(spec)
@@ -201,15 +203,22 @@ def test_bad_input_is_one_line_and_creates_nothing(workdir, capsys, change, args
     assert err.count("\n") == 1 and not (workdir / "out").exists()
 
 
-@needs_table
-@pytest.mark.skipif(not (ROOT.parent / "shared" / "data").is_dir(), reason="no shared data")
-def test_the_shipped_study_loads_with_its_methods_in_order(monkeypatch):
+def shipped_study(monkeypatch, name: str, methods: list[str]):
+    """A study file of configs/studies, loaded as from the repository root, with its methods."""
     monkeypatch.chdir(ROOT)
-    s = study.load_study("configs/studies/nb201_cpu.yaml")
+    s = study.load_study(f"configs/studies/{name}.yaml")
+    assert list(s.methods) == methods
     # the first method sets the random-search budget: it must be the shipped config itself
-    assert list(s.methods) == ["gdas_nb201_cpu", "reinforce_uniform", "gdas_params",
-                              "gumbel_rao_params", "reinmax_params", "decoupled_params", "gdas"]
-    assert s.methods["gdas_nb201_cpu"].sets == []
+    assert s.methods[methods[0]].sets == []
+    return s
+
+
+@needs_table
+@needs_shared_data
+def test_the_shipped_study_loads_with_its_methods_in_order(monkeypatch):
+    s = shipped_study(monkeypatch, "nb201_cpu", [
+        "gdas_nb201_cpu", "reinforce_uniform", "gdas_params", "gumbel_rao_params",
+        "reinmax_params", "decoupled_params", "gdas"])
     assert s.seeds == [10, 11, 12, 13, 14] and s.random_search == {"epochs": 3}
     plain = nas.config.load_config(s.methods["gdas"].config, s.methods["gdas"].sets).search
     assert (plain.estimator, plain.weight_sampling, plain.warmup_epochs) == ("gdas", "arch", 0)
@@ -230,3 +239,25 @@ def test_the_shipped_study_loads_with_its_methods_in_order(monkeypatch):
             for name, search in searches.items()}
     assert taus["reinmax_params"] == ("constant", 1.0, 1.0)  # ReinMax near tau = 1
     assert taus["gdas_params"] == taus["gumbel_rao_params"] == ("linear", 10.0, 0.1)
+
+
+@needs_table
+@needs_shared_data
+def test_the_budget_study_compares_estimators_at_equal_settings(monkeypatch):
+    s = shipped_study(monkeypatch, "nb201_budget_cpu", [
+        "gdas_nb201_budget_cpu", "budget_reinforce", "budget_gdas", "budget_gumbel_rao"])
+    assert s.sweep["method"] == "gdas_nb201_budget_cpu" and s.budget == {"macs": 8e7}
+    searches = {m: nas.config.load_config(s.methods[m].config, s.methods[m].sets).search
+                for m in s.methods}
+    first = searches["gdas_nb201_budget_cpu"]
+    for name, search in searches.items():
+        assert (search.warmup_epochs, search.arch_lr, search.weight_sampling, search.epochs,
+                search.budget) == (first.warmup_epochs, first.arch_lr, first.weight_sampling,
+                                   first.epochs, first.budget), name
+    assert {n: (x.estimator, x.tau.schedule, x.tau.max, x.tau.min, x.samples)
+            for n, x in searches.items()} == {
+        "gdas_nb201_budget_cpu": ("reinmax", "constant", 1.0, 1.0, 4),
+        # the config shipped before ReinMax matched it, exactly
+        "budget_reinforce": ("reinforce", "linear", 10.0, 0.1, 4),
+        "budget_gdas": ("gdas", "linear", 10.0, 0.1, 4),
+        "budget_gumbel_rao": ("gumbel_rao", "constant", 1.0, 1.0, 8)}
