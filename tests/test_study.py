@@ -245,10 +245,12 @@ def test_the_shipped_study_loads_with_its_methods_in_order(monkeypatch):
 @needs_shared_data
 def test_the_budget_study_compares_estimators_at_equal_settings(monkeypatch):
     s = shipped_study(monkeypatch, "nb201_budget_cpu", [
-        "gdas_nb201_budget_cpu", "budget_reinforce", "budget_gdas", "budget_gumbel_rao"])
+        "gdas_nb201_budget_cpu", "budget_gdas", "budget_reinmax", "budget_gumbel_rao"])
     assert s.sweep["method"] == "gdas_nb201_budget_cpu" and s.budget == {"macs": 8e7}
-    searches = {m: nas.config.load_config(s.methods[m].config, s.methods[m].sets).search
-                for m in s.methods}
+    check = study.load_study("configs/studies/nb201_budget_cpu_reinmax.yaml")
+    assert check.seeds == [15, 16, 17, 18, 19] and check.sweep["budgets"] == s.sweep["budgets"]
+    methods = {**s.methods, **{f"check_{m}": v for m, v in check.methods.items()}}
+    searches = {m: nas.config.load_config(v.config, v.sets).search for m, v in methods.items()}
     first = searches["gdas_nb201_budget_cpu"]
     for name, search in searches.items():
         assert (search.warmup_epochs, search.arch_lr, search.weight_sampling, search.epochs,
@@ -256,8 +258,10 @@ def test_the_budget_study_compares_estimators_at_equal_settings(monkeypatch):
                                    first.epochs, first.budget), name
     assert {n: (x.estimator, x.tau.schedule, x.tau.max, x.tau.min, x.samples)
             for n, x in searches.items()} == {
-        "gdas_nb201_budget_cpu": ("reinmax", "constant", 1.0, 1.0, 4),
-        # the config shipped before ReinMax matched it, exactly
-        "budget_reinforce": ("reinforce", "linear", 10.0, 0.1, 4),
+        "gdas_nb201_budget_cpu": ("reinforce", "linear", 10.0, 0.1, 4),
         "budget_gdas": ("gdas", "linear", 10.0, 0.1, 4),
-        "budget_gumbel_rao": ("gumbel_rao", "constant", 1.0, 1.0, 8)}
+        "budget_reinmax": ("reinmax", "constant", 1.0, 1.0, 4),
+        "budget_gumbel_rao": ("gumbel_rao", "constant", 1.0, 1.0, 8),
+        # the check re-runs the budget study's REINFORCE and ReinMax rows as they are
+        "check_reinforce": ("reinforce", "linear", 10.0, 0.1, 4),
+        "check_reinmax": ("reinmax", "constant", 1.0, 1.0, 4)}
