@@ -97,6 +97,9 @@ class CostTable:
     space: str = ""
     image_size: int = 32
     how: dict[str, str] = field(default_factory=dict)  # metric -> how it was measured
+    # (kind, device) -> the tables expected() reads, copied there once (see _on_device)
+    _device_tables: dict[tuple[str, torch.device], Any] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -123,18 +126,13 @@ class CostTable:
         """
         out = {}
         for kind, logits in model.arch_logits.items():
-            edges = logits.shape[0]
-            if self.keep is None:
-                out[kind] = torch.ones(edges, device=logits.device)
-            elif kind in model.edge_logits:
+            fixed = self._on_device(model, kind, logits.device)[3]
+            if fixed is not None:
+                out[kind] = fixed
+            else:
                 node = model.node_logits(kind).softmax(-1)
                 _, n_idx, s_idx = model._layout(kind, logits.device)
                 out[kind] = (self.keep * node[n_idx, s_idx]).clamp(max=1.0)
-            else:
-                n = num_nodes(edges, self.cell_inputs)
-                out[kind] = torch.tensor([min(1.0, self.keep / (self.cell_inputs + node))
-                                          for node, _ in edge_inputs(self.cell_inputs, n)],
-                                         device=logits.device)
         return out
 
     def expected(self, model: Supernet) -> dict[str, Tensor]:
@@ -143,15 +141,34 @@ class CostTable:
         out = {m: torch.zeros((), device=next(iter(model.arch_logits.values())).device)
                for m in self.metrics}
         for kind, logits in model.arch_logits.items():
-            allowed = self.allowed[kind].to(logits.device)
-            # the ops in name order, as they were drawn: a reordered op list is the same run
-            order = model._canonical(kind, logits.device)
-            cols = slice(None) if order is None else order[0]
-            p = logits[:, cols].masked_fill(~allowed[cols], float("-inf")).softmax(-1)
+            cols, allowed, cost, _ = self._on_device(model, kind, logits.device)
+            p = logits[:, cols].masked_fill(~allowed, float("-inf")).softmax(-1)
             for m in self.metrics:
-                cost = self.ops[m][kind].to(logits.device)[:, cols]
-                out[m] = out[m] + (weights[kind] * (p * cost).sum(-1)).sum()
+                out[m] = out[m] + (weights[kind] * (p * cost[m]).sum(-1)).sum()
         return {m: total + self.base[m] for m, total in out.items()}
+
+    def _on_device(self, model: Supernet, kind: str, device: torch.device
+                   ) -> tuple[Any, Tensor, dict[str, Tensor], Tensor | None]:
+        """(columns, allowed, cost per metric, fixed edge weights or None) of ``kind`` on
+        ``device``, the columns in op-name order (as the ops were drawn: a reordered op list is
+        the same run). Copied there once, not at every architecture step."""
+        key = (kind, device)
+        if key not in self._device_tables:
+            order = model._canonical(kind, device)
+            cols = slice(None) if order is None else order[0]
+            edges = next(iter(self.ops.values()))[kind].shape[0]
+            if self.keep is None:
+                fixed = torch.ones(edges, device=device)
+            elif kind in model.edge_logits:
+                fixed = None  # learned: computed from the edge logits at every step
+            else:
+                n = num_nodes(edges, self.cell_inputs)
+                fixed = torch.tensor([min(1.0, self.keep / (self.cell_inputs + node))
+                                      for node, _ in edge_inputs(self.cell_inputs, n)], device=device)
+            self._device_tables[key] = (
+                cols, self.allowed[kind].to(device)[cols],
+                {m: self.ops[m][kind].to(device)[:, cols] for m in self.metrics}, fixed)
+        return self._device_tables[key]
 
     def minimum(self) -> dict[str, float]:
         """The smallest cost of each metric over all genotypes of the space (metric by metric)."""
@@ -184,6 +201,7 @@ class CostTable:
                              f"search ({type(exc).__name__}: {exc}); remove costs.json to "
                              "measure it again") from None
         self.ops[metric] = ops
+        self._device_tables.clear()  # copies of the tables it replaces
         self.how[metric] = str(saved.get("how", {}).get(metric, "")) + " (read from the run's costs.json)"
 
     def to_dict(self) -> dict[str, Any]:
