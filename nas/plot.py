@@ -282,7 +282,11 @@ def scatter(layers: dict[str, tuple[Points, tuple[int, int, int] | None, int]],
             xlabel: str = "", ylabel: str = "", ylim: tuple[float, float] | None = None,
             size: tuple[int, int] = (900, 560)) -> Image.Image:
     """A scatter plot: ``layers`` name -> (points, colour or None for the palette, radius),
-    drawn in order; ``lines`` as polylines in black shades; dashed verticals at ``vlines``."""
+    drawn in order; ``lines`` as polylines in black shades; dashed verticals at ``vlines``.
+
+    A point outside ``ylim`` is left out if its radius is 1 (background), else drawn as a
+    triangle on the edge it passed, with its value beside it: a collapsed search stays visible.
+    """
     w, h = size
     img = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(img)
@@ -320,7 +324,13 @@ def scatter(layers: dict[str, tuple[Points, tuple[int, int, int] | None, int]],
         colors[name] = color
         for x, y in points:
             px, py = at(x, y)
-            draw.ellipse([px - radius, py - radius, px + radius, py + radius], fill=color)
+            if lo_y <= y <= hi_y:
+                draw.ellipse([px - radius, py - radius, px + radius, py + radius], fill=color)
+            elif radius > 1:  # a marked point off the axis: a triangle at the edge, and its value
+                base = py - 2 * radius - 1 if y < lo_y else py + 2 * radius + 1
+                draw.polygon([(px - radius - 1, base), (px + radius + 1, base), (px, py)], fill=color)
+                draw.text((px + radius + 3, min(base, py) - (4 if y < lo_y else -2)), f"{y:.4g}",
+                          fill=color, font=_FONT)
     for i, (name, points) in enumerate(lines.items()):
         shade = (40 * i, 40 * i, 40 * i)
         step = [q for a, b in zip(points, points[1:]) for q in (at(*a), at(b[0], a[1]))]

@@ -484,7 +484,7 @@ def steps_note(steps: int, cap: int | None, key: str, images: str, batch: int) -
 
 def channels_last(setting: bool | str, device: torch.device) -> bool:
     """Whether to run in channels-last memory format: ``auto`` means on a CPU, where a search
-    step takes 0.6-0.75x the time (README, Speed); on other devices it was not measured, so off."""
+    step takes 0.6-0.75x the time (docs/explanation/speed.md); on other devices it was not measured, so off."""
     return device.type == "cpu" if setting == "auto" else bool(setting)
 
 

@@ -6,12 +6,12 @@ split, then an Adam step of the architecture logits on a batch of the architectu
 The weight step does not compute gradients for the logits, nor the architecture step for the
 weights. Every epoch ends with a checkpoint from which ``resume`` continues exactly.
 
-Two choices beyond GDAS (README, "Search quality"): ``weight_sampling`` draws the weight steps'
+Two choices beyond GDAS (docs/explanation/collapse.md): ``weight_sampling`` draws the weight steps'
 subnetworks from fixed op probabilities (uniform, or by parameter count) instead of the logits,
 and ``estimator: reinforce`` replaces the GDAS gradient of the architecture step by the
 score-function gradient with a leave-one-out baseline over several forward-only samples.
 ``tau_forward`` gives the hard sample its own temperature and schedule (decoupled from ``tau``,
-the relaxation's), and ``edge_topk`` samples the inputs each node runs (README, "Sampling modes").
+the relaxation's), and ``edge_topk`` samples the inputs each node runs (docs/explanation/estimators.md).
 """
 from __future__ import annotations
 

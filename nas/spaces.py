@@ -69,7 +69,7 @@ def check_supernet(model: Supernet, space: str, num_classes: int, image_size: in
         genotype = model.genotype()
     except NotImplementedError:
         raise InputError(f"{who}: {type(model).__name__} does not implement genotype(), which "
-                         "derives the architecture from the logits (see README, plugins)") from None
+                         "derives the architecture from the logits (see docs/how-to/plugin.md)") from None
     except InputError:
         raise
     except Exception as exc:

@@ -8,7 +8,7 @@ instead, and ``OMP_NUM_THREADS`` is honoured when neither does. The run's header
 Idle OpenMP threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``), set before torch
 loads its OpenMP runtime, unless the user set a policy: beside other busy processes a spinning
 thread takes the CPU from the thread everyone waits for, and the quick search ran 3 to 10 times
-slower (README, "Threads on a shared machine"). This module imports torch only when it applies
+slower (docs/explanation/threads.md). This module imports torch only when it applies
 a count.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-WAIT_POLICY = "PASSIVE"  # measured: README, "Threads on a shared machine"
+WAIT_POLICY = "PASSIVE"  # measured: docs/explanation/threads.md
 _SAMPLE_S = 0.3          # the shortest window over which other processes' load is measured
 
 

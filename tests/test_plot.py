@@ -61,3 +61,23 @@ def test_heatmap_colours_are_on_a_fixed_scale():
     assert plot._color(0.0) not in colors and plot._color(1.0) not in colors
     decided = plot.heatmap(torch.tensor([[0.0, 1.0]]), ["a", "b"], ["1<-0"], "t")
     assert {plot._color(0.0), plot._color(1.0)} <= {c for _, c in decided.getcolors(1 << 20)}
+
+
+def test_scatter_marks_a_point_below_the_axis_and_drops_background_ones():
+    """A collapsed search (70 on an 85-95 axis) must not look like an 85: it is drawn as a
+    triangle on the floor; a background cell below the axis is left out, not piled on it."""
+    red, grey = (220, 20, 20), (200, 200, 200)
+    layers = {"cells": ([(0.0, 90.0), (5.0, 60.0)], grey, 1),
+              "derived": ([(6.0, 70.0), (2.0, 92.0)], red, 4), "edge": ([(8.0, 90.0)], grey, 1)}
+    img = plot.scatter(layers, {}, ylim=(85.0, 95.0), size=(400, 300))
+    left, right, bottom = 60, 380, 230
+
+    def column(x: float) -> list[tuple[int, int, int]]:
+        px = round(left + x / 8.0 * (right - left))
+        return [img.getpixel((px, y)) for y in range(bottom - 8, bottom)]
+
+    assert red in column(6.0)            # the collapsed point: a triangle at the floor
+    assert grey not in column(5.0)       # the background point below the axis: not drawn
+    px = round(left + 2.0 / 8.0 * (right - left))
+    py = round(bottom - (92.0 - 85.0) / 10.0 * (bottom - 30))
+    assert img.getpixel((px, py)) == red  # points inside the axis are drawn where they are

@@ -1,6 +1,6 @@
 """Reordering a space's op list is the same run up to the order of the names: each op's initial
-weights, initial logit and Gumbel noise follow its name, not its position (README, "What the
-remedies do")."""
+weights, initial logit and Gumbel noise follow its name, not its position (docs/explanation/collapse.md,
+"What the remedies do")."""
 from __future__ import annotations
 
 import json
