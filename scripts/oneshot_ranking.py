@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import json
 import random
 import statistics
@@ -42,13 +41,7 @@ from nas.genotype import Genotype  # noqa: E402
 from nas.runtime import resume_from  # noqa: E402
 from nas.search import COSTS, build_search  # noqa: E402
 from nas.supernet import Supernet  # noqa: E402
-
-
-def nb201_cells(ops: Sequence[str]) -> Iterator[Genotype]:
-    """Every NAS-Bench-201 cell over ``ops``: 6 edges, node i's inputs 0..i-1."""
-    for chosen in itertools.product(ops, repeat=6):
-        it = iter(chosen)
-        yield Genotype({"cell": [[(next(it), j) for j in range(i + 1)] for i in range(3)]})
+from search_spaces.nasbench201 import all_cells  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -107,11 +100,10 @@ def rank_cells(run: Path, table_path: str, data_dir: str | None, cells: int | No
     model = setup.model.eval()
     data = load_split(cfg.data, train=True)
     _, a_idx = split_indices(len(data), cfg.data.split, cfg.seed)
-    batches = list(itertools.islice(
-        Batches(data.subset(a_idx[:images]), cfg.search.batch_size, train=False, device=setup.device),
-        None))
+    batches = list(Batches(data.subset(a_idx[:images]), cfg.search.batch_size, train=False,
+                           device=setup.device))
     budget = setup.budget
-    pool = [g for g in nb201_cells(model.ops)
+    pool = [g for g in all_cells(model.ops)
             if budget is None or fits(budget.table.of(g), budget.limits)]
     if cells is not None and cells < len(pool):
         pool = random.Random(seed).sample(pool, cells)

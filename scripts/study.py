@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import inspect
-import itertools
 import json
 import os
 import platform
@@ -323,20 +322,14 @@ def table_costs(cfg: Any) -> dict[str, dict[str, float]]:
     import torch
     from nas.cost import build_cost_table
     from nas.spaces import build_network, build_supernet
-    from search_spaces.nasbench201 import PRIMITIVES
+    from search_spaces.nasbench201 import all_cells
 
     model = build_supernet(cfg.space, 10, "gdas", 0, cfg.supernet)
     size = cfg.search.budget.image_size or cfg.data.image_size
     with torch.random.fork_rng(devices=[]):
         table = build_cost_table(model, lambda g: build_network(cfg.space, g, 10, cfg.network), size,
                                  ["params", "macs"], torch.device("cpu"), cfg.space)
-    out = {}
-    for ops in itertools.product(PRIMITIVES, repeat=6):
-        it = iter(ops)
-        out["+".join("|" + "".join(f"{next(it)}~{j}|" for j in range(i + 1)) for i in range(3))] = \
-            table.of(Genotype({"cell": [[(ops[i * (i + 1) // 2 + j], j) for j in range(i + 1)]
-                                        for i in range(3)]}))
-    return out
+    return {g.to_nb201_string(): table.of(g) for g in all_cells()}
 
 
 def size_baselines(study: Study, costs: dict[str, dict[str, float]]) -> dict[str, list[str]]:

@@ -10,7 +10,8 @@ entry-point group (see setup.cfg), exactly as a third-party package registers it
 """
 from __future__ import annotations
 
-from typing import Sequence
+import itertools
+from typing import Iterator, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -20,6 +21,13 @@ from nas.ops import ReLUConvBN
 
 PRIMITIVES = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 NODES = 3  # intermediate nodes after the input node
+
+
+def all_cells(ops: Sequence[str] = PRIMITIVES) -> Iterator[nas.Genotype]:
+    """Every cell of the space over ``ops`` (15,625 for the built-in five), in product order."""
+    for chosen in itertools.product(ops, repeat=len(nas.edge_inputs(1, NODES))):
+        it = iter(chosen)
+        yield nas.Genotype({"cell": [[(next(it), j) for j in range(i + 1)] for i in range(NODES)]})
 
 
 class ResidualReduction(nn.Module):

@@ -76,7 +76,7 @@ def test_it_scores_fitting_cells_with_their_table_accuracy(run, capsys):
     assert out["cells"] == len(out["cells_scored"]) == 30 and out["images"] == 16
     setup = ranking.build_search(ranking.load_config(run / "config.yaml", [f"data.root={run.parent / 'data'}"]))
     fitting = sum(fits(setup.budget.table.of(g), setup.budget.limits)
-                  for g in ranking.nb201_cells(setup.model.ops))
+                  for g in ranking.all_cells(setup.model.ops))
     assert 30 < fitting < 15625  # the budget leaves some cells out, and 30 is a sample
     for row in out["cells_scored"]:
         g = parse_nb201(row["arch"])

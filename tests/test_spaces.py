@@ -13,6 +13,7 @@ from torch import nn
 import nas
 from conftest import DARTS_V2, check_genotype_cells
 from search_spaces.darts import FixedReductionCell
+from search_spaces.nasbench201 import all_cells
 
 NB201_ARCH = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
 TINY_DARTS = {"C": 4, "cells": 3}  # cell 0 normal, cells 1 and 2 reduction
@@ -420,3 +421,13 @@ def test_nb201_network_equals_the_supernet_argmax_subnetwork():
         expected = supernet(x)
         assert expected.std() > 1e-3
         torch.testing.assert_close(net(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_nb201_all_cells_enumerates_the_space_once_in_product_order():
+    cells = [g.to_nb201_string() for g in all_cells()]
+    assert len(cells) == len(set(cells)) == 5 ** 6
+    assert cells[0] == "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"
+    assert cells[1] == "|none~0|+|none~0|none~1|+|none~0|none~1|skip_connect~2|"
+    assert cells[-1] == "|avg_pool_3x3~0|+|avg_pool_3x3~0|avg_pool_3x3~1|+|avg_pool_3x3~0|" \
+                        "avg_pool_3x3~1|avg_pool_3x3~2|"
+    assert len({g.to_nb201_string() for g in all_cells(("none", "skip_connect"))}) == 2 ** 6
