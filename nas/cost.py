@@ -15,7 +15,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -78,6 +78,14 @@ def measure_latency(module: nn.Module, x: Tensor, runs: int = 30, warmup: int = 
 
 
 # -- the per-op table ---------------------------------------------------------------------------
+class _DeviceTables(NamedTuple):
+    """One cell kind's cost tables on one device, as ``CostTable.expected`` reads them."""
+    cols: Any                  # the op columns in name order (a slice when they already are)
+    allowed: Tensor            # [edges, ops] which ops the budget's space allows
+    cost: dict[str, Tensor]    # metric -> [edges, ops] cost of each op on each edge
+    fixed: Tensor | None       # fixed edge weights, or None when the edge logits learn them
+
+
 @dataclass
 class CostTable:
     """Per (cell kind, edge, op) costs of a space's network and the rest of it (``base``).
@@ -98,7 +106,7 @@ class CostTable:
     image_size: int = 32
     how: dict[str, str] = field(default_factory=dict)  # metric -> how it was measured
     # (kind, device) -> the tables expected() reads, copied there once (see _on_device)
-    _device_tables: dict[tuple[str, torch.device], Any] = field(
+    _device_tables: dict[tuple[str, torch.device], _DeviceTables] = field(
         default_factory=dict, init=False, repr=False, compare=False)
 
     @property
@@ -126,7 +134,7 @@ class CostTable:
         """
         out = {}
         for kind, logits in model.arch_logits.items():
-            fixed = self._on_device(model, kind, logits.device)[3]
+            fixed = self._on_device(model, kind, logits.device).fixed
             if fixed is not None:
                 out[kind] = fixed
             else:
@@ -141,15 +149,14 @@ class CostTable:
         out = {m: torch.zeros((), device=next(iter(model.arch_logits.values())).device)
                for m in self.metrics}
         for kind, logits in model.arch_logits.items():
-            cols, allowed, cost, _ = self._on_device(model, kind, logits.device)
-            p = logits[:, cols].masked_fill(~allowed, float("-inf")).softmax(-1)
+            t = self._on_device(model, kind, logits.device)
+            p = logits[:, t.cols].masked_fill(~t.allowed, float("-inf")).softmax(-1)
             for m in self.metrics:
-                out[m] = out[m] + (weights[kind] * (p * cost[m]).sum(-1)).sum()
+                out[m] = out[m] + (weights[kind] * (p * t.cost[m]).sum(-1)).sum()
         return {m: total + self.base[m] for m, total in out.items()}
 
-    def _on_device(self, model: Supernet, kind: str, device: torch.device
-                   ) -> tuple[Any, Tensor, dict[str, Tensor], Tensor | None]:
-        """(columns, allowed, cost per metric, fixed edge weights or None) of ``kind`` on
+    def _on_device(self, model: Supernet, kind: str, device: torch.device) -> _DeviceTables:
+        """The columns, allowed mask, cost per metric and fixed edge weights (or None) of ``kind`` on
         ``device``, the columns in op-name order (as the ops were drawn: a reordered op list is
         the same run). Copied there once, not at every architecture step."""
         key = (kind, device)
@@ -165,7 +172,7 @@ class CostTable:
                 n = num_nodes(edges, self.cell_inputs)
                 fixed = torch.tensor([min(1.0, self.keep / (self.cell_inputs + node))
                                       for node, _ in edge_inputs(self.cell_inputs, n)], device=device)
-            self._device_tables[key] = (
+            self._device_tables[key] = _DeviceTables(
                 cols, self.allowed[kind].to(device)[cols],
                 {m: self.ops[m][kind].to(device)[:, cols] for m in self.metrics}, fixed)
         return self._device_tables[key]

@@ -255,7 +255,7 @@ def random_search_worker(spec: dict[str, Any]) -> None:
     from nas.genotype import parse_genotype
     from nas.runtime import channels_last, in_layout, resolve_device, seed_everything
     from nas.train import evaluate_model
-    from search_spaces.nasbench201 import PRIMITIVES, NB201Network, NB201Supernet
+    from search_spaces.nasbench201 import EDGES, PRIMITIVES, NB201Network, NB201Supernet, cell
 
     cfg, seed, epochs = load_config(spec["config"], spec["set"]), spec["seed"], spec["epochs"]
     cfg.data.root = spec["data_dir"] or cfg.data.root
@@ -279,9 +279,8 @@ def random_search_worker(spec: dict[str, Any]) -> None:
     while True:
         t0 = time.time()
         while True:
-            ops = iter(torch.randint(len(PRIMITIVES), (6,), generator=gen).tolist())
-            arch = "+".join("|" + "".join(f"{PRIMITIVES[next(ops)]}~{j}|" for j in range(i + 1))
-                            for i in range(3))
+            drawn = torch.randint(len(PRIMITIVES), (EDGES,), generator=gen).tolist()
+            arch = cell([PRIMITIVES[i] for i in drawn]).to_nb201_string()
             if not limits or fits(costs[arch], limits):
                 break
         seed_everything(seed_of(seed, 4, len(tried)))

@@ -23,11 +23,20 @@ PRIMITIVES = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_
 NODES = 3  # intermediate nodes after the input node
 
 
+EDGES = len(nas.edge_inputs(1, NODES))
+
+
+def cell(ops: Sequence[str]) -> nas.Genotype:
+    """The cell with ``ops`` on its 6 edges in string order: 1<-0, 2<-0, 2<-1, 3<-0, 3<-1, 3<-2."""
+    if len(ops) != EDGES:
+        raise ValueError(f"a NAS-Bench-201 cell has {EDGES} edges, got {len(ops)} ops")
+    it = iter(ops)
+    return nas.Genotype({"cell": [[(next(it), j) for j in range(i + 1)] for i in range(NODES)]})
+
+
 def all_cells(ops: Sequence[str] = PRIMITIVES) -> Iterator[nas.Genotype]:
     """Every cell of the space over ``ops`` (15,625 for the built-in five), in product order."""
-    for chosen in itertools.product(ops, repeat=len(nas.edge_inputs(1, NODES))):
-        it = iter(chosen)
-        yield nas.Genotype({"cell": [[(next(it), j) for j in range(i + 1)] for i in range(NODES)]})
+    return (cell(chosen) for chosen in itertools.product(ops, repeat=EDGES))
 
 
 class ResidualReduction(nn.Module):
@@ -70,7 +79,7 @@ class NB201Supernet(nas.Supernet):
                  ops: Sequence[str] = PRIMITIVES, affine: bool = False) -> None:
         nas.check_positive("supernet", C=C, cells_per_stage=cells_per_stage)
         self.ops = tuple(ops)
-        super().__init__(mode, {"cell": (len(nas.edge_inputs(1, NODES)), self.ops)}, seed,
+        super().__init__(mode, {"cell": (EDGES, self.ops)}, seed,
                          cell_inputs=1)
         self.stem = _stem(C)
         self.layers, C_last = _skeleton(C, cells_per_stage, lambda c: nas.SearchCell(

@@ -13,7 +13,7 @@ from torch import nn
 import nas
 from conftest import DARTS_V2, check_genotype_cells
 from search_spaces.darts import FixedReductionCell
-from search_spaces.nasbench201 import all_cells
+from search_spaces.nasbench201 import all_cells, cell
 
 NB201_ARCH = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
 TINY_DARTS = {"C": 4, "cells": 3}  # cell 0 normal, cells 1 and 2 reduction
@@ -431,3 +431,7 @@ def test_nb201_all_cells_enumerates_the_space_once_in_product_order():
     assert cells[-1] == "|avg_pool_3x3~0|+|avg_pool_3x3~0|avg_pool_3x3~1|+|avg_pool_3x3~0|" \
                         "avg_pool_3x3~1|avg_pool_3x3~2|"
     assert len({g.to_nb201_string() for g in all_cells(("none", "skip_connect"))}) == 2 ** 6
+    assert cell(["skip_connect"] * 5 + ["nor_conv_3x3"]).to_nb201_string() == \
+        "|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|nor_conv_3x3~2|"
+    with pytest.raises(ValueError, match="6 edges, got 5 ops"):
+        cell(["none"] * 5)
