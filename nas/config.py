@@ -62,6 +62,18 @@ class BudgetConfig:
 
 
 @dataclass
+class FewShotConfig:
+    """After the search: one supernet per op of its most certain edge, then a short training each."""
+
+    epochs: int = 0                     # epochs each part is searched, that op fixed there; 0: off
+    lr: float | None = None             # their weights' learning rate, cosine to lr_min; null: search.lr
+    select_epochs: int = 15             # each part's cell trained from scratch on the weight split
+    select_lr: float = 0.05             # SGD, cosine to 0
+    select_batch_size: int = 64         # its batch
+    select_network: dict = field(default_factory=dict)  # network: options it overrides (C: 8)
+
+
+@dataclass
 class SearchConfig:
     """The alternating optimisation of weights and architecture (GDAS defaults)."""
 
@@ -93,6 +105,7 @@ class SearchConfig:
     benchmark: str | None = None        # NAS-Bench-201 table: log the derived cell's accuracy
     log_every: int = 10                 # TensorBoard per-step scalars (step/...) every N steps; 0: off
     budget: BudgetConfig = field(default_factory=BudgetConfig)  # bounds on the derived network's cost
+    few_shot: FewShotConfig = field(default_factory=FewShotConfig)  # split, search the parts, pick
 
 
 @dataclass
@@ -303,6 +316,15 @@ def _check_ranges(cfg: Config) -> None:
          f"got {b.image_size}")
     need(b.latency_batch >= 1, f"search.budget.latency_batch: must be at least 1, got {b.latency_batch}")
     need(b.dual_lr > 0, f"search.budget.dual_lr: must be positive, got {b.dual_lr}")
+    f = cfg.search.few_shot
+    need(f.epochs >= 0, f"search.few_shot.epochs: must be >= 0 (0: off), got {f.epochs}")
+    need(f.lr is None or f.lr > 0, f"search.few_shot.lr: must be positive or null, got {f.lr}")
+    need(f.select_epochs >= 1, f"search.few_shot.select_epochs: must be at least 1, got {f.select_epochs}")
+    need(f.select_lr > 0, f"search.few_shot.select_lr: must be positive, got {f.select_lr}")
+    need(f.select_batch_size >= 1,
+         f"search.few_shot.select_batch_size: must be at least 1, got {f.select_batch_size}")
+    need(f.epochs == 0 or cfg.search.mode == "gdas",
+         f"search.few_shot: fixing an edge's op needs search.mode: gdas, got {cfg.search.mode}")
     need(0 < cfg.data.split < 1, f"data.split: must be in (0, 1), got {cfg.data.split}")
     size = cfg.data.image_size
     need(4 <= size <= MAX_IMAGE_SIZE and size % 2 == 0,

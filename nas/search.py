@@ -42,6 +42,7 @@ from .runtime import (CHECKPOINT, Meter, autocast, channels_last, check_finite, 
                       seed_everything, start_mode, steps_note, stretch_cosine)
 from .schedules import TemperatureScheduler
 from .errors import InputError
+from .fewshot import run_few_shot
 from .spaces import build_network, build_supernet, check_supernet, inspecting
 from .supernet import MixedEdge, Supernet
 from .threads import Threads, use_threads
@@ -266,6 +267,9 @@ def build_search(cfg: Config, saved_costs: Path | None = None) -> SearchSetup:
     s = cfg.search
     device = dist.local_device(resolve_device(cfg.device))
     dist.per_rank_batch(s.batch_size, "search.batch_size")
+    if s.few_shot.epochs and dist.world_size() > 1:
+        raise InputError("search.few_shot: the few-shot phase runs in one process; run the search "
+                         "without torchrun, or set search.few_shot.epochs=0")
     threads = use_threads(cfg.threads)
     if device.type == "cpu":
         keep_freed_memory()  # no page faults re-touching each step's activations
@@ -411,16 +415,10 @@ def run_epoch(setup: SearchSetup, epoch: int, monitor: Monitor,
     update_arch = epoch >= s.warmup_epochs
     train_meter, arch_meter = Meter(setup.device), Meter(setup.device)
 
-    budget = setup.budget
-    penalty = (lambda: budget.penalty(model)) if budget is not None else None
+    arch_update = arch_updater(setup)
 
     def update(x: Tensor, y: Tensor) -> None:
-        if s.estimator == "reinforce":
-            arch_meter.add(*reinforce_step(model, setup.a_opt, x, y, s.samples, s.amp, penalty), y)
-        else:
-            arch_meter.add(*arch_step(model, setup.a_opt, x, y, s.amp, penalty), y)
-        if budget is not None:
-            budget.update()
+        arch_meter.add(*arch_update(setup.a_opt, x, y), y)
 
     model.train()
     for (xw, yw), (xa, ya) in monitor.steps(zip(setup.w_batches, setup.a_batches), setup.steps,
@@ -449,6 +447,23 @@ def run_epoch(setup: SearchSetup, epoch: int, monitor: Monitor,
         if t.per == "epoch":
             t.step()
     return train_meter, arch_meter
+
+
+def arch_updater(setup: SearchSetup) -> Callable[[torch.optim.Optimizer, Tensor, Tensor],
+                                                  tuple[Tensor, Tensor]]:
+    """The architecture step of ``setup``'s estimator, with its budget's penalty and dual step."""
+    s, model, budget = setup.cfg.search, setup.model, setup.budget
+    penalty = (lambda: budget.penalty(model)) if budget is not None else None
+
+    def update(optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        if s.estimator == "reinforce":
+            out = reinforce_step(model, optimizer, x, y, s.samples, s.amp, penalty)
+        else:
+            out = arch_step(model, optimizer, x, y, s.amp, penalty)
+        if budget is not None:
+            budget.update()
+        return out
+    return update
 
 
 def end_epoch(setup: SearchSetup, epoch: int, run_dir: Path, monitor: Monitor,
@@ -534,7 +549,11 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
         raise
     finally:
         monitor.close()
-    genotype = setup.derive()
+    if s.few_shot.epochs:
+        genotype = run_few_shot(setup, run_dir, arch_updater(setup),
+                                print if not quiet else (lambda line: None), quiet)
+    else:
+        genotype = setup.derive()
     cost = limits = None
     if setup.budget is not None:  # counted on the network itself, not by the table
         limits = setup.budget.limits

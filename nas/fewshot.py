@@ -1,0 +1,228 @@
+"""Few-shot phase: split the searched supernet on its most certain edge, search each part, pick one.
+
+A one-shot supernet shares every op's weights across all the cells it holds, and on NAS-Bench-201
+that sharing favours the op on the edge that reads the cell's input directly (a 3x3 convolution
+on 0->3), whichever cells would train best alone. Few-shot NAS (Zhao et al., 2021) splits the
+supernet on one edge into one copy per op of that edge. Here the split edge is the one the
+search is most certain of, after the search: each copy, from the searched weights, with every
+other edge's logits back at uniform and the split edge fixed to its op, is searched
+``few_shot.epochs`` more (the same steps, estimator and budget as the search) and derives its
+cell. The copies' cells are then compared as DARTS compares its seeds' cells: each is trained
+from scratch for ``few_shot.select_epochs`` on the weight split, in the ``network:`` the
+search derives for (``select_network`` overrides its options, such as a smaller C), and scored
+on the architecture split. The best becomes the search's genotype. ``few_shot.json`` in the run
+holds each part's cell and score; a resumed run keeps the parts it finished.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .budget import derive_within
+from .data import Batches, load_split, seed_of, split_indices
+from .genotype import Genotype, edge_inputs, num_nodes
+from .runtime import in_layout, seed_everything
+from .spaces import build_network
+from .supernet import Supernet
+
+STATE = "few_shot.json"
+FIXED = -1.0e4  # a logit that is never drawn, and that carries no gradient to speak of
+
+
+def certain_edge(model: Supernet) -> tuple[str, int]:
+    """The (cell kind, edge) whose most probable op has the highest probability."""
+    best = max(((p.max().item(), kind, int(p.max(-1).values.argmax()))
+                for kind, p in model.probabilities().items()), key=lambda t: t[0])
+    return best[1], best[2]
+
+
+def fix_edge(model: Supernet, kind: str, edge: int, op: int) -> None:
+    """Set every architecture logit to uniform, then ``kind``'s ``edge`` to ``op`` alone."""
+    with torch.no_grad():
+        for p in model.arch_parameters():
+            p.zero_()
+        row = model.arch_logits[kind][edge]
+        row.fill_(FIXED)
+        row[op] = 0.0
+
+
+def _fixed_sampling(logits: dict[str, torch.Tensor] | None, kind: str, edge: int,
+                    op: int) -> dict[str, torch.Tensor] | None:
+    """The weight steps' sampling logits with ``edge`` fixed (None: they follow the logits)."""
+    if logits is None:
+        return None
+    out = {k: v.clone() for k, v in logits.items()}
+    out[kind][edge] = FIXED
+    out[kind][edge, op] = 0.0
+    return out
+
+
+def settings(cfg: Any) -> dict[str, Any]:
+    """What a finished part depends on beyond the search: a resumed run reuses it only if equal."""
+    return dataclasses.asdict(cfg.search.few_shot)
+
+
+def search_part(setup: Any, kind: str, edge: int, op: int, arch_update: Callable[..., Any],
+                progress: Callable[[], None]) -> Genotype | None:
+    """Search one part, ``setup.model`` already holding the searched state; its derived cell
+    (None: no cell with this op there fits the budget)."""
+    from .search import weight_step  # nas.search runs this phase: imported here, not at the top
+    cfg, model, budget = setup.cfg, setup.model, setup.budget
+    s, f = cfg.search, cfg.search.few_shot
+    fix_edge(model, kind, edge, op)
+    sampling = _fixed_sampling(setup.weight_logits, kind, edge, op)
+    lr = f.lr if f.lr is not None else s.lr
+    w_opt = torch.optim.SGD(model.weight_parameters(), lr, momentum=s.momentum,
+                            weight_decay=s.weight_decay, nesterov=s.nesterov and s.momentum > 0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, f.epochs, eta_min=min(s.lr_min, lr))
+    a_opt = torch.optim.Adam(model.arch_parameters(), s.arch_lr, betas=tuple(s.arch_betas),
+                             weight_decay=s.arch_weight_decay)
+    model.train()
+    for epoch in range(f.epochs):
+        setup.w_batches.set_epoch(s.epochs + epoch)  # orders the search did not see
+        setup.a_batches.set_epoch(s.epochs + epoch)
+        for (xw, yw), (xa, ya) in zip(setup.w_batches, setup.a_batches):
+            xw, xa = in_layout(xw, setup.layout), in_layout(xa, setup.layout)
+            model.sampling_logits = sampling
+            weight_step(model, w_opt, xw, yw, s.grad_clip, s.amp)
+            model.sampling_logits = None
+            arch_update(a_opt, xa, ya)
+        sched.step()
+        progress()
+    if budget is None:
+        return setup.derive()
+    genotype = derive_within(model, budget.table, budget.limits)
+    if genotype is None or not _holds(genotype, model, kind, edge, model.op_names[kind][op]):
+        return None  # the most probable fitting cell would need another op there
+    return dataclasses.replace(genotype, space=genotype.space or cfg.space)
+
+
+def _holds(genotype: Genotype, model: Supernet, kind: str, edge: int, op: str) -> bool:
+    """Whether ``genotype`` keeps ``op`` on ``edge`` (or drops the edge, as a top-k cell may)."""
+    if model.cell_inputs is None:  # no edge layout to read: a budget needs one, so unreachable
+        return True
+    node, src = edge_inputs(model.cell_inputs, num_nodes(model.arch_logits[kind].shape[0],
+                                                           model.cell_inputs))[edge]
+    return all(o == op for o, j in genotype.cells[kind][node] if j == src)
+
+
+def select_score(cfg: Any, genotype: Genotype, num_classes: int, device: torch.device,
+                 data: Any, w_idx: torch.Tensor, a_idx: torch.Tensor,
+                 progress: Callable[[], None]) -> tuple[float, float]:
+    """Train ``genotype``'s selection network from scratch on the weight split; its (loss,
+    accuracy %) on the architecture split. Every part's network starts from the same seed."""
+    f, d = cfg.search.few_shot, cfg.data
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        seed_everything(seed_of(cfg.seed, 6))
+        net = build_network(cfg.space, genotype, num_classes,
+                            {**cfg.network, **f.select_network}).to(device)
+        train = Batches(data.subset(w_idx), f.select_batch_size, train=True, device=device,
+                        pad=d.pad, seed=seed_of(cfg.seed, 7), workers=0)
+        opt = torch.optim.SGD(net.parameters(), f.select_lr, momentum=0.9, nesterov=True,
+                              weight_decay=cfg.search.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, f.select_epochs, eta_min=0.0)
+        for epoch in range(f.select_epochs):
+            train.set_epoch(epoch)
+            net.train()
+            for x, y in train:
+                out = net(x)
+                out = out[0] if isinstance(out, tuple) else out  # an auxiliary head's pair
+                loss = F.cross_entropy(out, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.search.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.search.grad_clip)
+                opt.step()
+            sched.step()
+            progress()
+        net.eval()
+        loss_sum = correct = count = 0.0
+        with torch.no_grad():
+            for x, y in Batches(data.subset(a_idx), 256, train=False, device=device, workers=0):
+                out = net(x)
+                out = out[0] if isinstance(out, tuple) else out
+                loss_sum += F.cross_entropy(out.float(), y, reduction="sum").item()
+                correct += (out.argmax(1) == y).sum().item()
+                count += len(y)
+    return loss_sum / count, 100.0 * correct / count
+
+
+def run_few_shot(setup: Any, run_dir: Path, arch_update: Callable[..., Any],
+                 say: Callable[[str], None], quiet: bool = False) -> Genotype:
+    """The few-shot phase of a finished search: search every part, score its cell, keep the best."""
+    cfg, model = setup.cfg, setup.model
+    f = cfg.search.few_shot
+    path = run_dir / STATE
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    searched = copy.deepcopy(model.state_dict())
+    multipliers = setup.budget.multipliers.clone() if setup.budget is not None else None
+    if saved.get("edge") and saved.get("settings") == settings(cfg):
+        kind, edge = saved["edge"]
+    else:
+        kind, edge = certain_edge(model)
+        saved = {}
+    parts: dict[str, dict] = saved.get("parts", {})
+    ops = model.op_names[kind]
+    name = model.edge_names(kind)[edge] + (f" of the {kind} cell" if kind != "cell" else "")
+    say(f"few-shot: {len(ops)} parts, edge {name} fixed to each op ({_n(f.epochs, 'epoch')} each "
+        f"from the searched supernet); each part's cell trained {_n(f.select_epochs, 'epoch')} "
+        "from scratch on the weight split, the best on the architecture split kept")
+    data = load_split(cfg.data, train=True)
+    w_idx, a_idx = split_indices(len(data), cfg.data.split, cfg.seed)
+    todo = sum(1 for op in ops if op not in parts)
+    bar = tqdm(total=todo * (f.epochs + f.select_epochs), desc="few-shot", unit="epoch",
+               disable=quiet or None, leave=False)
+    try:
+        for k, op in enumerate(ops):
+            if op in parts:
+                continue
+            started = time.time()
+            model.load_state_dict(searched)
+            if multipliers is not None:
+                setup.budget.multipliers = multipliers.clone()
+            genotype = search_part(setup, kind, edge, k, arch_update, lambda: bar.update(1))
+            part: dict[str, Any] = {"genotype": None, "loss": None, "acc": None}
+            if genotype is not None:
+                loss, acc = select_score(cfg, genotype, setup.num_classes, setup.device, data,
+                                         w_idx, a_idx, lambda: bar.update(1))
+                part = {"genotype": genotype.to_dict(), "loss": loss, "acc": acc}
+            else:
+                bar.update(f.select_epochs)
+            part["seconds"] = time.time() - started
+            parts[op] = part
+            _write(path, {"edge": [kind, edge], "settings": settings(cfg), "parts": parts})
+            bench = ""
+            if genotype is not None and setup.table is not None:
+                bench = f"; NAS-Bench-201 cifar10 {setup.table.query(genotype).accuracy['cifar10']:.2f}"
+            say(f"  {op}: " + (f"{genotype}, {part['acc']:.2f}% on the architecture split{bench}"
+                               if genotype is not None else "no cell with it there fits the budget"))
+    finally:
+        bar.close()
+        model.load_state_dict(searched)  # the checkpoint's supernet, as the search left it
+        if multipliers is not None:
+            setup.budget.multipliers = multipliers
+    scored = [(p["acc"], -p["loss"], op) for op, p in parts.items() if p["genotype"] is not None]
+    if not scored:
+        raise ValueError("few-shot: no part derived a cell within the budget")
+    _, _, best = max(scored)
+    say(f"few-shot pick: the part with {best} on edge {name} ({parts[best]['acc']:.2f}%)")
+    genotype = Genotype.from_dict(parts[best]["genotype"])
+    return dataclasses.replace(genotype, space=genotype.space or cfg.space)
+
+
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}{'s' if count != 1 else ''}"
+
+
+def _write(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=1) + "\n")
+    tmp.replace(path)
