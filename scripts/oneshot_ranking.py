@@ -3,6 +3,7 @@
 
     python scripts/oneshot_ranking.py RUN --benchmark TABLE [--data-dir DIR] [--cells N]
                                       [--images N] [--seed S] [--out FILE]
+                                      [--split-edge E [--finetune-epochs N] [--finetune-lr LR]]
 
 Every cell of the space (with ``search.budget``: every cell whose network fits it; ``--cells N``:
 a random N of those, fixed by ``--seed``) runs through the trained supernet of RUN with its ops
@@ -10,7 +11,12 @@ fixed, on the first ``--images`` images of the run's architecture split (no augm
 statistics, as the search's supernet uses them). Prints Kendall's tau-b between the supernet's
 loss order and the table's CIFAR-10 accuracy, the table accuracy of the supernet's best 1, 10
 and 100 cells, and where the table's best cells stand in the supernet's order: the ceiling of
-any search that trusts this supernet. Writes every cell's scores to FILE (default
+any search that trusts this supernet. ``--split-edge E`` measures few-shot supernets instead
+(Zhao et al., 2021): for each op of edge E (0-5, in the string's order: 1<-0, 2<-0, 2<-1, 3<-0,
+3<-1, 3<-2) a copy of the trained supernet is fine-tuned for ``--finetune-epochs`` on the weight
+split with that edge fixed to the op (the other edges sampled as the search's weight steps
+sample them), and scores the cells with that op there; the summary adds each group's own tau-b,
+best cells and lowest loss. Writes every cell's scores to FILE (default
 RUN/oneshot_ranking.json). The table is read here only, after the search, never by it. Bad
 input: one line ``oneshot_ranking: error: ...``, exit 2.
 """
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import random
 import statistics
@@ -39,9 +46,9 @@ from nas.data import Batches, load_split, split_indices  # noqa: E402
 from nas.errors import InputError  # noqa: E402
 from nas.genotype import Genotype  # noqa: E402
 from nas.runtime import resume_from  # noqa: E402
-from nas.search import COSTS, build_search  # noqa: E402
+from nas.search import COSTS, SearchSetup, build_search, weight_step  # noqa: E402
 from nas.supernet import Supernet  # noqa: E402
-from search_spaces.nasbench201 import all_cells  # noqa: E402
+from search_spaces.nasbench201 import EDGES, all_cells  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -86,9 +93,48 @@ def kendall_tau_b(a: Sequence[float], b: Sequence[float]) -> float:
     return concordant / (pairs_x * pairs_y) ** 0.5 if pairs_x and pairs_y else float("nan")
 
 
+def edge_ops(genotype: Genotype) -> list[str]:
+    """The op of each of the cell's edges, in string order."""
+    return [op for node in genotype.cells["cell"] for op, _ in node]
+
+
+def finetune_with_edge(setup: SearchSetup, edge: int, op: int, epochs: int, lr: float) -> None:
+    """Train ``setup.model``'s weights ``epochs`` more on the weight split, ``edge`` fixed to ``op``."""
+    s, model = setup.cfg.search, setup.model
+    base = setup.weight_logits or {k: v.detach() for k, v in model.arch_logits.items()}
+    logits = {k: v.clone() for k, v in base.items()}
+    logits["cell"][edge] = torch.full_like(logits["cell"][edge], -1e4)  # never drawn: exp underflows
+    logits["cell"][edge, op] = 0.0
+    opt = torch.optim.SGD(model.weight_parameters(), lr, momentum=s.momentum,
+                          nesterov=s.nesterov and s.momentum > 0,
+                          weight_decay=s.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs, eta_min=min(s.lr_min, lr))
+    model.train()
+    for epoch in range(epochs):
+        setup.w_batches.set_epoch(s.epochs + epoch)  # orders the search did not see
+        for x, y in setup.w_batches:
+            model.sampling_logits = logits
+            weight_step(model, opt, x, y, s.grad_clip, s.amp)
+            model.sampling_logits = None
+        sched.step()
+    model.eval()
+
+
+def _summary(rows: list[dict]) -> dict:
+    """Kendall tau-b, the table accuracy of the lowest-loss cells, and that lowest loss."""
+    by_loss = sorted(rows, key=lambda r: r["loss"])
+    return {"cells": len(rows),
+            "kendall_tau_b": kendall_tau_b([-r["loss"] for r in rows], [r["cifar10"] for r in rows]),
+            "top": {str(k): statistics.mean(r["cifar10"] for r in by_loss[:k]) for k in (1, 10, 100)
+                    if k <= len(rows)},
+            "best_loss": by_loss[0]["loss"], "best_arch": by_loss[0]["arch"]}
+
+
 def rank_cells(run: Path, table_path: str, data_dir: str | None, cells: int | None, images: int,
-               seed: int) -> dict:
-    """Score the cells of ``run``'s space with its supernet; the summary and every cell's scores."""
+               seed: int, split_edge: int | None = None, finetune_epochs: int = 10,
+               finetune_lr: float | None = None) -> dict:
+    """Score the cells of ``run``'s space with its supernet (or, with ``split_edge``, with one
+    fine-tuned copy per op of that edge); the summary and every cell's scores."""
     if not (run / "config.yaml").is_file():
         raise InputError(f"{run} is not a search run directory (no config.yaml)")
     cfg = load_config(run / "config.yaml", [f"data.root={data_dir}"] if data_dir else [])
@@ -107,22 +153,36 @@ def rank_cells(run: Path, table_path: str, data_dir: str | None, cells: int | No
             if budget is None or fits(budget.table.of(g), budget.limits)]
     if cells is not None and cells < len(pool):
         pool = random.Random(seed).sample(pool, cells)
+    groups: list[int | None] = [None] if split_edge is None else list(range(len(model.ops)))
+    trained = copy.deepcopy(model.state_dict()) if split_edge is not None else None
     rows = []
-    for g in tqdm(pool, desc="cells", unit="cell", file=sys.stderr, disable=None):
-        with fixed_cell(model, g):
-            loss, acc = score(model, batches)
-        rows.append({"arch": g.to_nb201_string(), "loss": loss, "acc": acc,
-                     "cifar10": table.query(g).accuracy["cifar10"]})
+    for group in groups:
+        mine = pool
+        if group is not None:
+            model.load_state_dict(trained)
+            finetune_with_edge(setup, split_edge, group, finetune_epochs,
+                               cfg.search.lr if finetune_lr is None else finetune_lr)
+            mine = [g for g in pool if edge_ops(g)[split_edge] == model.ops[group]]
+        for g in tqdm(mine, desc="cells" if group is None else model.ops[group], unit="cell",
+                      file=sys.stderr, disable=None):
+            with fixed_cell(model, g):
+                loss, acc = score(model, batches)
+            rows.append({"arch": g.to_nb201_string(), "loss": loss, "acc": acc,
+                         "cifar10": table.query(g).accuracy["cifar10"],
+                         **({"group": model.ops[group]} if group is not None else {})})
     by_loss = sorted(rows, key=lambda r: r["loss"])
     place = {id(r): i + 1 for i, r in enumerate(by_loss)}
     best = sorted(rows, key=lambda r: -r["cifar10"])[:3]
+    summary = _summary(rows)
+    split = None if split_edge is None else {
+        "edge": split_edge, "finetune_epochs": finetune_epochs,
+        "groups": {model.ops[k]: _summary([r for r in rows if r["group"] == model.ops[k]])
+                   for k in groups if any(r["group"] == model.ops[k] for r in rows)}}
     return {"run": str(run), "cells": len(rows), "images": sum(len(y) for _, y in batches),
             "budget": dict(budget.limits) if budget is not None else None,
-            "kendall_tau_b": kendall_tau_b([-r["loss"] for r in rows], [r["cifar10"] for r in rows]),
-            "top": {str(k): statistics.mean(r["cifar10"] for r in by_loss[:k]) for k in (1, 10, 100)
-                    if k <= len(rows)},
+            "kendall_tau_b": summary["kendall_tau_b"], "top": summary["top"],
             "table_best": [{**r, "supernet_place": place[id(r)]} for r in best],
-            "cells_scored": rows}
+            "split": split, "cells_scored": rows}
 
 
 def _report(out: dict) -> str:
@@ -132,6 +192,13 @@ def _report(out: dict) -> str:
              f"{out['kendall_tau_b']:.3f}",
              "table accuracy of the supernet's best cells: " + ", ".join(
                  f"top {k} {v:.2f}" for k, v in out["top"].items())]
+    if out["split"]:
+        lines.insert(1, f"few-shot: one supernet per op of edge {out['split']['edge']}, each "
+                        f"fine-tuned {out['split']['finetune_epochs']} epochs with the op fixed there")
+        for op, g in out["split"]["groups"].items():
+            lines.append(f"  {op}: {g['cells']:,} cells, tau-b {g['kendall_tau_b']:.3f}, lowest loss "
+                         f"{g['best_loss']:.4f}, table accuracy of its best cells: " + ", ".join(
+                             f"top {k} {v:.2f}" for k, v in g["top"].items()))
     for r in out["table_best"]:
         lines.append(f"table's best {r['cifar10']:.2f} {r['arch']}: supernet place "
                      f"{r['supernet_place']:,} of {out['cells']:,}")
@@ -154,13 +221,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="images of the architecture split per cell (default 256)")
     p.add_argument("--seed", type=int, default=0, help="which random cells --cells takes")
     p.add_argument("--out", type=Path, help="JSON file (default RUN/oneshot_ranking.json)")
+    p.add_argument("--split-edge", type=int, choices=range(EDGES), metavar="E",
+                   help="few-shot: one fine-tuned supernet per op of edge E (0-5)")
+    p.add_argument("--finetune-epochs", type=int, default=10,
+                   help="epochs each few-shot supernet is fine-tuned (default 10)")
+    p.add_argument("--finetune-lr", type=float,
+                   help="their starting learning rate, cosine to search.lr_min (default search.lr)")
     args = p.parse_args(argv)
-    for name in ("cells", "images"):
+    if args.split_edge is None and (args.finetune_epochs != 10 or args.finetune_lr is not None):
+        p.error("--finetune-epochs and --finetune-lr need --split-edge")
+    if args.finetune_lr is not None and not args.finetune_lr > 0:
+        p.error(f"--finetune-lr must be positive, got {args.finetune_lr}")
+    for name in ("cells", "images", "finetune_epochs"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            p.error(f"--{name} must be at least 1, got {value}")
+            p.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     try:
-        out = rank_cells(args.run, args.benchmark, args.data_dir, args.cells, args.images, args.seed)
+        out = rank_cells(args.run, args.benchmark, args.data_dir, args.cells, args.images, args.seed,
+                         args.split_edge, args.finetune_epochs, args.finetune_lr)
     except InputError as exc:
         print(f"oneshot_ranking: error: {exc}", file=sys.stderr)
         return 2

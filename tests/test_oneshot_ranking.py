@@ -122,3 +122,61 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert exc.value.code == 2
     assert "--cells must be at least 1" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_finetune_with_an_edge_fixed_trains_only_that_op_there(run):
+    """Few-shot: the split edge runs its fixed op alone, so the other ops' weights on that edge
+    stay as the search left them; the same op on another edge is still trained."""
+    cfg = ranking.load_config(run / "config.yaml", [f"data.root={run.parent / 'data'}"])
+    setup = ranking.build_search(cfg, run / ranking.COSTS)
+    ranking.resume_from(run, "search", setup.objects)
+    model = setup.model
+    conv3, conv1 = model.ops.index("nor_conv_3x3"), model.ops.index("nor_conv_1x1")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ranking.finetune_with_edge(setup, 3, conv3, epochs=2, lr=0.1)
+    after = dict(model.named_parameters())
+
+    def moved(name: str) -> bool:
+        return not torch.equal(before[name], after[name])
+
+    assert moved(f"layers.0.edges.3.ops.{conv3}.1.weight")
+    assert not moved(f"layers.0.edges.3.ops.{conv1}.1.weight")
+    assert moved(f"layers.0.edges.0.ops.{conv1}.1.weight") or moved(f"layers.0.edges.0.ops.{conv3}.1.weight")
+    assert not model.training and model.sampling_logits is None
+
+
+@needs_table
+def test_split_edge_scores_each_group_with_its_own_supernet(run, capsys):
+    out_file = run.parent / "fewshot.json"
+    args = [str(run), "--benchmark", str(TABLE), "--cells", "40", "--images", "16"]
+    assert ranking.main(args + ["--out", str(run.parent / "plain.json")]) == 0
+    assert ranking.main(args + ["--split-edge", "3", "--finetune-epochs", "1",
+                                "--out", str(out_file)]) == 0
+    printed = capsys.readouterr().out
+    plain = {r["arch"]: r["loss"] for r in json.loads((run.parent / "plain.json").read_text())["cells_scored"]}
+    out = json.loads(out_file.read_text())
+    assert out["split"]["edge"] == 3 and out["split"]["finetune_epochs"] == 1
+    assert {r["arch"] for r in out["cells_scored"]} == set(plain)  # the same sample, regrouped
+    for row in out["cells_scored"]:
+        assert ranking.edge_ops(parse_nb201(row["arch"]))[3] == row["group"]
+    groups = out["split"]["groups"]
+    assert sum(g["cells"] for g in groups.values()) == 40
+    for op, g in groups.items():
+        mine = [r for r in out["cells_scored"] if r["group"] == op]
+        assert g["best_loss"] == min(r["loss"] for r in mine)
+        assert f"  {op}: {g['cells']:,} cells" in printed
+    live = [r for r in out["cells_scored"] if r["group"] != "none"]
+    assert any(r["loss"] != plain[r["arch"]] for r in live)  # fine-tuned weights score them
+    assert "few-shot: one supernet per op of edge 3" in printed
+
+
+def test_finetune_options_need_a_split_edge(tmp_path, capsys):
+    for bad, message in [(["--finetune-epochs", "3"], "need --split-edge"),
+                         (["--split-edge", "6"], "invalid choice"),
+                         (["--split-edge", "1", "--finetune-lr", "0"], "--finetune-lr must be positive"),
+                         (["--split-edge", "1", "--finetune-epochs", "0"], "--finetune-epochs must be at least 1")]:
+        with pytest.raises(SystemExit) as exc:
+            ranking.main([str(tmp_path), "--benchmark", str(TABLE), *bad])
+        assert exc.value.code == 2
+        assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
