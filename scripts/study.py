@@ -21,7 +21,9 @@ STUDY.yaml (relative paths are relative to the current directory):
     set: []                         # --set overrides for every method
     methods:                        # name -> a config file and its own --set overrides
       gdas: {config: configs/gdas_nb201_cpu.yaml, set: [search.arch_lr=3e-3]}
-    random_search: {epochs: 3}      # epochs per random cell; seconds: the budget if no search ran
+    random_search: {epochs: 3}      # epochs per random cell; seconds: the budget if no search ran;
+                                    # network: NB201 network options (default: the supernet's C
+                                    # and cells_per_stage); lr: its SGD rate (default search.lr)
     published: true                 # add the published full-scale figures
     sweep:                          # optional: one method under several budgets, and a picture
       method: gdas                  # a method of the study
@@ -141,10 +143,15 @@ def load_study(path: str | Path, seeds: Sequence[int] | None = None, only: Seque
     _check(isinstance(seeds, list) and bool(seeds) and len(set(seeds)) == len(seeds) and
            all(type(s) is int for s in seeds), f"seeds: expected distinct integers, got {seeds!r}")
     rs = raw.get("random_search")
-    _check(rs is None or isinstance(rs, dict) and not set(rs) - {"epochs", "seconds"} and
-           type(rs.get("epochs", 1)) is int and rs.get("epochs", 1) >= 1 and
-           type(rs.get("seconds", 1)) in (int, float) and rs.get("seconds", 1) > 0,
-           f"{path}: random_search: expected {{epochs: N >= 1, seconds: S > 0}} or null")
+    _check(rs is None or isinstance(rs, dict) and not set(rs) - {"epochs", "seconds", "network", "lr"}
+           and type(rs.get("epochs", 1)) is int and rs.get("epochs", 1) >= 1 and
+           type(rs.get("seconds", 1)) in (int, float) and rs.get("seconds", 1) > 0 and
+           type(rs.get("lr", 1.0)) in (int, float) and rs.get("lr", 1.0) > 0 and
+           isinstance(rs.get("network", {}), dict) and
+           set(rs.get("network", {})) <= {"C", "cells_per_stage"} and
+           all(type(v) is int and v >= 1 for v in rs.get("network", {}).values()),
+           f"{path}: random_search: expected {{epochs: N >= 1, seconds: S > 0, lr: LR > 0, "
+           "network: {C: N, cells_per_stage: N}}} or null")
     _check(type(raw.get("published", False)) is bool, f"{path}: published: expected true or false")
     bench, data = benchmark or raw.get("benchmark"), data_dir or raw.get("data_dir")
     _check(bool(bench), f"{path}: no benchmark table: set benchmark: or pass --benchmark")
@@ -240,7 +247,8 @@ def random_run(study: Study, seed: int, run: Path, jobs: int, budget: float | No
     spec = {"config": str(m.config), "set": m.sets, "seed": seed, "budget": budget,
             "limits": study.budget,
             "data_dir": str(study.data_dir) if study.data_dir else None, "started": time.time(),
-            "epochs": study.random_search.get("epochs", 1), "out": str(run / "result.json")}
+            "epochs": study.random_search.get("epochs", 1), "out": str(run / "result.json"),
+            "network": study.random_search.get("network", {}), "lr": study.random_search.get("lr")}
     child([sys.executable, str(Path(__file__).resolve()), "--random-search-worker",
            json.dumps(spec)], jobs)
     res = json.loads((run / "result.json").read_text())
@@ -270,6 +278,10 @@ def random_search_worker(spec: dict[str, Any]) -> None:
     defaults = inspect.signature(NB201Supernet).parameters
     C = cfg.supernet.get("C", defaults["C"].default)
     per_stage = cfg.supernet.get("cells_per_stage", defaults["cells_per_stage"].default)
+    # another network than the supernet's proxy: e.g. the few-shot phase's selection network
+    network = spec.get("network") or {}
+    C, per_stage = network.get("C", C), network.get("cells_per_stage", per_stage)
+    lr = spec.get("lr") or s.lr
     train_data = data.subset(w_idx)
     kw = dict(on_device=cfg.data.on_device, workers=cfg.data.workers)
     val = Batches(data.subset(a_idx), s.batch_size, train=False, device=device, **kw)
@@ -288,7 +300,7 @@ def random_search_worker(spec: dict[str, Any]) -> None:
                              cells_per_stage=per_stage).to(device, memory_format=fmt)
         batches = Batches(train_data, s.batch_size, train=True, device=device, pad=cfg.data.pad,
                           seed=seed_of(seed, 1, len(tried)), max_steps=steps, **kw)
-        opt = torch.optim.SGD(model.parameters(), s.lr, momentum=0.9, nesterov=True,
+        opt = torch.optim.SGD(model.parameters(), lr, momentum=0.9, nesterov=True,
                               weight_decay=s.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs, eta_min=s.lr_min)
         for epoch in range(epochs):
@@ -434,7 +446,11 @@ def markdown(study: Study, out: dict[str, Any]) -> str:
         lines.append(row(name, {**b, "runs": f"{b['runs']:,} cell(s) tied"}))
     if out["random_search_summary"] is not None:
         within = " within the budget" if study.budget else ""
-        lines.append(row(f"random search{within}, same wall time", out["random_search_summary"]))
+        rs = study.random_search
+        how = ", ".join([f"{rs.get('epochs', 1)} epoch(s) per cell"] +
+                        [f"{k}={v}" for k, v in (rs.get("network") or {}).items()] +
+                        ([f"lr {rs['lr']}"] if rs.get("lr") else []))
+        lines.append(row(f"random search{within}, same wall time ({how})", out["random_search_summary"]))
     for name, c10, c100 in PUBLISHED if study.published else ():
         lines.append(f"| {name} (published, full CIFAR, not this proxy) | — | {c10:.2f} | — | "
                      f"— | {c100:.2f} | — | — | — |")

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import nas
@@ -79,7 +80,7 @@ def test_study_runs_scores_and_skips_finished_runs(workdir, capsys):
     rows = {line.split(" | ")[0][2:]: line for line in md.splitlines() if line.startswith("| ")}
     assert f"| 1 | {data['runs'][0]['cifar10']:.2f} |" in rows["a"]
     assert "| 15,625 cells | mean 87.06, median 90.75 |" in rows["random cell (the whole table)"]
-    assert f"| 1 | {rs['cifar10']:.2f} |" in rows["random search, same wall time"]
+    assert f"| 1 | {rs['cifar10']:.2f} |" in rows["random search, same wall time (1 epoch(s) per cell)"]
     assert "| — | 93.61 | — | — | 70.70 |" in rows["GDAS (published, full CIFAR, not this proxy)"]
     assert "optimum (published, full CIFAR, not this proxy)" in rows
     assert f"- b, seed 0: `{data['runs'][1]['arch']}` {data['runs'][1]['cifar10']:.2f}" in md
@@ -178,6 +179,32 @@ def test_random_search_picks_by_validation_only(workdir):
 
 
 @needs_table
+def test_random_search_can_train_another_network(workdir, monkeypatch):
+    """random_search: {network: ..., lr: ...}: the cells are trained as the few-shot phase trains
+    its parts' cells, not in the supernet's proxy."""
+    import search_spaces.nasbench201 as nb201
+    built, rates, real_net, real_sgd = [], [], nb201.NB201Network, torch.optim.SGD
+
+    def network(*args, **kwargs):
+        built.append({k: kwargs[k] for k in ("C", "cells_per_stage")})
+        return real_net(*args, **kwargs)
+
+    def sgd(params, lr, **kwargs):
+        rates.append(lr)
+        return real_sgd(params, lr, **kwargs)
+
+    monkeypatch.setattr(nb201, "NB201Network", network)
+    monkeypatch.setattr(torch.optim, "SGD", sgd)
+    base = {"config": "tiny.yaml", "set": [], "seed": 1, "epochs": 1, "data_dir": "data",
+            "budget": 0.0, "started": time.time(), "out": str(workdir / "r.json")}
+    study.random_search_worker(base)
+    study.random_search_worker({**base, "network": {"C": 2, "cells_per_stage": 2}, "lr": 0.3})
+    assert built == [{"C": TINY["supernet"]["C"], "cells_per_stage": TINY["supernet"]["cells_per_stage"]},
+                     {"C": 2, "cells_per_stage": 2}]
+    assert rates == [0.025, 0.3]
+
+
+@needs_table
 def test_failed_run_does_not_stop_the_study(workdir, capsys):
     (workdir / "empty").mkdir()
     path = write_study(workdir / "s.yaml", data_dir="empty", random_search=None, published=False,
@@ -195,6 +222,8 @@ def test_failed_run_does_not_stop_the_study(workdir, capsys):
     ({}, ["--only", "c"], "--only: unknown method 'c'"),
     ({"benchmark": "nowhere.csv"}, [], "NAS-Bench-201 table not found: nowhere.csv"),
     ({"methods": {"a": {"config": "tiny.yaml", "set": ["search.epochs=0"]}}}, [], "search.epochs"),
+    ({"random_search": {"epochs": 1, "network": {"width": 8}}}, [], "random_search: expected"),
+    ({"random_search": {"epochs": 1, "lr": 0}}, [], "random_search: expected"),
 ])
 def test_bad_input_is_one_line_and_creates_nothing(workdir, capsys, change, args, message):
     code = study.main([str(write_study(workdir / "s.yaml", **change)), "--out", "out", *args])
