@@ -54,12 +54,13 @@ def fix_edge(model: Supernet, kind: str, edge: int, op: int) -> None:
         row[op] = 0.0
 
 
-def _fixed_sampling(logits: dict[str, torch.Tensor] | None, kind: str, edge: int,
+def _fixed_sampling(model: Supernet, logits: dict[str, torch.Tensor] | None, kind: str, edge: int,
                     op: int) -> dict[str, torch.Tensor] | None:
     """The weight steps' sampling logits with ``edge`` fixed (None: they follow the logits)."""
     if logits is None:
         return None
-    out = {k: v.clone() for k, v in logits.items()}
+    # one row per edge (uniform sampling holds one row for all of them)
+    out = {k: v.expand_as(model.arch_logits[k]).clone() for k, v in logits.items()}
     out[kind][edge] = FIXED
     out[kind][edge, op] = 0.0
     return out
@@ -78,7 +79,7 @@ def search_part(setup: Any, kind: str, edge: int, op: int, arch_update: Callable
     cfg, model, budget = setup.cfg, setup.model, setup.budget
     s, f = cfg.search, cfg.search.few_shot
     fix_edge(model, kind, edge, op)
-    sampling = _fixed_sampling(setup.weight_logits, kind, edge, op)
+    sampling = _fixed_sampling(model, setup.weight_logits, kind, edge, op)
     lr = f.lr if f.lr is not None else s.lr
     w_opt = torch.optim.SGD(model.weight_parameters(), lr, momentum=s.momentum,
                             weight_decay=s.weight_decay, nesterov=s.nesterov and s.momentum > 0)

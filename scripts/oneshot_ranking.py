@@ -102,7 +102,7 @@ def finetune_with_edge(setup: SearchSetup, edge: int, op: int, epochs: int, lr: 
     """Train ``setup.model``'s weights ``epochs`` more on the weight split, ``edge`` fixed to ``op``."""
     s, model = setup.cfg.search, setup.model
     base = setup.weight_logits or {k: v.detach() for k, v in model.arch_logits.items()}
-    logits = {k: v.clone() for k, v in base.items()}
+    logits = {k: v.expand_as(model.arch_logits[k]).clone() for k, v in base.items()}  # a row per edge
     logits["cell"][edge] = torch.full_like(logits["cell"][edge], -1e4)  # never drawn: exp underflows
     logits["cell"][edge, op] = 0.0
     opt = torch.optim.SGD(model.weight_parameters(), lr, momentum=s.momentum,

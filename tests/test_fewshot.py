@@ -64,8 +64,10 @@ def test_certain_edge_and_fixing_it():
     assert model.probabilities()["cell"][4, 3] == pytest.approx(1.0)
 
 
-def test_a_part_trains_only_its_op_on_the_split_edge(root, finished):
-    cfg = load_config(finished / "config.yaml", [f"data.root={root / 'data'}"])
+@pytest.mark.parametrize("sampling", ["params", "uniform", "arch"])
+def test_a_part_trains_only_its_op_on_the_split_edge(root, finished, sampling):
+    cfg = load_config(finished / "config.yaml", [f"data.root={root / 'data'}",
+                                                 f"search.weight_sampling={sampling}"])
     setup = build_search(cfg, finished / COSTS)
     nas.runtime.resume_from(finished, "search", setup.objects)
     model = setup.model
