@@ -23,7 +23,9 @@ STUDY.yaml (relative paths are relative to the current directory):
       gdas: {config: configs/gdas_nb201_cpu.yaml, set: [search.arch_lr=3e-3]}
     random_search: {epochs: 3}      # epochs per random cell; seconds: the budget if no search ran;
                                     # network: NB201 network options (default: the supernet's C
-                                    # and cells_per_stage); lr: its SGD rate (default search.lr)
+                                    # and cells_per_stage); lr: its SGD rate (default search.lr);
+                                    # a list of such baselines, each with its own name:, gives
+                                    # one row each
     published: true                 # add the published full-scale figures
     sweep:                          # optional: one method under several budgets, and a picture
       method: gdas                  # a method of the study
@@ -85,7 +87,7 @@ class Study:
     data_dir: Path | None
     seeds: list[int]
     methods: dict[str, Method]
-    random_search: dict[str, Any] | None
+    random_search: list[dict[str, Any]]  # the random-search baselines, each with its name
     published: bool
     rows: list[str]                 # the methods with a row of their own (not sweep-only)
     budget: dict[str, float]        # the first method's search.budget bounds ({}: none)
@@ -142,16 +144,7 @@ def load_study(path: str | Path, seeds: Sequence[int] | None = None, only: Seque
     seeds = seeds if seeds is not None else raw.get("seeds", [0])
     _check(isinstance(seeds, list) and bool(seeds) and len(set(seeds)) == len(seeds) and
            all(type(s) is int for s in seeds), f"seeds: expected distinct integers, got {seeds!r}")
-    rs = raw.get("random_search")
-    _check(rs is None or isinstance(rs, dict) and not set(rs) - {"epochs", "seconds", "network", "lr"}
-           and type(rs.get("epochs", 1)) is int and rs.get("epochs", 1) >= 1 and
-           type(rs.get("seconds", 1)) in (int, float) and rs.get("seconds", 1) > 0 and
-           type(rs.get("lr", 1.0)) in (int, float) and rs.get("lr", 1.0) > 0 and
-           isinstance(rs.get("network", {}), dict) and
-           set(rs.get("network", {})) <= {"C", "cells_per_stage"} and
-           all(type(v) is int and v >= 1 for v in rs.get("network", {}).values()),
-           f"{path}: random_search: expected {{epochs: N >= 1, seconds: S > 0, lr: LR > 0, "
-           "network: {C: N, cells_per_stage: N}}} or null")
+    rs = _check_random_search(path, raw.get("random_search"), specs)
     _check(type(raw.get("published", False)) is bool, f"{path}: published: expected true or false")
     bench, data = benchmark or raw.get("benchmark"), data_dir or raw.get("data_dir")
     _check(bool(bench), f"{path}: no benchmark table: set benchmark: or pass --benchmark")
@@ -170,6 +163,35 @@ def load_study(path: str | Path, seeds: Sequence[int] | None = None, only: Seque
                                           common + _strings(spec.get("set") or [], "sweep"))
     return Study(Path(path), table, Path(bench).resolve(), Path(data).resolve() if data else None,
                  list(seeds), methods, rs, raw.get("published", False), rows, budget, sweep)
+
+
+RS_KEYS = {"name", "epochs", "seconds", "network", "lr"}
+
+
+def _check_random_search(path: str | Path, rs: Any, specs: dict[str, Any]) -> list[dict[str, Any]]:
+    """The random-search baselines of a study file, each with a name (none: an empty list)."""
+    if rs is None:
+        return []
+    specs_rs = rs if isinstance(rs, list) else [rs]
+    out = []
+    for i, r in enumerate(specs_rs):
+        where = f"{path}: random_search" + (f"[{i}]" if isinstance(rs, list) else "")
+        net = r.get("network", {}) if isinstance(r, dict) else None
+        _check(isinstance(r, dict) and not set(r) - RS_KEYS and
+               type(r.get("epochs", 1)) is int and r.get("epochs", 1) >= 1 and
+               type(r.get("seconds", 1)) in (int, float) and r.get("seconds", 1) > 0 and
+               type(r.get("lr", 1.0)) in (int, float) and r.get("lr", 1.0) > 0 and
+               isinstance(net, dict) and set(net) <= {"C", "cells_per_stage"} and
+               all(type(v) is int and v >= 1 for v in net.values()),
+               f"{where}: expected {{name: NAME, epochs: N >= 1, seconds: S > 0, lr: LR > 0, "
+               "network: {C: N, cells_per_stage: N}} or null")
+        name = str(r.get("name", "random_search"))
+        _check(bool(re.fullmatch(r"[A-Za-z0-9_.-]+", name)) and name not in specs and
+               name not in (o["name"] for o in out) and name != "sweep",
+               f"{where}: name: letters, digits, _ . -, unlike every method's and other "
+               f"baseline's name, got {name!r}")
+        out.append({**r, "name": name})
+    return out
 
 
 def _check_sweep(path: str | Path, sweep: Any, specs: dict[str, Any],
@@ -237,7 +259,8 @@ def search_run(study: Study, name: str, seed: int, run: Path, jobs: int,
     return f"{note} in {seconds:.0f} s"
 
 
-def random_run(study: Study, seed: int, run: Path, jobs: int, budget: float | None) -> str:
+def random_run(study: Study, rs: dict[str, Any], seed: int, run: Path, jobs: int,
+               budget: float | None) -> str:
     """One random-search baseline in its own process."""
     if budget is None:
         raise RunFailed(f"no budget: no search of {study.rows[0]} finished and "
@@ -247,8 +270,8 @@ def random_run(study: Study, seed: int, run: Path, jobs: int, budget: float | No
     spec = {"config": str(m.config), "set": m.sets, "seed": seed, "budget": budget,
             "limits": study.budget,
             "data_dir": str(study.data_dir) if study.data_dir else None, "started": time.time(),
-            "epochs": study.random_search.get("epochs", 1), "out": str(run / "result.json"),
-            "network": study.random_search.get("network", {}), "lr": study.random_search.get("lr")}
+            "epochs": rs.get("epochs", 1), "out": str(run / "result.json"),
+            "network": rs.get("network", {}), "lr": rs.get("lr")}
     child([sys.executable, str(Path(__file__).resolve()), "--random-search-worker",
            json.dumps(spec)], jobs)
     res = json.loads((run / "result.json").read_text())
@@ -444,13 +467,14 @@ def markdown(study: Study, out: dict[str, Any]) -> str:
                      f"median {w['median']:.2f} | — | {w['best']:.2f} | — | — | — | — |")
     for name, b in out["baselines"].items():
         lines.append(row(name, {**b, "runs": f"{b['runs']:,} cell(s) tied"}))
-    if out["random_search_summary"] is not None:
+    for rs in study.random_search:
         within = " within the budget" if study.budget else ""
-        rs = study.random_search
         how = ", ".join([f"{rs.get('epochs', 1)} epoch(s) per cell"] +
                         [f"{k}={v}" for k, v in (rs.get("network") or {}).items()] +
                         ([f"lr {rs['lr']}"] if rs.get("lr") else []))
-        lines.append(row(f"random search{within}, same wall time ({how})", out["random_search_summary"]))
+        label = "random search" if rs["name"] == "random_search" else f"`{rs['name']}`: random search"
+        lines.append(row(f"{label}{within}, same wall time ({how})",
+                         out["random_search_summary"][rs["name"]]))
     for name, c10, c100 in PUBLISHED if study.published else ():
         lines.append(f"| {name} (published, full CIFAR, not this proxy) | — | {c10:.2f} | — | "
                      f"— | {c100:.2f} | — | — | — |")
@@ -491,8 +515,8 @@ def run_study(study: Study, out: Path, jobs: int) -> int:
             for seed in study.seeds]
     swept = [(limit, seed, out / "runs" / "sweep" / f"{sweep['metric']}_{limit:g}" / f"seed_{seed}")
              for limit in sweep["budgets"] for seed in sweep["seeds"]] if sweep else []
-    randoms = [(seed, out / "runs" / "random_search" / f"seed_{seed}")
-               for seed in (study.seeds if study.random_search is not None else ())]
+    randoms = [(rs, seed, out / "runs" / rs["name"] / f"seed_{seed}")
+               for rs in study.random_search for seed in study.seeds]
     bar = tqdm(total=len(runs) + len(swept) + len(randoms), unit="run",
                disable=not sys.stderr.isatty())
 
@@ -523,19 +547,19 @@ def run_study(study: Study, out: Path, jobs: int) -> int:
                 **search_record(study.table, run)}
                for name, seed, run in runs if (run / "genotype.json").is_file()]
     times = [r["seconds"] for r in records if r["method"] == rows[0]]
-    budget = statistics.mean(times) if times else (study.random_search or {}).get("seconds")
     tasks = []
-    for seed, run in randoms:
+    for rs, seed, run in randoms:
+        budget = statistics.mean(times) if times else rs.get("seconds")
         if (run / "result.json").is_file():
-            say(f"random_search seed {seed}: skip (finished)")
+            say(f"{rs['name']} seed {seed}: skip (finished)")
         else:
-            tasks.append((f"random_search seed {seed}",
-                          lambda s=seed, r=run: random_run(study, s, r, jobs, budget)))
+            tasks.append((f"{rs['name']} seed {seed}", lambda x=rs, s=seed, r=run, b=budget:
+                          random_run(study, x, s, r, jobs, b)))
     failed += run_pool(tasks, jobs, say)
     bar.close()
-    rs = [{"method": "random_search", "seed": seed, "run_dir": str(run),
+    rs = [{"method": x["name"], "seed": seed, "run_dir": str(run),
            **random_record(study.table, run)}
-          for seed, run in randoms if (run / "result.json").is_file()]
+          for x, seed, run in randoms if (run / "result.json").is_file()]
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                          text=True)
     cells = len(study.table)
@@ -555,7 +579,8 @@ def run_study(study: Study, out: Path, jobs: int) -> int:
         "benchmark": str(study.benchmark), "seeds": study.seeds, "jobs": jobs,
         "summary": {name: summarize([r for r in records if r["method"] == name], cells)
                     for name in rows},
-        "random_search_summary": summarize(rs, cells) if randoms else None,
+        "random_search_summary": {x["name"]: summarize([r for r in rs if r["method"] == x["name"]],
+                                                       cells) for x in study.random_search},
         "table": {d: study.table.stats(d) for d in ("cifar10", "cifar100")},
         "published": [dict(method=n, cifar10=a, cifar100=b) for n, a, b in PUBLISHED]
         if study.published else [],

@@ -179,6 +179,24 @@ def test_random_search_picks_by_validation_only(workdir):
 
 
 @needs_table
+def test_two_random_searches_each_get_a_row_and_their_own_runs(workdir, capsys):
+    path = write_study(workdir / "s.yaml", methods={"a": {"config": "tiny.yaml"}}, published=False,
+                       random_search=[{"epochs": 1}, {"name": "deep", "epochs": 1, "lr": 0.05,
+                                                      "network": {"cells_per_stage": 2}}])
+    assert study.main([str(path), "--out", "out"]) == 0
+    out = capsys.readouterr().out
+    data = json.loads((workdir / "out" / "study.json").read_text())
+    assert sorted(r["method"] for r in data["random_search"]) == ["deep", "random_search"]
+    assert set(data["random_search_summary"]) == {"deep", "random_search"}
+    for name in ("random_search", "deep"):
+        picked = json.loads((workdir / "out" / "runs" / name / "seed_0" / "result.json").read_text())
+        (rec,) = [r for r in data["random_search"] if r["method"] == name]
+        assert rec["arch"] == picked["arch"] and picked["budget"] == data["runs"][0]["seconds"]
+    assert "| random search, same wall time (1 epoch(s) per cell) | 1 |" in out
+    assert "| `deep`: random search, same wall time (1 epoch(s) per cell, cells_per_stage=2, lr 0.05) | 1 |" in out
+
+
+@needs_table
 def test_random_search_can_train_another_network(workdir, monkeypatch):
     """random_search: {network: ..., lr: ...}: the cells are trained as the few-shot phase trains
     its parts' cells, not in the supernet's proxy."""
@@ -224,6 +242,8 @@ def test_failed_run_does_not_stop_the_study(workdir, capsys):
     ({"methods": {"a": {"config": "tiny.yaml", "set": ["search.epochs=0"]}}}, [], "search.epochs"),
     ({"random_search": {"epochs": 1, "network": {"width": 8}}}, [], "random_search: expected"),
     ({"random_search": {"epochs": 1, "lr": 0}}, [], "random_search: expected"),
+    ({"random_search": [{"epochs": 1}, {"epochs": 2}]}, [], "random_search[1]: name: letters"),
+    ({"random_search": [{"epochs": 1, "name": "a"}]}, [], "random_search[0]: name: letters"),
 ])
 def test_bad_input_is_one_line_and_creates_nothing(workdir, capsys, change, args, message):
     code = study.main([str(write_study(workdir / "s.yaml", **change)), "--out", "out", *args])
@@ -232,13 +252,14 @@ def test_bad_input_is_one_line_and_creates_nothing(workdir, capsys, change, args
     assert err.count("\n") == 1 and not (workdir / "out").exists()
 
 
-def shipped_study(monkeypatch, name: str, methods: list[str]):
+def shipped_study(monkeypatch, name: str, methods: list[str], sets: list[str] = []):
     """A study file of configs/studies, loaded as from the repository root, with its methods."""
     monkeypatch.chdir(ROOT)
     s = study.load_study(f"configs/studies/{name}.yaml")
     assert list(s.methods) == methods
-    # the first method sets the random-search budget: it must be the shipped config itself
-    assert s.methods[methods[0]].sets == []
+    # the first method sets the random-search budget: the shipped config itself (but for
+    # ``sets``, the budget studies' one-shot search)
+    assert s.methods[methods[0]].sets == sets
     return s
 
 
@@ -248,7 +269,7 @@ def test_the_shipped_study_loads_with_its_methods_in_order(monkeypatch):
     s = shipped_study(monkeypatch, "nb201_cpu", [
         "gdas_nb201_cpu", "reinforce_uniform", "gdas_params", "gumbel_rao_params",
         "reinmax_params", "decoupled_params", "gdas"])
-    assert s.seeds == [10, 11, 12, 13, 14] and s.random_search == {"epochs": 3}
+    assert s.seeds == [10, 11, 12, 13, 14] and s.random_search == [{"epochs": 3, "name": "random_search"}]
     plain = nas.config.load_config(s.methods["gdas"].config, s.methods["gdas"].sets).search
     assert (plain.estimator, plain.weight_sampling, plain.warmup_epochs) == ("gdas", "arch", 0)
     decoupled = nas.config.load_config(s.methods["decoupled_params"].config,
@@ -274,7 +295,8 @@ def test_the_shipped_study_loads_with_its_methods_in_order(monkeypatch):
 @needs_shared_data
 def test_the_budget_study_compares_estimators_at_equal_settings(monkeypatch):
     s = shipped_study(monkeypatch, "nb201_budget_cpu", [
-        "gdas_nb201_budget_cpu", "budget_gdas", "budget_reinmax", "budget_gumbel_rao"])
+        "gdas_nb201_budget_cpu", "budget_gdas", "budget_reinmax", "budget_gumbel_rao"],
+        ["search.few_shot.epochs=0"])
     assert s.sweep["method"] == "gdas_nb201_budget_cpu" and s.budget == {"macs": 8e7}
     check = study.load_study("configs/studies/nb201_budget_cpu_reinmax.yaml")
     assert check.seeds == [15, 16, 17, 18, 19] and check.sweep["budgets"] == s.sweep["budgets"]
@@ -285,6 +307,7 @@ def test_the_budget_study_compares_estimators_at_equal_settings(monkeypatch):
         assert (search.warmup_epochs, search.arch_lr, search.weight_sampling, search.epochs,
                 search.budget) == (first.warmup_epochs, first.arch_lr, first.weight_sampling,
                                    first.epochs, first.budget), name
+    assert all(x.few_shot.epochs == 0 for x in searches.values())  # one-shot rows, as published
     assert {n: (x.estimator, x.tau.schedule, x.tau.max, x.tau.min, x.samples)
             for n, x in searches.items()} == {
         "gdas_nb201_budget_cpu": ("reinforce", "linear", 10.0, 0.1, 4),
@@ -294,3 +317,20 @@ def test_the_budget_study_compares_estimators_at_equal_settings(monkeypatch):
         # the check re-runs the budget study's REINFORCE and ReinMax rows as they are
         "check_reinforce": ("reinforce", "linear", 10.0, 0.1, 4),
         "check_reinmax": ("reinmax", "constant", 1.0, 1.0, 4)}
+
+
+@needs_table
+@needs_shared_data
+def test_the_few_shot_study_runs_the_shipped_config_beside_both_random_searches(monkeypatch):
+    s = shipped_study(monkeypatch, "nb201_budget_cpu_fewshot", ["few_shot"])
+    shipped = nas.config.load_config("configs/gdas_nb201_budget_cpu.yaml")
+    cfg = nas.config.load_config(s.methods["few_shot"].config, s.methods["few_shot"].sets)
+    assert cfg == shipped and cfg.search.few_shot.epochs > 0 and s.budget == {"macs": 8e7}
+    assert s.seeds == [10, 11, 12, 13, 14] and len(s.random_search) == 2
+    assert s.random_search[0] == {"epochs": 3, "name": "random_search"}  # as in the one-shot study
+    f = cfg.search.few_shot  # the second random search trains its cells as the phase does
+    (deep,) = [x for x in s.random_search if x["name"] != "random_search"]
+    assert deep == {"name": "random_search_select", "epochs": f.select_epochs, "lr": f.select_lr,
+                    "network": {"C": f.select_network["C"],
+                                "cells_per_stage": cfg.network["cells_per_stage"]}}
+    assert f.select_batch_size == cfg.search.batch_size  # the baseline trains at the search's batch
