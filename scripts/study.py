@@ -25,7 +25,7 @@ STUDY.yaml (relative paths are relative to the current directory):
                                     # network: NB201 network options (default: the supernet's C
                                     # and cells_per_stage); lr: its SGD rate (default search.lr);
                                     # a list of such baselines, each with its own name:, gives
-                                    # one row each
+                                    # one row each; seeds: only those of the study's seeds
     published: true                 # add the published full-scale figures
     sweep:                          # optional: one method under several budgets, and a picture
       method: gdas                  # a method of the study
@@ -144,7 +144,7 @@ def load_study(path: str | Path, seeds: Sequence[int] | None = None, only: Seque
     seeds = seeds if seeds is not None else raw.get("seeds", [0])
     _check(isinstance(seeds, list) and bool(seeds) and len(set(seeds)) == len(seeds) and
            all(type(s) is int for s in seeds), f"seeds: expected distinct integers, got {seeds!r}")
-    rs = _check_random_search(path, raw.get("random_search"), specs)
+    rs = _check_random_search(path, raw.get("random_search"), specs, list(seeds))
     _check(type(raw.get("published", False)) is bool, f"{path}: published: expected true or false")
     bench, data = benchmark or raw.get("benchmark"), data_dir or raw.get("data_dir")
     _check(bool(bench), f"{path}: no benchmark table: set benchmark: or pass --benchmark")
@@ -165,10 +165,11 @@ def load_study(path: str | Path, seeds: Sequence[int] | None = None, only: Seque
                  list(seeds), methods, rs, raw.get("published", False), rows, budget, sweep)
 
 
-RS_KEYS = {"name", "epochs", "seconds", "network", "lr"}
+RS_KEYS = {"name", "epochs", "seconds", "network", "lr", "seeds"}
 
 
-def _check_random_search(path: str | Path, rs: Any, specs: dict[str, Any]) -> list[dict[str, Any]]:
+def _check_random_search(path: str | Path, rs: Any, specs: dict[str, Any],
+                         seeds: list[int]) -> list[dict[str, Any]]:
     """The random-search baselines of a study file, each with a name (none: an empty list)."""
     if rs is None:
         return []
@@ -182,9 +183,11 @@ def _check_random_search(path: str | Path, rs: Any, specs: dict[str, Any]) -> li
                type(r.get("seconds", 1)) in (int, float) and r.get("seconds", 1) > 0 and
                type(r.get("lr", 1.0)) in (int, float) and r.get("lr", 1.0) > 0 and
                isinstance(net, dict) and set(net) <= {"C", "cells_per_stage"} and
-               all(type(v) is int and v >= 1 for v in net.values()),
+               all(type(v) is int and v >= 1 for v in net.values()) and
+               isinstance(r.get("seeds", seeds), list) and
+               all(type(x) is int for x in r.get("seeds", seeds)),
                f"{where}: expected {{name: NAME, epochs: N >= 1, seconds: S > 0, lr: LR > 0, "
-               "network: {C: N, cells_per_stage: N}} or null")
+               "network: {C: N, cells_per_stage: N}, seeds: [S, ...]} or null")
         name = str(r.get("name", "random_search"))
         _check(bool(re.fullmatch(r"[A-Za-z0-9_.-]+", name)) and name not in specs and
                name not in (o["name"] for o in out) and name != "sweep",
@@ -516,7 +519,8 @@ def run_study(study: Study, out: Path, jobs: int) -> int:
     swept = [(limit, seed, out / "runs" / "sweep" / f"{sweep['metric']}_{limit:g}" / f"seed_{seed}")
              for limit in sweep["budgets"] for seed in sweep["seeds"]] if sweep else []
     randoms = [(rs, seed, out / "runs" / rs["name"] / f"seed_{seed}")
-               for rs in study.random_search for seed in study.seeds]
+               for rs in study.random_search for seed in study.seeds
+               if seed in rs.get("seeds", study.seeds)]
     bar = tqdm(total=len(runs) + len(swept) + len(randoms), unit="run",
                disable=not sys.stderr.isatty())
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -182,17 +183,21 @@ def test_random_search_picks_by_validation_only(workdir):
 def test_two_random_searches_each_get_a_row_and_their_own_runs(workdir, capsys):
     path = write_study(workdir / "s.yaml", methods={"a": {"config": "tiny.yaml"}}, published=False,
                        random_search=[{"epochs": 1}, {"name": "deep", "epochs": 1, "lr": 0.05,
-                                                      "network": {"cells_per_stage": 2}}])
-    assert study.main([str(path), "--out", "out"]) == 0
+                                                      "network": {"cells_per_stage": 2},
+                                                      "seeds": [0, 7]}])
+    assert study.main([str(path), "--out", "out", "--seeds", "0", "1"]) == 0
     out = capsys.readouterr().out
     data = json.loads((workdir / "out" / "study.json").read_text())
-    assert sorted(r["method"] for r in data["random_search"]) == ["deep", "random_search"]
+    assert sorted((r["method"], r["seed"]) for r in data["random_search"]) == [
+        ("deep", 0), ("random_search", 0), ("random_search", 1)]  # deep: only its seeds of the study's
     assert set(data["random_search_summary"]) == {"deep", "random_search"}
     for name in ("random_search", "deep"):
         picked = json.loads((workdir / "out" / "runs" / name / "seed_0" / "result.json").read_text())
-        (rec,) = [r for r in data["random_search"] if r["method"] == name]
-        assert rec["arch"] == picked["arch"] and picked["budget"] == data["runs"][0]["seconds"]
-    assert "| random search, same wall time (1 epoch(s) per cell) | 1 |" in out
+        (rec,) = [r for r in data["random_search"] if r["method"] == name and r["seed"] == 0]
+        assert rec["arch"] == picked["arch"]
+        assert picked["budget"] == pytest.approx(statistics.mean(r["seconds"] for r in data["runs"]))
+    assert not (workdir / "out" / "runs" / "deep" / "seed_1").exists()
+    assert "| random search, same wall time (1 epoch(s) per cell) | 2 |" in out
     assert "| `deep`: random search, same wall time (1 epoch(s) per cell, cells_per_stage=2, lr 0.05) | 1 |" in out
 
 
@@ -327,10 +332,11 @@ def test_the_few_shot_study_runs_the_shipped_config_beside_both_random_searches(
     cfg = nas.config.load_config(s.methods["few_shot"].config, s.methods["few_shot"].sets)
     assert cfg == shipped and cfg.search.few_shot.epochs > 0 and s.budget == {"macs": 8e7}
     assert s.seeds == [10, 11, 12, 13, 14] and len(s.random_search) == 2
-    assert s.random_search[0] == {"epochs": 3, "name": "random_search"}  # as in the one-shot study
+    assert s.random_search[0] == {"epochs": 3, "name": "random_search", "seeds": [10, 11, 12]}
     f = cfg.search.few_shot  # the second random search trains its cells as the phase does
     (deep,) = [x for x in s.random_search if x["name"] != "random_search"]
     assert deep == {"name": "random_search_select", "epochs": f.select_epochs, "lr": f.select_lr,
                     "network": {"C": f.select_network["C"],
-                                "cells_per_stage": cfg.network["cells_per_stage"]}}
+                                "cells_per_stage": cfg.network["cells_per_stage"]},
+                    "seeds": [10, 11, 12]}
     assert f.select_batch_size == cfg.search.batch_size  # the baseline trains at the search's batch
