@@ -235,10 +235,13 @@ def child(cmd: list[str], jobs: int) -> float:
 
 
 def logged_seconds(run: Path) -> float:
-    """Seconds of the epochs metrics.jsonl records (the last line of each epoch counts)."""
-    path = run / "metrics.jsonl"
+    """Seconds of the epochs metrics.jsonl records (the last line of each epoch counts), and of
+    the few-shot parts few_shot.json records."""
+    path, parts = run / "metrics.jsonl", run / "few_shot.json"
     lines = path.read_text().splitlines() if path.is_file() else []
-    return sum({r["epoch"]: r.get("seconds") or 0.0 for r in map(json.loads, lines)}.values())
+    epochs = sum({r["epoch"]: r.get("seconds") or 0.0 for r in map(json.loads, lines)}.values())
+    done = json.loads(parts.read_text()).get("parts", {}) if parts.is_file() else {}
+    return epochs + sum(p.get("seconds") or 0.0 for p in done.values())
 
 
 def search_run(study: Study, name: str, seed: int, run: Path, jobs: int,

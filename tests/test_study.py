@@ -340,3 +340,16 @@ def test_the_few_shot_study_runs_the_shipped_config_beside_both_random_searches(
                                 "cells_per_stage": cfg.network["cells_per_stage"]},
                     "seeds": [10, 11, 12]}
     assert f.select_batch_size == cfg.search.batch_size  # the baseline trains at the search's batch
+
+
+def test_a_resumed_run_counts_the_time_of_its_finished_epochs_and_few_shot_parts(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    assert study.logged_seconds(run) == 0.0
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        {"epoch": 1, "seconds": 2.0}, {"epoch": 2, "seconds": 3.0},
+        {"epoch": 2, "seconds": 4.0}]) + "\n")  # a resumed epoch: its last line counts
+    assert study.logged_seconds(run) == 6.0
+    (run / "few_shot.json").write_text(json.dumps(
+        {"edge": ["cell", 3], "parts": {"none": {"seconds": 10.0}, "skip_connect": {"seconds": 20.5}}}))
+    assert study.logged_seconds(run) == 36.5
