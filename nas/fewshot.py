@@ -31,7 +31,7 @@ from .data import Batches, load_split, seed_of, split_indices
 from .genotype import Genotype, edge_inputs, num_nodes
 from .runtime import in_layout, seed_everything
 from .spaces import build_network
-from .supernet import Supernet
+from .supernet import Supernet, canonical_order
 
 STATE = "few_shot.json"
 FIXED = -1.0e4  # a logit that is never drawn, and that carries no gradient to speak of
@@ -182,7 +182,8 @@ def run_few_shot(setup: Any, run_dir: Path, arch_update: Callable[..., Any],
     bar = tqdm(total=todo * (f.epochs + f.select_epochs), desc="few-shot", unit="epoch",
                disable=quiet or None, leave=False)
     try:
-        for k, op in enumerate(ops):
+        for k in canonical_order(ops):  # by name: a reordered op list runs the same phase
+            op = ops[k]
             if op in parts:
                 continue
             started = time.time()

@@ -83,12 +83,16 @@ def _record_samples(monkeypatch) -> list[list[str]]:
     # knapsack derivation must not depend on the op order either
     {"estimator": "reinforce", "weight_sampling": "params",
      "budget": {"macs": 2.0e6, "image_size": 8, "dual_lr": 0.5}},
-], ids=["gdas", "reinforce", "st-gumbel_rao", "softmax", "reinforce-budget"])
+    # and the few-shot phase: the same split edge, parts and pick, by name
+    {"estimator": "reinforce", "weight_sampling": "params",
+     "budget": {"macs": 2.0e6, "image_size": 8, "dual_lr": 0.5},
+     "few_shot": {"epochs": 1, "select_epochs": 1, "select_batch_size": 16}},
+], ids=["gdas", "reinforce", "st-gumbel_rao", "softmax", "reinforce-budget", "few-shot"])
 def test_a_reordered_search_is_the_same_run_up_to_names(tmp_path, cifar_root, monkeypatch,
                                                          capsys, search):
     """A whole search: the same ops run at every step, the same genotype, the logits equal bit
     for bit after reordering the columns."""
-    runs = {}
+    runs, parts = {}, {}
     for ops in (OPS, SHUFFLED):
         cfg = {"space": "nasbench201", "seed": 3,
                "data": {"root": str(cifar_root), "image_size": 8, "pad": 1, "workers": 0},
@@ -103,6 +107,10 @@ def test_a_reordered_search_is_the_same_run_up_to_names(tmp_path, cifar_root, mo
         monkeypatch.undo()
         state = torch.load(run / "checkpoint.pt", weights_only=True)["model"]
         runs[ops] = seen, nas.Genotype.load(run / "genotype.json"), state["arch_logits.cell"]
+        if "few_shot" in search:
+            few = json.loads((run / "few_shot.json").read_text())
+            parts[ops] = few["edge"], {op: {k: v for k, v in p.items() if k != "seconds"}
+                                       for op, p in few["parts"].items()}
         if "budget" in search:  # the constraint was active and every derived cell fits
             epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
             assert max(e["budget_lambda_macs"] for e in epochs) > 0
@@ -114,3 +122,5 @@ def test_a_reordered_search_is_the_same_run_up_to_names(tmp_path, cifar_root, mo
     perm = [OPS.index(name) for name in SHUFFLED]
     assert torch.equal(logits_b, logits_a[:, perm])
     assert (logits_a - logits_a.mean()).abs().max() > 0.05  # the logits did move
+    if "few_shot" in search:
+        assert parts[OPS] == parts[SHUFFLED] and len(parts[OPS][1]) == 5
