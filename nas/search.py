@@ -288,6 +288,12 @@ def build_search(cfg: Config, saved_costs: Path | None = None) -> SearchSetup:
     model = build_supernet(cfg.space, data.num_classes, s.mode, cfg.seed, cfg.supernet,
                            edge_topk=s.edge_topk).to(device)
     check_supernet(model, cfg.space, data.num_classes, cfg.data.image_size)  # before any file
+    if s.few_shot.epochs:  # the phase's network options fail now, not after the search
+        try:
+            build_network(cfg.space, model.genotype(), data.num_classes,
+                          {**cfg.network, **s.few_shot.select_network})
+        except InputError as exc:
+            raise InputError(f"search.few_shot.select_network: {exc}") from None
     layout = channels_last(s.channels_last, device)
     if layout:
         model = model.to(memory_format=torch.channels_last)

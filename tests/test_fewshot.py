@@ -173,3 +173,11 @@ def test_few_shot_needs_a_hard_sample(root, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "search.few_shot: fixing an edge's op needs search.mode: gdas" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_bad_select_network_options_fail_before_the_run(root, tmp_path, capsys):
+    code = search(root, tmp_path / "run", "--set", "search.few_shot.select_network.width=8")
+    err = capsys.readouterr().err
+    assert code == 2 and "search.few_shot.select_network: network.width: unknown key" in err
+    assert err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
