@@ -32,6 +32,7 @@ from .genotype import Genotype, edge_inputs, num_nodes
 from .runtime import in_layout, seed_everything
 from .spaces import build_network
 from .supernet import Supernet, canonical_order
+from .train import _outputs, evaluate_model
 
 STATE = "few_shot.json"
 FIXED = -1.0e4  # a logit that is never drawn, and that carries no gradient to speak of
@@ -54,8 +55,8 @@ def fix_edge(model: Supernet, kind: str, edge: int, op: int) -> None:
         row[op] = 0.0
 
 
-def _fixed_sampling(model: Supernet, logits: dict[str, torch.Tensor] | None, kind: str, edge: int,
-                    op: int) -> dict[str, torch.Tensor] | None:
+def fixed_sampling(model: Supernet, logits: dict[str, torch.Tensor] | None, kind: str, edge: int,
+                   op: int) -> dict[str, torch.Tensor] | None:
     """The weight steps' sampling logits with ``edge`` fixed (None: they follow the logits)."""
     if logits is None:
         return None
@@ -79,7 +80,7 @@ def search_part(setup: Any, kind: str, edge: int, op: int, arch_update: Callable
     cfg, model, budget = setup.cfg, setup.model, setup.budget
     s, f = cfg.search, cfg.search.few_shot
     fix_edge(model, kind, edge, op)
-    sampling = _fixed_sampling(model, setup.weight_logits, kind, edge, op)
+    sampling = fixed_sampling(model, setup.weight_logits, kind, edge, op)
     lr = f.lr if f.lr is not None else s.lr
     w_opt = torch.optim.SGD(model.weight_parameters(), lr, momentum=s.momentum,
                             weight_decay=s.weight_decay, nesterov=s.nesterov and s.momentum > 0)
@@ -107,9 +108,8 @@ def search_part(setup: Any, kind: str, edge: int, op: int, arch_update: Callable
 
 
 def _holds(genotype: Genotype, model: Supernet, kind: str, edge: int, op: str) -> bool:
-    """Whether ``genotype`` keeps ``op`` on ``edge`` (or drops the edge, as a top-k cell may)."""
-    if model.cell_inputs is None:  # no edge layout to read: a budget needs one, so unreachable
-        return True
+    """Whether ``genotype`` keeps ``op`` on ``edge`` (or drops the edge, as a top-k cell may).
+    Only budgeted runs ask, and a budget's cost table needs the cell's edge layout."""
     node, src = edge_inputs(model.cell_inputs, num_nodes(model.arch_logits[kind].shape[0],
                                                            model.cell_inputs))[edge]
     return all(o == op for o, j in genotype.cells[kind][node] if j == src)
@@ -134,9 +134,8 @@ def select_score(cfg: Any, genotype: Genotype, num_classes: int, device: torch.d
             train.set_epoch(epoch)
             net.train()
             for x, y in train:
-                out = net(x)
-                out = out[0] if isinstance(out, tuple) else out  # an auxiliary head's pair
-                loss = F.cross_entropy(out, y)
+                logits, _ = _outputs(net(x))  # an auxiliary head's output is left out
+                loss = F.cross_entropy(logits, y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.search.grad_clip > 0:
@@ -144,16 +143,9 @@ def select_score(cfg: Any, genotype: Genotype, num_classes: int, device: torch.d
                 opt.step()
             sched.step()
             progress()
-        net.eval()
-        loss_sum = correct = count = 0.0
         with torch.no_grad():
-            for x, y in Batches(data.subset(a_idx), 256, train=False, device=device, workers=0):
-                out = net(x)
-                out = out[0] if isinstance(out, tuple) else out
-                loss_sum += F.cross_entropy(out.float(), y, reduction="sum").item()
-                correct += (out.argmax(1) == y).sum().item()
-                count += len(y)
-    return loss_sum / count, 100.0 * correct / count
+            return evaluate_model(net, Batches(data.subset(a_idx), 256, train=False,
+                                               device=device, workers=0))
 
 
 def run_few_shot(setup: Any, run_dir: Path, arch_update: Callable[..., Any],

@@ -44,6 +44,7 @@ from nas.budget import fits  # noqa: E402
 from nas.config import load_config  # noqa: E402
 from nas.data import Batches, load_split, split_indices  # noqa: E402
 from nas.errors import InputError  # noqa: E402
+from nas.fewshot import fixed_sampling  # noqa: E402
 from nas.genotype import Genotype  # noqa: E402
 from nas.runtime import resume_from  # noqa: E402
 from nas.search import COSTS, SearchSetup, build_search, weight_step  # noqa: E402
@@ -101,10 +102,9 @@ def edge_ops(genotype: Genotype) -> list[str]:
 def finetune_with_edge(setup: SearchSetup, edge: int, op: int, epochs: int, lr: float) -> None:
     """Train ``setup.model``'s weights ``epochs`` more on the weight split, ``edge`` fixed to ``op``."""
     s, model = setup.cfg.search, setup.model
-    base = setup.weight_logits or {k: v.detach() for k, v in model.arch_logits.items()}
-    logits = {k: v.expand_as(model.arch_logits[k]).clone() for k, v in base.items()}  # a row per edge
-    logits["cell"][edge] = torch.full_like(logits["cell"][edge], -1e4)  # never drawn: exp underflows
-    logits["cell"][edge, op] = 0.0
+    # the search's weight sampling (or its logits, when the weights follow them), that edge fixed
+    logits = fixed_sampling(model, setup.weight_logits or
+                            {k: v.detach() for k, v in model.arch_logits.items()}, "cell", edge, op)
     opt = torch.optim.SGD(model.weight_parameters(), lr, momentum=s.momentum,
                           nesterov=s.nesterov and s.momentum > 0,
                           weight_decay=s.weight_decay)
