@@ -71,6 +71,8 @@ class FewShotConfig:
     select_lr: float = 0.05             # SGD, cosine to 0
     select_batch_size: int = 64         # its batch
     select_network: dict = field(default_factory=dict)  # network: options it overrides (C: 8)
+    workers: int | None = None          # CPU processes running parts side by side, sharing the
+                                        # run's threads; null: one per thread; 1: in this process
 
 
 @dataclass
@@ -320,6 +322,8 @@ def _check_ranges(cfg: Config) -> None:
     need(f.epochs >= 0, f"search.few_shot.epochs: must be >= 0 (0: off), got {f.epochs}")
     need(f.lr is None or f.lr > 0, f"search.few_shot.lr: must be positive or null, got {f.lr}")
     need(f.select_epochs >= 1, f"search.few_shot.select_epochs: must be at least 1, got {f.select_epochs}")
+    need(f.workers is None or 1 <= f.workers <= MAX_THREADS,
+         f"search.few_shot.workers: must be from 1 to {MAX_THREADS} or null, got {f.workers}")
     need(f.select_lr > 0, f"search.few_shot.select_lr: must be positive, got {f.select_lr}")
     need(f.select_batch_size >= 1,
          f"search.few_shot.select_batch_size: must be at least 1, got {f.select_batch_size}")

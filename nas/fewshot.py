@@ -12,15 +12,23 @@ from scratch for ``few_shot.select_epochs`` on the weight split, in the ``networ
 search derives for (``select_network`` overrides its options, such as a smaller C), and scored
 on the architecture split. The best becomes the search's genotype. ``few_shot.json`` in the run
 holds each part's cell and score; a resumed run keeps the parts it finished.
+
+The parts are independent: on a CPU they run side by side in forked processes that share the
+run's threads (``few_shot.workers``). Every part starts from the same seed, so a part's cell does
+not depend on which process ran it, or on the parts before it.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
 import json
+import multiprocessing as mp
+import pickle
+import queue
+import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +77,9 @@ def fixed_sampling(model: Supernet, logits: dict[str, torch.Tensor] | None, kind
 
 def settings(cfg: Any) -> dict[str, Any]:
     """What a finished part depends on beyond the search: a resumed run reuses it only if equal."""
-    return dataclasses.asdict(cfg.search.few_shot)
+    out = dataclasses.asdict(cfg.search.few_shot)
+    del out["workers"]  # where the parts run does not change them
+    return out
 
 
 def search_part(setup: Any, kind: str, edge: int, op: int, arch_update: Callable[..., Any],
@@ -155,50 +165,63 @@ def run_few_shot(setup: Any, run_dir: Path, arch_update: Callable[..., Any],
     f = cfg.search.few_shot
     path = run_dir / STATE
     saved = json.loads(path.read_text()) if path.is_file() else {}
-    searched = copy.deepcopy(model.state_dict())
-    multipliers = setup.budget.multipliers.clone() if setup.budget is not None else None
     if saved.get("edge") and saved.get("settings") == settings(cfg):
         kind, edge = saved["edge"]
     else:
         kind, edge = certain_edge(model)
         saved = {}
     parts: dict[str, dict] = saved.get("parts", {})
+    spent = saved.get("phase_seconds", 0.0)
     ops = model.op_names[kind]
+    todo = [k for k in canonical_order(ops) if ops[k] not in parts]  # by name: a reordered op
+    workers, threads = _processes(setup, len(todo))                   # list runs the same phase
     name = model.edge_names(kind)[edge] + (f" of the {kind} cell" if kind != "cell" else "")
+    where = f"; {_n(len(todo), 'part')} to run in {workers} processes of {_n(threads, 'thread')}" \
+        if workers > 1 else ""
     say(f"few-shot: {len(ops)} parts, edge {name} fixed to each op ({_n(f.epochs, 'epoch')} each "
         f"from the searched supernet); each part's cell trained {_n(f.select_epochs, 'epoch')} "
-        "from scratch on the weight split, the best on the architecture split kept")
+        f"from scratch on the weight split, the best on the architecture split kept{where}")
     data = load_split(cfg.data, train=True)
     w_idx, a_idx = split_indices(len(data), cfg.data.split, cfg.seed)
-    todo = sum(1 for op in ops if op not in parts)
-    bar = tqdm(total=todo * (f.epochs + f.select_epochs), desc="few-shot", unit="epoch",
+    searched = copy.deepcopy(model.state_dict())
+    multipliers = setup.budget.multipliers.clone() if setup.budget is not None else None
+
+    def part(k: int, progress: Callable[[], None]) -> dict[str, Any]:
+        started = time.time()
+        model.load_state_dict(searched)
+        if multipliers is not None:
+            setup.budget.multipliers = multipliers.clone()
+        seed_everything(seed_of(cfg.seed, 8))  # every part draws the same numbers, in any process
+        genotype = search_part(setup, kind, edge, k, arch_update, progress)
+        out: dict[str, Any] = {"genotype": None, "loss": None, "acc": None}
+        if genotype is not None:
+            loss, acc = select_score(cfg, genotype, setup.num_classes, setup.device, data,
+                                     w_idx, a_idx, progress)
+            out = {"genotype": genotype.to_dict(), "loss": loss, "acc": acc}
+        else:
+            for _ in range(f.select_epochs):
+                progress()
+        return {**out, "seconds": time.time() - started}
+
+    bar = tqdm(total=len(todo) * (f.epochs + f.select_epochs), desc="few-shot", unit="epoch",
                disable=quiet or None, leave=False)
+    began = time.time()
+    jobs = [(ops[k], lambda progress, k=k: part(k, progress)) for k in todo]
+    finished = (in_processes(jobs, workers, threads, lambda: bar.update(1)) if workers > 1 else
+                ((op, job(lambda: bar.update(1))) for op, job in jobs))
     try:
-        for k in canonical_order(ops):  # by name: a reordered op list runs the same phase
-            op = ops[k]
-            if op in parts:
-                continue
-            started = time.time()
-            model.load_state_dict(searched)
-            if multipliers is not None:
-                setup.budget.multipliers = multipliers.clone()
-            genotype = search_part(setup, kind, edge, k, arch_update, lambda: bar.update(1))
-            part: dict[str, Any] = {"genotype": None, "loss": None, "acc": None}
-            if genotype is not None:
-                loss, acc = select_score(cfg, genotype, setup.num_classes, setup.device, data,
-                                         w_idx, a_idx, lambda: bar.update(1))
-                part = {"genotype": genotype.to_dict(), "loss": loss, "acc": acc}
-            else:
-                bar.update(f.select_epochs)
-            part["seconds"] = time.time() - started
-            parts[op] = part
-            _write(path, {"edge": [kind, edge], "settings": settings(cfg), "parts": parts})
+        for op, result in finished:
+            parts[op] = result
+            _write(path, {"edge": [kind, edge], "settings": settings(cfg), "parts": parts,
+                          "phase_seconds": spent + time.time() - began})
+            genotype = Genotype.from_dict(result["genotype"]) if result["genotype"] else None
             bench = ""
             if genotype is not None and setup.table is not None:
                 bench = f"; NAS-Bench-201 cifar10 {setup.table.query(genotype).accuracy['cifar10']:.2f}"
-            say(f"  {op}: " + (f"{genotype}, {part['acc']:.2f}% on the architecture split{bench}"
+            say(f"  {op}: " + (f"{genotype}, {result['acc']:.2f}% on the architecture split{bench}"
                                if genotype is not None else "no cell with it there fits the budget"))
     finally:
+        finished.close()  # stops any part's process still running
         bar.close()
         model.load_state_dict(searched)  # the checkpoint's supernet, as the search left it
         if multipliers is not None:
@@ -210,6 +233,72 @@ def run_few_shot(setup: Any, run_dir: Path, arch_update: Callable[..., Any],
     say(f"few-shot pick: the part with {best} on edge {name} ({parts[best]['acc']:.2f}%)")
     genotype = Genotype.from_dict(parts[best]["genotype"])
     return dataclasses.replace(genotype, space=genotype.space or cfg.space)
+
+
+def _processes(setup: Any, parts: int) -> tuple[int, int]:
+    """(processes, threads each) for ``parts`` parts: several only on a CPU that can fork."""
+    threads = setup.threads.count if setup.threads is not None else torch.get_num_threads()
+    chosen = setup.cfg.search.few_shot.workers
+    if setup.device.type != "cpu" or not can_fork() or parts < 2:
+        return 1, threads
+    workers = min(parts, chosen if chosen is not None else threads)
+    return workers, max(1, threads // workers) if workers > 1 else threads
+
+
+def can_fork() -> bool:
+    """Whether parts may run in forked processes (Linux: a forked child shares the searched
+    supernet, the data and any search space registered in this process, without pickling)."""
+    return sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods()
+
+
+def in_processes(jobs: list[tuple[str, Callable[[Callable[[], None]], dict]]], workers: int,
+                 threads: int, progress: Callable[[], None]) -> Iterator[tuple[str, dict]]:
+    """Run ``jobs`` (name, job(progress) -> result) in at most ``workers`` forked processes of
+    ``threads`` threads; yield (name, result) as each finishes. A job's error is raised here."""
+    ctx = mp.get_context("fork")
+    messages = ctx.Queue()
+    waiting, running = list(jobs), {}
+    try:
+        while waiting or running:
+            while waiting and len(running) < workers:
+                name, job = waiting.pop(0)
+                proc = ctx.Process(target=_child, args=(name, job, threads, messages),
+                                   name=f"few-shot {name}")
+                proc.start()
+                running[name] = proc
+            try:
+                what, name, value = messages.get(timeout=1.0)
+            except queue.Empty:
+                for name, proc in running.items():
+                    if proc.exitcode is not None and messages.empty():
+                        raise RuntimeError(f"few-shot: the process of part {name} stopped "
+                                           f"(exit code {proc.exitcode}) before its result")
+                continue
+            if what == "epoch":
+                progress()
+            elif what == "error":
+                raise value
+            else:
+                running.pop(name).join()
+                yield name, value
+    finally:
+        for proc in running.values():
+            proc.terminate()
+        for proc in running.values():
+            proc.join()
+
+
+def _child(name: str, job: Callable[[Callable[[], None]], dict], threads: int,
+           messages: Any) -> None:
+    torch.set_num_threads(threads)  # before any op: a forked OpenMP pool is not reused
+    try:
+        messages.put(("done", name, job(lambda: messages.put(("epoch", name, None)))))
+    except BaseException as exc:  # noqa: BLE001 - raised again in the parent
+        try:
+            pickle.dumps(exc)
+        except Exception:
+            exc = RuntimeError(f"few-shot part {name}: {type(exc).__name__}: {exc}")
+        messages.put(("error", name, exc))
 
 
 def _n(count: int, word: str) -> str:

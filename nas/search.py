@@ -268,8 +268,8 @@ def build_search(cfg: Config, saved_costs: Path | None = None) -> SearchSetup:
     device = dist.local_device(resolve_device(cfg.device))
     dist.per_rank_batch(s.batch_size, "search.batch_size")
     if s.few_shot.epochs and dist.world_size() > 1:
-        raise InputError("search.few_shot: the few-shot phase runs in one process; run the search "
-                         "without torchrun, or set search.few_shot.epochs=0")
+        raise InputError("search.few_shot: the few-shot phase does not run under torchrun; run the "
+                         "search without torchrun, or set search.few_shot.epochs=0")
     threads = use_threads(cfg.threads)
     if device.type == "cpu":
         keep_freed_memory()  # no page faults re-touching each step's activations

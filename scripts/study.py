@@ -236,12 +236,14 @@ def child(cmd: list[str], jobs: int) -> float:
 
 def logged_seconds(run: Path) -> float:
     """Seconds of the epochs metrics.jsonl records (the last line of each epoch counts), and of
-    the few-shot parts few_shot.json records."""
+    the few-shot phase few_shot.json records (before it kept its wall time: its parts' sum)."""
     path, parts = run / "metrics.jsonl", run / "few_shot.json"
     lines = path.read_text().splitlines() if path.is_file() else []
     epochs = sum({r["epoch"]: r.get("seconds") or 0.0 for r in map(json.loads, lines)}.values())
-    done = json.loads(parts.read_text()).get("parts", {}) if parts.is_file() else {}
-    return epochs + sum(p.get("seconds") or 0.0 for p in done.values())
+    state = json.loads(parts.read_text()) if parts.is_file() else {}
+    if "phase_seconds" in state:  # parts that ran side by side: the phase's wall time
+        return epochs + state["phase_seconds"]
+    return epochs + sum(p.get("seconds") or 0.0 for p in state.get("parts", {}).values())
 
 
 def search_run(study: Study, name: str, seed: int, run: Path, jobs: int,

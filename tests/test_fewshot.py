@@ -3,7 +3,11 @@ short training of each part's cell (nas/fewshot.py)."""
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,6 +21,7 @@ from nas.config import load_config
 from nas.errors import InputError
 from nas.genotype import Genotype
 from nas.search import COSTS, build_search
+from nas.threads import Threads
 from search_spaces.nasbench201 import PRIMITIVES, NB201Supernet
 
 TINY = {"space": "nasbench201", "device": "cpu",
@@ -181,3 +186,78 @@ def test_bad_select_network_options_fail_before_the_run(root, tmp_path, capsys):
     assert code == 2 and "search.few_shot.select_network: network.width: unknown key" in err
     assert err.count("\n") == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_parts_in_processes_give_the_parts_of_one_process(root, finished, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    for name in (nas.fewshot.STATE, "genotype.json"):
+        (run / name).unlink()
+    chosen = []
+
+    def two_processes(setup, parts):
+        chosen.append(parts)
+        return 2, 1
+
+    monkeypatch.setattr(nas.fewshot, "_processes", two_processes)
+    real, forked = nas.fewshot.in_processes, []
+
+    def in_processes(jobs, workers, threads, progress):
+        for op, part in real(jobs, workers, threads, progress):
+            forked.append(op)
+            yield op, part
+
+    monkeypatch.setattr(nas.fewshot, "in_processes", in_processes)
+    assert nas_main(["search", "--resume", str(run), "--quiet", "--data-dir", str(root / "data"),
+                     "--threads", "1"]) == 0
+    assert chosen == [len(PRIMITIVES)] and sorted(forked) == sorted(PRIMITIVES)
+    strip = lambda s: {op: {k: v for k, v in p.items() if k != "seconds"} for op, p in s["parts"].items()}
+    a = json.loads((finished / nas.fewshot.STATE).read_text())
+    b = json.loads((run / nas.fewshot.STATE).read_text())
+    assert a["edge"] == b["edge"] and strip(a) == strip(b)  # the same numbers, to the last bit
+    assert b["phase_seconds"] > 0
+    assert Genotype.load(run / "genotype.json") == Genotype.load(finished / "genotype.json")
+
+
+@pytest.mark.skipif(not nas.fewshot.can_fork(), reason="parts run in processes only where fork is")
+def test_a_part_process_that_fails_stops_the_phase_with_its_error():
+    def fine(progress):
+        progress()
+        return {"pid": os.getpid()}
+
+    def broken(progress):
+        raise ValueError("the part's own message")
+
+    def killed(progress):
+        os._exit(3)
+
+    ticks = []
+    done = dict(nas.fewshot.in_processes([("a", fine), ("b", fine), ("c", fine)], 2, 1,
+                                         lambda: ticks.append(1)))
+    assert sorted(done) == ["a", "b", "c"] and len(ticks) == 3
+    assert os.getpid() not in {d["pid"] for d in done.values()}
+    with pytest.raises(ValueError, match="the part's own message"):
+        list(nas.fewshot.in_processes([("a", fine), ("b", broken)], 2, 1, lambda: None))
+    with pytest.raises(RuntimeError, match="the process of part c stopped \\(exit code 3\\)"):
+        list(nas.fewshot.in_processes([("c", killed)], 2, 1, lambda: None))
+    assert not multiprocessing.active_children()  # nothing left running
+
+
+@pytest.mark.parametrize("threads, workers, parts, device, expected", [
+    (2, None, 5, "cpu", (2, 1)),   # one process per thread, one thread each
+    (4, 2, 5, "cpu", (2, 2)),      # the threads shared among the processes
+    (2, 1, 5, "cpu", (1, 2)),      # in this process, with every thread
+    (8, None, 3, "cpu", (3, 2)),   # no more processes than parts
+    (2, None, 1, "cpu", (1, 2)),
+    (2, None, 5, "cuda", (1, 2)),  # one device: in this process
+])
+def test_how_many_processes_run_the_parts(threads, workers, parts, device, expected):
+    cfg = load_config(None, [f"search.few_shot.workers={'null' if workers is None else workers}"])
+    setup = SimpleNamespace(cfg=cfg, device=torch.device(device), threads=Threads(threads, "test"))
+    got = nas.fewshot._processes(setup, parts)
+    assert got == (expected if nas.fewshot.can_fork() else (1, threads))
+
+
+def test_bad_workers_fail_in_one_line(root):
+    with pytest.raises(InputError, match="search.few_shot.workers: must be from 1 to 1024 or null"):
+        load_config(root / "tiny.yaml", ["search.few_shot.workers=0"])

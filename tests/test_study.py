@@ -353,3 +353,7 @@ def test_a_resumed_run_counts_the_time_of_its_finished_epochs_and_few_shot_parts
     (run / "few_shot.json").write_text(json.dumps(
         {"edge": ["cell", 3], "parts": {"none": {"seconds": 10.0}, "skip_connect": {"seconds": 20.5}}}))
     assert study.logged_seconds(run) == 36.5
+    (run / "few_shot.json").write_text(json.dumps(  # parts side by side: the phase's wall time
+        {"edge": ["cell", 3], "phase_seconds": 18.0,
+         "parts": {"none": {"seconds": 10.0}, "skip_connect": {"seconds": 20.5}}}))
+    assert study.logged_seconds(run) == 24.0
