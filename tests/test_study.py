@@ -332,6 +332,8 @@ def test_the_few_shot_study_runs_the_shipped_config_beside_both_random_searches(
     cfg = nas.config.load_config(s.methods["few_shot"].config, s.methods["few_shot"].sets)
     assert cfg == shipped and cfg.search.few_shot.epochs > 0 and s.budget == {"macs": 8e7}
     assert s.seeds == [10, 11, 12, 13, 14] and len(s.random_search) == 2
+    assert s.sweep == {"method": "few_shot", "metric": "macs", "budgets": [3e7, 6e7, 1e8, 1.5e8],
+                       "seeds": [10]}  # the one-shot study's sweep, with the phase
     assert s.random_search[0] == {"epochs": 3, "name": "random_search", "seeds": [10, 11, 12]}
     f = cfg.search.few_shot  # the second random search trains its cells as the phase does
     (deep,) = [x for x in s.random_search if x["name"] != "random_search"]
