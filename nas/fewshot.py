@@ -242,7 +242,7 @@ def _processes(setup: Any, parts: int) -> tuple[int, int]:
     if setup.device.type != "cpu" or not can_fork() or parts < 2:
         return 1, threads
     workers = min(parts, chosen if chosen is not None else threads)
-    return workers, max(1, threads // workers) if workers > 1 else threads
+    return workers, max(1, threads // workers)
 
 
 def can_fork() -> bool:
