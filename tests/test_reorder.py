@@ -90,8 +90,8 @@ def _record_samples(monkeypatch) -> list[list[str]]:
 ], ids=["gdas", "reinforce", "st-gumbel_rao", "softmax", "reinforce-budget", "few-shot"])
 def test_a_reordered_search_is_the_same_run_up_to_names(tmp_path, cifar_root, monkeypatch,
                                                          capsys, search):
-    """A whole search: the same ops run at every step, the same genotype, the logits equal bit
-    for bit after reordering the columns."""
+    """A whole search: the same ops run at every step, the same genotype, the logits equal after
+    reordering the columns (to float rounding of the gradient clip, see below)."""
     runs, parts = {}, {}
     for ops in (OPS, SHUFFLED):
         cfg = {"space": "nasbench201", "seed": 3,
@@ -120,7 +120,10 @@ def test_a_reordered_search_is_the_same_run_up_to_names(tmp_path, cifar_root, mo
     assert seen_a == seen_b and (len(seen_a) >= 3 * 2 * 2 or search.get("mode") == "softmax")
     assert genotype_a == genotype_b
     perm = [OPS.index(name) for name in SHUFFLED]
-    assert torch.equal(logits_b, logits_a[:, perm])
+    # Not bit for bit: the weight step clips the gradient by the norm of all per-parameter norms,
+    # summed in module order, which the op order changes; how that sum rounds depends on the
+    # CPU's vector width (5e-7 apart on an AMD EPYC in softmax mode, where every op has a gradient).
+    torch.testing.assert_close(logits_b, logits_a[:, perm], rtol=0, atol=1e-5)
     assert (logits_a - logits_a.mean()).abs().max() > 0.05  # the logits did move
     if "few_shot" in search:
         assert parts[OPS] == parts[SHUFFLED] and len(parts[OPS][1]) == 5
