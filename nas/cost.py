@@ -355,8 +355,9 @@ def build_cost_table(model: Supernet, build: Callable[[Genotype], nn.Module], im
     how = {"params": "counted: every parameter of the network, an auxiliary head excluded",
            "macs": f"counted with torch.utils.flop_counter, one {image_size}x{image_size} image"}
     if timed:
-        how["latency_ms"] = (f"lookup table measured on {device} ({torch.get_num_threads()} "
-                             f"threads), batch {latency_batch}, {image_size}x{image_size}: the "
+        n = torch.get_num_threads()
+        how["latency_ms"] = (f"lookup table measured on {device} ({n} thread{'s' if n != 1 else ''}"
+                             f"), batch {latency_batch}, {image_size}x{image_size}: the "
                              f"median of {latency_runs} timed runs after 5 warm-up runs, each op "
                              "alone, scaled with the rest of the network to fit the probe networks' "
                              "measured times")

@@ -24,28 +24,14 @@ import torch
 from torch import Tensor, nn
 
 from .errors import InputError
-from .genotype import Genotype
 from .network import set_drop_path
-from .runtime import CHECKPOINT, first_mismatch, load_checkpoint
+from .trained import Trained, load_trained
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "exported": ".pt2"}
 ONNX_OPSET = 18
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")  # the `export` extra of setup.cfg
 TOLERANCE = 1e-3  # largest absolute difference of a logit, file vs PyTorch (float32 on the CPU)
 SEED = 0  # of the fixed batch of check images
-
-
-@dataclass
-class Trained:
-    """A retrained network read from its checkpoint, with what it was built from."""
-
-    model: nn.Module
-    space: str
-    genotype: Genotype
-    num_classes: int
-    image_size: int
-    epoch: int
-    checkpoint: Path
 
 
 @dataclass
@@ -63,68 +49,6 @@ class ExportResult:
     runtime: str  # what ran the file in the fresh process, with its version
     removed: list[str]  # modules left out of the file (the auxiliary head)
     trained: Trained
-
-
-def _search_run_message(path: Path) -> str:
-    return (f"{path} is a search run: it holds a genotype, not a trained network; retrain it "
-            f"first (nas train --genotype {path} --config FILE) and export that run")
-
-
-def checkpoint_path(source: str | Path) -> Path:
-    """The ``nas train`` checkpoint that ``source`` names: the file, a train run, a `nas run`."""
-    path = Path(source)
-    if path.is_dir():
-        if not (path / CHECKPOINT).is_file() and (path / "train" / CHECKPOINT).is_file():
-            path = path / "train"  # a `nas run` directory: its retraining
-        elif not (path / CHECKPOINT).is_file() and (path / "search").is_dir():
-            raise InputError(f"{path} is a nas run directory without a trained network "
-                             f"({path / 'train' / CHECKPOINT} does not exist); finish it first: "
-                             f"nas run --resume {path}")
-        elif not (path / CHECKPOINT).is_file() and (path / "genotype.json").is_file():
-            raise InputError(_search_run_message(path))
-        path = path / CHECKPOINT
-    if not path.is_file():
-        raise InputError(f"checkpoint not found: {path} (pass a nas train run directory or its "
-                         "checkpoint.pt)")
-    return path
-
-
-def _other_version(path: Path, state: dict[str, Any], problem: str) -> InputError:
-    from . import __version__
-    if state.get("version") == __version__:
-        return InputError(f"{path} is not a complete nas train checkpoint: {problem}")
-    by = f"gumbel-nas {state['version']}" if "version" in state else \
-        "a version of gumbel-nas that did not record its version"
-    return InputError(f"{path} does not fit this version of gumbel-nas ({__version__}); it was "
-                      f"written by {by}: {problem}")
-
-
-def load_trained(source: str | Path) -> Trained:
-    """The retrained network of a ``nas train`` run or checkpoint, with its trained weights."""
-    from .config import build_config
-    from .spaces import build_network
-
-    path = checkpoint_path(source)
-    state = load_checkpoint(path)
-    if state["kind"] == "search":
-        raise InputError(_search_run_message(path.parent if path.name == CHECKPOINT else path))
-    if state["kind"] != "train":
-        raise InputError(f"{path} is a {state['kind']} checkpoint, not a nas train checkpoint")
-    missing = [k for k in ("model", "config", "genotype", "space", "num_classes") if k not in state]
-    if missing:
-        raise _other_version(path, state, f"it has no {', '.join(missing)}")
-    try:
-        cfg = build_config(state["config"])
-        genotype = Genotype.from_dict(state["genotype"])
-    except (InputError, KeyError, TypeError, ValueError) as exc:
-        raise _other_version(path, state, f"its config or genotype does not read ({exc})") from None
-    model = build_network(state["space"], genotype, int(state["num_classes"]), cfg.network)
-    problem = first_mismatch(model, state["model"])
-    if problem:
-        raise _other_version(path, state, f"{problem}")
-    model.load_state_dict(state["model"])
-    return Trained(model, state["space"], genotype, int(state["num_classes"]),
-                   cfg.data.image_size, int(state.get("epoch", 0)), path)
 
 
 class Logits(nn.Module):
