@@ -6,7 +6,7 @@ what those builders share, and the counts reported after retraining.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -37,7 +37,17 @@ class GenotypeCell(nn.Module):
 
     def __init__(self, nodes: Nodes, C: int, num_inputs: int, reduction: bool = False,
                  concat: Sequence[int] = (), affine: bool = True, track_running_stats: bool = True,
-                 wrap: Any = None, where: str = "cell") -> None:
+                 wrap: Callable[[str, nn.Module, int], nn.Module] | None = None,
+                 where: str = "cell") -> None:
+        """``nodes`` lists, per node, its ``(op name, input state)`` edges (``genotype.cells[kind]``);
+        every op is ``nas.ops.build_op(name, C, stride, affine, track_running_stats)``, stride 2
+        on a reduction cell's edges from the cell inputs.
+
+        ``wrap(op_name, op, C) -> nn.Module``, when given, replaces each op as it is built by
+        what it returns, as in the search cell (``nas.MixedEdge``), so a space can retrain the
+        ops it searched (e.g. a pooling op followed by a batch-norm). ``where`` names the cell
+        in error messages (``genotype normal: node 1 reads state 5 ...``).
+        """
         super().__init__()
         self.num_inputs, self.reduction, self.concat = num_inputs, reduction, tuple(concat)
         # the genotype's nodes, as built: what a cost table matches a cell's kind by

@@ -184,6 +184,14 @@ class MixedEdge(nn.Module):
     def __init__(self, ops: Sequence[str], C: int, stride: int = 1, affine: bool = False,
                  track_running_stats: bool = True,
                  wrap: Callable[[str, nn.Module, int], nn.Module] | None = None) -> None:
+        """The op named ``ops[k]`` is ``nas.ops.build_op(ops[k], C, stride, affine,
+        track_running_stats)``, C channels in and out, stride 2 on a reduction cell's input edges.
+
+        ``wrap(op_name, op, C) -> nn.Module``, when given, is called on every op as it is built
+        and its return takes the op's place: a space adds a module around some ops without
+        registering new ones (the DARTS space follows each pooling op with a batch-norm:
+        ``nn.Sequential(op, BatchNorm2d(C))`` where ``"pool" in op_name``, else ``op``).
+        """
         super().__init__()
         self.op_names = tuple(ops)
         self.stride = stride
@@ -234,6 +242,14 @@ class SearchCell(nn.Module):
                  reduction: bool = False, concat: Sequence[int] = (), affine: bool = False,
                  track_running_stats: bool = True,
                  wrap: Callable[[str, nn.Module, int], nn.Module] | None = None) -> None:
+        """Every edge is a ``MixedEdge(ops, C, stride, affine, track_running_stats, wrap)``:
+        all states hold ``C`` channels (a space's preprocessing brings the cell inputs there).
+
+        ``affine`` and ``track_running_stats`` are those of the ops' batch-norms (GDAS searches
+        with ``affine=False``). ``wrap(op_name, op, C) -> nn.Module``, when given, replaces
+        each op as it is built by what it returns (see ``MixedEdge``): the DARTS space passes
+        one that follows each pooling op with a batch-norm.
+        """
         super().__init__()
         self.num_inputs, self.num_nodes, self.reduction = num_inputs, num_nodes, reduction
         self.concat = tuple(concat)
