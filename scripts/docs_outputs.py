@@ -44,7 +44,7 @@ IMAGES = {  # picture in docs/img <- the file the tutorial's runs wrote
 }
 BLOCK = re.compile(r"(?:<!-- test: (\w+)[^>]*-->\n\n?)?```(\w*)[^\n]*\n(.*?)```", re.S)
 EPOCH = re.compile(r"^\w+ epoch \d+/\d+ ")
-STATED = re.compile(r"\((\d{4}-\d\d-\d\d), the code of\s+commit ([0-9a-f]{7,})")
+STATED = re.compile(r"\((\d{4}-\d\d-\d\d), the code of(\s+)commit ([0-9a-f]{7,})")
 
 
 def blocks(text: str) -> list[tuple[str | None, str, str]]:
@@ -122,7 +122,8 @@ def write_pages(record: dict[str, Any]) -> None:
                 pieces += [text[last:m.start(3)], next(bodies)]
                 last = m.end(3)
         text = "".join(pieces) + text[last:]
-        text = STATED.sub(f"({record['date']}, the code of commit {record['commit']}", text)
+        text = STATED.sub(lambda m: f"({record['date']}, the code of{m.group(2)}commit "
+                                    f"{record['commit']}", text)
         path.write_text(text)
         print(f"wrote {path.relative_to(ROOT)}")
 

@@ -502,7 +502,7 @@ def _function(node: ast.FunctionDef, qualname: str, level: int, method: bool = F
         code = f"{node.name}: {ast.unparse(node.returns)}" if node.returns else node.name
     else:
         code = prefix + _signature(node.name, _params(node.args, method), node.returns)
-    return [f"{'#' * level} `{qualname}`", "", f"*{kind}*", "", "```python", code, "```", "",
+    return [f"{'#' * level} `{qualname}`", "", f"*{kind}*", "", "```py", code, "```", "",
             *_doc(node)]
 
 
@@ -524,7 +524,7 @@ def _class(node: ast.ClassDef, qualname: str, level: int) -> list[str]:
     else:
         code.append("    ...  # constructor: that of its base class")
         what = "constructor: inherited"
-    out = [f"{'#' * level} `{qualname}`", "", f"*class*; {what}", "", "```python", *code, "```",
+    out = [f"{'#' * level} `{qualname}`", "", f"*class*; {what}", "", "```py", *code, "```",
            "", *_doc(node)]
     if init is not None:
         out += _doc(init)
@@ -546,7 +546,7 @@ def _entry(dotted: str, level: int = 3) -> list[str]:
     value = ast.unparse(node.value) if node.value is not None else ""
     annotation = f": {ast.unparse(node.annotation)}" if isinstance(node, ast.AnnAssign) else ""
     shown = value if len(value) <= WIDTH else value[:WIDTH - 5] + " ..."
-    return [f"{'#' * level} `{dotted}`", "", "*value*", "", "```python",
+    return [f"{'#' * level} `{dotted}`", "", "*value*", "", "```py",
             f"{name}{annotation} = {shown}", "```", ""]
 
 
@@ -570,7 +570,8 @@ def api_reference() -> str:
            "that run a search and a retraining from Python (see the "
            "[how-to](../how-to/python-api.md)). Each entry gives the signature as the source "
            "writes it (a class: its constructor's arguments, then its public methods) and the "
-           "docstrings; names in double backquotes are code.", ""]
+           "docstrings; names in double backquotes are code. The signatures are shown, not run "
+           "(`py` blocks; `tests/test_docs.py` runs the `python` blocks of the pages).", ""]
     for title, names in API_MORE.items():
         out += [f"## {title}", ""]
         for dotted in names:

@@ -13,10 +13,18 @@ just below them is checked:
 
 Python blocks run as written, one process per page, in a scratch directory (``../shared/data``
 replaced by the tiny CIFAR-10); a block just below ``<!-- test: skip (why) -->`` is left out.
+
+The real outputs of the pages that ``scripts/docs_outputs.py`` runs (the tutorial's ``tiny``
+blocks, and the Python output shown below ``<!-- test: printed -->``) are its record's: the
+pages must show exactly what it recorded, name only run paths the runs wrote, and the commands
+still print lines of the same shape on tiny settings today.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.util
+import json
 import os
 import re
 import shlex
@@ -31,7 +39,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 SHARED = ROOT.parent / "shared"
 PAGES = sorted(p for p in DOCS.rglob("*.md"))
-BLOCK = re.compile(r"(?:<!-- test: (\w+)[^>]*-->\n\n?)?```(\w*)[^\n]*\n(.*?)```", re.S)
 
 # what makes the tutorial's commands take a second: 8x8 images, C=4, 3 cells, 2 steps an epoch
 TINY = ("data.image_size=8 data.pad=1 data.limit=null data.test_limit=null supernet.C=4 "
@@ -40,31 +47,24 @@ TINY = ("data.image_size=8 data.pad=1 data.limit=null data.test_limit=null super
         "train.cutout=4 train.eval_batch_size=20")
 
 
-def blocks(text: str) -> list[tuple[str | None, str, str]]:
-    """``(mark, language, body)`` of every fenced block of a page."""
-    return [(m.group(1), m.group(2), m.group(3)) for m in BLOCK.finditer(text)]
+def script(name: str):
+    """A module of ``scripts/`` (``gen_docs``, ``docs_outputs``)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+
+
+OUTPUTS = script("docs_outputs")
+blocks, commands = OUTPUTS.blocks, OUTPUTS.commands  # how a page's blocks and commands are read
 
 
 def generated() -> dict[str, str]:
     """The generated reference pages, as the site build makes them."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import gen_docs
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+    gen_docs = script("gen_docs")
     gen_docs._tree_first()  # the pages of this tree's code, as the hook makes them
     return {uri: make() for uri, make in gen_docs.PAGES.items()}
-
-
-def commands(body: str) -> list[tuple[str, list[str]]]:
-    """``(command, expected output lines)`` for each ``$ `` line of a console block."""
-    out: list[tuple[str, list[str]]] = []
-    for line in body.rstrip("\n").split("\n"):
-        if line.startswith("$ "):
-            out.append((line[2:], []))
-        elif out:
-            out[-1][1].append(line)
-    return out
 
 
 def env() -> dict[str, str]:
@@ -223,7 +223,7 @@ def test_api_reference_gives_constructor_arguments_and_signatures():
         if isinstance(obj, type) or callable(obj) and not isinstance(obj, type(nas)):
             title = f"{obj.__module__}.{obj.__qualname__}"
             if title.startswith("nas."):
-                assert "```python\n" in sections.get(title, ""), f"{title} has no signature"
+                assert "```py\n" in sections.get(title, ""), f"{title} has no signature"
 
 
 def test_config_reference_is_the_defaults():
@@ -253,13 +253,8 @@ def test_config_reference_is_the_defaults():
 
 def test_every_config_key_has_a_comment():
     """A key added without a comment beside it would reach the reference page undocumented."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import gen_docs
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
     from nas import config
-    meta = gen_docs.config_fields(Path(config.__file__))
+    meta = script("gen_docs").config_fields(Path(config.__file__))
     classes = [getattr(config, name) for name in meta]
     for cls in (c for c in classes if dataclasses.is_dataclass(c)):
         assert cls.__doc__, cls.__name__  # a section's text on the page
@@ -340,3 +335,74 @@ def test_site_builds_strictly(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "site" / "reference" / "config" / "index.html").is_file()
+
+
+# -- the shown outputs ---------------------------------------------------------------------------
+RECORD = json.loads(OUTPUTS.RECORD.read_text())
+REMAKE = "run OMP_NUM_THREADS=1 python scripts/docs_outputs.py, or --write-only after an edit"
+
+
+def recorded(page: str, command: str) -> dict:
+    """The record of ``command`` on ``page``, as scripts/docs_outputs.py last ran it."""
+    return next(c for c in RECORD["pages"][page]["commands"] if c["command"] == command)
+
+
+def test_pages_show_what_their_commands_printed():
+    """Every output shown in a page that scripts/docs_outputs.py runs is the recorded one,
+    for the same commands in the same order, and the tutorial names the recorded commit."""
+    for page in OUTPUTS.RUN:
+        text = (DOCS / page).read_text()
+        shown = [body for mark, lang, body in blocks(text)
+                 if mark in ("tiny", "printed") and not lang]
+        assert shown == OUTPUTS.shown(RECORD, page), f"{page} shows other outputs: {REMAKE}"
+    stated = OUTPUTS.STATED.search((DOCS / "tutorial.md").read_text())
+    assert stated and (stated.group(1), stated.group(3)) == (RECORD["date"], RECORD["commit"]), \
+        REMAKE
+    assert all(c["status"] == 0 for p in RECORD["pages"].values() for c in p["commands"])
+
+
+def test_run_paths_the_pages_name_are_what_the_runs_wrote():
+    """`runs/first...` in any page or the README is a file or directory the tutorial's runs wrote."""
+    written = set(RECORD["files"])
+    assert {"runs/first/genotype.json", "runs/first-train/result.json"} <= written
+    for path in [ROOT / "README.md", *PAGES]:
+        for named in re.findall(r"runs/first[\w.-]*(?:/[\w.-]+)*", path.read_text()):
+            named = named.rstrip(".")
+            assert named in written, f"{path.relative_to(ROOT)} names {named}, which no run wrote"
+
+
+def test_genotype_show_prints_what_the_tutorial_shows(tmp_path):
+    """`nas genotype show` of the recorded genotype prints, today, what the tutorial shows."""
+    search = next(c for c in RECORD["pages"]["tutorial.md"]["commands"]
+                  if c["command"].startswith("nas search"))
+    (line,) = [line for line in search["output"] if line.startswith("genotype: ")]
+    import nas
+    (tmp_path / "runs" / "first").mkdir(parents=True)
+    nas.parse_genotype(line.removeprefix("genotype: ")).save(tmp_path / "runs/first/genotype.json")
+    out = run("nas genotype show runs/first", tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.rstrip("\n").split("\n") == \
+        recorded("tutorial.md", "nas genotype show runs/first")["output"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None,
+                    reason="the export extra (onnxruntime) is not installed")
+def test_use_from_python_page_runs_on_a_tiny_run(tmp_path, cifar_root):
+    """The how-to's export command and Python, in order, on a tiny retraining of DARTS_V2 in
+    runs/first-train; each printed line starts as the recorded one does."""
+    out = run(f"nas train --genotype DARTS_V2 --config {ROOT}/configs/quick.yaml --data-dir "
+              f"{cifar_root} --run-dir runs/first-train --quiet --set {TINY}", tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    page = "how-to/use-from-python.md"
+    text = (DOCS / page).read_text()
+    for command in (c for block in OUTPUTS.page_commands(text) for c in block):
+        out = run(command, tmp_path)
+        assert out.returncode == 0, f"$ {command}\n{out.stdout}{out.stderr[-2000:]}"
+    code = "\n".join(OUTPUTS.python_code(text)).replace("../shared/data", str(cifar_root))
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env(),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = out.stdout.rstrip("\n").split("\n")
+    want = RECORD["pages"][page]["printed"]
+    assert [head(line) for line in got] == [head(line) for line in want], out.stdout
+    assert re.search(r"max \|logit difference\| \d\.\d\de-0[5-9]", out.stdout), out.stdout
