@@ -17,7 +17,8 @@ replaced by the tiny CIFAR-10); a block just below ``<!-- test: skip (why) -->``
 The real outputs of the pages that ``scripts/docs_outputs.py`` runs (the tutorial's ``tiny``
 blocks, and the Python output shown below ``<!-- test: printed -->``) are its record's: the
 pages must show exactly what it recorded, name only run paths the runs wrote, and the commands
-still print lines of the same shape on tiny settings today.
+still print lines of the same shape on tiny settings today. Every `nas` command a page shows
+must parse with today's command line.
 """
 from __future__ import annotations
 
@@ -406,3 +407,42 @@ def test_use_from_python_page_runs_on_a_tiny_run(tmp_path, cifar_root):
     want = RECORD["pages"][page]["printed"]
     assert [head(line) for line in got] == [head(line) for line in want], out.stdout
     assert re.search(r"max \|logit difference\| \d\.\d\de-0[5-9]", out.stdout), out.stdout
+
+
+def named_commands() -> list[tuple[str, str]]:
+    """``(page, command)`` for every `nas` command line a page or the README shows: the `$ `
+    lines of its blocks, and the bare `nas ...` lines of blocks without them (not a shown error
+    line ``nas VERB: ...``, nor a synopsis with ``|``, ``[`` or ``...`` or a one-letter
+    placeholder)."""
+    out = []
+    for path in [ROOT / "README.md", *PAGES]:
+        for _, lang, body in blocks(path.read_text()):
+            if lang not in ("", "sh", "bash", "console"):
+                continue
+            lines = body.split("\n")
+            typed = [line[2:] for line in lines if line.startswith("$ ")]
+            bare = [line.strip() for line in lines if line.strip().startswith("nas ")]
+            for line in typed or bare:
+                if not line.startswith("nas ") or re.match(r"nas [\w ]+: ", line) or \
+                        re.search(r"[|\[]|\.\.\.|(?<![\w$-])[A-Z](?!\w)", line):
+                    continue
+                out.append((str(path.relative_to(ROOT)), line))
+    return out
+
+
+def test_commands_the_pages_name_parse():
+    """Every `nas` command the documentation shows is accepted by today's command line: a
+    renamed verb or flag fails here, not in a reader's terminal."""
+    import contextlib
+    import io
+
+    from nas.cli import build_parser
+    found = named_commands()
+    assert len(found) >= 30
+    for page, line in found:
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err):
+                build_parser().parse_args(shlex.split(line, comments=True)[1:])
+        except SystemExit as exc:
+            assert not exc.code, f"{page}: `{line}` does not parse: {err.getvalue().strip()}"
