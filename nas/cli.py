@@ -138,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", metavar="DIR", help="output directory (default: beside the file, "
                    "or the current directory)")
     _add_deploy_verbs(verbs)
+    _add_latency_verb(verbs)
     for name, text in DESCRIPTIONS.items():  # what `nas VERB --help` says above the options
         verbs.choices[name].description = text
     return parser
@@ -195,6 +196,38 @@ def _add_deploy_verbs(verbs) -> None:
                    help="timed runs per measurement at most (default 20; fewer, at least 3, "
                         "when a forward takes long)")
     p.add_argument("--json", action="store_true", help="print the profile as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_plugin_option(p)
+
+
+def _add_latency_verb(verbs) -> None:
+    """``nas latency-table``."""
+    p = verbs.add_parser(
+        "latency-table", help="measure the latency of every (choice point, op) of a config's "
+        "network in a runtime on this machine; writes a table for search.budget.latency_table",
+        description="Time every op at every choice point of the network that the config's "
+        "network: options build (and the network's fixed parts), in torch or onnxruntime on "
+        "the machine this runs on, then K random whole networks to fit a correction of the "
+        "per-op sum. Run it on the target device; search anywhere with search.budget."
+        "latency_table: FILE. Needs gumbel-nas and the runtime only, no data.")
+    p.add_argument("--config", required=True, metavar="FILE",
+                   help="YAML config: its space, supernet: and network: options and image size "
+                        "(search.budget.image_size, else data.image_size)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
+                   help="override config values, e.g. --set network.C=16")
+    p.add_argument("--runtime", required=True, choices=("torch", "onnxruntime"),
+                   help="torch (eager) or onnxruntime (needs the export extra)")
+    p.add_argument("--out", required=True, metavar="FILE", help="the table (JSON) to write")
+    p.add_argument("--batch", type=int, default=1, metavar="N", help="images per forward (default 1)")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="intra-op threads of the runtime (default 1)")
+    p.add_argument("--runs", type=int, default=30, metavar="N",
+                   help="timed runs per measurement, the median kept (default 30)")
+    p.add_argument("--networks", type=int, default=10, metavar="K",
+                   help="random whole networks the correction is fitted on (default 10; 0: none)")
+    p.add_argument("--classes", type=int, metavar="N",
+                   help="classes of the network's head (default: the dataset's, else 10)")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_plugin_option(p)
 
@@ -550,9 +583,37 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_latency_table(args: argparse.Namespace) -> int:
+    from .config import config_specs, load_config
+    from .latency import Job, check_out, measure_table, supernet_of
+    from .monitor import steps_bar
+    from .registry import trust
+
+    cfg = load_config(args.config, args.set)
+    for spec in config_specs(cfg):  # named by the user on the command line
+        trust(spec)
+    classes = args.classes if args.classes is not None else CLASSES.get(cfg.data.dataset, 10)
+    job = Job(cfg, args.runtime, args.batch, args.threads, args.runs, args.networks, classes)
+    job.check()
+    out = check_out(args.out, args.force)
+    model = supernet_of(job)
+    with steps_bar(job.steps(model), "latency-table", args.quiet) as step:
+        table = measure_table(job, model, step)
+    table.save(out)
+    groups = ", ".join(f"{g}: {len(v['ms'])} x {len(v['ops'])}" for g, v in table.groups.items())
+    print(f"wrote {out}: {table.space} network ({', '.join(f'{k}={v}' for k, v in table.network.items())}; "
+          f"{table.num_classes} classes, {table.image_size}x{table.image_size} images), "
+          f"choice points x ops {groups}")
+    print(f"measured with {table.describe()}, median of {table.runs} runs; base "
+          f"{table.base_ms:.3f} ms; {table.fits_note()}")
+    print(f"use it: search.budget.latency_table: {out} (with search.budget.latency_ms)")
+    return 0
+
+
 COMMANDS = {"search": cmd_search, "plot": cmd_plot, "train": cmd_train, "run": cmd_run, "evaluate": cmd_evaluate,
             "list": cmd_list, "genotype": cmd_genotype}
 COMMANDS.update(export=cmd_export, profile=cmd_profile)  # nas/export.py, nas/profiling.py
+COMMANDS["latency-table"] = cmd_latency_table  # nas/latency.py
 
 
 class Terminated(KeyboardInterrupt):
