@@ -326,6 +326,11 @@ def _print_search(result) -> None:
     if result.cost is not None:
         from .budget import describe
         print(f"cost of the network: {describe(result.cost, result.budget)}")
+        if "latency_ms" in result.budget:
+            from .cost import format_cost
+            print(f"predicted latency: {format_cost('latency_ms', result.cost['latency_ms'])} "
+                  f"(budget {format_cost('latency_ms', result.budget['latency_ms'])}), by "
+                  f"{result.cost_how['latency_ms']}")
     if result.benchmark is not None:
         print(result.benchmark.summary())
     print(f"TensorBoard: tensorboard --logdir {result.run_dir}")
