@@ -191,11 +191,19 @@ def _add_deploy_verbs(verbs) -> None:
                         "(default 16)")
     p.add_argument("--image-size", type=int, metavar="S", help="default: data.image_size")
     p.add_argument("--threads", type=int, metavar="N",
-                   help="CPU threads (torch.set_num_threads; default: torch's choice)")
+                   help="CPU threads (torch.set_num_threads, and onnxruntime's intra-op threads; "
+                        "default: torch's choice)")
     p.add_argument("--runs", type=int, default=20, metavar="N",
                    help="timed runs per measurement at most (default 20; fewer, at least 3, "
                         "when a forward takes long)")
     p.add_argument("--json", action="store_true", help="print the profile as JSON")
+    p.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
+                   help="onnxruntime: also time the network exported to ONNX in onnxruntime "
+                        "(needs the export extra); TARGET may then be an ONNX file (nas export's "
+                        "model.onnx), timed alone")
+    p.add_argument("--latency-table", metavar="FILE",
+                   help="a nas latency-table file: print the latency it predicts for the network "
+                        "beside the measured one")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_plugin_option(p)
 
@@ -559,6 +567,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     import torch
 
+    from .latency import check_runtime, format_runtime_latency, runtime_latency
     from .monitor import steps_bar
     from .profiling import format_profile, network_to_profile, profile_network, with_network
     from .runtime import channels_last, resolve_device
@@ -568,23 +577,77 @@ def cmd_profile(args: argparse.Namespace) -> int:
                                ("--threads", args.threads, 1)):
         if value is not None and value < least:
             raise InputError(f"{flag} must be at least {least}, got {value}")
+    if args.runtime == "onnxruntime":
+        check_runtime("onnxruntime")
+    if args.target.endswith(".onnx"):
+        return _profile_onnx_file(args)
     model, genotype, space, cfg, classes, size = network_to_profile(
         args.target, args.config, args.set, args.image_size)
     device = resolve_device(args.device or cfg.device)
     check_network(model, classes, size, f"search space '{space}'")
+    predicted = _predicted(args.latency_table, cfg, genotype)  # a table that does not fit: now
     if args.threads:
         torch.set_num_threads(args.threads)
     layout = channels_last(cfg.train.channels_last, device)  # as nas train runs it
-    with steps_bar(4 if args.batch > 1 else 2, "profile", args.quiet) as step:
+    steps = (4 if args.batch > 1 else 2) + (args.runtime == "onnxruntime")
+    with steps_bar(steps, "profile", args.quiet) as step:
         profile = profile_network(model, size, device, batch=args.batch, runs=args.runs,
                                   genotype=genotype, channels_last=layout, progress=step)
+        if args.runtime == "onnxruntime":
+            step("onnxruntime")
+            profile["onnxruntime"] = runtime_latency(model, size, profile["batch_sizes"],
+                                                     "onnxruntime", torch.get_num_threads(),
+                                                     args.runs)
     options = ", ".join(f"{k}={v}" for k, v in cfg.network.items()) or "default options"
     profile = with_network(profile, space, genotype, cfg.network, classes)
+    if predicted is not None:
+        profile["predicted_latency"] = predicted
     if args.json:
         print(json.dumps(profile, indent=2))
+        return 0
+    print(format_profile(profile, f"{space} network ({options}; {classes} classes, "
+                                  f"{size}x{size} images)"))
+    if "onnxruntime" in profile:
+        print(format_runtime_latency(profile["onnxruntime"], "the network exported to ONNX"))
+    if predicted is not None:
+        print(f"predicted by {predicted['table']} ({predicted['measured_with']}): "
+              f"{predicted['latency_ms']:.3f} ms at batch {predicted['batch']}")
+    return 0
+
+
+def _predicted(path: str | None, cfg, genotype) -> dict | None:
+    """What the latency table at ``path`` predicts for ``genotype``'s network (None: no table)."""
+    if path is None:
+        return None
+    from .latency import predict, read_table
+    table = read_table(path)
+    return {"table": path, "measured_with": table.describe(), "batch": table.batch,
+            "latency_ms": predict(table, path, cfg, [genotype])[0]}
+
+
+def _profile_onnx_file(args: argparse.Namespace) -> int:
+    """``nas profile model.onnx --runtime onnxruntime``: the file's latency alone."""
+    import json
+
+    import torch
+
+    from .latency import format_runtime_latency, onnx_file_latency
+    if args.runtime != "onnxruntime":
+        raise InputError(f"{args.target} is an ONNX file: time it with --runtime onnxruntime")
+    for flag in ("config", "set", "latency_table", "device"):
+        if getattr(args, flag):
+            raise InputError(f"--{flag.replace('_', '-')} does not apply to an ONNX file, which "
+                             "is timed alone")
+    if not Path(args.target).is_file():
+        raise InputError(f"ONNX file not found: {args.target}")
+    batches = sorted({1, args.batch})
+    p = onnx_file_latency(args.target, batches, args.threads or torch.get_num_threads(), args.runs,
+                          args.image_size)
+    if args.json:
+        print(json.dumps(p, indent=2))
     else:
-        print(format_profile(profile, f"{space} network ({options}; {classes} classes, "
-                                      f"{size}x{size} images)"))
+        print(format_runtime_latency(p, f"{args.target}, {p['image_size']}x{p['image_size']} "
+                                        "images"))
     return 0
 
 

@@ -99,15 +99,22 @@ def machine() -> dict[str, str]:
 def onnx_bytes(module: nn.Module, x: Tensor) -> bytes:
     """``module`` (eval mode) as an ONNX model of input ``x``'s shape, in memory.
 
-    The TorchScript-based exporter: a few hundredths of a second per op where the dynamo
-    exporter takes seconds, and onnxruntime optimises either graph the same way (Conv+BN fused).
+    The TorchScript-based exporter where torch still has it: a few hundredths of a second per op
+    where the dynamo exporter (``nas export``'s) takes seconds, and onnxruntime optimises either
+    graph the same way (Conv+BN fused); else the dynamo exporter.
     """
-    buffer = io.BytesIO()
+    module = Logits(module).eval()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # exporter deprecation and tracer chatter
-        torch.onnx.export(Logits(module).eval(), (x,), buffer, dynamo=False,
-                          opset_version=ONNX_OPSET, input_names=["input"])
-    return buffer.getvalue()
+        try:
+            buffer = io.BytesIO()
+            torch.onnx.export(module, (x,), buffer, dynamo=False, opset_version=ONNX_OPSET,
+                              input_names=["input"])
+            return buffer.getvalue()
+        except Exception:  # a torch without the TorchScript exporter
+            program = torch.onnx.export(module, (x,), dynamo=True, opset_version=ONNX_OPSET,
+                                        input_names=["input"], verbose=False)
+            return program.model_proto.SerializeToString()
 
 
 def onnx_session(model: bytes | str, threads: int) -> Any:
@@ -548,3 +555,48 @@ def measure_onnx_file(path: str | Path, batch: int, threads: int, runs: int = RU
         raise InputError(f"{path} takes a fixed batch of {shape[0]}; use --batch {shape[0]}")
     x = np.random.default_rng(0).standard_normal((batch, shape[1], *sizes)).astype(np.float32)
     return {"latency_ms": time_session(session, x, runs), "image_size": sizes[-1]}
+
+
+def predict(table: LatencyTable, path: str | Path, cfg: Config, genotypes: Sequence[Genotype],
+            corrected: bool = True) -> list[float]:
+    """The latency ``table`` predicts for each genotype's network, as a search prices it (a
+    search's cost table with the table installed)."""
+    check_fits(table, cfg, path)
+    model = build_supernet(cfg.space, table.num_classes, "gdas", cfg.seed, cfg.supernet)
+    build = lambda g: build_network(cfg.space, g, table.num_classes, cfg.network)  # noqa: E731
+    with torch.random.fork_rng(devices=[]):
+        costs = build_cost_table(model, build, table.image_size, ["params"], torch.device("cpu"),
+                                 cfg.space)
+    table.install(costs, path, corrected)
+    return [costs.of(g)["latency_ms"] for g in genotypes]
+
+
+def runtime_latency(module: nn.Module, image_size: int, batches: Sequence[int], runtime: str,
+                    threads: int, runs: int = RUNS) -> dict[str, Any]:
+    """A whole network's latency in ``runtime`` at each batch size, JSON-ready (nas profile)."""
+    check_runtime(runtime)
+    module = module.cpu().eval()
+    ms = {str(b): measure(module, torch.randn(b, 3, image_size, image_size), runtime, threads,
+                          runs) for b in batches}
+    return {"runtime": runtime_version(runtime), "machine": machine(), "threads": threads,
+            "latency_ms": ms, "runs": runs, "warmup": WARMUP}
+
+
+def onnx_file_latency(path: str | Path, batches: Sequence[int], threads: int, runs: int = RUNS,
+                      image_size: int | None = None) -> dict[str, Any]:
+    """An ONNX file's latency in onnxruntime at each batch size, JSON-ready (nas profile)."""
+    found = {str(b): measure_onnx_file(path, b, threads, runs, image_size) for b in batches}
+    return {"file": str(path), "image_size": next(iter(found.values()))["image_size"],
+            "runtime": runtime_version("onnxruntime"), "machine": machine(), "threads": threads,
+            "latency_ms": {b: f["latency_ms"] for b, f in found.items()}, "runs": runs,
+            "warmup": WARMUP}
+
+
+def format_runtime_latency(p: Mapping[str, Any], what: str) -> str:
+    """``latency in onnxruntime 1.x on x86_64 (CPU), 1 thread (WHAT): batch 1 2.31 ms, ...``."""
+    cpu = p["machine"].get("cpu", "")
+    threads = f"{p['threads']} thread{'s' if p['threads'] != 1 else ''}"
+    lat = ", ".join(f"batch {b} {ms:.3f} ms" for b, ms in p["latency_ms"].items())
+    return (f"latency in {p['runtime']} on {p['machine'].get('arch', '?')}"
+            f"{f' ({cpu})' if cpu else ''}, {threads} ({what}): {lat}; median of {p['runs']} "
+            f"runs after {p['warmup']} warm-up")

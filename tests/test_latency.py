@@ -215,3 +215,51 @@ def test_a_search_refuses_a_table_that_does_not_fit_before_any_work(tmp_path, ci
     done = nas_cli("search", "--config", str(cfg), "--run-dir", str(run), *extra)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert message in done.stderr and not run.exists()
+
+
+NB201_CELL = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
+
+
+def test_profile_times_the_network_in_onnxruntime_beside_the_tables_prediction(
+        tmp_path, ort_table, capsys):
+    from nas.cli import main
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    assert main(["profile", NB201_CELL, "--config", str(config), "--runtime", "onnxruntime",
+                 "--threads", "1", "--batch", "2", "--runs", "3", "--json",
+                 "--latency-table", ort_table[1]]) == 0
+    p = json.loads(capsys.readouterr().out)
+    ort = p["onnxruntime"]
+    assert ort["runtime"].startswith("onnxruntime ") and ort["threads"] == 1
+    assert set(ort["latency_ms"]) == {"1", "2"} and all(v > 0 for v in ort["latency_ms"].values())
+    table = ort_table[0]
+    cell = table.groups["cell"]
+    edges = [op for node in nas.parse_genotype(NB201_CELL).cells["cell"] for op, _ in node]
+    by_hand = table.correction["a"] * (table.base_ms + sum(
+        cell["ms"][e][cell["ops"].index(op)] for e, op in enumerate(edges))) + table.correction["b"]
+    assert p["predicted_latency"]["latency_ms"] == pytest.approx(by_hand, rel=1e-5)
+    assert p["predicted_latency"]["batch"] == 1
+
+
+def test_profile_times_an_onnx_file_alone(tmp_path, capsys):
+    from nas.cli import main
+    net = build_network("nasbench201", nas.parse_genotype(NB201_CELL), 10,
+                        {"C": 4, "cells_per_stage": 1}).eval()
+    path = tmp_path / "model.onnx"
+    with torch.no_grad():
+        torch.onnx.export(net, (torch.zeros(1, 3, 8, 8),), str(path), dynamo=False,
+                          input_names=["images"], dynamic_axes={"images": {0: "batch"}})
+    assert main(["profile", str(path), "--runtime", "onnxruntime", "--threads", "1",
+                 "--batch", "3", "--runs", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("latency in onnxruntime") and "8x8 images" in out
+    assert "batch 1 " in out and "batch 3 " in out and out.count("\n") == 1
+    for args, message in (([], "time it with --runtime onnxruntime"),
+                          (["--runtime", "onnxruntime", "--set", "network.C=4"],
+                           "--set does not apply to an ONNX file")):
+        assert main(["profile", str(path), *args]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    (tmp_path / "junk.onnx").write_text("junk")
+    assert main(["profile", str(tmp_path / "junk.onnx"), "--runtime", "onnxruntime"]) == 2
+    assert "does not load in onnxruntime" in capsys.readouterr().err
