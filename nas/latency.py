@@ -44,7 +44,7 @@ from .errors import InputError
 from .export import ONNX_OPSET, Logits
 from .genotype import Genotype
 from .network import evaluating
-from .spaces import build_network, build_supernet, get_space
+from .spaces import build_network, build_supernet, first_line, get_space
 from .supernet import Supernet
 
 RUNTIMES = ("torch", "onnxruntime")
@@ -112,9 +112,14 @@ def onnx_bytes(module: nn.Module, x: Tensor) -> bytes:
                               input_names=["input"])
             return buffer.getvalue()
         except Exception:  # a torch without the TorchScript exporter
+            pass
+        try:
             program = torch.onnx.export(module, (x,), dynamo=True, opset_version=ONNX_OPSET,
                                         input_names=["input"], verbose=False)
-            return program.model_proto.SerializeToString()
+        except Exception as exc:
+            raise InputError(f"{type(module.network).__name__} could not be exported to ONNX to "
+                             f"time it in onnxruntime: {first_line(exc)}") from None
+        return program.model_proto.SerializeToString()
 
 
 def onnx_session(model: bytes | str, threads: int) -> Any:
