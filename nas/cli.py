@@ -235,6 +235,9 @@ def _add_latency_verb(verbs) -> None:
                    help="random whole networks the correction is fitted on (default 10; 0: none)")
     p.add_argument("--classes", type=int, metavar="N",
                    help="classes of the network's head (default: the dataset's, else 10)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall (default: a device that runs nothing else) or cpu: the thread's "
+                        "CPU time, with --threads 1, on a machine other work shares")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_plugin_option(p)
@@ -661,7 +664,8 @@ def cmd_latency_table(args: argparse.Namespace) -> int:
     for spec in config_specs(cfg):  # named by the user on the command line
         trust(spec)
     classes = args.classes if args.classes is not None else CLASSES.get(cfg.data.dataset, 10)
-    job = Job(cfg, args.runtime, args.batch, args.threads, args.runs, args.networks, classes)
+    job = Job(cfg, args.runtime, args.batch, args.threads, args.runs, args.networks, classes,
+              args.clock)
     job.check()
     out = check_out(args.out, args.force)
     model = supernet_of(job)

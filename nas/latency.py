@@ -30,7 +30,7 @@ import statistics
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -51,7 +51,9 @@ RUNTIMES = ("torch", "onnxruntime")
 FORMAT = "gumbel-nas latency table"
 FORMAT_VERSION = 1
 RUNS, WARMUP = 30, 5
-NETWORKS = 10  # random whole networks the correction is fitted on
+ROUNDS = 3  # a measurement's runs are split in rounds, the least median kept
+NETWORKS = 30  # random whole networks the corrections are fitted on
+CANDIDATES = 20  # random networks priced per one timed: those timed span the range of sums
 MAX_BATCH = 1024  # images per timed forward: beyond this, a typo
 MAX_RUNS = 10_000
 MAX_NETWORKS = 1000
@@ -133,33 +135,79 @@ def onnx_session(model: bytes | str, threads: int) -> Any:
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
-def time_session(session: Any, x: Any, runs: int = RUNS, warmup: int = WARMUP) -> float:
-    """Median milliseconds of ``session.run`` on the array ``x`` over ``runs`` after ``warmup``."""
-    # a network whose output does not depend on its input (all-`none` cells) has no input left
-    feed = {i.name: x for i in session.get_inputs()[:1]}
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def time_calls(call: Callable[[], Any], runs: int = RUNS, warmup: int = WARMUP,
+               clock: str = "wall") -> float:
+    """Median milliseconds of ``call()`` over ``runs`` after ``warmup``, by ``clock``: ``wall``
+    (what a device running nothing else sees) or ``cpu``, the calling thread's CPU time (one
+    thread only: on a machine shared with other work a wall-clock run longer than a scheduler
+    slice is stretched by the others, its CPU time is not)."""
+    now = CLOCKS[clock]
     for _ in range(warmup):
-        session.run(None, feed)
+        call()
     times = []
     for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - start)
+        start = now()
+        call()
+        times.append(now() - start)
     return 1000.0 * statistics.median(times)
 
 
+def time_session(session: Any, x: Any, runs: int = RUNS, warmup: int = WARMUP,
+                 clock: str = "wall") -> float:
+    """Median milliseconds of ``session.run`` on the array ``x`` (``time_calls``)."""
+    # a network whose output does not depend on its input (all-`none` cells) has no input left
+    feed = {i.name: x for i in session.get_inputs()[:1]}
+    return time_calls(lambda: session.run(None, feed), runs, warmup, clock)
+
+
+def check_clock(clock: str, threads: int) -> None:
+    """The CPU-time clock measures one thread: refused with more."""
+    if clock not in CLOCKS:
+        raise InputError(f"--clock: unknown clock {clock!r} (known: {', '.join(CLOCKS)})")
+    if clock == "cpu" and threads != 1:
+        raise InputError(f"--clock cpu times the calling thread alone: it needs --threads 1, "
+                         f"got {threads}")
+
+
 def measure(module: nn.Module, x: Tensor, runtime: str, threads: int, runs: int = RUNS,
-            warmup: int = WARMUP) -> float:
-    """Median milliseconds of ``module(x)`` (eval mode) in ``runtime`` with ``threads`` threads."""
+            warmup: int = WARMUP, clock: str = "wall") -> float:
+    """Milliseconds of ``module(x)`` (eval mode) in ``runtime`` with ``threads`` threads: the
+    least of ``ROUNDS`` medians of ``runs / ROUNDS`` timed runs each, after ``warmup`` runs (a
+    burst of other work on the machine spoils a round, not the measurement)."""
+    check_clock(clock, threads)
+    per = max(1, -(-runs // ROUNDS))
     with evaluating(module):
         if runtime == "onnxruntime":
             session = onnx_session(onnx_bytes(module, x.cpu()), threads)
-            return time_session(session, x.cpu().numpy(), runs, warmup)
+            data = x.cpu().numpy()
+            return min(time_session(session, data, per, warmup if r == 0 else 0, clock)
+                       for r in range(ROUNDS))
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            return measure_latency(module, x, runs, warmup)
+            with torch.no_grad():
+                return min(measure_latency(module, x, per, warmup if r == 0 else 0)
+                           if clock == "wall" else
+                           time_calls(lambda: module(x), per, warmup if r == 0 else 0, clock)
+                           for r in range(ROUNDS))
         finally:
             torch.set_num_threads(previous)
+
+
+class WithSum(nn.Module):
+    """A module whose output is added to itself: an op timed alone pays the sum that adds it
+    to its node inside a cell (a `none` op's constant zeros fold away, with their sum)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = Logits(module)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.module(x)
+        return out + out
 
 
 class RuntimeTimer:
@@ -170,10 +218,11 @@ class RuntimeTimer:
     pays it once, but inside a network it is paid once for all the ops. So each timing here is
     less the time of an identity graph on the same input (0 for torch, whose per-module cost a
     network pays per op too), and ``overhead`` of the network's input is added to the base.
+    Each op is timed with the sum that adds its result to its node (``WithSum``).
     """
 
-    def __init__(self, runtime: str, threads: int, warmup: int = WARMUP) -> None:
-        self.runtime, self.threads, self.warmup = runtime, threads, warmup
+    def __init__(self, runtime: str, threads: int, warmup: int = WARMUP, clock: str = "wall") -> None:
+        self.runtime, self.threads, self.warmup, self.clock = runtime, threads, warmup, clock
         self._overhead: dict[tuple[int, ...], float] = {}
 
     def overhead(self, shape: Sequence[int], runs: int = RUNS) -> float:
@@ -183,15 +232,15 @@ class RuntimeTimer:
             return 0.0
         if key not in self._overhead:
             self._overhead[key] = measure(nn.Identity(), torch.zeros(key), self.runtime,
-                                          self.threads, max(runs, RUNS), self.warmup)
+                                          self.threads, max(runs, RUNS), self.warmup, self.clock)
         return self._overhead[key]
 
     def whole(self, module: nn.Module, x: Tensor, runs: int) -> float:
         """A whole network's time, overhead included (as deployment pays it)."""
-        return measure(module, x, self.runtime, self.threads, runs, self.warmup)
+        return measure(module, x, self.runtime, self.threads, runs, self.warmup, self.clock)
 
     def __call__(self, module: nn.Module, x: Tensor, runs: int) -> float:
-        return max(0.0, self.whole(module, x, runs) - self.overhead(x.shape, runs))
+        return max(0.0, self.whole(WithSum(module), x, runs) - self.overhead(x.shape, runs))
 
 
 # -- what a table fits --------------------------------------------------------------------------
@@ -245,6 +294,7 @@ class LatencyTable:
     groups: dict[str, dict[str, Any]]
     correction: dict[str, Any] = field(default_factory=lambda: {"a": 1.0, "b": 0.0, "networks": 0})
     runs: int = RUNS
+    clock: str = "wall"
     created: str = ""
     gumbel_nas: str = ""
 
@@ -252,18 +302,24 @@ class LatencyTable:
         """``onnxruntime 1.23.2 on x86_64 (AMD EPYC), 1 thread, batch 1``."""
         cpu = self.machine.get("cpu", "")
         threads = f"{self.threads} thread{'s' if self.threads != 1 else ''}"
+        clock = ", thread CPU time" if self.clock == "cpu" else ""
         return (f"{self.runtime_version} on {self.machine.get('arch', '?')}"
-                f"{f' ({cpu})' if cpu else ''}, {threads}, batch {self.batch}")
+                f"{f' ({cpu})' if cpu else ''}, {threads}, batch {self.batch}{clock}")
 
     def fits_note(self) -> str:
         """How well the correction fits the whole networks it was fitted on."""
         c = self.correction
         if not c.get("networks"):
             return "no whole-network correction"
-        return (f"whole-network correction {c['a']:.3f} * sum + {c['b']:.3f} ms fitted on "
-                f"{c['networks']} random networks: mean error {100 * c['mean_rel_error']:.1f}% "
-                f"(max {100 * c['max_rel_error']:.1f}%), {100 * c['mean_rel_error_uncorrected']:.1f}% "
-                "without it")
+        line = (f"{c['a']:.3f} * sum + {c['b']:.3f} ms: {100 * c['mean_rel_error']:.1f}% "
+                f"(max {100 * c['max_rel_error']:.1f}%)")
+        none = f"the per-op sum alone {100 * c['mean_rel_error_uncorrected']:.1f}%"
+        per_op = c.get("per_op")
+        if not per_op:
+            return f"whole-network correction fitted on {c['networks']} random networks, {line}; {none}"
+        return (f"per-op correction fitted on {c['networks']} random networks: mean error "
+                f"{100 * per_op['mean_rel_error']:.1f}% (max {100 * per_op['max_rel_error']:.1f}%); "
+                f"the line {line}; {none}")
 
     def to_dict(self) -> dict[str, Any]:
         """The file's JSON data."""
@@ -285,8 +341,10 @@ class LatencyTable:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def install(self, costs: CostTable, path: str | Path, corrected: bool = True) -> None:
-        """Make ``costs`` (a search's table of the same space) price latency by this table."""
+    def install(self, costs: CostTable, path: str | Path, correction: str = "best") -> None:
+        """Make ``costs`` (a search's table of the same space) price latency by this table:
+        with its per-op correction where it has one (``best``), its line (``line``), or the
+        per-op sum alone (``none``)."""
         where = f"search.budget.latency_table {path}"
         for group, rows in costs.ops["params"].items():
             mine = self.groups.get(group)
@@ -300,9 +358,12 @@ class LatencyTable:
         if set(self.groups) != set(costs.op_names):
             raise InputError(f"{where}: the table's logit groups {sorted(self.groups)} are not "
                              f"this search's {sorted(costs.op_names)}")
-        a, b = (self.correction["a"], self.correction["b"]) if corrected else (1.0, 0.0)
-        saved = {"base": {"latency_ms": a * self.base_ms + b},
-                 "ops": {"latency_ms": {g: [[a * ms for ms in row] for row in v["ms"]]
+        per_op = self.correction.get("per_op") if correction == "best" else None
+        a, b = (self.correction["a"], self.correction["b"]) if correction != "none" else (1.0, 0.0)
+        scales = per_op["scales"] if per_op else {g: [a] * len(v["ops"]) for g, v in self.groups.items()}
+        base = per_op["base"] if per_op else a * self.base_ms + b
+        saved = {"base": {"latency_ms": base},
+                 "ops": {"latency_ms": {g: [[k * ms for k, ms in zip(scales[g], row)] for row in v["ms"]]
                                         for g, v in self.groups.items()}}}
         costs.load_metric(saved, "latency_ms")
         costs.how["latency_ms"] = f"the latency table {path}: {self.describe()}, {self.fits_note()}"
@@ -352,8 +413,8 @@ def read_table(path: str | Path) -> LatencyTable:
     _need(data.get("format_version") == FORMAT_VERSION, path,
           f"format version {data.get('format_version')!r}, this gumbel-nas reads {FORMAT_VERSION}")
     names = {f.name for f in LatencyTable.__dataclass_fields__.values()}
-    missing = sorted(n for n in names if n not in data and n not in ("correction", "runs", "created",
-                                                                    "gumbel_nas"))
+    missing = sorted(n for n in names if n not in data and n not in (
+        "correction", "runs", "clock", "created", "gumbel_nas"))
     _need(not missing, path, f"it has no {', '.join(missing)}")
     _need(data["runtime"] in RUNTIMES, path, f"unknown runtime {data['runtime']!r}")
     for key in ("threads", "batch", "image_size", "num_classes"):
@@ -363,6 +424,7 @@ def read_table(path: str | Path) -> LatencyTable:
         _need(isinstance(data[key], dict), path, f"{key} must be a mapping")
     _need(isinstance(data["space"], str) and isinstance(data["runtime_version"], str), path,
           "space and runtime_version must be text")
+    _need(data.get("clock", "wall") in CLOCKS, path, f"unknown clock {data.get('clock')!r}")
     _number(data["base_ms"], path, "base_ms", low=-math.inf)
     _check_groups(data["groups"], path)
     c = data.get("correction", {"a": 1.0, "b": 0.0, "networks": 0})
@@ -423,17 +485,97 @@ def random_genotypes(model: Supernet, count: int, seed: int) -> list[Genotype]:
     return out
 
 
+def _live_cell(nodes: Sequence[Sequence[tuple[str, int]]], inputs: int, outputs: Sequence[int],
+               stand_in: str) -> tuple[list[list[tuple[str, int]]], bool]:
+    """A cell's nodes as a graph runtime runs them (see ``as_deployed``), and whether the
+    cell's output depends on its inputs at all."""
+    varies = [True] * inputs  # which states depend on the cell's inputs (else: constants)
+    for node in nodes:
+        varies.append(any(op != "none" and varies[src] for op, src in node))
+    used = [False] * len(varies)
+    for s in outputs or [len(varies) - 1]:
+        used[s] = True
+    for i in reversed(range(len(nodes))):
+        if used[inputs + i]:
+            for op, src in nodes[i]:
+                used[src] = used[src] or (op != "none" and varies[src])
+
+    def runs_as(op: str, src: int, dst: int) -> str:
+        if op == "none" or not (used[dst] and varies[dst]):
+            return "none"  # pruned, or part of a constant
+        return op if varies[src] else stand_in  # a folded op's constant is still summed
+
+    live = [[(runs_as(op, src, inputs + i), src) for op, src in node] for i, node in enumerate(nodes)]
+    return live, any(varies[s] for s in (outputs or [len(varies) - 1]))
+
+
+def as_deployed(genotype: Genotype, stand_ins: Mapping[str, str] | None = None) -> Genotype:
+    """The genotype as a graph runtime (onnxruntime) runs its network: an op whose result never
+    reaches the cell's output is pruned (`none`); an op whose input is a constant (only `none`
+    leads to it) is folded at export, but the constant is still summed into its node, which
+    costs about what the kind's ``stand_ins`` op does (the cheapest: `skip_connect` is an
+    identity and that sum; without one, `none`). A cell whose output is a constant makes the
+    whole network one (every op `none`). Eager torch runs every op: its tables use the genotype."""
+    cells, constant = {}, False
+    for kind, nodes in genotype.cells.items():
+        cells[kind], varies = _live_cell(nodes, genotype.inputs[kind], genotype.concat.get(kind, ()),
+                                         (stand_ins or {}).get(kind, "none"))
+        constant = constant or not varies
+    if constant:
+        cells = {k: [[("none", src) for _, src in node] for node in nodes]
+                 for k, nodes in genotype.cells.items()}
+    return replace(genotype, cells=cells)
+
+
+def stand_ins(costs: CostTable) -> dict[str, str]:
+    """Per logit group, its cheapest op other than `none` by the latency table ``costs``."""
+    out = {}
+    for kind, names in costs.op_names.items():
+        mean = costs.ops["latency_ms"][kind].mean(0).tolist()
+        usable = [o for o, name in enumerate(names) if name != "none"]
+        if usable:
+            out[kind] = names[min(usable, key=lambda o: mean[o])]
+    return out
+
+
+def priced_as(costs: CostTable, genotype: Genotype, runtime: str) -> float:
+    """The latency ``costs`` gives ``genotype``'s network in ``runtime`` (as deployed there)."""
+    if runtime == "onnxruntime":
+        genotype = as_deployed(genotype, stand_ins(costs))
+    return costs.of(genotype)["latency_ms"]
+
+
+def constant(genotype: Genotype) -> bool:
+    """Whether every op of ``genotype`` is `none` (as ``as_deployed`` leaves a constant network)."""
+    return all(op == "none" for nodes in genotype.cells.values() for node in nodes for op, _ in node)
+
+
 def fit_line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
-    """Least-squares ``ys ~ a * xs + b``; (1, mean difference) when the xs cannot tell a slope."""
+    """``ys ~ a * xs + b`` minimising the squared relative errors ``((a x + b - y) / y)^2`` (the
+    small networks count as much as the large); (1, mean difference) when the xs cannot tell a
+    slope, or tell one below 0 (noise swamping the spread would rank networks backwards)."""
     n = len(xs)
-    mean_x, mean_y = sum(xs) / n, sum(ys) / n
-    var = sum((x - mean_x) ** 2 for x in xs)
-    if n < 3 or var <= 1e-12 * max(1.0, mean_x ** 2):
-        return 1.0, mean_y - mean_x
-    a = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / var
-    if a <= 0:  # noise swamping the spread: a slope below 0 would rank networks backwards
-        return 1.0, mean_y - mean_x
+    w = [1.0 / max(y, 1e-9) ** 2 for y in ys]
+    total = sum(w)
+    mean_x = sum(wi * x for wi, x in zip(w, xs)) / total
+    mean_y = sum(wi * y for wi, y in zip(w, ys)) / total
+    var = sum(wi * (x - mean_x) ** 2 for wi, x in zip(w, xs))
+    if n < 3 or var <= 1e-12 * max(1.0, mean_x ** 2) * total:
+        return 1.0, statistics.fmean(ys) - statistics.fmean(xs)
+    a = sum(wi * (x - mean_x) * (y - mean_y) for wi, x, y in zip(w, xs, ys)) / var
+    if a <= 0:
+        return 1.0, statistics.fmean(ys) - statistics.fmean(xs)
     return a, mean_y - a * mean_x
+
+
+def spread(values: Sequence[float], count: int) -> list[int]:
+    """Indices of ``count`` of ``values`` spread evenly over their range (the ends included), so
+    that a line fitted through them is held at both ends."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    if count >= len(order):
+        return order
+    picks = sorted({order[round(k * (len(order) - 1) / max(1, count - 1))] for k in range(count)})
+    return picks
 
 
 def relative_errors(predicted: Sequence[float], measured: Sequence[float]) -> list[float]:
@@ -441,8 +583,52 @@ def relative_errors(predicted: Sequence[float], measured: Sequence[float]) -> li
     return [abs(p - m) / m for p, m in zip(predicted, measured)]
 
 
-def correction_of(sums: Sequence[float], measured: Sequence[float]) -> dict[str, Any]:
-    """The whole-network correction ``measured ~ a * sums + b`` and how well it fits."""
+def op_sums(costs: CostTable, genotype: Genotype, runtime: str) -> dict[str, list[float]]:
+    """Per logit group and op: the milliseconds ``costs`` gives the network for that op's uses
+    (as deployed in ``runtime``); their sum plus the base is ``priced_as``."""
+    if runtime == "onnxruntime":
+        genotype = as_deployed(genotype, stand_ins(costs))
+    table = costs.ops["latency_ms"]
+    out = {}
+    for g, t in table.items():
+        out[g] = []
+        for o in range(t.shape[1]):
+            masked = {k: torch.zeros_like(v) for k, v in table.items()}
+            masked[g][:, o] = t[:, o]
+            alone = replace(costs, base={"latency_ms": 0.0}, ops={"latency_ms": masked})
+            out[g].append(alone.of(genotype)["latency_ms"])
+    return out
+
+
+def fit_per_op(features: Sequence[Mapping[str, list[float]]], measured: Sequence[float]
+               ) -> dict[str, Any] | None:
+    """``measured ~ base + sum over (group, op) of scale * its ms`` minimising the squared
+    relative errors (the FBNet table calibrated per op on whole networks: an op can cost less
+    in a network than alone, where the runtime fuses it with its neighbours); None when the
+    networks are too few for the ops seen, or a scale comes out at or below 0 (noise)."""
+    keys = [(g, o) for g, row in features[0].items() for o in range(len(row))
+            if any(f[g][o] > 0 for f in features)]
+    if len(measured) < 2 * (len(keys) + 1):
+        return None
+    X = torch.tensor([[1.0] + [f[g][o] for g, o in keys] for f in features], dtype=torch.float64)
+    y = torch.tensor(measured, dtype=torch.float64)
+    w = 1.0 / y.clamp_min(1e-9)
+    solution = torch.linalg.lstsq(X * w[:, None], y * w).solution.tolist()
+    if not all(math.isfinite(v) for v in solution) or min(solution[1:]) <= 0:
+        return None
+    scales = {g: [1.0] * len(row) for g, row in features[0].items()}
+    for (g, o), k in zip(keys, solution[1:]):
+        scales[g][o] = k
+    fitted = (X @ torch.tensor(solution, dtype=torch.float64)).tolist()
+    errors = relative_errors(fitted, measured)
+    return {"base": solution[0], "scales": scales, "mean_rel_error": statistics.fmean(errors),
+            "max_rel_error": max(errors)}
+
+
+def correction_of(sums: Sequence[float], measured: Sequence[float],
+                  features: Sequence[Mapping[str, list[float]]] = ()) -> dict[str, Any]:
+    """The whole-network corrections, ``measured ~ a * sums + b`` and, with ``features`` (each
+    network's ``op_sums``) for enough networks, one scale per op; how well each fits."""
     if not sums:
         return {"a": 1.0, "b": 0.0, "networks": 0}
     a, b = fit_line(sums, measured)
@@ -452,7 +638,9 @@ def correction_of(sums: Sequence[float], measured: Sequence[float]) -> dict[str,
             "mean_rel_error": statistics.fmean(after), "max_rel_error": max(after),
             "mean_rel_error_uncorrected": statistics.fmean(before),
             "max_rel_error_uncorrected": max(before),
-            "fit": "least squares over random whole networks, in-sample errors",
+            "per_op": fit_per_op(features, measured) if features else None,
+            "fit": "least squares of the relative errors over random whole networks spread over "
+                   "the range of the per-op sums; in-sample errors",
             "sums_ms": list(sums), "measured_ms": list(measured)}
 
 
@@ -467,6 +655,7 @@ class Job:
     runs: int = RUNS
     networks: int = NETWORKS
     num_classes: int = 10
+    clock: str = "wall"
 
     @property
     def image_size(self) -> int:
@@ -482,6 +671,7 @@ class Job:
                                        ("--classes", self.num_classes, 1, 100_000)):
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise InputError(f"{flag} must be a whole number from {low} to {high}, got {value!r}")
+        check_clock(self.clock, self.threads)
         if self.networks in (1, 2):
             raise InputError(f"--networks must be 0 (no correction) or at least 3 to fit a line, "
                              f"got {self.networks}")
@@ -506,24 +696,30 @@ def measure_table(job: Job, model: Supernet,
     step = progress or (lambda text: None)
     cfg, size = job.cfg, job.image_size
     job.build(model.genotype())  # network: options fail in one line before any timing
-    timer = RuntimeTimer(job.runtime, job.threads)
+    timer = RuntimeTimer(job.runtime, job.threads, clock=job.clock)
     x = torch.zeros(job.batch, 3, size, size)
     with torch.random.fork_rng(devices=[]):
         raw = build_cost_table(model, job.build, size, ["latency_ms"], torch.device("cpu"),
                                cfg.space, job.batch, job.runs, step, timer, calibrate=False)
         base = float(raw.base["latency_ms"]) + timer.overhead(x.shape, job.runs)
-        sums, measured = [], []
-        for i, genotype in enumerate(random_genotypes(model, job.networks, cfg.seed)):
-            step(f"network {i + 1}/{job.networks}")
-            sums.append(raw.of(genotype)["latency_ms"] - raw.base["latency_ms"] + base)
-            measured.append(timer.whole(job.build(genotype), x, job.runs))
+        # many random networks priced, the correction's spread over the range of their sums
+        drawn = random_genotypes(model, CANDIDATES * job.networks, cfg.seed)
+        if job.runtime == "onnxruntime":  # networks that fold to a constant tell nothing
+            drawn = [g for g in drawn if not constant(as_deployed(g))] or drawn
+        priced = [priced_as(raw, g, job.runtime) - raw.base["latency_ms"] + base for g in drawn]
+        chosen = spread(priced, job.networks)
+        sums, measured = [priced[i] for i in chosen], []
+        features = [op_sums(raw, drawn[i], job.runtime) for i in chosen]
+        for n, i in enumerate(chosen):
+            step(f"network {n + 1}/{len(chosen)}")
+            measured.append(timer.whole(job.build(drawn[i]), x, job.runs))
     return LatencyTable(
         job.runtime, runtime_version(job.runtime), machine(), job.threads, job.batch, cfg.space,
         network_options(cfg.space, cfg.network), {k: _plain(v) for k, v in cfg.supernet.items()},
         size, job.num_classes, base,
         {g: {"ops": list(raw.op_names[g]), "ms": raw.ops["latency_ms"][g].double().tolist()}
          for g in raw.op_names},
-        correction_of(sums, measured), job.runs,
+        correction_of(sums, measured, features), job.runs, job.clock,
         datetime.now(timezone.utc).isoformat(timespec="seconds"), __version__)
 
 
@@ -563,7 +759,7 @@ def measure_onnx_file(path: str | Path, batch: int, threads: int, runs: int = RU
 
 
 def predict(table: LatencyTable, path: str | Path, cfg: Config, genotypes: Sequence[Genotype],
-            corrected: bool = True) -> list[float]:
+            correction: str = "best") -> list[float]:
     """The latency ``table`` predicts for each genotype's network, as a search prices it (a
     search's cost table with the table installed)."""
     check_fits(table, cfg, path)
@@ -572,8 +768,8 @@ def predict(table: LatencyTable, path: str | Path, cfg: Config, genotypes: Seque
     with torch.random.fork_rng(devices=[]):
         costs = build_cost_table(model, build, table.image_size, ["params"], torch.device("cpu"),
                                  cfg.space)
-    table.install(costs, path, corrected)
-    return [costs.of(g)["latency_ms"] for g in genotypes]
+    table.install(costs, path, correction)
+    return [priced_as(costs, g, table.runtime) for g in genotypes]
 
 
 def runtime_latency(module: nn.Module, image_size: int, batches: Sequence[int], runtime: str,

@@ -14,12 +14,13 @@ from conftest import ROOT
 import nas
 from nas.config import build_config
 from nas.errors import InputError
-from nas.latency import (Job, LatencyTable, check_fits, fit_line, measure, measure_table,
-                         read_table, supernet_of)
+from nas.latency import (Job, LatencyTable, as_deployed, check_fits, fit_line, fit_per_op,
+                         measure, measure_table, read_table, spread, supernet_of)
 from nas.spaces import build_network
 
 TINY = {"space": "nasbench201", "data": {"image_size": 8},
         "supernet": {"C": 4, "cells_per_stage": 1}, "network": {"C": 4, "cells_per_stage": 1}}
+NB201_CELL = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
 
 
 def nas_cli(*args, cwd=None):
@@ -70,12 +71,53 @@ def test_the_table_file_holds_what_it_was_measured_with(ort_table):
     assert cell["ms"][0][conv3] > cell["ms"][0][skip]
     c = table.correction
     assert c["networks"] == 4 and len(c["measured_ms"]) == 4 and c["a"] > 0
-    assert c["mean_rel_error"] <= c["mean_rel_error_uncorrected"] + 1e-9  # least squares fit
+    assert c["per_op"] is None  # 4 networks are too few to fit a scale per op
+    assert table.clock == "wall" and data["fingerprint"] and data["created"]
 
 
 def test_the_correction_is_the_least_squares_line():
     assert fit_line([1.0, 2.0, 3.0], [2.5, 4.5, 6.5]) == pytest.approx((2.0, 0.5))
     assert fit_line([1.0, 1.0, 1.0], [2.0, 2.0, 2.0]) == pytest.approx((1.0, 1.0))  # no spread
+
+
+def test_the_per_op_correction_recovers_known_scales():
+    rng = torch.Generator().manual_seed(0)
+    features = [{"cell": [0.0, *torch.rand(3, generator=rng).tolist()]} for _ in range(12)]
+    measured = [0.2 + 1.5 * f["cell"][1] + 0.5 * f["cell"][2] + 1.0 * f["cell"][3] for f in features]
+    fit = fit_per_op(features, measured)
+    assert fit["base"] == pytest.approx(0.2)
+    assert fit["scales"]["cell"] == pytest.approx([1.0, 1.5, 0.5, 1.0])  # `none` (no ms) kept at 1
+    assert fit["max_rel_error"] < 1e-9
+    assert fit_per_op(features[:7], measured[:7]) is None  # fewer than 2 networks per scale
+
+
+def test_spread_picks_networks_over_the_whole_range():
+    values = [5.0, 1.0, 3.0, 2.0, 4.0, 0.5, 2.5]
+    picked = spread(values, 3)
+    assert sorted(values[i] for i in picked) == [0.5, 2.5, 5.0]
+    assert sorted(spread(values, 10)) == list(range(7))
+
+
+@pytest.mark.parametrize("cell,deployed", [
+    # node 1 is constant (only `none`): the 3x3 conv on it folds, its constant is still summed
+    ("|none~0|+|none~0|nor_conv_3x3~1|+|avg_pool_3x3~0|nor_conv_1x1~1|skip_connect~2|",
+     "|none~0|+|none~0|none~1|+|avg_pool_3x3~0|skip_connect~1|skip_connect~2|"),
+    # node 2 never reaches the output (3 <- 2 is `none`): its ops are pruned
+    ("|nor_conv_1x1~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|avg_pool_3x3~0|nor_conv_3x3~1|none~2|",
+     "|nor_conv_1x1~0|+|none~0|none~1|+|avg_pool_3x3~0|nor_conv_3x3~1|none~2|"),
+    # no path from the input to the output: the network is a constant
+    ("|nor_conv_3x3~0|+|none~0|none~1|+|none~0|none~1|skip_connect~2|",
+     "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"),
+    (NB201_CELL, NB201_CELL),  # every op runs
+])
+def test_as_deployed_drops_what_a_graph_runtime_does_not_run(cell, deployed):
+    got = as_deployed(nas.parse_genotype(cell), {"cell": "skip_connect"})
+    assert got.to_nb201_string() == deployed
+
+
+def test_as_deployed_keeps_every_darts_op():
+    g = nas.parse_genotype("DARTS_V2")
+    assert as_deployed(g, {"normal": "skip_connect", "reduce": "skip_connect"}) == g
 
 
 def test_torch_table_predicts_its_random_networks(tmp_path):
@@ -141,6 +183,7 @@ def test_latency_table_cli_errors_are_one_line(tmp_path, ort_table):
     for extra, message in ((["--batch", "0"], "--batch must be a whole number from 1"),
                            (["--threads", "99999"], "--threads must be a whole number"),
                            (["--networks", "2"], "at least 3 to fit a line"),
+                           (["--clock", "cpu", "--threads", "2"], "it needs --threads 1"),
                            (["--set", "network.D=1"], "network.D: unknown key")):
         out = tmp_path / "t.json"
         done = nas_cli("latency-table", "--config", str(config), "--runtime", "torch",
@@ -217,8 +260,6 @@ def test_a_search_refuses_a_table_that_does_not_fit_before_any_work(tmp_path, ci
     assert message in done.stderr and not run.exists()
 
 
-NB201_CELL = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
-
 
 def test_profile_times_the_network_in_onnxruntime_beside_the_tables_prediction(
         tmp_path, ort_table, capsys):
@@ -241,6 +282,7 @@ def test_profile_times_the_network_in_onnxruntime_beside_the_tables_prediction(
     assert p["predicted_latency"]["batch"] == 1
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the test writes with the TorchScript exporter
 def test_profile_times_an_onnx_file_alone(tmp_path, capsys):
     from nas.cli import main
     net = build_network("nasbench201", nas.parse_genotype(NB201_CELL), 10,
