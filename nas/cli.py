@@ -231,8 +231,9 @@ def _add_latency_verb(verbs) -> None:
                    help="intra-op threads of the runtime (default 1)")
     p.add_argument("--runs", type=int, default=30, metavar="N",
                    help="timed runs per measurement, the median kept (default 30)")
-    p.add_argument("--networks", type=int, default=10, metavar="K",
-                   help="random whole networks the correction is fitted on (default 10; 0: none)")
+    p.add_argument("--networks", type=int, default=30, metavar="K",
+                   help="random whole networks the corrections are fitted on (default 30; a "
+                        "scale per op needs 2 per op and group; 0: none)")
     p.add_argument("--classes", type=int, metavar="N",
                    help="classes of the network's head (default: the dataset's, else 10)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
@@ -676,8 +677,7 @@ def cmd_latency_table(args: argparse.Namespace) -> int:
     print(f"wrote {out}: {table.space} network ({', '.join(f'{k}={v}' for k, v in table.network.items())}; "
           f"{table.num_classes} classes, {table.image_size}x{table.image_size} images), "
           f"choice points x ops {groups}")
-    print(f"measured with {table.describe()}, median of {table.runs} runs; base "
-          f"{table.base_ms:.3f} ms; {table.fits_note()}")
+    print(f"measured with {table.describe()}, median of {table.runs} runs; {table.fits_note()}")
     print(f"use it: search.budget.latency_table: {out} (with search.budget.latency_ms)")
     return 0
 
