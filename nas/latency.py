@@ -430,8 +430,18 @@ def read_table(path: str | Path) -> LatencyTable:
     c = data.get("correction", {"a": 1.0, "b": 0.0, "networks": 0})
     _need(isinstance(c, dict), path, "correction must be a mapping")
     _number(c.get("a"), path, "correction.a", low=1e-6)
-    _need(isinstance(c.get("b"), (int, float)) and math.isfinite(c["b"]), path,
-          "correction.b must be a finite number")
+    _number(c.get("b"), path, "correction.b", low=-math.inf)
+    per_op = c.get("per_op")
+    if per_op is not None:
+        _need(isinstance(per_op, dict) and isinstance(per_op.get("scales"), dict)
+              and set(per_op["scales"]) == set(data["groups"]), path,
+              "correction.per_op must hold a base and scales for every group")
+        _number(per_op.get("base"), path, "correction.per_op.base", low=-math.inf)
+        for g, scales in per_op["scales"].items():
+            _need(isinstance(scales, list) and len(scales) == len(data["groups"][g]["ops"]), path,
+                  f"correction.per_op.scales.{g} must have one number per op")
+            for k in scales:
+                _number(k, path, f"correction.per_op.scales.{g}", low=1e-6)
     return LatencyTable(**{k: data[k] for k in names if k in data})
 
 

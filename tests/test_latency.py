@@ -161,6 +161,7 @@ def test_a_table_for_other_classes_is_refused(ort_table):
     (None, "has no base_ms"),
     ("ms", "row 0 op 3 must be a finite number >= 0"),
     ("rows", "row 1 must have one number per op"),
+    ("per_op", "correction.per_op.scales.cell must have one number per op"),
 ])
 def test_malformed_tables_fail_in_one_line(ort_table, tmp_path, text, message):
     data = table_data(ort_table[1])
@@ -170,8 +171,10 @@ def test_malformed_tables_fail_in_one_line(ort_table, tmp_path, text, message):
         data["groups"]["cell"]["ms"][0][3] = -1.0
     elif text == "rows":
         data["groups"]["cell"]["ms"][1] = [0.1]
+    elif text == "per_op":
+        data["correction"]["per_op"] = {"base": 0.1, "scales": {"cell": [1.0]}}
     path = tmp_path / "bad.json"
-    path.write_text(text if text not in (None, "ms", "rows") else json.dumps(data))
+    path.write_text(text if text not in (None, "ms", "rows", "per_op") else json.dumps(data))
     with pytest.raises(InputError, match=message) as err:
         read_table(path)
     assert "\n" not in str(err.value)
