@@ -589,7 +589,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         args.target, args.config, args.set, args.image_size)
     device = resolve_device(args.device or cfg.device)
     check_network(model, classes, size, f"search space '{space}'")
-    predicted = _predicted(args.latency_table, cfg, genotype)  # a table that does not fit: now
+    predicted = _predicted(args.latency_table, cfg, genotype, size)  # one that does not fit: now
     if args.threads:
         torch.set_num_threads(args.threads)
     layout = channels_last(cfg.train.channels_last, device)  # as nas train runs it
@@ -619,12 +619,16 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predicted(path: str | None, cfg, genotype) -> dict | None:
+def _predicted(path: str | None, cfg, genotype, size: int) -> dict | None:
     """What the latency table at ``path`` predicts for ``genotype``'s network (None: no table)."""
     if path is None:
         return None
     from .latency import predict, read_table
     table = read_table(path)
+    if table.image_size != size:
+        raise InputError(f"--latency-table {path} was measured at {table.image_size}x"
+                         f"{table.image_size} images, the profile runs at {size}x{size}: add "
+                         f"--image-size {table.image_size}")
     return {"table": path, "measured_with": table.describe(), "batch": table.batch,
             "latency_ms": predict(table, path, cfg, [genotype])[0]}
 
