@@ -283,6 +283,11 @@ def test_profile_times_the_network_in_onnxruntime_beside_the_tables_prediction(
         cell["ms"][e][cell["ops"].index(op)] for e, op in enumerate(edges))) + table.correction["b"]
     assert p["predicted_latency"]["latency_ms"] == pytest.approx(by_hand, rel=1e-5)
     assert p["predicted_latency"]["batch"] == 1
+    # a table of 8x8 images beside a profile at 16x16: refused before anything is timed
+    assert main(["profile", NB201_CELL, "--config", str(config), "--image-size", "16",
+                 "--latency-table", ort_table[1]]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "measured at 8x8 images, the profile runs at 16x16" in err
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the test writes with the TorchScript exporter
