@@ -292,11 +292,9 @@ def build_cost_table(model: Supernet, build: Callable[[Genotype], nn.Module], im
 
     ``model`` is the space's supernet (ops, cell shape, how many inputs a node keeps). Each op
     module of each probe network is counted (or timed on ``device`` by ``timer``, default
-    ``measure_latency``) alone, on the input it gets in the network; what is not an op is the
-    base. Parameters and multiply-adds must add up exactly: a space whose cost is not a sum over
-    its edges fails here, in one line.
-    ``calibrate=False`` keeps the ops' own times and takes as base the probes' median remainder
-    (whole network minus its ops), without the fit to the probes.
+    ``measure_latency``) alone, on its input in the network; the rest is the base (without
+    ``calibrate``: the ops' own times, the probes' median remainder). Parameters and multiply-adds
+    must add up exactly: a space whose cost is not a sum over its edges fails here, in one line.
     """
     base_genotype = model.genotype()
     probes = probe_genotypes(model, base_genotype.concat, space)

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import MAX_THREADS, Config, check_options
-from .cost import CostTable, Timer, build_cost_table, measure_latency
+from .cost import CostTable, build_cost_table, measure_latency
 from .errors import InputError
 from .export import ONNX_OPSET, Logits
 from .genotype import Genotype
