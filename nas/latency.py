@@ -2,19 +2,21 @@
 
 ``measure`` times a module on an input in a runtime: ``torch`` (eager, ``measure_latency``) or
 ``onnxruntime`` (the module alone exported to ONNX in memory, run by an ``InferenceSession`` with
-``threads`` intra-op threads, one inter-op thread, sequential execution; the median of timed runs
-after warm-up runs).
+``threads`` intra-op threads, one inter-op thread, sequential execution), by the wall clock or
+the thread's CPU time: the least of a few medians of timed runs after warm-up runs.
 
 ``measure_table`` fills a ``LatencyTable``: per (choice point, op), where a choice point is a
 row of a logit group (an edge of a cell kind), the milliseconds that op adds to the network the
 config's ``network:`` options build, and the base (stem, head, the fixed parts), all timed in the
 runtime on the machine it runs on (``build_cost_table``'s probe networks, ``calibrate=False``).
 Per-block sums miss where a runtime fuses layers or a block is memory-bound (HW-NAS-Bench), so
-the table also holds a correction fitted on whole networks: K random networks of the space timed
-in the same runtime, ``measured ~ a * (base + sum of ops) + b`` by least squares, with the fit's
-error. The file is JSON, data only: runtime and version, machine, threads, batch, the space and
-the options and image size it was measured for; ``search.budget.latency_table`` prices a search
-with it, and a table for another space or other shapes is refused in one line.
+the table also holds corrections fitted on whole networks: K random networks of the space timed
+in the same runtime, ``measured ~ a * (base + sum of ops) + b`` and, with enough networks, a base
+and one scale per op, by least squares of the relative errors, with the fits' errors. What a
+graph runtime folds or prunes is not priced (``as_deployed``). The file is JSON, data only:
+runtime and version, machine, threads, batch, clock, the space and the options and image size it
+was measured for; ``search.budget.latency_table`` prices a search with it, and a table for
+another space or other shapes is refused in one line.
 """
 from __future__ import annotations
 
@@ -277,7 +279,8 @@ class LatencyTable:
 
     ``groups[g] = {"ops": [op names], "ms": [[ms per op] per row]}``: what op o at row r of
     logit group g (edge r of every cell of kind g) adds to the network's time. The prediction
-    of a network is ``a * (base_ms + sum of its ops' ms) + b`` (``correction``).
+    of a network is ``per_op.base + sum of scale[g][o] * its ops' ms`` where ``correction``
+    has a ``per_op`` fit, else ``a * (base_ms + sum of its ops' ms) + b``.
     """
 
     runtime: str
