@@ -138,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", metavar="DIR", help="output directory (default: beside the file, "
                    "or the current directory)")
     _add_deploy_verbs(verbs)
+    _add_latency_verb(verbs)
     for name, text in DESCRIPTIONS.items():  # what `nas VERB --help` says above the options
         verbs.choices[name].description = text
     return parser
@@ -190,11 +191,55 @@ def _add_deploy_verbs(verbs) -> None:
                         "(default 16)")
     p.add_argument("--image-size", type=int, metavar="S", help="default: data.image_size")
     p.add_argument("--threads", type=int, metavar="N",
-                   help="CPU threads (torch.set_num_threads; default: torch's choice)")
+                   help="CPU threads (torch.set_num_threads, and onnxruntime's intra-op threads; "
+                        "default: torch's choice)")
     p.add_argument("--runs", type=int, default=20, metavar="N",
                    help="timed runs per measurement at most (default 20; fewer, at least 3, "
                         "when a forward takes long)")
     p.add_argument("--json", action="store_true", help="print the profile as JSON")
+    p.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
+                   help="onnxruntime: also time the network exported to ONNX in onnxruntime "
+                        "(needs the export extra); TARGET may then be an ONNX file (nas export's "
+                        "model.onnx), timed alone")
+    p.add_argument("--latency-table", metavar="FILE",
+                   help="a nas latency-table file: print the latency it predicts for the network "
+                        "beside the measured one")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_plugin_option(p)
+
+
+def _add_latency_verb(verbs) -> None:
+    """``nas latency-table``."""
+    p = verbs.add_parser(
+        "latency-table", help="measure the latency of every (choice point, op) of a config's "
+        "network in a runtime on this machine; writes a table for search.budget.latency_table",
+        description="Time every op at every choice point of the network that the config's "
+        "network: options build (and the network's fixed parts), in torch or onnxruntime on "
+        "the machine this runs on, then K random whole networks to fit a correction of the "
+        "per-op sum. Run it on the target device; search anywhere with search.budget."
+        "latency_table: FILE. Needs gumbel-nas and the runtime only, no data.")
+    p.add_argument("--config", required=True, metavar="FILE",
+                   help="YAML config: its space, supernet: and network: options and image size "
+                        "(search.budget.image_size, else data.image_size)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
+                   help="override config values, e.g. --set network.C=16")
+    p.add_argument("--runtime", required=True, choices=("torch", "onnxruntime"),
+                   help="torch (eager) or onnxruntime (needs the export extra)")
+    p.add_argument("--out", required=True, metavar="FILE", help="the table (JSON) to write")
+    p.add_argument("--batch", type=int, default=1, metavar="N", help="images per forward (default 1)")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="intra-op threads of the runtime (default 1)")
+    p.add_argument("--runs", type=int, default=30, metavar="N",
+                   help="timed runs per measurement, the median kept (default 30)")
+    p.add_argument("--networks", type=int, default=30, metavar="K",
+                   help="random whole networks the corrections are fitted on (default 30; a "
+                        "scale per op needs 2 per op and group; 0: none)")
+    p.add_argument("--classes", type=int, metavar="N",
+                   help="classes of the network's head (default: the dataset's, else 10)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall (default: a device that runs nothing else) or cpu: the thread's "
+                        "CPU time, with --threads 1, on a machine other work shares")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_plugin_option(p)
 
@@ -293,6 +338,11 @@ def _print_search(result) -> None:
     if result.cost is not None:
         from .budget import describe
         print(f"cost of the network: {describe(result.cost, result.budget)}")
+        if "latency_ms" in result.budget:
+            from .cost import format_cost
+            print(f"predicted latency: {format_cost('latency_ms', result.cost['latency_ms'])} "
+                  f"(budget {format_cost('latency_ms', result.budget['latency_ms'])}), by "
+                  f"{result.cost_how['latency_ms']}")
     if result.benchmark is not None:
         print(result.benchmark.summary())
     print(f"TensorBoard: tensorboard --logdir {result.run_dir}")
@@ -521,6 +571,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     import torch
 
+    from .latency import check_runtime, format_runtime_latency, runtime_latency
     from .monitor import steps_bar
     from .profiling import format_profile, network_to_profile, profile_network, with_network
     from .runtime import channels_last, resolve_device
@@ -530,29 +581,115 @@ def cmd_profile(args: argparse.Namespace) -> int:
                                ("--threads", args.threads, 1)):
         if value is not None and value < least:
             raise InputError(f"{flag} must be at least {least}, got {value}")
+    if args.runtime == "onnxruntime":
+        check_runtime("onnxruntime")
+    if args.target.endswith(".onnx"):
+        return _profile_onnx_file(args)
     model, genotype, space, cfg, classes, size = network_to_profile(
         args.target, args.config, args.set, args.image_size)
     device = resolve_device(args.device or cfg.device)
     check_network(model, classes, size, f"search space '{space}'")
+    predicted = _predicted(args.latency_table, cfg, genotype, size)  # one that does not fit: now
     if args.threads:
         torch.set_num_threads(args.threads)
     layout = channels_last(cfg.train.channels_last, device)  # as nas train runs it
-    with steps_bar(4 if args.batch > 1 else 2, "profile", args.quiet) as step:
+    steps = (4 if args.batch > 1 else 2) + (args.runtime == "onnxruntime")
+    with steps_bar(steps, "profile", args.quiet) as step:
         profile = profile_network(model, size, device, batch=args.batch, runs=args.runs,
                                   genotype=genotype, channels_last=layout, progress=step)
+        if args.runtime == "onnxruntime":
+            step("onnxruntime")
+            profile["onnxruntime"] = runtime_latency(model, size, profile["batch_sizes"],
+                                                     "onnxruntime", torch.get_num_threads(),
+                                                     args.runs)
     options = ", ".join(f"{k}={v}" for k, v in cfg.network.items()) or "default options"
     profile = with_network(profile, space, genotype, cfg.network, classes)
+    if predicted is not None:
+        profile["predicted_latency"] = predicted
     if args.json:
         print(json.dumps(profile, indent=2))
+        return 0
+    print(format_profile(profile, f"{space} network ({options}; {classes} classes, "
+                                  f"{size}x{size} images)"))
+    if "onnxruntime" in profile:
+        print(format_runtime_latency(profile["onnxruntime"], "the network exported to ONNX"))
+    if predicted is not None:
+        print(f"predicted by {predicted['table']} ({predicted['measured_with']}): "
+              f"{predicted['latency_ms']:.3f} ms at batch {predicted['batch']}")
+    return 0
+
+
+def _predicted(path: str | None, cfg, genotype, size: int) -> dict | None:
+    """What the latency table at ``path`` predicts for ``genotype``'s network (None: no table)."""
+    if path is None:
+        return None
+    from .latency import predict, read_table
+    table = read_table(path)
+    if table.image_size != size:
+        raise InputError(f"--latency-table {path} was measured at {table.image_size}x"
+                         f"{table.image_size} images, the profile runs at {size}x{size}: add "
+                         f"--image-size {table.image_size}")
+    return {"table": path, "measured_with": table.describe(), "batch": table.batch,
+            "latency_ms": predict(table, path, cfg, [genotype])[0]}
+
+
+def _profile_onnx_file(args: argparse.Namespace) -> int:
+    """``nas profile model.onnx --runtime onnxruntime``: the file's latency alone."""
+    import json
+
+    import torch
+
+    from .latency import format_runtime_latency, onnx_file_latency
+    if args.runtime != "onnxruntime":
+        raise InputError(f"{args.target} is an ONNX file: time it with --runtime onnxruntime")
+    for flag in ("config", "set", "latency_table", "device"):
+        if getattr(args, flag):
+            raise InputError(f"--{flag.replace('_', '-')} does not apply to an ONNX file, which "
+                             "is timed alone")
+    if not Path(args.target).is_file():
+        raise InputError(f"ONNX file not found: {args.target}")
+    batches = sorted({1, args.batch})
+    p = onnx_file_latency(args.target, batches, args.threads or torch.get_num_threads(), args.runs,
+                          args.image_size)
+    if args.json:
+        print(json.dumps(p, indent=2))
     else:
-        print(format_profile(profile, f"{space} network ({options}; {classes} classes, "
-                                      f"{size}x{size} images)"))
+        print(format_runtime_latency(p, f"{args.target}, {p['image_size']}x{p['image_size']} "
+                                        "images"))
+    return 0
+
+
+def cmd_latency_table(args: argparse.Namespace) -> int:
+    from .config import config_specs, load_config
+    from .latency import Job, check_out, measure_table, supernet_of
+    from .monitor import steps_bar
+    from .registry import trust
+
+    cfg = load_config(args.config, args.set)
+    for spec in config_specs(cfg):  # named by the user on the command line
+        trust(spec)
+    classes = args.classes if args.classes is not None else CLASSES.get(cfg.data.dataset, 10)
+    job = Job(cfg, args.runtime, args.batch, args.threads, args.runs, args.networks, classes,
+              args.clock)
+    job.check()
+    out = check_out(args.out, args.force)
+    model = supernet_of(job)
+    with steps_bar(job.steps(model), "latency-table", args.quiet) as step:
+        table = measure_table(job, model, step)
+    table.save(out)
+    groups = ", ".join(f"{g}: {len(v['ms'])} x {len(v['ops'])}" for g, v in table.groups.items())
+    print(f"wrote {out}: {table.space} network ({', '.join(f'{k}={v}' for k, v in table.network.items())}; "
+          f"{table.num_classes} classes, {table.image_size}x{table.image_size} images), "
+          f"choice points x ops {groups}")
+    print(f"measured with {table.describe()}, median of {table.runs} runs; {table.fits_note()}")
+    print(f"use it: search.budget.latency_table: {out} (with search.budget.latency_ms)")
     return 0
 
 
 COMMANDS = {"search": cmd_search, "plot": cmd_plot, "train": cmd_train, "run": cmd_run, "evaluate": cmd_evaluate,
             "list": cmd_list, "genotype": cmd_genotype}
 COMMANDS.update(export=cmd_export, profile=cmd_profile)  # nas/export.py, nas/profiling.py
+COMMANDS["latency-table"] = cmd_latency_table  # nas/latency.py
 
 
 class Terminated(KeyboardInterrupt):

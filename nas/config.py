@@ -58,6 +58,8 @@ class BudgetConfig:
     latency_ms: float | None = None     # milliseconds per batch, by a per-op table measured on the device
     image_size: int | None = None       # the images the cost is counted at; null: data.image_size
     latency_batch: int = 1              # the batch the latency is measured at
+    latency_table: str | None = None    # a nas latency-table file (the target's runtime and
+                                        # machine) pricing latency_ms; null: timed in PyTorch here
     dual_lr: float = 0.05               # step of the Lagrange multipliers per architecture step
 
 
@@ -317,6 +319,9 @@ def _check_ranges(cfg: Config) -> None:
          f"search.budget.image_size: must be an even number from 4 to {MAX_IMAGE_SIZE} or null, "
          f"got {b.image_size}")
     need(b.latency_batch >= 1, f"search.budget.latency_batch: must be at least 1, got {b.latency_batch}")
+    need(b.latency_table is None or (b.latency_table.strip() != "" and b.latency_ms is not None),
+         "search.budget.latency_table: needs a file name and search.budget.latency_ms (the bound "
+         f"it prices), got latency_table {b.latency_table!r}, latency_ms {b.latency_ms}")
     need(b.dual_lr > 0, f"search.budget.dual_lr: must be positive, got {b.dual_lr}")
     f = cfg.search.few_shot
     need(f.epochs >= 0, f"search.few_shot.epochs: must be >= 0 (0: off), got {f.epochs}")

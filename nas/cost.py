@@ -77,6 +77,9 @@ def measure_latency(module: nn.Module, x: Tensor, runs: int = 30, warmup: int = 
     return 1000.0 * statistics.median(times)
 
 
+Timer = Callable[[nn.Module, Tensor, int], float]  # (module, input, runs) -> milliseconds
+
+
 # -- the per-op table ---------------------------------------------------------------------------
 class _DeviceTables(NamedTuple):
     """One cell kind's cost tables on one device, as ``CostTable.expected`` reads them."""
@@ -283,13 +286,15 @@ def _probe(build: Callable[[Genotype], nn.Module], genotype: Genotype, device: t
 def build_cost_table(model: Supernet, build: Callable[[Genotype], nn.Module], image_size: int,
                      metrics: Sequence[str], device: torch.device, space: str = "",
                      latency_batch: int = 1, latency_runs: int = 30,
-                     progress: Callable[[str], None] | None = None) -> CostTable:
+                     progress: Callable[[str], None] | None = None,
+                     timer: Timer | None = None, calibrate: bool = True) -> CostTable:
     """Measure the per-op table of the networks ``build(genotype)`` makes, for ``metrics``.
 
     ``model`` is the space's supernet (ops, cell shape, how many inputs a node keeps). Each op
-    module of each probe network is counted (or timed on ``device``) alone, on the input it gets
-    in the network; what is not an op is the base. Parameters and multiply-adds must add up
-    exactly: a space whose cost is not a sum over its edges fails here, in one line.
+    module of each probe network is counted (or timed on ``device`` by ``timer``, default
+    ``measure_latency``) alone, on its input in the network; the rest is the base (without
+    ``calibrate``: the ops' own times, the probes' median remainder). Parameters and multiply-adds
+    must add up exactly: a space whose cost is not a sum over its edges fails here, in one line.
     """
     base_genotype = model.genotype()
     probes = probe_genotypes(model, base_genotype.concat, space)
@@ -321,11 +326,11 @@ def build_cost_table(model: Supernet, build: Callable[[Genotype], nn.Module], im
             real, real_cells, real_shapes = _probe(build, genotype, device, latency_batch, image_size)
             with evaluating(real) as where:
                 x = torch.zeros(latency_batch, 3, image_size, image_size, device=where)
-                total["latency_ms"] = measure_latency(real, x, latency_runs)
+                total["latency_ms"] = (timer or measure_latency)(real, x, latency_runs)
             modules = [m for _, cell in real_cells for m in cell.ops]
             for (_, _, _, cost), module in zip(entries, modules):
                 cost["latency_ms"] = _measured(module, real_shapes.get(module), "latency_ms",
-                                               device, cache, latency_runs)
+                                               device, cache, latency_runs, timer)
         found = {m: {k: torch.zeros_like(ops[m][k]) for k in kinds} for m in metrics}
         for kind, e, o, cost in entries:  # an op's entry sums it over every cell of its kind
             for m in metrics:
@@ -346,7 +351,9 @@ def build_cost_table(model: Supernet, build: Callable[[Genotype], nn.Module], im
             raise InputError(f"search.budget: the {UNITS[m]} of this space's network are not a "
                              "sum over its edges' ops (the rest of the network changes with the "
                              "genotype), so a budget cannot be kept exactly")
-    if timed:  # ops timed alone do not add up to the network's time: fit base + scale * sum
+    if timed and not calibrate:
+        base["latency_ms"] = statistics.median(t["latency_ms"] for t in totals)
+    elif timed:  # ops timed alone do not add up to the network's time: fit base + scale * sum
         scale, base["latency_ms"] = _calibrate(op_sums,
                                                [t["latency_ms"] + s for t, s in zip(totals, op_sums)])
         ops["latency_ms"] = {k: v * scale for k, v in ops["latency_ms"].items()}
@@ -409,7 +416,8 @@ def _params(module: nn.Module, shape: tuple[int, ...] | None) -> float:
 
 
 def _measured(module: nn.Module, shape: tuple[int, ...] | None, metric: str, device: torch.device,
-              cache: dict[tuple[Any, ...], float], runs: int = 30) -> float:
+              cache: dict[tuple[Any, ...], float], runs: int = 30,
+              timer: Timer | None = None) -> float:
     """Multiply-adds per image, or milliseconds, of one op module on its input (0 if not run)."""
     if shape is None:  # a `none` the cell skipped: it adds nothing
         return 0.0
@@ -418,5 +426,5 @@ def _measured(module: nn.Module, shape: tuple[int, ...] | None, metric: str, dev
         with evaluating(module):
             x = torch.zeros(shape, device=device)
             cache[key] = count_flops(module, x) / 2 / shape[0] if metric == "macs" \
-                else measure_latency(module, x, runs)
+                else (timer or measure_latency)(module, x, runs)
     return cache[key]

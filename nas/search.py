@@ -33,6 +33,7 @@ from .benchmarks import BenchmarkResult, NB201Table, load_table
 from .budget import BudgetConstraint, check_feasible, derive_within, describe, expected_cost
 from .config import Config, budget_limits, forward_tau_on, save_config, to_dict
 from .cost import CostTable, build_cost_table, count_cost, format_cost
+from .latency import LatencyTable, check_fits, read_table
 from .data import Batches, load_split, seed_of, split_indices
 from .genotype import Genotype
 from .monitor import Monitor
@@ -58,6 +59,7 @@ class SearchResult:
     benchmark: BenchmarkResult | None = None  # the genotype in search.benchmark's table
     cost: dict[str, float] | None = None      # with search.budget: the derived network's cost
     budget: dict[str, float] | None = None    # with search.budget: its bounds
+    cost_how: dict[str, str] | None = None    # with search.budget: how each metric was priced
 
 
 @contextlib.contextmanager
@@ -270,6 +272,8 @@ def build_search(cfg: Config, saved_costs: Path | None = None) -> SearchSetup:
     if s.few_shot.epochs and dist.world_size() > 1:
         raise InputError("search.few_shot: the few-shot phase does not run under torchrun; run the "
                          "search without torchrun, or set search.few_shot.epochs=0")
+    latency_table = None if saved_costs is not None and saved_costs.is_file() \
+        else table_for(cfg)  # a table that does not fit fails before any work
     threads = use_threads(cfg.threads)
     if device.type == "cpu":
         keep_freed_memory()  # no page faults re-touching each step's activations
@@ -315,7 +319,7 @@ def build_search(cfg: Config, saved_costs: Path | None = None) -> SearchSetup:
         table.query(model.genotype())  # a space the table cannot score fails before the run starts
     model.estimator = s.estimator if s.estimator in ("gumbel_rao", "reinmax") else "gdas"
     model.rao_samples = s.samples
-    budget = build_budget(cfg, model, data.num_classes, device, saved_costs) \
+    budget = build_budget(cfg, model, data.num_classes, device, saved_costs, latency_table) \
         if budget_limits(s.budget) else None
     return SearchSetup(cfg, device, data.num_classes, (len(w_idx), len(a_idx)), steps,
                        batches(w_idx, 1), batches(a_idx, 2), model, layout, w_opt,
@@ -328,22 +332,38 @@ def build_search(cfg: Config, saved_costs: Path | None = None) -> SearchSetup:
 COSTS = "costs.json"  # a budgeted run's cost table; a resumed run reuses its measured latency
 
 
+def table_for(cfg: Config) -> LatencyTable | None:
+    """``search.budget.latency_table`` read and checked against the config (None: not set)."""
+    path = cfg.search.budget.latency_table
+    if path is None:
+        return None
+    table = read_table(path)
+    check_fits(table, cfg, path)
+    return table
+
+
 def build_budget(cfg: Config, model: Supernet, num_classes: int, device: torch.device,
-                 saved: Path | None = None) -> BudgetConstraint:
+                 saved: Path | None = None, latency_table: LatencyTable | None = None
+                 ) -> BudgetConstraint:
     """The cost table of the ``network:`` that ``cfg`` builds, and the budget's constraint.
 
-    Fails in one line before the run starts when no architecture of the space fits.
+    Latency comes from ``saved`` (a resumed run's costs.json), else ``latency_table``, else it is
+    timed here. Fails in one line before the run starts when no architecture of the space fits.
     """
     b, limits = cfg.search.budget, budget_limits(cfg.search.budget)
     size = b.image_size or cfg.data.image_size
-    measure = "latency_ms" in limits and not (saved is not None and saved.is_file())
+    measure = "latency_ms" in limits and not (saved is not None and saved.is_file()) \
+        and latency_table is None
     metrics = ["params", "macs"] + (["latency_ms"] if measure else [])
     build_network(cfg.space, model.genotype(), num_classes, cfg.network)  # options fail in one line
     with torch.random.fork_rng(devices=[]):  # building probe networks draws no number of the run's
         table = build_cost_table(model, lambda g: build_network(cfg.space, g, num_classes, cfg.network),
                                  size, metrics, device if measure else torch.device("cpu"),
                                  cfg.space, b.latency_batch)
-    if "latency_ms" in limits and not measure:
+    if "latency_ms" in limits and latency_table is not None:
+        check_fits(latency_table, cfg, b.latency_table, num_classes)
+        latency_table.install(table, b.latency_table)
+    elif "latency_ms" in limits and not measure:
         table.load_metric(json.loads(saved.read_text()), "latency_ms")
     check_feasible(model, table, limits)
     return BudgetConstraint(table, limits, b.dual_lr)
@@ -571,7 +591,7 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
     dist.barrier()  # every rank returns once the run directory is complete
     return SearchResult(genotype, run_dir, metrics,
                         setup.table.query(genotype) if setup.table is not None else None,
-                        cost, limits)
+                        cost, limits, dict(setup.budget.table.how) if setup.budget else None)
 
 
 def _same_table_everywhere(table: CostTable, device: torch.device) -> None:
