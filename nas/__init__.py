@@ -30,6 +30,7 @@ _EXPORTS = {
     "get_space": "spaces",
     "GenotypeCell": "network", "count_macs": "cost",
     "count_parameters": "network", "drop_path": "network", "set_drop_path": "network",
+    "ChainLayer": "network", "ResidualBranch": "network", "ChoicePoint": "choices",
 }
 
 __all__ = sorted(_EXPORTS)
