@@ -429,7 +429,10 @@ class Supernet(nn.Module):
         return out
 
     def edge_names(self, kind: str) -> list[str]:
-        """Readable edge names, ``"3<-1"`` (node <- state) in DARTS-family cells."""
+        """Readable edge names, ``"3<-1"`` (node <- state) in DARTS-family cells; a chain
+        layer's group: the layer's name (``stage1.layer2``)."""
+        if self.chain:
+            return [p.name for p in self.chain if p.group == kind]
         edges = self.arch_logits[kind].shape[0]
         if self.cell_inputs is None:
             return [f"edge {e}" for e in range(edges)]

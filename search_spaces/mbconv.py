@@ -168,6 +168,9 @@ class MBConvNetwork(nn.Module):
         if genotype.cells or list(genotype.layers) != names:
             raise nas.InputError(f"genotype does not fit these mbconv options: it has layers "
                                  f"{list(genotype.layers) or 'none'}, the network {names}")
+        # drop path applies to the residual branches alone (nas.set_drop_path sets each one); a
+        # genotype without any (all layers skip or change the shape) trains without it
+        self.drop_path_prob = 0.0
         self.stem = _stem(stem, True, True)
         self.layers = nn.ModuleList()
         for p in points:
