@@ -448,6 +448,9 @@ class Supernet(nn.Module):
         if self.mode != "gdas":
             raise InputError(f"search.edge_topk: sampling the inputs of a node needs search.mode: "
                              f"gdas, got {self.mode}")
+        if self.chain:
+            raise InputError(f"search.edge_topk: {name} is a chain, each of its layers reads one "
+                             "input, so there are no inputs to sample; set it to 0")
         if self.cell_inputs is None or self.inputs_kept is None:
             raise InputError(f"search.edge_topk: {name} keeps every input of a node when it "
                              "derives a cell, so there are no inputs to sample; set it to 0")
