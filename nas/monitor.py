@@ -240,7 +240,8 @@ class Monitor:
         for kind, p in (() if model.chain else probs.items()):
             self._heatmap(kind, p, model.op_names[kind], model.edge_names(kind),
                           f"{cell_title(kind)}, epoch {step}", step)
-        record = {"epoch": step, "ops": {k: list(model.op_names[k]) for k in probs},
+        record = {"epoch": step, **({"chain": True} if model.chain else {}),
+                  "ops": {k: list(model.op_names[k]) for k in probs},
                   "edges": {k: model.edge_names(k) for k in probs},
                   "probabilities": {k: [[round(float(v), 6) for v in row] for row in p.tolist()]
                                     for k, p in probs.items()}}

@@ -493,6 +493,18 @@ COMPARED = {"train_loss": "training loss", "arch_loss": "architecture loss", "en
             "benchmark_cifar10": "NAS-Bench-201 CIFAR-10 accuracy (%)"}
 
 
+def _chain_charts(records: list[dict], label: str) -> Image.Image:
+    """A chain run's op probabilities over the epochs: one panel per layer, one line per op."""
+    panels = {}
+    for group, ops in records[-1]["ops"].items():
+        layer = records[-1]["edges"][group][0]
+        panels[layer] = {op: [(r["epoch"], float(r["probabilities"][group][0][o])) for r in records]
+                         for o, op in enumerate(ops)}
+    top = max(v for r in records for rows in r["probabilities"].values() for v in rows[0])
+    return charts(panels, f"{label}: op probabilities of every layer of the chain over the epochs",
+                  ylim=(0.0, math.ceil(top * 20) / 20))
+
+
 def plot_runs(runs: Sequence[str | Path], out: str | Path) -> list[Path]:
     """Draw each run's op probabilities over the epochs (one chart per edge, one line per op) and
     compare the runs' curves (loss, entropy, accuracy, benchmark accuracy); returns the files."""
@@ -509,6 +521,9 @@ def plot_runs(runs: Sequence[str | Path], out: str | Path) -> list[Path]:
             continue
         stem = Path(label).name if len(folders) > 1 else ""
         try:
+            if records[-1].get("chain"):  # one picture: a panel per layer
+                images[f"{stem + '_' if stem else ''}ops_chain.png"] = _chain_charts(records, label)
+                continue
             for kind, ops in records[-1]["ops"].items():
                 panels = {}
                 for e, edge in enumerate(records[-1]["edges"][kind]):

@@ -211,6 +211,9 @@ def test_mbconv_search_train_export_profile_through_the_cli(tmp_path, cifar_root
     assert (tmp_path / "pics" / "genotype_chain.png").stat().st_size > 0
     dot = (tmp_path / "pics" / "genotype_chain.dot").read_text()
     assert all(f"{name}\\n{op}" in dot for name, op in genotype.layers.items())
+    assert main(["plot", str(run / "search"), "--out", str(tmp_path / "plots")]) == 0
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["curves.png", "ops_chain.png"]
+    capsys.readouterr()
     assert main(["genotype", "show", str(run / "search")]) == 0
     shown = capsys.readouterr().out
     assert all(f"  {name} = {op}" in shown for name, op in genotype.layers.items())
