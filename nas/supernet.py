@@ -290,7 +290,9 @@ class Supernet(nn.Module):
     of ``forward`` and hands each cell the ``ArchSample`` of its kind. It implements
     ``genotype()``. The logits live in ``self.arch_logits[kind]``, one ``[edges, ops]`` tensor
     per cell kind, apart from every other parameter; with edge top-k, ``self.edge_logits[kind]``
-    (``[edges]``, one logit per input of each node) are architecture parameters too.
+    (``[edges]``, one logit per input of each node) are architecture parameters too. A chain
+    supernet declares ``layers=`` instead of ``cells=`` (see ``__init__``); either way
+    ``choice_points()`` lists every place the architecture chooses, and every view works from it.
     """
 
     # How many inputs of a node the derived cell keeps (DARTS: 2); None: all of them, so there

@@ -11,7 +11,8 @@ Gumbel-softmax and only it runs. A genotype is a chain, ``Chain[mbconv](stage1.l
 ...)``.
 
 The defaults are for CIFAR (32x32): a 16-channel stem at full resolution, then 4 stages of 2
-layers at widths 24, 32, 64, 96 and strides 1, 2, 2, 1 (8x8 at the end). It uses only the public
+layers at widths 24, 32, 64, 96 and strides 1, 2, 2, 1 (8x8 at the end); any input size works
+(global pooling), and ``stem_stride=2`` halves larger images first. It uses only the public
 API of `nas` and is registered through the ``nas.search_spaces`` entry point (setup.cfg).
 """
 from __future__ import annotations
@@ -112,8 +113,10 @@ def choice_points(stem: int, widths: Sequence[int], layers: Sequence[int],
     return points
 
 
-def _stem(C: int, affine: bool, track: bool) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(3, C, 3, padding=1, bias=False), batch_norm(C, affine, track),
+def _stem(C: int, stride: int, affine: bool, track: bool) -> nn.Sequential:
+    """A 3x3 conv (stride 1 for CIFAR's 32x32; 2 for larger images), BN, ReLU6."""
+    nas.check_positive("mbconv", stem_stride=stride)
+    return nn.Sequential(nn.Conv2d(3, C, 3, stride, 1, bias=False), batch_norm(C, affine, track),
                          nn.ReLU6())
 
 
@@ -138,11 +141,11 @@ class MBConvSupernet(nas.Supernet):
 
     def __init__(self, num_classes: int = 10, mode: str = "gdas", seed: int = 0, stem: int = 16,
                  widths: Sequence[int] = (24, 32, 64, 96), layers: Sequence[int] = (2, 2, 2, 2),
-                 strides: Sequence[int] = (1, 2, 2, 1), head: int = 256,
+                 strides: Sequence[int] = (1, 2, 2, 1), head: int = 256, stem_stride: int = 1,
                  affine: bool = False, track_running_stats: bool = True) -> None:
         super().__init__(mode, seed=seed, layers=choice_points(stem, widths, layers, strides))
         points, track = self.choice_points(), track_running_stats  # with their logit groups
-        self.stem = _stem(stem, affine, track)
+        self.stem = _stem(stem, stem_stride, affine, track)
         self.layers = nn.ModuleList(SearchLayer(p, affine, track) for p in points)
         self.head, self.classifier = _head(points[-1].C_out, head, num_classes, False)
 
@@ -161,7 +164,8 @@ class MBConvNetwork(nn.Module):
 
     def __init__(self, genotype: nas.Genotype, num_classes: int = 10, stem: int = 16,
                  widths: Sequence[int] = (24, 32, 64, 96), layers: Sequence[int] = (2, 2, 2, 2),
-                 strides: Sequence[int] = (1, 2, 2, 1), head: int = 256) -> None:
+                 strides: Sequence[int] = (1, 2, 2, 1), head: int = 256,
+                 stem_stride: int = 1) -> None:
         super().__init__()
         points = choice_points(stem, widths, layers, strides)
         names = [p.name for p in points]
@@ -171,7 +175,7 @@ class MBConvNetwork(nn.Module):
         # drop path applies to the residual branches alone (nas.set_drop_path sets each one); a
         # genotype without any (all layers skip or change the shape) trains without it
         self.drop_path_prob = 0.0
-        self.stem = _stem(stem, True, True)
+        self.stem = _stem(stem, stem_stride, True, True)
         self.layers = nn.ModuleList()
         for p in points:
             op = genotype.layers[p.name]

@@ -156,6 +156,21 @@ def test_cost_table_is_exact_and_budgeted_derivation_is_the_best_that_fits():
     assert all(model.arch_logits[p.group].grad.abs().sum() > 0 for p in model.choice_points())
 
 
+def test_a_latency_table_of_a_chain_prices_every_layer_and_the_derivation_keeps_it():
+    model = supernet()
+    build = lambda g: nas.build_network("mbconv", g, 10, OPTIONS)  # noqa: E731
+    table = build_cost_table(model, build, 8, ["params", "macs", "latency_ms"],
+                             torch.device("cpu"), "mbconv", latency_runs=3)
+    for p in model.choice_points():
+        cost = table.ops["latency_ms"][p.group][0]
+        assert torch.isfinite(cost).all() and (cost >= 0).all()
+        blocks = [cost[k] for k, op in enumerate(p.ops) if op != "skip"]
+        assert min(blocks) > 0  # every block is timed, at its own layer
+    limit = 0.5 * (table.minimum()["latency_ms"] + table.of(model.genotype())["latency_ms"])
+    derived = derive_within(model, table, {"latency_ms": limit})
+    assert derived is not None and table.of(derived)["latency_ms"] <= limit
+
+
 def test_drop_path_applies_to_residual_branches_only():
     genotype = nas.parse_genotype("Chain[mbconv](stage1.layer1=mbconv_k3_e3, "
                                   "stage2.layer1=mbconv_k3_e3, stage2.layer2=skip)")
