@@ -9,8 +9,9 @@ pictures and ``nas profile``'s block labels.
 
 A choice point's candidates map ``C_in`` channels to ``C_out`` at ``stride``; a chain layer's
 candidates may change the width or the resolution (all of one layer's candidates alike). Those
-of a cell edge map C to C in every cell, at widths that differ from cell to cell, so its
-``C_in`` / ``C_out`` are None.
+of a cell edge map C to C in every cell of its kind, at widths (and, for the edges leaving a
+reduction cell's inputs, strides) that the supernet's layout decides, so its ``C_in``, ``C_out``
+and ``stride`` are None.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ class ChoicePoint:
     ops: tuple[str, ...]
     C_in: int | None = None
     C_out: int | None = None
-    stride: int = 1
+    stride: int | None = 1
     group: str = ""
     row: int = 0
 
@@ -42,7 +43,8 @@ class ChoicePoint:
         if not ops or not all(isinstance(o, str) and o for o in ops) or len(set(ops)) != len(ops):
             raise InputError(f"choice point '{self.name}': its candidates must be a non-empty "
                              f"list of distinct op names, got {self.ops!r}")
-        if isinstance(self.stride, bool) or not isinstance(self.stride, int) or self.stride < 1:
+        if self.stride is not None and (isinstance(self.stride, bool) or
+                                        not isinstance(self.stride, int) or self.stride < 1):
             raise InputError(f"choice point '{self.name}': stride must be a positive whole "
                              f"number, got {self.stride!r}")
         object.__setattr__(self, "ops", ops)
@@ -51,7 +53,8 @@ class ChoicePoint:
     def describe(self) -> str:
         """``stage2.layer1: 16 -> 24 channels, stride 2, 7 candidates``."""
         shape = f"{self.C_in} -> {self.C_out} channels, " if self.C_in is not None else ""
-        return f"{self.name}: {shape}stride {self.stride}, {len(self.ops)} candidates"
+        stride = f"stride {self.stride}, " if self.stride is not None else ""
+        return f"{self.name}: {shape}{stride}{len(self.ops)} candidates"
 
 
 def chain_ops(points: list[ChoicePoint]) -> list[str]:

@@ -398,7 +398,7 @@ class Supernet(nn.Module):
         (named ``kind/<node><-<input>``, as ``edge_names`` numbers them)."""
         if self.chain:
             return list(self.chain)
-        return [ChoicePoint(f"{kind}/{edge}", ops, group=kind, row=row)
+        return [ChoicePoint(f"{kind}/{edge}", ops, stride=None, group=kind, row=row)
                 for kind, ops in self.op_names.items()
                 for row, edge in enumerate(self.edge_names(kind))]
 

@@ -36,6 +36,7 @@ def test_choice_points_of_each_space():
     darts = nas.build_supernet("darts", 10, "gdas", 0, {"C": 4, "cells": 3}).choice_points()
     assert len(darts) == 28 and darts[0].name == "normal/2<-0" and darts[14].name == "reduce/2<-0"
     assert (darts[13].group, darts[13].row, darts[14].group, darts[14].row) == ("normal", 13, "reduce", 0)
+    assert darts[0].describe() == "normal/2<-0: 8 candidates"  # widths and strides: the layout's
     nb201 = nas.build_supernet("nasbench201", 10, "gdas", 0, {"C": 4, "cells_per_stage": 1})
     assert [p.name for p in nb201.choice_points()] == [
         "cell/1<-0", "cell/2<-0", "cell/2<-1", "cell/3<-0", "cell/3<-1", "cell/3<-2"]
