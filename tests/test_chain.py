@@ -233,3 +233,29 @@ def test_mbconv_search_train_export_profile_through_the_cli(tmp_path, cifar_root
     assert main(["genotype", "show", str(run / "search")]) == 0
     shown = capsys.readouterr().out
     assert all(f"  {name} = {op}" in shown for name, op in genotype.layers.items())
+
+
+def test_the_few_shot_phase_splits_a_chain_on_a_layer_and_keeps_the_budget(tmp_path, cifar_root,
+                                                                           capsys):
+    config = tmp_path / "fs.yaml"
+    config.write_text(yaml.safe_dump({
+        "space": "mbconv", "seed": 3,
+        "data": {"dataset": "cifar10", "image_size": 8, "pad": 1, "workers": 0},
+        "supernet": OPTIONS, "network": OPTIONS,
+        "search": {"epochs": 1, "batch_size": 16, "steps_per_epoch": 2, "budget": {"macs": 1.2e5},
+                   "few_shot": {"epochs": 1, "select_epochs": 1, "select_batch_size": 16,
+                                "workers": 1}}}))
+    run = tmp_path / "fs"
+    code = main(["search", "--config", str(config), "--data-dir", str(cifar_root), "--run-dir",
+                 str(run), "--threads", "1"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    layer = next(line for line in out.splitlines() if line.startswith("few-shot: "))
+    assert "parts, edge stage" in layer and " cell" not in layer.split("fixed")[0]  # a layer
+    assert "few-shot pick: the part with" in out
+    genotype = nas.Genotype.load(run / "genotype.json")
+    result = json.loads((run / "costs.json").read_text())
+    assert len(genotype.layers) == 3 and result["points"]
+    picked = out.split("few-shot pick: the part with ")[1].split(" on edge ")
+    assert genotype.layers[picked[1].split(" ")[0]] == picked[0]  # the part's op kept there
+    assert count_cost(nas.build_network("mbconv", genotype, 10, OPTIONS), 8)["macs"] <= 1.2e5
