@@ -211,6 +211,11 @@ def test_mbconv_search_train_export_profile_through_the_cli(tmp_path, cifar_root
     assert nas.parse_genotype(result["genotype"]) == genotype
     heatmaps = sorted(p.name for p in (run / "search" / "heatmaps").iterdir())
     assert heatmaps == ["chain_epoch_001.png", "chain_epoch_002.png"]  # one grid per epoch
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run / "search"), size_guidance={"images": 0})
+    events.Reload()
+    assert events.Tags()["images"] == ["arch/chain", "genotype/chain"]  # one heatmap, one picture
+    assert "probs/stage2.layer1/mbconv_k7_e6" in events.Tags()["scalars"]
     costs = json.loads((run / "search" / "costs.json").read_text())
     assert costs["points"]["stage2.layer1"] == ["stage2_layer1", 0]
     capsys.readouterr()
