@@ -31,6 +31,7 @@ _EXPORTS = {
     "GenotypeCell": "network", "count_macs": "cost",
     "count_parameters": "network", "drop_path": "network", "set_drop_path": "network",
     "load": "trained", "Trained": "trained",
+    "ChainLayer": "network", "ResidualBranch": "network", "ChoicePoint": "choices",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -13,8 +13,8 @@ supernet. Two parts:
   estimator gives, so it works with every estimator and mode.
 - ``derive_within``: the most probable architecture whose network fits, exactly: a
   multiple-choice knapsack solved by dynamic programming over the nodes of every cell kind (over
-  which inputs a node keeps and which op each kept edge carries), keeping only the Pareto-optimal
-  partial choices. It never returns an architecture over budget.
+  which inputs a node keeps and which op each kept edge carries), or over a chain's layers (which
+  candidate each carries), keeping only the Pareto-optimal partial choices. It never returns an architecture over budget.
 """
 from __future__ import annotations
 
@@ -130,18 +130,13 @@ def _pareto(states: list[tuple[float, tuple[float, ...], Any]]) -> list[tuple[fl
     return kept
 
 
-def derive_within(model: Supernet, table: CostTable, limits: Mapping[str, float]) -> Genotype | None:
-    """The most probable genotype (sum of log-probabilities of the ops it keeps, and of the kept
-    inputs with edge top-k) whose network fits ``limits``; None if none does.
+Group = tuple[str, int, list[Option]]  # logit group, node (a chain: 0), the choices
 
-    When the unconstrained genotype (``model.genotype()``) fits, it is the answer.
-    """
-    free = model.genotype()
-    if fits(table.of(free), limits):
-        return free
-    metrics = list(limits)
+
+def _cell_groups(model: Supernet, table: CostTable, metrics: list[str]) -> list[Group]:
+    """The choices of every node of every cell kind, as ``_node_options`` groups them."""
     probs, edge_probs = model.probabilities(), model.edge_probabilities()
-    groups: list[tuple[str, int, list[Option]]] = []
+    groups: list[Group] = []
     for kind, p in probs.items():
         logp = p.double().clamp_min(1e-300).log().cpu()
         edge_logp = edge_probs[kind].double().clamp_min(1e-300).log().cpu() if kind in edge_probs else None
@@ -153,6 +148,34 @@ def derive_within(model: Supernet, table: CostTable, limits: Mapping[str, float]
                                        table.allowed[kind], start, count, table.keep):
                 groups.append((kind, node, group))
             start += count
+    return groups
+
+
+def _layer_groups(model: Supernet, table: CostTable, metrics: list[str]) -> list[Group]:
+    """A chain's choices: per layer, each candidate with its log-probability and cost."""
+    probs = model.probabilities()
+    groups: list[Group] = []
+    for point in model.chain:
+        logp = probs[point.group][point.row].double().clamp_min(1e-300).log().cpu()
+        cost = [table.ops[m][point.group][point.row].double().cpu() for m in metrics]
+        groups.append((point.group, 0, [(float(logp[o]), tuple(float(c[o]) for c in cost),
+                                         ((point.name, op),)) for o, op in enumerate(point.ops)]))
+    return groups
+
+
+def derive_within(model: Supernet, table: CostTable, limits: Mapping[str, float]) -> Genotype | None:
+    """The most probable genotype (sum of log-probabilities of the ops it keeps, and of the kept
+    inputs with edge top-k) whose network fits ``limits``; None if none does.
+
+    When the unconstrained genotype (``model.genotype()``) fits, it is the answer.
+    """
+    free = model.genotype()
+    if fits(table.of(free), limits):
+        return free
+    metrics = list(limits)
+    probs = model.probabilities()
+    groups = _layer_groups(model, table, metrics) if model.chain else \
+        _cell_groups(model, table, metrics)
     # the least each remaining group can add, so that a partial choice that cannot fit is dropped
     least = [tuple(min(o[1][i] for o in g) for i in range(len(metrics))) for _, _, g in groups]
     rest = [tuple(sum(lst[i] for lst in least[g:]) for i in range(len(metrics)))
@@ -174,6 +197,8 @@ def derive_within(model: Supernet, table: CostTable, limits: Mapping[str, float]
         back, edges = back
         chain.append(edges)
     chain.reverse()
+    if model.chain:  # one (layer, op) per group, in layer order
+        return Genotype({}, space=free.space, layers=dict(pair for edges in chain for pair in edges))
     cells: dict[str, list[list[tuple[str, int]]]] = {kind: [] for kind in probs}
     for (kind, node, _), edges in zip(groups, chain):
         nodes = cells[kind]

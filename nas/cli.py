@@ -488,6 +488,10 @@ def cmd_genotype(args: argparse.Namespace) -> int:
                 print(f"  node {states[num_inputs + i]} = {edges}")
             if genotype.concat.get(kind):
                 print(f"  output = concat({', '.join(states[i] for i in genotype.concat[kind])})")
+        if genotype.layers:
+            print(f"chain of {len(genotype.layers)} layers (input first):")
+            for name, op in genotype.layers.items():
+                print(f"  {name} = {op}")
         if result is not None:
             print(result.summary())
             if result.class_size > 1:
@@ -508,6 +512,11 @@ def cmd_genotype(args: argparse.Namespace) -> int:
             dot_path.write_text(plot.to_dot(genotype, kind))
             how = plot.save_cell_png(genotype, kind, png_path)
             print(f"{cell_title(kind)}: {dot_path} and {png_path} (drawn with {how})")
+        if genotype.layers:
+            dot_path, png_path = out / f"{stem}_chain.dot", out / f"{stem}_chain.png"
+            dot_path.write_text(plot.chain_dot(genotype))
+            how = plot.save_chain_png(genotype, png_path)
+            print(f"chain: {dot_path} and {png_path} (drawn with {how})")
     except OSError as exc:  # no permission, a full disk, ...
         plot.discard(made)
         raise InputError(f"cannot write the pictures in {out}: {exc.strerror or exc}") from None

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .errors import InputError
 from .genotype import Genotype, edge_inputs, num_nodes
-from .network import GenotypeCell, count_parameters, evaluating
+from .network import ChainLayer, GenotypeCell, count_parameters, evaluating
 from .ops import Zero
 from .supernet import Supernet
 
@@ -101,13 +101,15 @@ class CostTable:
     base: dict[str, float]
     ops: dict[str, dict[str, Tensor]]
     op_names: dict[str, tuple[str, ...]]
-    cell_inputs: int
+    cell_inputs: int | None  # None: a chain, whose choice points are its layers (``points``)
     keep: int | None
     allowed: dict[str, Tensor]
     concat: dict[str, tuple[int, ...]] = field(default_factory=dict)
     space: str = ""
     image_size: int = 32
     how: dict[str, str] = field(default_factory=dict)  # metric -> how it was measured
+    # a chain's choice points: layer name -> (logit group, row); empty for cells
+    points: dict[str, tuple[str, int]] = field(default_factory=dict)
     # (kind, device) -> the tables expected() reads, copied there once (see _on_device)
     _device_tables: dict[tuple[str, torch.device], _DeviceTables] = field(
         default_factory=dict, init=False, repr=False, compare=False)
@@ -120,6 +122,10 @@ class CostTable:
     def of(self, genotype: Genotype) -> dict[str, float]:
         """The cost of ``genotype``'s network by the table (exact for params and macs)."""
         out = dict(self.base)
+        for name, op in genotype.layers.items():  # a chain: one entry per layer
+            kind, row = self.points[name]
+            for m in out:
+                out[m] += float(self.ops[m][kind][row, self.op_names[kind].index(op)])
         for kind, nodes in genotype.cells.items():
             index = {pair: e for e, pair in enumerate(edge_inputs(self.cell_inputs, len(nodes)))}
             for node, edges in enumerate(nodes):
@@ -187,6 +193,9 @@ class CostTable:
             total = self.base[m]
             for kind, cost in self.ops[m].items():
                 best = cost.masked_fill(~self.allowed[kind], float("inf")).min(-1).values
+                if self.cell_inputs is None:  # a chain: every row is a layer of its own
+                    total += sum(best.tolist())
+                    continue
                 n = num_nodes(cost.shape[0], self.cell_inputs)
                 start = 0
                 for node in range(n):
@@ -218,12 +227,18 @@ class CostTable:
         """JSON-ready form (``costs.json`` of a run)."""
         return {"space": self.space, "image_size": self.image_size, "base": self.base,
                 "how": self.how, "op_names": {k: list(v) for k, v in self.op_names.items()},
-                "ops": {m: {k: t.tolist() for k, t in kinds.items()} for m, kinds in self.ops.items()}}
+                "ops": {m: {k: t.tolist() for k, t in kinds.items()} for m, kinds in self.ops.items()},
+                **({"points": {k: list(v) for k, v in self.points.items()}} if self.points else {})}
 
 
 def probe_genotypes(model: Supernet, concat: Mapping[str, Sequence[int]], space: str) -> list[Genotype]:
     """Genotypes that together put every op on every edge: in probe k, kind i carries op
-    (k + i) mod ops on all of its edges, so that the kinds of a probe can be told apart."""
+    (k + i) mod ops on all of its edges, so that the kinds of a probe can be told apart. A
+    chain's probe k puts candidate k mod ops on each layer (``nas.ChainLayer`` names its layer)."""
+    if model.chain:
+        width = max(len(p.ops) for p in model.chain)
+        return [Genotype({}, space=space, layers={p.name: p.ops[k % len(p.ops)] for p in model.chain})
+                for k in range(width)]
     if model.cell_inputs is None:
         raise InputError(f"search.budget needs a DARTS-family supernet (one whose cells take "
                          f"cell_inputs and whose genotype() is nas.Supernet's); "
@@ -260,27 +275,53 @@ def _cells_of(net: nn.Module, genotype: Genotype) -> list[tuple[str, GenotypeCel
     return out
 
 
-Probe = tuple[nn.Module, list[tuple[str, GenotypeCell]], dict[nn.Module, tuple[int, ...]]]
+Site = tuple[str, int, int, nn.Module]  # logit group, row, op column, the op's module
+Probe = tuple[nn.Module, list[Site], dict[nn.Module, tuple[int, ...]]]
+
+
+def _sites(net: nn.Module, genotype: Genotype, model: Supernet) -> list[Site]:
+    """Every op module of a probe network with the (group, row, op) of the table it fills."""
+    if model.chain:
+        return _chain_sites(net, model)
+    out = []
+    for kind, cell in _cells_of(net, genotype):
+        index = {pair: e for e, pair in enumerate(edge_inputs(model.cell_inputs, len(cell.nodes)))}
+        flat = [(node, op, src) for node, edges in enumerate(cell.nodes) for op, src in edges]
+        for module, (node, op, src) in zip(cell.ops, flat):
+            out.append((kind, index[(node, src)], model.op_names[kind].index(op), module))
+    return out
+
+
+def _chain_sites(net: nn.Module, model: Supernet) -> list[Site]:
+    """A chain network's ``nas.ChainLayer``s, each at its choice point's row."""
+    points = {p.name: p for p in model.chain}
+    layers = [m for m in net.modules() if isinstance(m, ChainLayer)]
+    if sorted(layer.point for layer in layers) != sorted(points):
+        raise InputError("search.budget: the chain network's layers could not be matched to the "
+                         "supernet's choice points; budgets need networks that build each layer "
+                         "as nas.ChainLayer(point, op, module), one per choice point")
+    return [(points[layer.point].group, points[layer.point].row,
+             points[layer.point].ops.index(layer.op_name), layer) for layer in layers]
 
 
 def _probe(build: Callable[[Genotype], nn.Module], genotype: Genotype, device: torch.device,
-           batch: int, image_size: int) -> Probe:
+           batch: int, image_size: int, model: Supernet) -> Probe:
     """Build a probe network on ``device`` and run one batch, recording each op's input shape."""
     net = build(genotype).to(device)
-    cells = _cells_of(net, genotype)
+    sites = _sites(net, genotype, model)
     shapes: dict[nn.Module, tuple[int, ...]] = {}
 
     def record(module: nn.Module, args: tuple[Tensor, ...]) -> None:
         shapes.setdefault(module, tuple(args[0].shape))
 
-    hooks = [m.register_forward_pre_hook(record) for _, cell in cells for m in cell.ops]
+    hooks = [site[3].register_forward_pre_hook(record) for site in sites]
     try:
         with evaluating(net) as where:
             net(torch.zeros(batch, 3, image_size, image_size, device=where))
     finally:
         for h in hooks:
             h.remove()
-    return net, cells, shapes
+    return net, sites, shapes
 
 
 def build_cost_table(model: Supernet, build: Callable[[Genotype], nn.Module], image_size: int,
@@ -308,26 +349,24 @@ def build_cost_table(model: Supernet, build: Callable[[Genotype], nn.Module], im
     for p, genotype in enumerate(probes):
         if progress is not None:
             progress(f"probe {p + 1}/{len(probes)}")
-        net, cells, shapes = _probe(build, genotype, torch.device("cpu"), 1, image_size)
+        net, sites, shapes = _probe(build, genotype, torch.device("cpu"), 1, image_size, model)
         total = {"params": float(count_parameters(net))}
         if "macs" in metrics and p < 2:  # the second probe checks that the cost adds up
             total["macs"] = float(_whole_macs(build, genotype, net, image_size))
         entries = []  # (kind, edge, op, costs), in the order of the cells' op modules
-        for kind, cell in cells:
-            index = {pair: e for e, pair in enumerate(edge_inputs(model.cell_inputs, len(cell.nodes)))}
-            flat = [(node, op, src) for node, edges in enumerate(cell.nodes) for op, src in edges]
-            for module, (node, op, src) in zip(cell.ops, flat):
-                cost = {"params": _params(module, shapes.get(module))}
-                if "macs" in metrics:
-                    cost["macs"] = _measured(module, shapes.get(module), "macs",
-                                             torch.device("cpu"), cache)
-                entries.append((kind, index[(node, src)], model.op_names[kind].index(op), cost))
+        for kind, e, o, module in sites:
+            cost = {"params": _params(module, shapes.get(module))}
+            if "macs" in metrics:
+                cost["macs"] = _measured(module, shapes.get(module), "macs",
+                                         torch.device("cpu"), cache)
+            entries.append((kind, e, o, cost))
         if timed:
-            real, real_cells, real_shapes = _probe(build, genotype, device, latency_batch, image_size)
+            real, real_sites, real_shapes = _probe(build, genotype, device, latency_batch,
+                                                   image_size, model)
             with evaluating(real) as where:
                 x = torch.zeros(latency_batch, 3, image_size, image_size, device=where)
                 total["latency_ms"] = (timer or measure_latency)(real, x, latency_runs)
-            modules = [m for _, cell in real_cells for m in cell.ops]
+            modules = [site[3] for site in real_sites]
             for (_, _, _, cost), module in zip(entries, modules):
                 cost["latency_ms"] = _measured(module, real_shapes.get(module), "latency_ms",
                                                device, cache, latency_runs, timer)
@@ -341,8 +380,10 @@ def build_cost_table(model: Supernet, build: Callable[[Genotype], nn.Module], im
         if timed:
             op_sums.append(sum(cost["latency_ms"] for *_, cost in entries))
         for m in metrics:  # kinds with fewer ops than the widest meet an op twice: keep one
-            for kind in kinds:
-                for o in {model.op_names[kind].index(op) for op, _ in genotype.cells[kind][0]}:
+            for kind in kinds:  # the op this probe put on the kind (a chain: on the layer)
+                used = {model.op_names[kind].index(op) for op, _ in genotype.cells[kind][0]} \
+                    if genotype.cells else {o for k, _, o, _ in entries if k == kind}
+                for o in used:
                     if math.isnan(ops[m][kind][0, o]):
                         ops[m][kind][:, o] = found[m][kind][:, o]
     base = {m: totals[0][m] for m in metrics}
@@ -371,7 +412,7 @@ def build_cost_table(model: Supernet, build: Callable[[Genotype], nn.Module], im
     return CostTable(base, {m: {k: t.float() for k, t in v.items()} for m, v in ops.items()},
                      dict(model.op_names), model.cell_inputs, model.inputs_kept, allowed,
                      dict(base_genotype.concat), space, image_size,
-                     {m: how[m] for m in metrics})
+                     {m: how[m] for m in metrics}, {p.name: (p.group, p.row) for p in model.chain})
 
 
 def _calibrate(op_sums: Sequence[float], totals: Sequence[float]) -> tuple[float, float]:

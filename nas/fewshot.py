@@ -119,7 +119,10 @@ def search_part(setup: Any, kind: str, edge: int, op: int, arch_update: Callable
 
 def _holds(genotype: Genotype, model: Supernet, kind: str, edge: int, op: str) -> bool:
     """Whether ``genotype`` keeps ``op`` on ``edge`` (or drops the edge, as a top-k cell may).
-    Only budgeted runs ask, and a budget's cost table needs the cell's edge layout."""
+    Only budgeted runs ask, and a budget's cost table needs the cell's edge layout (or a
+    chain's layers: then whether the layer carries ``op``)."""
+    if model.chain:
+        return genotype.layers.get(model.edge_names(kind)[edge]) == op
     node, src = edge_inputs(model.cell_inputs, num_nodes(model.arch_logits[kind].shape[0],
                                                            model.cell_inputs))[edge]
     return all(o == op for o, j in genotype.cells[kind][node] if j == src)
@@ -175,7 +178,8 @@ def run_few_shot(setup: Any, run_dir: Path, arch_update: Callable[..., Any],
     ops = model.op_names[kind]
     todo = [k for k in canonical_order(ops) if ops[k] not in parts]  # by name: a reordered op
     workers, threads = _processes(setup, len(todo))                   # list runs the same phase
-    name = model.edge_names(kind)[edge] + (f" of the {kind} cell" if kind != "cell" else "")
+    name = model.edge_names(kind)[edge] + (f" of the {kind} cell" if kind != "cell" and
+                                           not model.chain else "")
     where = f"; {_n(len(todo), 'part')} to run in {workers} processes of {_n(threads, 'thread')}" \
         if workers > 1 else ""
     say(f"few-shot: {len(ops)} parts, edge {name} fixed to each op ({_n(f.epochs, 'epoch')} each "

@@ -8,8 +8,10 @@ last node is the output.
 
 The text form (``str``) names the space and reads back (``parse_genotype``) to an equal genotype
 for every space: the DARTS ``Genotype(normal=..., ...)`` string for the darts space and the
-NAS-Bench-201 ``|op~0|+...`` string for nasbench201 (the published forms, unchanged), and for
-any other space or shape the compact JSON of the genotype, ``{"space": ..., "cells": ...}``.
+NAS-Bench-201 ``|op~0|+...`` string for nasbench201 (the published forms, unchanged), for a
+chain space's genotype (``layers``: choice point -> op, no cells) the chain string
+``Chain[space](stage1.layer0=op, ...)``, and for any other space or shape the compact JSON of the
+genotype, ``{"space": ..., "cells": ...}``.
 """
 from __future__ import annotations
 
@@ -66,6 +68,8 @@ class Genotype:
     # how many of a cell kind's states are cell inputs (DARTS 2, NAS-Bench-201 1); a kind not
     # given is inferred from its edges: the fewest inputs its nodes' indices allow
     inputs: dict[str, int] = field(default_factory=dict)
+    # a chain space's genotype: choice point -> op, in forward order (cells then empty)
+    layers: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.cells, dict) or not isinstance(self.concat, dict) or \
@@ -86,13 +90,14 @@ class Genotype:
                 raise InputError(f"not a valid genotype: 'inputs' must give each cell kind "
                                  f"({', '.join(cells)}) at least 1 input, got {kind}: {count}")
         inputs = {k: given.get(k) or inferred_inputs(nodes) for k, nodes in cells.items()}
+        object.__setattr__(self, "layers", _layers(self.layers))
         object.__setattr__(self, "cells", cells)
         object.__setattr__(self, "concat", concat)
         object.__setattr__(self, "inputs", inputs)
 
     def __hash__(self) -> int:
         return hash((tuple(sorted(self.cells.items())), tuple(sorted(self.concat.items())),
-                     self.space, tuple(sorted(self.inputs.items()))))
+                     self.space, tuple(sorted(self.inputs.items())), tuple(self.layers.items())))
 
     # -- JSON ---------------------------------------------------------------------------------
     def _plain(self) -> dict[str, Any]:
@@ -100,7 +105,7 @@ class Genotype:
                 "cells": {k: [[list(e) for e in node] for node in nodes]
                           for k, nodes in self.cells.items()},
                 "concat": {k: list(v) for k, v in self.concat.items()},
-                "inputs": dict(self.inputs)}
+                "inputs": dict(self.inputs), **({"layers": dict(self.layers)} if self.layers else {})}
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (with the string form, for people); ``from_dict`` reads it back."""
@@ -113,7 +118,8 @@ class Genotype:
             raise InputError("not a genotype: expected a mapping with a 'cells' key")
         return cls(cells=data["cells"], concat=data.get("concat") or {},
                    space=str(data.get("space") or ""), source=str(data.get("source") or ""),
-                   inputs=data.get("inputs") or {})  # files from before it: inferred
+                   inputs=data.get("inputs") or {},  # files from before it: inferred
+                   layers=data.get("layers") or {})
 
     def save(self, path: str | Path) -> None:
         """Write the genotype as JSON (written to a temporary file, then renamed)."""
@@ -172,7 +178,21 @@ class Genotype:
                 and all(node and all(op.strip() == op and not set(op) & set("|~+")
                                      for op, _ in node) for node in self.cells["cell"]))
 
+    def to_chain_string(self) -> str:
+        """``Chain[mbconv](stage1.layer0=mbconv_k3_e6, stage1.layer1=skip)``: the layers in order."""
+        if self.cells or not self.layers:
+            raise ValueError("the chain string needs a genotype of layers and no cells")
+        return f"Chain[{self.space}](" + ", ".join(f"{k}={op}" for k, op in self.layers.items()) + ")"
+
+    def fits_chain_string(self) -> bool:
+        """Whether the chain string holds this genotype exactly (names free of its separators)."""
+        plain = [self.space, *self.layers, *self.layers.values()]
+        return (not self.cells and bool(self.layers) and not self.concat
+                and all(not set(t) & set(_CHAIN_SEPARATORS) for t in plain))
+
     def __str__(self) -> str:
+        if self.fits_chain_string():
+            return self.to_chain_string()
         if self.fits_darts_string():
             return self.to_darts_string()
         if self.fits_nb201_string():
@@ -180,6 +200,43 @@ class Genotype:
         # any other space or shape (a plugin's, GDAS-FRC's normal cell alone): the compact JSON,
         # which names the space and reads back to an equal genotype
         return json.dumps(self._plain())
+
+
+_CHAIN_SEPARATORS = "[](),= \t\n"
+_CHAIN_RE = re.compile(r"^Chain\[([^\]]*)\]\((.*)\)$", re.S)
+
+
+def _layers(layers: Any) -> dict[str, str]:
+    """A chain genotype's layers as ``{choice point: op}``, or InputError naming what is wrong."""
+    if not isinstance(layers, dict):
+        raise InputError("a genotype's 'layers' must map choice points to ops")
+    out = {}
+    for name, op in layers.items():
+        if not isinstance(name, str) or not name:
+            raise InputError(f"not a valid genotype: a layer needs a non-empty name, got {name!r}")
+        try:
+            out[name] = _op_name(op)
+        except ValueError as exc:
+            raise InputError(f"not a valid genotype: layer '{name}': {exc}") from None
+    return out
+
+
+def parse_chain(text: str) -> Genotype:
+    """Parse the chain string ``Chain[space](layer=op, layer=op, ...)``."""
+    match = _CHAIN_RE.match(text.strip())
+    if not match:
+        raise InputError("not a chain genotype string: it must look like "
+                         "'Chain[space](stage1.layer0=op, stage1.layer1=op, ...)'")
+    layers: dict[str, str] = {}
+    for k, item in enumerate(match.group(2).split(",")):
+        name, eq, op = (part.strip() for part in item.partition("="))
+        if not eq or not name or not op:
+            raise InputError(f"chain genotype string: item {k + 1} is {item.strip()!r}, "
+                             "expected 'layer=op'")
+        if name in layers:
+            raise InputError(f"chain genotype string: layer '{name}' is given twice")
+        layers[name] = op
+    return Genotype({}, space=match.group(1).strip(), layers=layers)
 
 
 _DARTS_RE = re.compile(r"^\s*Genotype\((.*)\)\s*$", re.S)
@@ -261,7 +318,8 @@ def parse_nb201(text: str) -> Genotype:
 
 
 def parse_genotype(text: str) -> Genotype:
-    """Read a genotype from a file path, a published name (``DARTS_V2``), a JSON, DARTS or NB201 string.
+    """Read a genotype from a file path, a published name (``DARTS_V2``), a JSON, DARTS, NB201 or
+    chain string.
 
     A path that exists is read as a file, even when a published genotype has the same name.
     """
@@ -270,6 +328,8 @@ def parse_genotype(text: str) -> Genotype:
         return parse_darts(stripped)
     if stripped.startswith("|"):
         return parse_nb201(stripped)
+    if stripped.startswith("Chain["):
+        return parse_chain(stripped)
     if stripped.startswith("{"):
         try:
             return Genotype.from_dict(json.loads(stripped))

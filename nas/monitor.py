@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 from tqdm import tqdm
 
 from . import plot
+from .choices import chain_ops
 from .genotype import Genotype, cell_title
 from .runtime import read_jsonl
 from .supernet import Supernet
@@ -44,8 +45,12 @@ def prob_tag(kind: str, edge: str, op: str) -> str:
 
 
 def prob_scalars(model: Supernet) -> dict[str, float]:
-    """Every op probability of every edge, by tag."""
+    """Every op probability of every edge (of every chain layer: ``probs/<layer>/<op>``), by tag."""
     out = {}
+    if model.chain:
+        probs = model.probabilities()
+        return {f"probs/{p.name}/{op}": float(probs[p.group][p.row, o])
+                for p in model.chain for o, op in enumerate(p.ops)}
     for kind, p in model.probabilities().items():
         for e, edge in enumerate(model.edge_names(kind)):
             for o, op in enumerate(model.op_names[kind]):
@@ -54,7 +59,12 @@ def prob_scalars(model: Supernet) -> dict[str, float]:
 
 
 def prob_layout(model: Supernet) -> dict[str, dict[str, list[Any]]]:
-    """A Custom Scalars layout: per cell kind, one chart per edge with one line per op."""
+    """A Custom Scalars layout: per cell kind (or for the chain), one chart per edge (layer) with
+    one line per op."""
+    if model.chain:
+        return {"op probabilities, chain": {
+            p.name: ["Multiline", [f"^{re.escape(f'probs/{p.name}/{op}')}$" for op in p.ops]]
+            for p in model.chain}}
     return {f"op probabilities, {cell_title(kind)}": {
         edge: ["Multiline", [f"^{re.escape(prob_tag(kind, edge, op))}$" for op in ops]]
         for edge in model.edge_names(kind)} for kind, ops in model.op_names.items()}
@@ -223,12 +233,15 @@ class Monitor:
             self.writer.add_scalar(tag, value, step)
         probs = model.probabilities()
         (self.run_dir / HEATMAPS).mkdir(exist_ok=True)
-        for kind, p in probs.items():
-            img = plot.heatmap(p, model.op_names[kind], model.edge_names(kind),
-                               f"{cell_title(kind)}, epoch {step}")
-            img.save(self.run_dir / HEATMAPS / f"{kind}_epoch_{step:03d}.png")
-            self.writer.add_image(f"arch/{kind}", plot.image_to_tensor(img), step)
-        record = {"epoch": step, "ops": {k: list(model.op_names[k]) for k in probs},
+        if model.chain:  # one grid: the layers x every candidate
+            self._heatmap("chain", plot.chain_probabilities(probs, model.chain, chain_ops(model.chain)),
+                          chain_ops(model.chain), [p.name for p in model.chain],
+                          f"chain, epoch {step}", step)
+        for kind, p in (() if model.chain else probs.items()):
+            self._heatmap(kind, p, model.op_names[kind], model.edge_names(kind),
+                          f"{cell_title(kind)}, epoch {step}", step)
+        record = {"epoch": step, **({"chain": True} if model.chain else {}),
+                  "ops": {k: list(model.op_names[k]) for k in probs},
                   "edges": {k: model.edge_names(k) for k in probs},
                   "probabilities": {k: [[round(float(v), 6) for v in row] for row in p.tolist()]
                                     for k, p in probs.items()}}
@@ -245,7 +258,17 @@ class Monitor:
         for kind in genotype.cells:
             self.writer.add_image(f"genotype/{kind}",
                                   plot.image_to_tensor(plot.cell_image(genotype, kind)), step)
+        if genotype.layers:
+            self.writer.add_image("genotype/chain", plot.image_to_tensor(plot.chain_image(genotype)),
+                                  step)
         self.writer.flush()
+
+    def _heatmap(self, kind: str, p: Any, ops: list[str] | tuple[str, ...], rows: list[str],
+                 title: str, step: int) -> None:
+        """One heatmap: written under heatmaps/ and to TensorBoard as ``arch/<kind>``."""
+        img = plot.heatmap(p, ops, rows, title)
+        img.save(self.run_dir / HEATMAPS / f"{kind}_epoch_{step:03d}.png")
+        self.writer.add_image(f"arch/{kind}", plot.image_to_tensor(img), step)
 
     def close(self) -> None:
         """Close the bars and the TensorBoard writer."""

@@ -107,12 +107,44 @@ class GenotypeCell(nn.Module):
         return states[-1]
 
 
+class ResidualBranch(nn.Module):
+    """``x + body(x)``, where drop path (in training) zeroes the branch, never the identity.
+
+    A chain space wraps its residual blocks in it: drop path then applies to them alone, and a
+    layer without a residual (a stride or a width change) is never dropped.
+    """
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+        self.drop_prob = 0.0
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.body(x)
+        if self.training and self.drop_prob > 0:
+            y = drop_path(y, self.drop_prob)
+        return x + y
+
+
+class ChainLayer(nn.Module):
+    """A layer of a chain network: the op ``op_name`` that a genotype chose at choice point
+    ``point``. Cost tables and ``nas profile`` find a chain's layers by it."""
+
+    def __init__(self, point: str, op_name: str, op: nn.Module) -> None:
+        super().__init__()
+        self.point, self.op_name, self.op = point, op_name, op
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.op(x)
+
+
 def set_drop_path(model: nn.Module, prob: float) -> int:
-    """Set the drop-path probability on every ``GenotypeCell`` and on ``model.drop_path_prob``.
+    """Set the drop-path probability on every ``GenotypeCell`` and ``ResidualBranch``, and on
+    ``model.drop_path_prob``.
 
     Returns how many places received it (0: the network applies no drop path).
     """
-    cells = [m for m in model.modules() if isinstance(m, GenotypeCell)]
+    cells = [m for m in model.modules() if isinstance(m, (GenotypeCell, ResidualBranch))]
     for cell in cells:
         cell.drop_prob = prob
     if hasattr(model, "drop_path_prob"):

@@ -1,4 +1,5 @@
-"""Pictures for people: a cell as Graphviz DOT text or PNG, and op probabilities as a heatmap.
+"""Pictures for people: a cell or a chain as Graphviz DOT text or PNG, and op probabilities as a
+heatmap (a chain's: one grid of choice points x ops).
 
 PNGs are drawn with Pillow (installed with torchvision), so they work without Graphviz; when
 the ``dot`` program exists, ``save_cell_png`` uses it instead.
@@ -10,11 +11,12 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .choices import ChoicePoint
 from .errors import InputError
 from .genotype import Genotype, cell_title
 
@@ -156,14 +158,74 @@ def cell_image(genotype: Genotype, kind: str) -> Image.Image:
 
 def save_cell_png(genotype: Genotype, kind: str, path: str | Path) -> str:
     """Write the cell as PNG: with Graphviz ``dot`` when installed, else with Pillow."""
+    return _save_png(to_dot(genotype, kind), lambda: cell_image(genotype, kind), path)
+
+
+def save_chain_png(genotype: Genotype, path: str | Path) -> str:
+    """Write a chain genotype as PNG: with Graphviz ``dot`` when installed, else with Pillow."""
+    return _save_png(chain_dot(genotype), lambda: chain_image(genotype), path)
+
+
+def _save_png(dot_text: str, draw: Callable[[], Image.Image], path: str | Path) -> str:
+    """``dot_text`` drawn by Graphviz into ``path``, else ``draw()``'s picture; which one drew it."""
     dot = shutil.which("dot")
     if dot:
-        result = subprocess.run([dot, "-Tpng", "-o", str(path)], input=to_dot(genotype, kind),
+        result = subprocess.run([dot, "-Tpng", "-o", str(path)], input=dot_text,
                                 text=True, capture_output=True)
         if result.returncode == 0:
             return "graphviz"
-    cell_image(genotype, kind).save(path)
+    draw().save(path)
     return "pillow"
+
+
+def chain_dot(genotype: Genotype) -> str:
+    """A chain genotype as Graphviz DOT text: input, each layer with its op, output."""
+    lines = ['digraph "chain" {', "  rankdir=TB;",
+             '  node [shape=box, style="rounded,filled", fontname=helvetica];']
+    names = ["input", *genotype.layers, "output"]
+    for i, name in enumerate(names):
+        op = genotype.layers.get(name)
+        label = f"{name}\\n{op}" if op else name
+        color = "lightblue" if op else "darkseagreen2"
+        lines.append(f'  "n{i}" [label="{label}", fillcolor={color}];')
+    lines += [f'  "n{i}" -> "n{i + 1}";' for i in range(len(names) - 1)]
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def chain_image(genotype: Genotype) -> Image.Image:
+    """Draw a chain genotype with Pillow: one box per layer (its name and op), top to bottom."""
+    if not genotype.layers:
+        raise InputError("not a chain genotype: it has no layers to draw")
+    labels = ["input"] + [f"{name}: {op}" for name, op in genotype.layers.items()] + ["output"]
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    sizes = [_text_size(probe, t) for t in labels]
+    box_w, box_h, gap, margin = max(w for w, _ in sizes) + 20, max(h for _, h in sizes) + 12, 18, 20
+    img = Image.new("RGB", (box_w + 2 * margin, margin * 2 + len(labels) * (box_h + gap)), "white")
+    draw = ImageDraw.Draw(img)
+    for i, (label, (w, _)) in enumerate(zip(labels, sizes)):
+        top = margin + i * (box_h + gap)
+        if i:  # the arrow from the box above
+            cx = margin + box_w / 2
+            draw.line([(cx, top - gap), (cx, top - 2)], fill=(90, 90, 90), width=2)
+            draw.polygon([(cx, top - 1), (cx - 4, top - 8), (cx + 4, top - 8)], fill=(90, 90, 90))
+        edge = i in (0, len(labels) - 1)
+        draw.rounded_rectangle([margin, top, margin + box_w, top + box_h], radius=6,
+                               fill=(200, 230, 200) if edge else (200, 220, 245), outline=(60, 60, 60))
+        draw.text((margin + (box_w - w) / 2, top + 6), label, fill="black", font=_FONT)
+    return img
+
+
+def chain_probabilities(probs: dict[str, torch.Tensor], points: Sequence[ChoicePoint],
+                        ops: Sequence[str]) -> torch.Tensor:
+    """One ``[choice points, ops]`` grid of a chain's op probabilities; NaN where a layer has
+    no such candidate."""
+    grid = torch.full((len(points), len(ops)), math.nan)
+    for i, p in enumerate(points):
+        row = probs[p.group][p.row].detach().float().cpu()
+        for k, op in enumerate(p.ops):
+            grid[i, ops.index(op)] = row[k]
+    return grid
 
 
 def heatmap(probs: torch.Tensor, ops: Sequence[str], row_names: Sequence[str],
@@ -172,7 +234,8 @@ def heatmap(probs: torch.Tensor, ops: Sequence[str], row_names: Sequence[str],
 
     Colours are on the fixed scale 0 (dark purple) .. 1 (yellow), the same in every picture, so
     that near-uniform probabilities look near-uniform (a scale stretched over each picture's own
-    range would paint 0.32 against 0.35 as a decision).
+    range would paint 0.32 against 0.35 as a decision). A NaN (a candidate a chain's layer does
+    not have) is a blank grey cell.
     """
     probs = probs.detach().float().cpu()
     rows, cols = probs.shape
@@ -193,10 +256,13 @@ def heatmap(probs: torch.Tensor, ops: Sequence[str], row_names: Sequence[str],
         img.paste(label, (left + j * cw + (cw - label.width) // 2, top - label.height - 4))
     for i, name in enumerate(row_names):
         draw.text((4, top + i * ch + 3), name, fill="black", font=_FONT)
-        row_max = probs[i].max().item()
+        row_max = probs[i].nan_to_num(-1.0).max().item()
         for j in range(cols):
             v = probs[i, j].item()
             x0, y0 = left + j * cw, top + i * ch
+            if math.isnan(v):
+                draw.rectangle([x0, y0, x0 + cw - 1, y0 + ch - 1], fill=(225, 225, 225))
+                continue
             shade = min(max(v, 0.0), 1.0)
             draw.rectangle([x0, y0, x0 + cw - 1, y0 + ch - 1], fill=_color(shade),
                            outline="red" if v == row_max else None)
@@ -427,6 +493,18 @@ COMPARED = {"train_loss": "training loss", "arch_loss": "architecture loss", "en
             "benchmark_cifar10": "NAS-Bench-201 CIFAR-10 accuracy (%)"}
 
 
+def _chain_charts(records: list[dict], label: str) -> Image.Image:
+    """A chain run's op probabilities over the epochs: one panel per layer, one line per op."""
+    panels = {}
+    for group, ops in records[-1]["ops"].items():
+        layer = records[-1]["edges"][group][0]
+        panels[layer] = {op: [(r["epoch"], float(r["probabilities"][group][0][o])) for r in records]
+                         for o, op in enumerate(ops)}
+    top = max(v for r in records for rows in r["probabilities"].values() for v in rows[0])
+    return charts(panels, f"{label}: op probabilities of every layer of the chain over the epochs",
+                  ylim=(0.0, math.ceil(top * 20) / 20))
+
+
 def plot_runs(runs: Sequence[str | Path], out: str | Path) -> list[Path]:
     """Draw each run's op probabilities over the epochs (one chart per edge, one line per op) and
     compare the runs' curves (loss, entropy, accuracy, benchmark accuracy); returns the files."""
@@ -443,6 +521,9 @@ def plot_runs(runs: Sequence[str | Path], out: str | Path) -> list[Path]:
             continue
         stem = Path(label).name if len(folders) > 1 else ""
         try:
+            if records[-1].get("chain"):  # one picture: a panel per layer
+                images[f"{stem + '_' if stem else ''}ops_chain.png"] = _chain_charts(records, label)
+                continue
             for kind, ops in records[-1]["ops"].items():
                 panels = {}
                 for e, edge in enumerate(records[-1]["edges"][kind]):

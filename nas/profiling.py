@@ -27,7 +27,7 @@ from torch.utils._pytree import tree_flatten
 
 from .cost import measure_latency
 from .genotype import Genotype
-from .network import GenotypeCell, count_parameters, evaluating
+from .network import ChainLayer, GenotypeCell, count_parameters, evaluating
 from .runtime import in_layout
 
 BATCH = 16  # the second batch size latency and memory are measured at
@@ -102,7 +102,10 @@ def blocks_of(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def kind_of(module: nn.Module, genotype: Genotype | None) -> str:
-    """``normal cell``, ``reduce cell`` (what the genotype's cells are called) or the class name."""
+    """``normal cell``, ``reduce cell`` (what the genotype's cells are called), a chain layer's
+    choice point and op (``stage2.layer1: mbconv_k3_e6``) or the class name."""
+    if isinstance(module, ChainLayer):
+        return f"{module.point}: {module.op_name}"
     kinds = set()
     built = {k: tuple(tuple((op, int(src)) for op, src in node) for node in nodes)
              for k, nodes in (genotype.cells.items() if genotype else ())}  # as a cell keeps them

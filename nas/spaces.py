@@ -143,8 +143,9 @@ def check_network(model: nn.Module, num_classes: int, image_size: int, who: str)
     check_logits(out, 2, num_classes, who)
 
 
-def _op_sites(model: nn.Module) -> list[tuple[nn.Module, str, int]]:
-    """Every op of the cells in ``model``: (module, where it is in words, its stride)."""
+def _op_sites(model: nn.Module) -> list[tuple[nn.Module, str, int, int | None]]:
+    """Every op of the cells in ``model``: (module, where it is in words, its stride, its
+    channels out: None for as many as in, or a chain layer's width)."""
     sites, seen = [], set()
 
     def cell_words(title: str, name: str, reduction: bool) -> str:
@@ -159,7 +160,7 @@ def _op_sites(model: nn.Module) -> list[tuple[nn.Module, str, int]]:
                 seen.add(id(edge))
                 for op_name, op in zip(edge.op_names, edge.ops):
                     sites.append((op, f"op '{op_name}' on edge {module.num_inputs + node}<-{src} "
-                                      f"of {cell}, stride {edge.stride},", edge.stride))
+                                      f"of {cell}, stride {edge.stride},", edge.stride, None))
         elif isinstance(module, GenotypeCell):
             cell = cell_words(module.where, name, module.reduction)
             k = 0
@@ -167,13 +168,13 @@ def _op_sites(model: nn.Module) -> list[tuple[nn.Module, str, int]]:
                 for src in sources:
                     sites.append((module.ops[k], f"op '{module.op_names[k]}' on edge "
                                   f"{module.num_inputs + node}<-{src} of {cell}, stride "
-                                  f"{module.strides[k]},", module.strides[k]))
+                                  f"{module.strides[k]},", module.strides[k], None))
                     k += 1
     for name, module in model.named_modules():
         if isinstance(module, MixedEdge) and id(module) not in seen:  # an edge outside a SearchCell
             for op_name, op in zip(module.op_names, module.ops):
                 sites.append((op, f"op '{op_name}' on edge '{name}', stride {module.stride},",
-                              module.stride))
+                              module.stride, module.C_out))
     return sites
 
 
@@ -191,12 +192,13 @@ def _ops_checked(model: nn.Module, who: str) -> Iterator[list[tuple[str, tuple[i
             running.append((site, tuple(x.shape) if isinstance(x, Tensor) else ()))
         return hook
 
-    def after(site: str, stride: int) -> Callable[..., None]:
+    def after(site: str, stride: int, channels: int | None) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, out: Any) -> None:
             _, shape = running.pop()
             if len(shape) != 4 or not isinstance(out, Tensor):
                 return
             n, c, h, w = shape
+            c = c if channels is None else channels
             sizes = [{d // stride, -(-d // stride)} for d in (h, w)]
             got = tuple(out.shape)
             if len(got) != 4 or got[:2] != (n, c) or got[2] not in sizes[0] or got[3] not in sizes[1]:
@@ -206,9 +208,9 @@ def _ops_checked(model: nn.Module, who: str) -> Iterator[list[tuple[str, tuple[i
                                  f"({', '.join(map(str, want))})")
         return hook
 
-    for op, site, stride in _op_sites(model):
+    for op, site, stride, channels in _op_sites(model):
         handles.append(op.register_forward_pre_hook(before(site)))
-        handles.append(op.register_forward_hook(after(site, stride)))
+        handles.append(op.register_forward_hook(after(site, stride, channels)))
     try:
         yield running
     finally:

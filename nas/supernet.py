@@ -22,13 +22,14 @@ run, by Gumbel top-k over per-input edge logits; the other inputs' ops are not c
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from . import gumbel
+from .choices import ChoicePoint
 from .errors import InputError
 from .genotype import Genotype, derive_cell, edge_inputs, num_nodes
 from .ops import Zero, build_op, node_sum
@@ -183,9 +184,13 @@ class MixedEdge(nn.Module):
 
     def __init__(self, ops: Sequence[str], C: int, stride: int = 1, affine: bool = False,
                  track_running_stats: bool = True,
-                 wrap: Callable[[str, nn.Module, int], nn.Module] | None = None) -> None:
+                 wrap: Callable[[str, nn.Module, int], nn.Module] | None = None,
+                 build: Callable[[str], nn.Module] | None = None) -> None:
         """The op named ``ops[k]`` is ``nas.ops.build_op(ops[k], C, stride, affine,
         track_running_stats)``, C channels in and out, stride 2 on a reduction cell's input edges.
+
+        ``build(name)``, when given, makes each candidate instead (a chain layer's, which may
+        change the width to ``C`` channels out).
 
         ``wrap(op_name, op, C) -> nn.Module``, when given, is called on every op as it is built
         and its return takes the op's place: a space adds a module around some ops without
@@ -195,9 +200,11 @@ class MixedEdge(nn.Module):
         super().__init__()
         self.op_names = tuple(ops)
         self.stride = stride
+        self.C_out = C if build is not None else None  # None: as many channels out as in
         built: list[nn.Module] = [nn.Identity()] * len(ops)
         for k in canonical_order(ops):  # the ops' weights are drawn in name order
-            built[k] = build_op(ops[k], C, stride, affine, track_running_stats)
+            built[k] = build(ops[k]) if build is not None else \
+                build_op(ops[k], C, stride, affine, track_running_stats)
             if wrap is not None:
                 built[k] = wrap(ops[k], built[k], C)
         self.ops = nn.ModuleList(built)
@@ -227,6 +234,13 @@ class MixedEdge(nn.Module):
                     y = self.ops[k](x)
             out = weights[k] * y if out is None else out + weights[k] * y
         return out
+
+    def choose(self, x: Tensor, sample: ArchSample, row: int = 0) -> Tensor:
+        """Run this edge as row ``row`` of ``sample`` (a chain layer: its own group's row 0):
+        the sampled op alone, with the GDAS gradient to every logit, or every op weighted."""
+        weights, index = sample[row]
+        sampled = None if sample.sampled is None else sample.sampled[row]
+        return self(x, weights, index, sampled)
 
 
 class SearchCell(nn.Module):
@@ -293,7 +307,9 @@ class Supernet(nn.Module):
     of ``forward`` and hands each cell the ``ArchSample`` of its kind. It implements
     ``genotype()``. The logits live in ``self.arch_logits[kind]``, one ``[edges, ops]`` tensor
     per cell kind, apart from every other parameter; with edge top-k, ``self.edge_logits[kind]``
-    (``[edges]``, one logit per input of each node) are architecture parameters too.
+    (``[edges]``, one logit per input of each node) are architecture parameters too. A chain
+    supernet declares ``layers=`` instead of ``cells=`` (see ``__init__``); either way
+    ``choice_points()`` lists every place the architecture chooses, and every view works from it.
     """
 
     # How many inputs of a node the derived cell keeps (DARTS: 2); None: all of them, so there
@@ -306,7 +322,8 @@ class Supernet(nn.Module):
     def __init__(self, mode: str = "gdas",
                  cells: Mapping[str, tuple[int, Sequence[str]]] | None = None, seed: int = 0,
                  cell_inputs: int | None = None, init_scale: float = 1e-3,
-                 concat: Sequence[int] | Mapping[str, Sequence[int]] | None = None) -> None:
+                 concat: Sequence[int] | Mapping[str, Sequence[int]] | None = None,
+                 layers: Sequence[ChoicePoint] | None = None) -> None:
         """``cells`` maps each cell kind to its number of edges and candidate op names.
 
         ``nas.build_supernet`` sets ``mode`` and the sampling seed after construction, so a
@@ -314,8 +331,16 @@ class Supernet(nn.Module):
         ``concat`` declares the states whose concatenation is a cell's output (one sequence for
         every kind, or one per kind), as its ``SearchCell``s compute it: the default
         ``genotype()`` records them, so genotypes, their JSON and pictures show the output.
+
+        A chain supernet gives ``layers`` instead of ``cells``: its choice points in forward
+        order, each a logit group of its own (one row, named as the layer, its dots made
+        underscores: ``stage1.layer2`` -> ``stage1_layer2``); the default
+        ``genotype()`` then derives a layer-sequence genotype (``Genotype.layers``).
         """
         super().__init__()
+        self.chain = self._declared_layers(layers, cells)
+        if self.chain:
+            cells = {p.group: (1, p.ops) for p in self.chain}
         if not cells:
             raise InputError(f"{type(self).__name__}: Supernet.__init__ needs cells={{kind: "
                              "(edges, ops)}}")
@@ -365,6 +390,35 @@ class Supernet(nn.Module):
         self.estimator = "gdas"
         self.rao_samples = 4
 
+    def _declared_layers(self, layers: Sequence[ChoicePoint] | None,
+                         cells: Mapping[str, Any] | None) -> tuple[ChoicePoint, ...]:
+        """A chain's layers, each its own logit group (``group`` = its name, row 0), checked."""
+        if layers is None:
+            return ()
+        name = type(self).__name__
+        if cells:
+            raise InputError(f"{name}: Supernet.__init__ takes cells= (a cell space) or layers= "
+                             "(a chain space), not both")
+        points = tuple(layers)
+        if not points or not all(isinstance(p, ChoicePoint) for p in points):
+            raise InputError(f"{name}: layers= must be a non-empty list of nas.ChoicePoint")
+        # a logit group's name is a parameter name: its dots become underscores
+        groups = [p.name.replace(".", "_") for p in points]
+        if len(set(groups)) != len(groups):
+            twice = next(p.name for p, g in zip(points, groups) if groups.count(g) > 1)
+            raise InputError(f"{name}: two layers are named '{twice}' (dots read as "
+                             "underscores); choice points need distinct names")
+        return tuple(replace(p, group=g, row=0) for p, g in zip(points, groups))
+
+    def choice_points(self) -> list[ChoicePoint]:
+        """Every choice point, in logit order: a chain's layers, or each cell kind's edges
+        (named ``kind/<node><-<input>``, as ``edge_names`` numbers them)."""
+        if self.chain:
+            return list(self.chain)
+        return [ChoicePoint(f"{kind}/{edge}", ops, stride=None, group=kind, row=row)
+                for kind, ops in self.op_names.items()
+                for row, edge in enumerate(self.edge_names(kind))]
+
     def _declared_concat(self, concat: Any, cells: Mapping[str, tuple[int, Sequence[str]]]
                          ) -> dict[str, tuple[int, ...]]:
         """``concat`` as ``{kind: states}``, each state checked against the cell's states."""
@@ -394,7 +448,10 @@ class Supernet(nn.Module):
         return out
 
     def edge_names(self, kind: str) -> list[str]:
-        """Readable edge names, ``"3<-1"`` (node <- state) in DARTS-family cells."""
+        """Readable edge names, ``"3<-1"`` (node <- state) in DARTS-family cells; a chain
+        layer's group: the layer's name (``stage1.layer2``)."""
+        if self.chain:
+            return [p.name for p in self.chain if p.group == kind]
         edges = self.arch_logits[kind].shape[0]
         if self.cell_inputs is None:
             return [f"edge {e}" for e in range(edges)]
@@ -410,6 +467,9 @@ class Supernet(nn.Module):
         if self.mode != "gdas":
             raise InputError(f"search.edge_topk: sampling the inputs of a node needs search.mode: "
                              f"gdas, got {self.mode}")
+        if self.chain:
+            raise InputError(f"search.edge_topk: {name} is a chain, each of its layers reads one "
+                             "input, so there are no inputs to sample; set it to 0")
         if self.cell_inputs is None or self.inputs_kept is None:
             raise InputError(f"search.edge_topk: {name} keeps every input of a node when it "
                              "derives a cell, so there are no inputs to sample; set it to 0")
@@ -616,6 +676,10 @@ class Supernet(nn.Module):
         concatenation of its nodes, as in DARTS, and any other its last node. Other supernets
         override it.
         """
+        if self.chain:
+            probs = self.probabilities()
+            return Genotype({}, space=self.space_name, layers={
+                p.name: p.ops[int(probs[p.group][p.row].argmax())] for p in self.chain})
         if self.cell_inputs is None:
             raise NotImplementedError(f"{type(self).__name__} must implement genotype() (or pass "
                                       "cell_inputs to Supernet.__init__ for the default)")

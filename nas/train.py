@@ -119,9 +119,10 @@ def checked_network(cfg: Config, space: str, genotype: Genotype, num_classes: in
                          f"{cfg.space})") from None
     check_network(model, num_classes, cfg.data.image_size, f"search space '{space}'")
     if cfg.train.drop_path > 0 and set_drop_path(model, 0.0) == 0:
-        raise InputError(f"search space '{space}': its network has no nas.GenotypeCell and no "
-                         f"drop_path_prob attribute, so train.drop_path={cfg.train.drop_path} would "
-                         "do nothing; set train.drop_path: 0, or build the cells from nas.GenotypeCell")
+        raise InputError(f"search space '{space}': its network has no nas.GenotypeCell, no "
+                         f"nas.ResidualBranch and no drop_path_prob attribute, so "
+                         f"train.drop_path={cfg.train.drop_path} would do nothing; set "
+                         "train.drop_path: 0, or build the cells from nas.GenotypeCell")
     return model
 
 

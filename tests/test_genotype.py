@@ -316,6 +316,7 @@ SPACES = {  # name -> (the space as a config names it, supernet options)
     "nasbench201": ("nasbench201", {"C": 2, "cells_per_stage": 1}),
     "example_plugin": (f"{ROOT / 'scripts' / 'example_plugin.py'}:SPACE", {"C": 2}),
     "example_plugin_concat": (f"{ROOT / 'scripts' / 'example_plugin_concat.py'}:SPACE", {"C": 2}),
+    "mbconv": ("mbconv", {"stem": 2, "widths": [2, 4], "layers": [2, 1], "strides": [1, 2], "head": 0}),
 }
 
 
@@ -323,6 +324,9 @@ def random_genotype(rng: random.Random, model: nas.Supernet, space: str) -> Geno
     """A random genotype of the shape ``model`` derives: random ops, inputs and (where the space
     has one) concat, so the text form is tried on more than argmax cells."""
     template = model.genotype()
+    if template.layers:  # a chain: a random candidate per layer
+        return Genotype({}, space=template.space, layers={
+            p.name: rng.choice(p.ops) for p in model.choice_points()})
     cells, concat = {}, {}
     for kind, nodes in template.cells.items():
         first, ops = template.inputs[kind], model.op_names[kind]
@@ -350,13 +354,16 @@ def test_the_text_form_names_the_space_and_reads_back_for_every_space(name):
             text = str(g)
             assert parse_genotype(text) == g, text
             assert parse_genotype(text).space == g.space == (
-                space if ":" in space else {"darts": "darts", "nasbench201": "nasbench201"}[space])
+                space if ":" in space else {"darts": "darts", "nasbench201": "nasbench201",
+                                            "mbconv": "mbconv"}[space])
             assert Genotype.from_dict(json.loads(json.dumps(g.to_dict()))) == g
             # the published forms stay as they were; any other space's is its JSON
             if name == "darts":
                 assert text.startswith("Genotype(normal=[")
             elif name == "nasbench201":
                 assert text.startswith("|") and "~" in text
+            elif name == "mbconv":
+                assert text.startswith("Chain[mbconv](stage1.layer1=")
             else:
                 assert json.loads(text)["space"] == g.space
 

@@ -244,7 +244,7 @@ def test_plugin_network_mistakes_fail_before_training_with_one_line(tmp_path, ci
     assert "bad_net.py:SPACE" in err[0] and "shape (2, 7), expected (2, 10)" in err[0]
     code = main([*base, "--run-dir", str(run), "--set", f"space={tmp_path / 'bad_net.py'}:PLAIN"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "no nas.GenotypeCell and no drop_path_prob" in err[0]
+    assert code == 2 and len(err) == 1 and "no nas.GenotypeCell, no nas.ResidualBranch and no drop_path_prob" in err[0]
     assert not run.exists()
 
 
