@@ -278,10 +278,8 @@ def _config(args: argparse.Namespace, verb: str, saved_config: str = "config.yam
 
 
 def _threads(n: int) -> int:
-    from .config import MAX_THREADS
-    if not 1 <= n <= MAX_THREADS:
-        raise InputError(f"--threads must be from 1 to {MAX_THREADS}, got {n}")
-    return n
+    from .config import MAX_THREADS, check_count
+    return check_count("--threads", n, 1, MAX_THREADS)
 
 
 def _print_search(result) -> None:
@@ -378,9 +376,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .config import MAX_BATCH, check_count
     from .train import evaluate_checkpoint
-    if args.batch_size is not None and args.batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_count("--batch-size", args.batch_size, 1, MAX_BATCH, nullable=True)
     threads = None if args.threads is None else _threads(args.threads)
     r = evaluate_checkpoint(args.checkpoint, data_root=args.data_dir, device=args.device,
                             batch_size=args.batch_size, threads=threads)
@@ -526,10 +524,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from .runtime import channels_last, resolve_device
     from .spaces import check_network
 
-    for flag, value, least in (("--batch", args.batch, 1), ("--runs", args.runs, 1),
-                               ("--threads", args.threads, 1)):
-        if value is not None and value < least:
-            raise InputError(f"{flag} must be at least {least}, got {value}")
+    from .config import MAX_BATCH, MAX_IMAGE_SIZE, MAX_RUNS, MAX_THREADS, check_count
+    for flag, value, most in (("--batch", args.batch, MAX_BATCH), ("--runs", args.runs, MAX_RUNS),
+                              ("--threads", args.threads, MAX_THREADS),
+                              ("--image-size", args.image_size, MAX_IMAGE_SIZE)):
+        check_count(flag, value, 1, most, nullable=True)  # before the network is built
     model, genotype, space, cfg, classes, size = network_to_profile(
         args.target, args.config, args.set, args.image_size)
     device = resolve_device(args.device or cfg.device)

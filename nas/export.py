@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from .config import MAX_BATCH, MAX_IMAGE_SIZE, check_count
 from .errors import InputError
 from .genotype import Genotype
 from .network import set_drop_path
@@ -298,11 +299,8 @@ def export(source: str | Path, fmt: str, out: str | Path | None = None, *, batch
     if fmt == "onnx" and onnx_missing():
         raise InputError(f"--format onnx needs the packages {', '.join(onnx_missing())}: install "
                          "the export extra, pip install -e '.[export]'")
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise InputError(f"--batch must be a whole number of at least 1, got {batch!r}")
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
-                                   or image_size < 1):
-        raise InputError(f"--image-size must be a whole number of at least 1, got {image_size!r}")
+    check_count("--batch", batch, 1, MAX_BATCH)
+    check_count("--image-size", image_size, 1, MAX_IMAGE_SIZE, nullable=True)
     if not tolerance > 0:
         raise InputError(f"--tolerance must be above 0, got {tolerance!r}")
     step("load")

@@ -50,8 +50,9 @@ def _freeze_nodes(nodes: Iterable[Iterable[Sequence[Any]]]) -> Nodes:
 
 
 def _op_name(op: Any) -> str:
-    if not isinstance(op, str) or not op:
-        raise ValueError(f"an op must be a non-empty name, got {op!r}")
+    # a name is printed, drawn and matched: blank text, a newline or a control character is none
+    if not isinstance(op, str) or not op.strip() or not op.isprintable():
+        raise ValueError(f"an op must be a non-empty name of printable characters, got {op!r}")
     return op
 
 

@@ -18,8 +18,10 @@ from torch import Tensor
 
 from . import distributed as dist
 from .errors import Diverged, InputError
+from .readback import check_run_files
 
 CHECKPOINT = "checkpoint.pt"
+MAX_CLASSES = 100_000  # beyond any dataset (ImageNet-21k has 21,841): a damaged checkpoint
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -180,6 +182,7 @@ def start_mode(path: str | Path, resume: bool, force: bool) -> tuple[Path, bool,
     """
     path = check_run_dir(path, resume=resume, force=force)
     if resume:
+        check_run_files(path)  # before any work: what the resumed run will read or append to
         if (path / CHECKPOINT).is_file():
             if force:
                 raise InputError(f"--force with --resume starts again a run whose {CHECKPOINT} is "
@@ -331,6 +334,10 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
     epoch = state.get("epoch")
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
         raise InputError(f"{path} is damaged: its epoch is {epoch!r}, not a whole number >= 0")
+    classes = state.get("num_classes", 1)  # a classifier of that many outputs is built from it
+    if isinstance(classes, bool) or not isinstance(classes, int) or not 1 <= classes <= MAX_CLASSES:
+        raise InputError(f"{path} is damaged: its num_classes is {str(classes)[:40]!r}, not a "
+                         f"whole number from 1 to {MAX_CLASSES:,}")
     return state
 
 
@@ -498,10 +505,24 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+def _last_good(epoch: int, run_dir: Path) -> str:
+    return f"; the last good checkpoint is {run_dir / CHECKPOINT} (epoch {epoch})" if epoch else ""
+
+
 def check_finite(losses: list[float], epoch: int, run_dir: Path) -> None:
     """Stop with a clear message when an epoch's loss is inf or nan."""
     bad = [v for v in losses if not math.isfinite(v)]
     if bad:
-        last = f"; the last good checkpoint is {run_dir / CHECKPOINT} (epoch {epoch})" if epoch else ""
         raise Diverged(f"the loss became {bad[0]} in epoch {epoch + 1}: try a lower learning "
-                       f"rate (lr, arch_lr) or gradient clipping{last}")
+                       f"rate (lr, arch_lr) or gradient clipping{_last_good(epoch, run_dir)}")
+
+
+def check_finite_values(values: dict[str, tuple[Tensor, str]], epoch: int, run_dir: Path) -> None:
+    """Stop with a clear message when a value the run learns beside the weights holds inf or nan
+    (``{what: (tensor, what to lower)}``: architecture logits, budget multipliers); the losses
+    may stay finite meanwhile, since a hard sample of NaN logits is still a network."""
+    for what, (value, fix) in values.items():
+        bad = value.detach()[~torch.isfinite(value.detach())]
+        if bad.numel():
+            raise Diverged(f"{what} became {bad[0].item()} in epoch {epoch + 1}: try a lower "
+                           f"{fix}{_last_good(epoch, run_dir)}")

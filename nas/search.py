@@ -36,13 +36,15 @@ from .cost import CostTable, build_cost_table, count_cost, format_cost
 from .data import Batches, load_split, seed_of, split_indices
 from .genotype import Genotype
 from .monitor import Monitor
-from .runtime import (CHECKPOINT, Meter, autocast, channels_last, check_finite, checkpoint_state,
+from .runtime import (CHECKPOINT, Meter, autocast, channels_last, check_finite,
+                      check_finite_values, checkpoint_state,
                       discard_failed_start, in_layout, keep_freed_memory,
                       prepare_run_dir, resolve_device, resume_from, save_checkpoint,
                       seed_everything, start_mode, steps_note, stretch_cosine)
 from .schedules import TemperatureScheduler
 from .errors import InputError
-from .fewshot import run_few_shot
+from .fewshot import read_state, run_few_shot
+from .readback import saved_costs
 from .spaces import build_network, build_supernet, check_supernet, inspecting
 from .supernet import MixedEdge, Supernet
 from .threads import Threads, use_threads
@@ -344,7 +346,7 @@ def build_budget(cfg: Config, model: Supernet, num_classes: int, device: torch.d
                                  size, metrics, device if measure else torch.device("cpu"),
                                  cfg.space, b.latency_batch)
     if "latency_ms" in limits and not measure:
-        table.load_metric(json.loads(saved.read_text()), "latency_ms")
+        table.load_metric(saved_costs(saved), "latency_ms")
     check_feasible(model, table, limits)
     return BudgetConstraint(table, limits, b.dual_lr)
 
@@ -477,6 +479,7 @@ def end_epoch(setup: SearchSetup, epoch: int, run_dir: Path, monitor: Monitor,
               started: float) -> dict[str, Any]:
     """Derive and save the epoch's genotype, log its metrics, write the checkpoint."""
     cfg, s, model, main = setup.cfg, setup.cfg.search, setup.model, dist.is_main()
+    check_finite_values(learned_values(setup), epoch, run_dir)  # before a NaN reaches any file
     dist.check_same(model.arch_parameters(), "architecture logits")
     dist.average_buffers(model)  # each rank's batch-norm statistics saw its slice of the batches
     genotype = setup.derive()
@@ -513,6 +516,20 @@ def end_epoch(setup: SearchSetup, epoch: int, run_dir: Path, monitor: Monitor,
     return metrics
 
 
+def learned_values(setup: SearchSetup) -> dict[str, tuple[Tensor, str]]:
+    """What the architecture step learns, for the divergence check: {what: (tensor, the setting
+    that drives it)}."""
+    model, budget = setup.model, setup.budget
+    dual = " or search.budget.dual_lr" if budget is not None else ""
+    out = {f"the architecture logits of cell kind '{k}'": (v, f"search.arch_lr{dual}")
+           for k, v in model.arch_logits.items()}
+    out.update({f"the input logits of cell kind '{k}'": (v, f"search.arch_lr{dual}")
+                for k, v in model.edge_logits.items()})
+    if budget is not None:
+        out["the budget's multipliers"] = (budget.multipliers, "search.budget.dual_lr")
+    return out
+
+
 def budget_scalars(budget: BudgetConstraint, model: Supernet, genotype: Genotype) -> dict[str, float]:
     """The derived network's cost, the expected cost and the multipliers, by TensorBoard tag."""
     return {**{f"cost/{m}": v for m, v in budget.table.of(genotype).items()},
@@ -531,6 +548,8 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
     run_dir, resume, force = start_mode(run_dir, resume, force)
     setup = build_search(cfg, run_dir / COSTS if resume else None)
     s, model = cfg.search, setup.model
+    if resume and s.few_shot.epochs:
+        read_state(run_dir, cfg, model)  # a few_shot.json that does not fit fails now, not later
     run_dir = dist.agree(run_dir)  # every rank is ready (else all stop), in rank 0's directory
     if setup.budget is not None:
         _same_table_everywhere(setup.budget.table, setup.device)
