@@ -14,14 +14,10 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
-from .errors import Diverged, InputError
+from .errors import Diverged, InputError, OneLineParser
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, with usage errors on one line."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+_Parser = OneLineParser  # usage errors on one line
 
 
 def _add_run_options(p: argparse.ArgumentParser, config_required: bool) -> None:

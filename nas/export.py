@@ -27,7 +27,7 @@ from .config import MAX_BATCH, MAX_IMAGE_SIZE, check_count
 from .errors import InputError
 from .genotype import Genotype
 from .network import set_drop_path
-from .runtime import CHECKPOINT, first_mismatch, load_checkpoint
+from .runtime import CHECKPOINT, check_output, first_mismatch, load_checkpoint
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "exported": ".pt2"}
 ONNX_OPSET = 18
@@ -274,14 +274,7 @@ def run_check(path: Path, fmt: str, inputs: list[Tensor], space: str, work: Path
 
 
 def _output_path(out: str | Path | None, checkpoint: Path, fmt: str) -> Path:
-    path = Path(out) if out else checkpoint.parent / f"model{FORMATS[fmt]}"
-    if path.exists() or path.is_symlink():
-        raise InputError(f"{path} already exists; remove it or choose another --out")
-    parent = next((p for p in path.absolute().parents if p.exists()), None)
-    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write {path}: {parent} is not a writable directory; choose "
-                         "another --out")
-    return path
+    return check_output(Path(out) if out else checkpoint.parent / f"model{FORMATS[fmt]}", "--out")
 
 
 def export(source: str | Path, fmt: str, out: str | Path | None = None, *, batch: int = 8,

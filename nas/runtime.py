@@ -109,6 +109,32 @@ def path_problem(path: Path) -> str | None:
     return None
 
 
+def check_output(path: str | Path, flag: str, *, directory: bool = False) -> Path:
+    """Fail in one line, before any work and changing nothing, if a command cannot write its
+    output at ``path`` (``flag`` names the option): a name the system refuses, a file where a
+    directory goes or the reverse, an existing file (never replaced), or no writable directory
+    to make it in."""
+    path = Path(path)
+    problem = path_problem(path)
+    if problem:
+        raise InputError(f"cannot write {flag} {str(path)[:80]!r}: {problem}; choose another {flag}")
+    try:
+        if directory and path.exists() and not path.is_dir():
+            raise InputError(f"{flag} {path} is a file, not a directory; choose another {flag}")
+        if not directory and path.is_dir():
+            raise InputError(f"{flag} {path} is a directory; give the name of a file to write")
+        if not directory and (path.exists() or path.is_symlink()):
+            raise InputError(f"{path} already exists; remove it or choose another {flag}")
+        parent = path if path.is_dir() else next(
+            (p for p in path.absolute().parents if p.exists()), None)
+        if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise InputError(f"cannot write {path}: {parent} is not a writable directory; "
+                             f"choose another {flag}")
+    except OSError as exc:  # a symlink loop, no permission to look
+        raise InputError(f"cannot write {flag} {path}: {exc.strerror or exc}") from None
+    return path
+
+
 def check_run_dir(path: str | Path, *, resume: bool = False, force: bool = False) -> Path:
     """Fail early, changing nothing, if a run cannot start (or resume) in ``path``."""
     path = Path(path)

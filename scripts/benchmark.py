@@ -585,7 +585,8 @@ def contention_table(results: list[dict], command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    from nas.errors import OneLineParser
+    parser = OneLineParser(description=__doc__.split("\n")[0])
     parser.add_argument("--space", nargs="+", default=list(SPACES), choices=list(SPACES))
     parser.add_argument("--modes", nargs="+", default=list(ROWS), choices=ROWS)
     parser.add_argument("--batch", type=int, default=64)

@@ -34,6 +34,7 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nas import gumbel  # noqa: E402
+from nas.errors import OneLineParser  # noqa: E402
 
 TAUS = (0.1, 0.3, 1.0, 3.0, 10.0)
 ESTIMATORS = ("st", "gumbel_rao", "reinmax", "reinforce", "decoupled_f0.5", "decoupled_f2")
@@ -173,7 +174,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = OneLineParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--draws", type=int, default=4000, help="gradient estimates per cell of the table")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/estimators", help="directory for estimators.md/.png")

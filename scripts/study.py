@@ -60,7 +60,7 @@ from typing import Any, Callable, Sequence
 from nas.benchmarks import NB201Table, load_table
 from nas.budget import fits
 from nas.config import budget_limits, load_config, read_yaml
-from nas.errors import InputError
+from nas.errors import InputError, OneLineParser
 from nas.genotype import Genotype
 
 REPO = Path(__file__).resolve().parents[1]
@@ -666,18 +666,13 @@ def pareto_image(costs: dict[str, dict[str, float]], table: NB201Table, sweep: d
                    ylabel="CIFAR-10 %", ylim=(85.0, 94.5))
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"study: error: {message} (see --help)\n")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--random-search-worker"]:  # the baseline's own process (see random_run)
         random_search_worker(json.loads(argv[1]))
         return 0
-    p = _Parser(prog="study.py", description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="study", description=__doc__.split("\n\n")[0])
     p.add_argument("study", metavar="STUDY.yaml")
     p.add_argument("--out", metavar="DIR", help="output directory (default: runs/<study name>)")
     p.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
