@@ -27,6 +27,7 @@ import yaml
 
 from conftest import DARTS_V2, TINY_SEARCH
 from nas.cli import main
+from nas.errors import InputError
 from nas.genotype import parse_genotype
 
 NB201 = "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|none~0|avg_pool_3x3~1|nor_conv_3x3~2|"
@@ -683,6 +684,40 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(ws, capsys, case):
     if argv[:2] == ["search", "--resume"]:  # and what it says to do
         assert "delete it" in err or "start the run again" in err or \
             not any(f in err for f in ("few_shot.json", "costs.json", "metrics.jsonl")), err
+
+
+def _costs_edit(change):
+    def edit(table: dict) -> dict:
+        change(table)
+        return table
+    return edit
+
+
+COSTS_CASES = {  # what a resumed latency-budgeted run reads: every class refused in one line
+    "a-list": lambda t: [t], "text": lambda t: "costs",
+    "no-base": _costs_edit(lambda t: t.pop("base")), "no-ops": _costs_edit(lambda t: t.pop("ops")),
+    "base-nan": _costs_edit(lambda t: t["base"].update(params=float("nan"))),
+    "base-negative": _costs_edit(lambda t: t["base"].update(params=-1.0)),
+    "base-text": _costs_edit(lambda t: t["base"].update(params="many")),
+    "ops-list": _costs_edit(lambda t: t.update(ops=[1])),
+    "rows-text": _costs_edit(lambda t: t["ops"]["params"].update(cell="rows")),
+    "row-inf": _costs_edit(lambda t: t["ops"]["params"]["cell"][0].__setitem__(0, float("inf"))),
+    "row-bool": _costs_edit(lambda t: t["ops"]["params"]["cell"][0].__setitem__(0, True)),
+    "how-list": _costs_edit(lambda t: t.update(how=["measured"])),
+}
+
+
+@pytest.mark.parametrize("name", COSTS_CASES)
+def test_a_saved_cost_table_that_does_not_read_is_refused_in_one_line(few_shot_run, tmp_path, name):
+    from nas.readback import saved_costs
+    path = tmp_path / "costs.json"
+    assert saved_costs(few_shot_run / "costs.json")["base"]["params"] > 0  # the file as written
+    path.write_text(json.dumps(COSTS_CASES[name](json.loads((few_shot_run / "costs.json").read_text()))))
+    with pytest.raises(InputError) as exc:
+        saved_costs(path)
+    message = str(exc.value)
+    assert message.startswith(f"cannot resume from {path}: ") and "\n" not in message
+    assert message.endswith("delete it to measure the costs again")
 
 
 def test_nan_architecture_logits_stop_the_search_before_a_file_holds_them(ws, capsys):
