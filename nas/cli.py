@@ -517,7 +517,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     from .monitor import steps_bar
     from .profiling import format_profile, network_to_profile, profile_network, with_network
-    from .runtime import channels_last, resolve_device
+    from .runtime import channels_last, resolve_device, within_memory
     from .spaces import check_network
 
     from .config import MAX_BATCH, MAX_IMAGE_SIZE, MAX_RUNS, MAX_THREADS, check_count
@@ -532,7 +532,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     layout = channels_last(cfg.train.channels_last, device)  # as nas train runs it
-    with steps_bar(4 if args.batch > 1 else 2, "profile", args.quiet) as step:
+    with steps_bar(4 if args.batch > 1 else 2, "profile", args.quiet) as step, \
+            within_memory(f"batch {args.batch} of {size}x{size} images",
+                          "choose a smaller --batch or --image-size"):
         profile = profile_network(model, size, device, batch=args.batch, runs=args.runs,
                                   genotype=genotype, channels_last=layout, progress=step)
     options = ", ".join(f"{k}={v}" for k, v in cfg.network.items()) or "default options"

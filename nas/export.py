@@ -27,7 +27,7 @@ from .config import MAX_BATCH, MAX_IMAGE_SIZE, check_count
 from .errors import InputError
 from .genotype import Genotype
 from .network import set_drop_path
-from .runtime import CHECKPOINT, check_output, first_mismatch, load_checkpoint
+from .runtime import CHECKPOINT, check_output, first_mismatch, load_checkpoint, within_memory
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "exported": ".pt2"}
 ONNX_OPSET = 18
@@ -300,7 +300,9 @@ def export(source: str | Path, fmt: str, out: str | Path | None = None, *, batch
     trained = load_trained(source)
     path = _output_path(out, trained.checkpoint, fmt)
     size = image_size or trained.image_size
-    x = check_images(batch, size)
+    with within_memory(f"batch {batch} of {size}x{size} images",
+                       "choose a smaller --batch or --image-size"):
+        x = check_images(batch, size)
     model = trained.model.eval()
     set_drop_path(model, 0.0)
     from .spaces import check_logits, first_line

@@ -11,7 +11,7 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor
@@ -133,6 +133,19 @@ def check_output(path: str | Path, flag: str, *, directory: bool = False) -> Pat
     except OSError as exc:  # a symlink loop, no permission to look
         raise InputError(f"cannot write {flag} {path}: {exc.strerror or exc}") from None
     return path
+
+
+@contextlib.contextmanager
+def within_memory(sizes: str, fix: str) -> Iterator[None]:
+    """Turn an allocation failure inside (the CPU allocator's, CUDA's, MemoryError) into one
+    line: sizes within their bounds may still not fit together in this machine's memory."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as exc:
+        if not (isinstance(exc, (MemoryError, torch.OutOfMemoryError))
+                or "can't allocate memory" in str(exc)):
+            raise
+        raise InputError(f"out of memory at {sizes}: {fix}") from None
 
 
 def check_run_dir(path: str | Path, *, resume: bool = False, force: bool = False) -> Path:

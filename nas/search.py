@@ -40,7 +40,7 @@ from .runtime import (CHECKPOINT, Meter, autocast, channels_last, check_finite,
                       check_finite_values, checkpoint_state,
                       discard_failed_start, in_layout, keep_freed_memory,
                       prepare_run_dir, resolve_device, resume_from, save_checkpoint,
-                      seed_everything, start_mode, steps_note, stretch_cosine)
+                      seed_everything, start_mode, steps_note, stretch_cosine, within_memory)
 from .schedules import TemperatureScheduler
 from .errors import InputError
 from .fewshot import read_state, run_few_shot
@@ -341,7 +341,9 @@ def build_budget(cfg: Config, model: Supernet, num_classes: int, device: torch.d
     measure = "latency_ms" in limits and not (saved is not None and saved.is_file())
     metrics = ["params", "macs"] + (["latency_ms"] if measure else [])
     build_network(cfg.space, model.genotype(), num_classes, cfg.network)  # options fail in one line
-    with torch.random.fork_rng(devices=[]):  # building probe networks draws no number of the run's
+    with torch.random.fork_rng(devices=[]), within_memory(  # probes draw no number of the run's
+            f"search.budget.latency_batch {b.latency_batch} of {size}x{size} images",
+            "lower search.budget.latency_batch or search.budget.image_size"):
         table = build_cost_table(model, lambda g: build_network(cfg.space, g, num_classes, cfg.network),
                                  size, metrics, device if measure else torch.device("cpu"),
                                  cfg.space, b.latency_batch)

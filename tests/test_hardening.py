@@ -720,6 +720,34 @@ def test_a_saved_cost_table_that_does_not_read_is_refused_in_one_line(few_shot_r
     assert message.endswith("delete it to measure the costs again")
 
 
+ALLOCATION_FAILURES = [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+                 "allocate memory: you tried to allocate 103079215104 bytes."),
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 96.00 GiB"), MemoryError()]
+
+
+@pytest.mark.parametrize("failure", ALLOCATION_FAILURES, ids=lambda e: type(e).__name__)
+def test_sizes_that_do_not_fit_in_memory_together_are_one_line(ws, capsys, monkeypatch, failure):
+    """Each size within its bound, the batch of images they make too large for this machine
+    (a 103 GB batch is not allocated here: the failure is raised where the allocation is)."""
+    from nas import profiling
+    from nas.runtime import within_memory
+
+    def allocate(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(profiling, "profile_network", allocate)
+    before = snapshot(ws)
+    code, err = call(["profile", "DARTS_V2", "--batch", "8192", "--image-size", "1024", "--set",
+                      "network.C=4", "network.cells=3"], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "out of memory at batch 8192 of 1024x1024 images: choose a smaller --batch" in err
+    assert snapshot(ws) == before
+    with pytest.raises(RuntimeError, match="a bug"):  # any other error is not a size's
+        with within_memory("batch 1", "no"):
+            raise RuntimeError("a bug")
+
+
 def test_nan_architecture_logits_stop_the_search_before_a_file_holds_them(ws, capsys):
     """A huge dual_lr makes the budget's multipliers, then the logits, non-finite while the
     losses stay finite: the run stops in one line (status 1) at that epoch's end."""
