@@ -109,11 +109,12 @@ def path_problem(path: Path) -> str | None:
     return None
 
 
-def check_output(path: str | Path, flag: str, *, directory: bool = False) -> Path:
+def check_output(path: str | Path, flag: str, *, directory: bool = False,
+                 replace: bool = False) -> Path:
     """Fail in one line, before any work and changing nothing, if a command cannot write its
     output at ``path`` (``flag`` names the option): a name the system refuses, a file where a
-    directory goes or the reverse, an existing file (never replaced), or no writable directory
-    to make it in."""
+    directory goes or the reverse, an existing file (unless ``replace``: a report written
+    again), or no writable directory to make it in."""
     path = Path(path)
     problem = path_problem(path)
     if problem:
@@ -123,8 +124,10 @@ def check_output(path: str | Path, flag: str, *, directory: bool = False) -> Pat
             raise InputError(f"{flag} {path} is a file, not a directory; choose another {flag}")
         if not directory and path.is_dir():
             raise InputError(f"{flag} {path} is a directory; give the name of a file to write")
-        if not directory and (path.exists() or path.is_symlink()):
+        if not directory and not replace and (path.exists() or path.is_symlink()):
             raise InputError(f"{path} already exists; remove it or choose another {flag}")
+        if path.is_file() and not os.access(path, os.W_OK):
+            raise InputError(f"cannot write {path}: it is read-only; choose another {flag}")
         parent = path if path.is_dir() else next(
             (p for p in path.absolute().parents if p.exists()), None)
         if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):

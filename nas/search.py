@@ -481,17 +481,18 @@ def end_epoch(setup: SearchSetup, epoch: int, run_dir: Path, monitor: Monitor,
               started: float) -> dict[str, Any]:
     """Derive and save the epoch's genotype, log its metrics, write the checkpoint."""
     cfg, s, model, main = setup.cfg, setup.cfg.search, setup.model, dist.is_main()
-    check_finite_values(learned_values(setup), epoch, run_dir)  # before a NaN reaches any file
+    for meter in meters:
+        meter.reduce()
+    (train_loss, train_acc), (arch_loss, arch_acc) = (m.read() for m in meters)
+    update_arch = epoch >= s.warmup_epochs
+    # a non-finite loss, logit or multiplier stops the run before any file holds it
+    check_finite([train_loss, arch_loss] if update_arch else [train_loss], epoch, run_dir)
+    check_finite_values(learned_values(setup), epoch, run_dir)
     dist.check_same(model.arch_parameters(), "architecture logits")
     dist.average_buffers(model)  # each rank's batch-norm statistics saw its slice of the batches
     genotype = setup.derive()
     if main:
         genotype.save(run_dir / "genotypes" / f"epoch_{epoch + 1:03d}.json")
-    for meter in meters:
-        meter.reduce()
-    (train_loss, train_acc), (arch_loss, arch_acc) = (m.read() for m in meters)
-    update_arch = epoch >= s.warmup_epochs
-    check_finite([train_loss, arch_loss] if update_arch else [train_loss], epoch, run_dir)
     metrics = {"train_loss": train_loss, "train_acc": train_acc, "arch_loss": arch_loss,
                "arch_acc": arch_acc, **taus, "lr": lr, "arch_lr": s.arch_lr, "entropy": model.entropy(),
                "seconds": time.time() - started}

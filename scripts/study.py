@@ -62,6 +62,7 @@ from nas.budget import fits
 from nas.config import budget_limits, load_config, read_yaml
 from nas.errors import InputError, OneLineParser
 from nas.genotype import Genotype
+from nas.runtime import check_output
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = ("benchmark", "data_dir", "seeds", "set", "methods", "random_search", "published", "sweep")
@@ -685,11 +686,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.jobs < 1:
             raise InputError(f"--jobs must be at least 1, got {args.jobs}")
         study = load_study(args.study, args.seeds, args.only, args.data_dir, args.benchmark)
+        out = check_output(args.out or Path("runs") / Path(args.study).stem, "--out", directory=True)
     except InputError as exc:
         print(f"study: error: {exc}", file=sys.stderr)
         return 2
     try:
-        return run_study(study, Path(args.out or Path("runs") / Path(args.study).stem), args.jobs)
+        return run_study(study, out, args.jobs)
     except InputError as exc:  # a finished run the table cannot score
         print(f"study: error: {exc}", file=sys.stderr)
         return 2

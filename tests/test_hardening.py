@@ -630,6 +630,9 @@ NOT_CLASSES = {"text": "ten", "zero": 0, "negative": -3, "fraction": 2.5, "bool"
 CASES += [(f"genotype-show-op-{name}", None, ["genotype", "show", json.dumps(
     {"cells": {"cell": [[[op, 0]]]}, "inputs": {"cell": 1}})], "printable characters")
     for name, op in NOT_NAMES.items()]
+CASES += [(f"genotype-show-kind-{name}", None, ["genotype", "show", json.dumps(
+    {"cells": {op: [[["none", 0]]]}, "inputs": {op: 1}})], "printable characters")
+    for name, op in NOT_NAMES.items()]
 CASES += [(f"genotype-file-op-{name}", write("g.json", json.dumps(
     {"cells": {"cell": [[[op, 0]]]}, "inputs": {"cell": 1}})), ["genotype", "show", "g.json"],
     "printable characters") for name, op in NOT_NAMES.items()]
@@ -746,6 +749,31 @@ def test_sizes_that_do_not_fit_in_memory_together_are_one_line(ws, capsys, monke
     with pytest.raises(RuntimeError, match="a bug"):  # any other error is not a size's
         with within_memory("batch 1", "no"):
             raise RuntimeError("a bug")
+
+
+SCRIPT_OUTS = {"a-file": "--out a-file is a file, not a directory",
+               "o" * 300: "over the system's limit", "a-file/below": "not a writable directory"}
+SCRIPT_USAGE = {"--no-such-flag": "--help)"}  # unrecognized, or a required one missing
+
+
+@pytest.mark.parametrize("script", ["benchmark", "estimators", "gpu_check", "ddp_benchmark",
+                                    "study", "oneshot_ranking"])
+def test_scripts_refuse_in_one_line_like_the_cli(ws, script):
+    """Usage errors in one line; an output they cannot write refused before their work."""
+    root = Path(__file__).resolve().parents[1]
+    (ws / "a-file").write_text("a user's file")
+    cases = dict(SCRIPT_USAGE)
+    if script in ("benchmark", "estimators", "gpu_check"):
+        cases.update({f"--out {out}": phrase for out, phrase in SCRIPT_OUTS.items()})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    for args, phrase in cases.items():
+        before = snapshot(ws)
+        out = subprocess.run([sys.executable, str(root / "scripts" / f"{script}.py"),
+                              *(["--dry-run"] if script == "gpu_check" else []), *args.split()],
+                             cwd=ws, env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1, (args, out.stderr)
+        assert phrase in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
+        assert snapshot(ws) == before
 
 
 def test_nan_architecture_logits_stop_the_search_before_a_file_holds_them(ws, capsys):
