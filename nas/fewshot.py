@@ -23,6 +23,7 @@ import copy
 import ctypes
 import dataclasses
 import json
+import math
 import multiprocessing as mp
 import os
 import pickle
@@ -39,6 +40,7 @@ from tqdm import tqdm
 
 from .budget import derive_within
 from .data import Batches, load_split, seed_of, split_indices
+from .errors import Diverged
 from .genotype import Genotype, edge_inputs, num_nodes
 from .readback import few_shot_state
 from .runtime import in_layout, seed_everything
@@ -207,6 +209,9 @@ def run_few_shot(setup: Any, run_dir: Path, arch_update: Callable[..., Any],
         if genotype is not None:
             loss, acc = select_score(cfg, genotype, setup.num_classes, setup.device, data,
                                      w_idx, a_idx, progress)
+            if not math.isfinite(loss):  # a score few_shot.json must not hold, nor the pick use
+                raise Diverged(f"few-shot: the selection training of part {ops[k]} diverged "
+                               f"(loss {loss}): try a lower search.few_shot.select_lr")
             out = {"genotype": genotype.to_dict(), "loss": loss, "acc": acc}
         else:
             for _ in range(f.select_epochs):

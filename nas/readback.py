@@ -103,8 +103,9 @@ def few_shot_state(path: Path, op_names: Mapping[str, Sequence[str]], edges: Map
     _need(0 <= index < edges[kind], path, f"its edge {index} is not one of the {edges[kind]} "
           f"edges of cell kind '{kind}'")
     _need(isinstance(state["settings"], dict), path, "its settings are not a mapping")
-    _need(number(state["phase_seconds"], 0), path,
-          f"its phase_seconds is {state['phase_seconds']!r}, not a number >= 0")
+    # wall time, for people: any finite number (a clock set back may make it negative)
+    _need(number(state["phase_seconds"]), path,
+          f"its phase_seconds is {str(state['phase_seconds'])[:40]!r}, not a number")
     _need(isinstance(state["parts"], dict), path, "its parts are not a mapping of op to result")
     for op, part in state["parts"].items():
         _need(op in op_names[kind], path, f"its part {op[:40]!r} is not an op of cell kind "
@@ -116,8 +117,8 @@ def few_shot_state(path: Path, op_names: Mapping[str, Sequence[str]], edges: Map
 def _check_part(path: Path, op: str, part: Any, op_names: Mapping[str, Sequence[str]],
                 edges: Mapping[str, int], cell_inputs: int | None, space: str) -> None:
     _keys(part, ("genotype", "loss", "acc", "seconds"), path, f"part {op}")
-    _need(number(part["seconds"], 0), path, f"part {op}'s seconds is {part['seconds']!r}, not a "
-          "number >= 0")
+    _need(number(part["seconds"]), path,
+          f"part {op}'s seconds is {str(part['seconds'])[:40]!r}, not a number")
     if part["genotype"] is None:  # no cell with this op fitted the budget
         _need(part["loss"] is None and part["acc"] is None, path,
               f"part {op} has scores but no cell")

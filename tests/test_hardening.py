@@ -570,7 +570,8 @@ FEW_SHOT_CASES = [  # (id, setup, phrase)
     ("score-text", a_part(lambda p: p.update(acc="high")), "are not a finite loss"),
     ("score-over-100", a_part(lambda p: p.update(acc=150.0)), "accuracy in [0, 100]"),
     ("score-bool", a_part(lambda p: p.update(acc=True)), "are not a finite loss"),
-    ("seconds-negative", a_part(lambda p: p.update(seconds=-1)), "seconds is -1"),
+    ("seconds-text", a_part(lambda p: p.update(seconds="-1")), "seconds is '-1', not a number"),
+    ("seconds-nan", a_part(lambda p: p.update(seconds=float("nan"))), "seconds is 'nan'"),
     ("phase-seconds", edit_json("few_shot.json", lambda s: s.update(phase_seconds="long")),
      "phase_seconds is 'long'"),
     ("cell-garbage", a_part(lambda p: p.update(genotype={"cells": "x"})), "cell does not parse"),
@@ -792,6 +793,18 @@ def test_nan_architecture_logits_stop_the_search_before_a_file_holds_them(ws, ca
     assert [json.loads(line)["epoch"] for line in text.splitlines()] == [1, 2]
     assert "NaN" not in text and "null" not in text
     assert torch.load(ws / "nan" / "checkpoint.pt", weights_only=True)["epoch"] == 2
+
+
+def test_a_diverging_few_shot_selection_stops_in_one_line_and_writes_no_nan_score(ws, capsys):
+    cfg = {**FEW_SHOT, "data": {**FEW_SHOT["data"], "root": str(ws / "data")}}
+    cfg["search"] = {**cfg["search"], "grad_clip": 0,
+                     "few_shot": {**cfg["search"]["few_shot"], "select_lr": 1e30}}
+    (ws / "select.yaml").write_text(yaml.safe_dump(cfg))
+    code, err = call(["search", "--config", "select.yaml", "--run-dir", "sel", "--quiet"], capsys)
+    assert code == 1 and err.count("\n") == 1, err
+    assert "diverged (loss nan): try a lower search.few_shot.select_lr" in err
+    state = ws / "sel" / "few_shot.json"
+    assert not state.exists() or "NaN" not in state.read_text()
 
 
 def test_the_table_is_as_large_as_promised():
