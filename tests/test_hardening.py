@@ -933,11 +933,13 @@ def test_few_shot_processes_die_with_a_killed_parent(ws):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux's")
-def test_ctrl_c_to_the_group_in_the_few_shot_phase_is_one_line_and_leaves_nothing(ws):
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_to_the_group_in_the_few_shot_phase_is_one_line_and_leaves_nothing(ws, sig,
+                                                                                   status):
     proc, parts = _in_the_few_shot_phase(ws, "stopped")
-    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    os.killpg(proc.pid, sig)  # what a terminal's Ctrl-C does, or `kill -TERM -PGID`
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    assert proc.returncode == status, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "continue with: nas search --resume stopped" in err
     assert not [p for p in parts if _alive(p)]
