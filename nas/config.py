@@ -153,6 +153,7 @@ MAX_IMAGE_SIZE = 1024  # images are resized once and held in memory: beyond this
 MAX_THREADS = 1024     # more threads (or processes) than any machine's CPUs: a typo
 MAX_BATCH = 8192       # images in one batch: more than any run of these networks holds, a typo
 MAX_RUNS = 10_000      # timed runs of one measurement
+MAX_SAMPLES = 1024     # subnetworks an architecture step draws (search.samples)
 MAX_NAME = 200         # a run name, and the date and time after it, fit a file name (255 bytes)
 MAX_VALUES = 100_000   # values in a config once its YAML aliases are expanded: no config is near
 MAX_DEPTH = 64         # levels of nesting: a config has four or five
@@ -303,7 +304,7 @@ def _check_ranges(cfg: Config) -> None:
     check_count("threads", cfg.threads, 1, MAX_THREADS, nullable=True)  # null: the usable CPUs
     need(0 <= cfg.search.warmup_epochs <= cfg.search.epochs,
          f"search.warmup_epochs: must be in [0, search.epochs], got {cfg.search.warmup_epochs}")
-    need(cfg.search.samples >= 2, f"search.samples: must be at least 2, got {cfg.search.samples}")
+    check_count("search.samples", cfg.search.samples, 2, MAX_SAMPLES)
     need(cfg.search.weight_sampling == "arch" or cfg.search.mode != "softmax",
          f"search.weight_sampling: {cfg.search.weight_sampling} needs a sampling mode (gdas, st, "
          "gumbel), got softmax")

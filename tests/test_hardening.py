@@ -661,7 +661,7 @@ COUNT_FLAGS = [  # (id, argv before the value, phrase)
 COUNT_KEYS = [("search.batch_size", 1, 8192), ("train.batch_size", 1, 8192),
               ("train.eval_batch_size", 1, 8192), ("search.budget.latency_batch", 1, 8192),
               ("search.few_shot.select_batch_size", 1, 8192), ("search.few_shot.workers", 1, 1024),
-              ("threads", 1, 1024), ("data.workers", 0, 1024)]
+              ("threads", 1, 1024), ("data.workers", 0, 1024), ("search.samples", 2, 1024)]
 CASES += [(f"count-{flag}-{name}", None, [*argv, value], phrase)
           for flag, argv, phrase in COUNT_FLAGS for name, value in TOO_LARGE.items()]
 CASES += [(f"count-{key}-{name}", None, [*S, "--set", f"{key}={value}"],
