@@ -14,14 +14,10 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
-from .errors import Diverged, InputError
+from .errors import Diverged, InputError, OneLineParser
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, with usage errors on one line."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+_Parser = OneLineParser  # usage errors on one line
 
 
 def _add_run_options(p: argparse.ArgumentParser, config_required: bool) -> None:
@@ -323,10 +319,8 @@ def _config(args: argparse.Namespace, verb: str, saved_config: str = "config.yam
 
 
 def _threads(n: int) -> int:
-    from .config import MAX_THREADS
-    if not 1 <= n <= MAX_THREADS:
-        raise InputError(f"--threads must be from 1 to {MAX_THREADS}, got {n}")
-    return n
+    from .config import MAX_THREADS, check_count
+    return check_count("--threads", n, 1, MAX_THREADS)
 
 
 def _print_search(result) -> None:
@@ -428,9 +422,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .config import MAX_BATCH, check_count
     from .train import evaluate_checkpoint
-    if args.batch_size is not None and args.batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_count("--batch-size", args.batch_size, 1, MAX_BATCH, nullable=True)
     threads = None if args.threads is None else _threads(args.threads)
     r = evaluate_checkpoint(args.checkpoint, data_root=args.data_dir, device=args.device,
                             batch_size=args.batch_size, threads=threads)
@@ -583,13 +577,14 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from .latency import check_runtime, format_runtime_latency, runtime_latency
     from .monitor import steps_bar
     from .profiling import format_profile, network_to_profile, profile_network, with_network
-    from .runtime import channels_last, resolve_device
+    from .runtime import channels_last, resolve_device, within_memory
+    from .config import MAX_BATCH, MAX_IMAGE_SIZE, MAX_RUNS, MAX_THREADS, check_count
     from .spaces import check_network
 
-    for flag, value, least in (("--batch", args.batch, 1), ("--runs", args.runs, 1),
-                               ("--threads", args.threads, 1)):
-        if value is not None and value < least:
-            raise InputError(f"{flag} must be at least {least}, got {value}")
+    for flag, value, most in (("--batch", args.batch, MAX_BATCH), ("--runs", args.runs, MAX_RUNS),
+                              ("--threads", args.threads, MAX_THREADS),
+                              ("--image-size", args.image_size, MAX_IMAGE_SIZE)):
+        check_count(flag, value, 1, most, nullable=True)  # before the network is built
     if args.runtime == "onnxruntime":
         check_runtime("onnxruntime")
     if args.target.endswith(".onnx"):
@@ -603,7 +598,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     layout = channels_last(cfg.train.channels_last, device)  # as nas train runs it
     steps = (4 if args.batch > 1 else 2) + (args.runtime == "onnxruntime")
-    with steps_bar(steps, "profile", args.quiet) as step:
+    with steps_bar(steps, "profile", args.quiet) as step, \
+            within_memory(f"batch {args.batch} of {size}x{size} images",
+                          "choose a smaller --batch or --image-size"):
         profile = profile_network(model, size, device, batch=args.batch, runs=args.runs,
                                   genotype=genotype, channels_last=layout, progress=step)
         if args.runtime == "onnxruntime":

@@ -152,10 +152,26 @@ class Config:
 
 
 MAX_IMAGE_SIZE = 1024  # images are resized once and held in memory: beyond this, a typo
-MAX_THREADS = 1024     # more threads than any machine's CPUs: a typo
+MAX_THREADS = 1024     # more threads (or processes) than any machine's CPUs: a typo
+MAX_BATCH = 8192       # images in one batch: more than any run of these networks holds, a typo
+MAX_RUNS = 10_000      # timed runs of one measurement
+MAX_SAMPLES = 1024     # subnetworks an architecture step draws (search.samples)
 MAX_NAME = 200         # a run name, and the date and time after it, fit a file name (255 bytes)
 MAX_VALUES = 100_000   # values in a config once its YAML aliases are expanded: no config is near
 MAX_DEPTH = 64         # levels of nesting: a config has four or five
+
+
+def check_count(name: str, value: Any, least: int, most: int, nullable: bool = False) -> Any:
+    """The one rule for a count a user passes (an image size, a batch, threads, workers, runs),
+    in a config or as a flag: a whole number from ``least`` to ``most`` (or None when
+    ``nullable``), checked before any work; returns it. ``name``: ``--flag`` or ``section.key``."""
+    if value is None and nullable:
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
+        sep = "" if name.startswith("-") else ":"
+        raise InputError(f"{name}{sep} must be from {least} to {most}{' or null' if nullable else ''}"
+                         f", got {value!r}")
+    return value
 
 
 # -- type checking ------------------------------------------------------------------------------
@@ -267,7 +283,7 @@ def _check_ranges(cfg: Config) -> None:
     for sec in ("search", "train"):
         s = getattr(cfg, sec)
         need(s.epochs >= 1, f"{sec}.epochs: must be at least 1, got {s.epochs}")
-        need(s.batch_size >= 1, f"{sec}.batch_size: must be at least 1, got {s.batch_size}")
+        check_count(f"{sec}.batch_size", s.batch_size, 1, MAX_BATCH)
         need(s.steps_per_epoch is None or s.steps_per_epoch >= 1,
              f"{sec}.steps_per_epoch: must be at least 1 or null, got {s.steps_per_epoch}")
         need(s.lr > 0, f"{sec}.lr: must be positive, got {s.lr}")
@@ -281,18 +297,16 @@ def _check_ranges(cfg: Config) -> None:
     need(cfg.search.arch_lr > 0, f"search.arch_lr: must be positive, got {cfg.search.arch_lr}")
     need(cfg.search.arch_weight_decay >= 0,
          f"search.arch_weight_decay: must be >= 0, got {cfg.search.arch_weight_decay}")
-    need(cfg.train.eval_batch_size >= 1,
-         f"train.eval_batch_size: must be at least 1, got {cfg.train.eval_batch_size}")
+    check_count("train.eval_batch_size", cfg.train.eval_batch_size, 1, MAX_BATCH)
     need(0 <= cfg.seed < 2 ** 63, f"seed: must be in [0, 2^63), got {cfg.seed}")
     need(not any(c in cfg.name for c in "/\\") and cfg.name not in (".", "..")
          and len(cfg.name) <= MAX_NAME,
          f"name: a run name is a name, not a path (no / or \\, not . or .., at most {MAX_NAME} "
          f"characters), got {cfg.name!r}; --run-dir chooses where the run goes")
-    need(cfg.threads is None or 1 <= cfg.threads <= MAX_THREADS,
-         f"threads: must be from 1 to {MAX_THREADS} or null (the usable CPUs), got {cfg.threads}")
+    check_count("threads", cfg.threads, 1, MAX_THREADS, nullable=True)  # null: the usable CPUs
     need(0 <= cfg.search.warmup_epochs <= cfg.search.epochs,
          f"search.warmup_epochs: must be in [0, search.epochs], got {cfg.search.warmup_epochs}")
-    need(cfg.search.samples >= 2, f"search.samples: must be at least 2, got {cfg.search.samples}")
+    check_count("search.samples", cfg.search.samples, 2, MAX_SAMPLES)
     need(cfg.search.weight_sampling == "arch" or cfg.search.mode != "softmax",
          f"search.weight_sampling: {cfg.search.weight_sampling} needs a sampling mode (gdas, st, "
          "gumbel), got softmax")
@@ -318,7 +332,7 @@ def _check_ranges(cfg: Config) -> None:
     need(b.image_size is None or 4 <= b.image_size <= MAX_IMAGE_SIZE and b.image_size % 2 == 0,
          f"search.budget.image_size: must be an even number from 4 to {MAX_IMAGE_SIZE} or null, "
          f"got {b.image_size}")
-    need(b.latency_batch >= 1, f"search.budget.latency_batch: must be at least 1, got {b.latency_batch}")
+    check_count("search.budget.latency_batch", b.latency_batch, 1, MAX_BATCH)
     need(b.latency_table is None or (b.latency_table.strip() != "" and b.latency_ms is not None),
          "search.budget.latency_table: needs a file name and search.budget.latency_ms (the bound "
          f"it prices), got latency_table {b.latency_table!r}, latency_ms {b.latency_ms}")
@@ -327,11 +341,9 @@ def _check_ranges(cfg: Config) -> None:
     need(f.epochs >= 0, f"search.few_shot.epochs: must be >= 0 (0: off), got {f.epochs}")
     need(f.lr is None or f.lr > 0, f"search.few_shot.lr: must be positive or null, got {f.lr}")
     need(f.select_epochs >= 1, f"search.few_shot.select_epochs: must be at least 1, got {f.select_epochs}")
-    need(f.workers is None or 1 <= f.workers <= MAX_THREADS,
-         f"search.few_shot.workers: must be from 1 to {MAX_THREADS} or null, got {f.workers}")
+    check_count("search.few_shot.workers", f.workers, 1, MAX_THREADS, nullable=True)
     need(f.select_lr > 0, f"search.few_shot.select_lr: must be positive, got {f.select_lr}")
-    need(f.select_batch_size >= 1,
-         f"search.few_shot.select_batch_size: must be at least 1, got {f.select_batch_size}")
+    check_count("search.few_shot.select_batch_size", f.select_batch_size, 1, MAX_BATCH)
     need(f.epochs == 0 or cfg.search.mode == "gdas",
          f"search.few_shot: fixing an edge's op needs search.mode: gdas, got {cfg.search.mode}")
     need(0 < cfg.data.split < 1, f"data.split: must be in (0, 1), got {cfg.data.split}")
@@ -344,7 +356,7 @@ def _check_ranges(cfg: Config) -> None:
          f"data.limit: must be at least 2 or null, got {cfg.data.limit}")
     need(cfg.data.test_limit is None or cfg.data.test_limit >= 1,
          f"data.test_limit: must be at least 1 or null, got {cfg.data.test_limit}")
-    need(cfg.data.workers >= 0, f"data.workers: must be >= 0, got {cfg.data.workers}")
+    check_count("data.workers", cfg.data.workers, 0, MAX_THREADS)
     need(0 <= cfg.train.drop_path < 1, f"train.drop_path: must be in [0, 1), got {cfg.train.drop_path}")
     need(cfg.train.cutout >= 0, f"train.cutout: must be >= 0, got {cfg.train.cutout}")
     need(cfg.train.auxiliary_weight >= 0,

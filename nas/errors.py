@@ -1,4 +1,7 @@
 """The one exception type for a user's mistake (bad config, flag, data, checkpoint)."""
+from __future__ import annotations
+
+import argparse
 
 
 class InputError(ValueError):
@@ -14,3 +17,11 @@ def check_positive(section: str, **sizes: int) -> None:
     for key, value in sizes.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InputError(f"{section}.{key}: must be a whole number of at least 1, got {value!r}")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, ``PROG: error: ... (see PROG --help)``, status 2
+    (the ``nas`` command and every script in scripts/)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

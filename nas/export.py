@@ -18,14 +18,16 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
+from .config import MAX_BATCH, MAX_IMAGE_SIZE, check_count
 from .errors import InputError
 from .network import set_drop_path
 from .trained import Trained, load_trained
+from .runtime import check_output, within_memory
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "exported": ".pt2"}
 ONNX_OPSET = 18
@@ -197,14 +199,7 @@ def run_check(path: Path, fmt: str, inputs: list[Tensor], space: str, work: Path
 
 
 def _output_path(out: str | Path | None, checkpoint: Path, fmt: str) -> Path:
-    path = Path(out) if out else checkpoint.parent / f"model{FORMATS[fmt]}"
-    if path.exists() or path.is_symlink():
-        raise InputError(f"{path} already exists; remove it or choose another --out")
-    parent = next((p for p in path.absolute().parents if p.exists()), None)
-    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write {path}: {parent} is not a writable directory; choose "
-                         "another --out")
-    return path
+    return check_output(Path(out) if out else checkpoint.parent / f"model{FORMATS[fmt]}", "--out")
 
 
 def export(source: str | Path, fmt: str, out: str | Path | None = None, *, batch: int = 8,
@@ -222,18 +217,17 @@ def export(source: str | Path, fmt: str, out: str | Path | None = None, *, batch
     if fmt == "onnx" and onnx_missing():
         raise InputError(f"--format onnx needs the packages {', '.join(onnx_missing())}: install "
                          "the export extra, pip install -e '.[export]'")
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise InputError(f"--batch must be a whole number of at least 1, got {batch!r}")
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
-                                   or image_size < 1):
-        raise InputError(f"--image-size must be a whole number of at least 1, got {image_size!r}")
+    check_count("--batch", batch, 1, MAX_BATCH)
+    check_count("--image-size", image_size, 1, MAX_IMAGE_SIZE, nullable=True)
     if not tolerance > 0:
         raise InputError(f"--tolerance must be above 0, got {tolerance!r}")
     step("load")
     trained = load_trained(source)
     path = _output_path(out, trained.checkpoint, fmt)
     size = image_size or trained.image_size
-    x = check_images(batch, size)
+    with within_memory(f"batch {batch} of {size}x{size} images",
+                       "choose a smaller --batch or --image-size"):
+        x = check_images(batch, size)
     model = trained.model.eval()
     set_drop_path(model, 0.0)
     from .spaces import check_logits, first_line

@@ -20,11 +20,15 @@ not depend on which process ran it, or on the parts before it.
 from __future__ import annotations
 
 import copy
+import ctypes
 import dataclasses
 import json
+import math
 import multiprocessing as mp
+import os
 import pickle
 import queue
+import signal
 import sys
 import time
 from pathlib import Path
@@ -36,7 +40,9 @@ from tqdm import tqdm
 
 from .budget import derive_within
 from .data import Batches, load_split, seed_of, split_indices
+from .errors import Diverged
 from .genotype import Genotype, edge_inputs, num_nodes
+from .readback import few_shot_state
 from .runtime import in_layout, seed_everything
 from .spaces import build_network
 from .supernet import Supernet, canonical_order
@@ -80,6 +86,12 @@ def settings(cfg: Any) -> dict[str, Any]:
     out = dataclasses.asdict(cfg.search.few_shot)
     del out["workers"]  # where the parts run does not change them
     return out
+
+
+def read_state(run_dir: Path, cfg: Any, model: Supernet) -> dict[str, Any]:
+    """The run's checked ``few_shot.json`` ({} when there is none; readback.few_shot_state)."""
+    edges = {kind: logits.shape[0] for kind, logits in model.arch_logits.items()}
+    return few_shot_state(run_dir / STATE, model.op_names, edges, model.cell_inputs, cfg.space)
 
 
 def search_part(setup: Any, kind: str, edge: int, op: int, arch_update: Callable[..., Any],
@@ -167,7 +179,7 @@ def run_few_shot(setup: Any, run_dir: Path, arch_update: Callable[..., Any],
     cfg, model = setup.cfg, setup.model
     f = cfg.search.few_shot
     path = run_dir / STATE
-    saved = json.loads(path.read_text()) if path.is_file() else {}
+    saved = read_state(run_dir, cfg, model)
     if saved.get("edge") and saved.get("settings") == settings(cfg):
         kind, edge = saved["edge"]
     else:
@@ -201,6 +213,9 @@ def run_few_shot(setup: Any, run_dir: Path, arch_update: Callable[..., Any],
         if genotype is not None:
             loss, acc = select_score(cfg, genotype, setup.num_classes, setup.device, data,
                                      w_idx, a_idx, progress)
+            if not math.isfinite(loss):  # a score few_shot.json must not hold, nor the pick use
+                raise Diverged(f"few-shot: the selection training of part {ops[k]} diverged "
+                               f"(loss {loss}): try a lower search.few_shot.select_lr")
             out = {"genotype": genotype.to_dict(), "loss": loss, "acc": acc}
         else:
             for _ in range(f.select_epochs):
@@ -261,12 +276,13 @@ def in_processes(jobs: list[tuple[str, Callable[[Callable[[], None]], dict]]], w
     ``threads`` threads; yield (name, result) as each finishes. A job's error is raised here."""
     ctx = mp.get_context("fork")
     messages = ctx.Queue()
+    parent = os.getpid()
     waiting, running = list(jobs), {}
     try:
         while waiting or running:
             while waiting and len(running) < workers:
                 name, job = waiting.pop(0)
-                proc = ctx.Process(target=_child, args=(name, job, threads, messages),
+                proc = ctx.Process(target=_child, args=(name, job, threads, messages, parent),
                                    name=f"few-shot {name}")
                 proc.start()
                 running[name] = proc
@@ -292,8 +308,26 @@ def in_processes(jobs: list[tuple[str, Callable[[Callable[[], None]], dict]]], w
             proc.join()
 
 
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies (Linux)
+
+
+def die_with_parent(parent: int) -> None:
+    """In a forked part's process: be killed when the parent dies, even by SIGKILL (no orphan
+    goes on running), leave Ctrl-C to the parent (which reports it once; a terminal sends it to
+    the whole process group), and let the parent's terminate() end it without a word."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the CLI's handler, which this fork inherited
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not glibc: the parent's terminate() is what ends it
+        pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def _child(name: str, job: Callable[[Callable[[], None]], dict], threads: int,
-           messages: Any) -> None:
+           messages: Any, parent: int) -> None:
+    die_with_parent(parent)
     torch.set_num_threads(threads)  # before any op: a forked OpenMP pool is not reused
     try:
         messages.put(("done", name, job(lambda: messages.put(("epoch", name, None)))))

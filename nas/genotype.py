@@ -51,9 +51,10 @@ def _freeze_nodes(nodes: Iterable[Iterable[Sequence[Any]]]) -> Nodes:
     return tuple(tuple((_op_name(op), _index(src)) for op, src in node) for node in nodes)
 
 
-def _op_name(op: Any) -> str:
-    if not isinstance(op, str) or not op:
-        raise ValueError(f"an op must be a non-empty name, got {op!r}")
+def _op_name(op: Any, what: str = "an op") -> str:
+    # a name is printed, drawn and matched: blank text, a newline or a control character is none
+    if not isinstance(op, str) or not op.strip() or not op.isprintable():
+        raise ValueError(f"{what} must be a non-empty name of printable characters, got {op!r}")
     return op
 
 
@@ -77,7 +78,7 @@ class Genotype:
             raise InputError("a genotype's 'cells', 'concat' and 'inputs' must map cell kinds to "
                              "values")
         try:
-            cells = {str(k): _freeze_nodes(v) for k, v in self.cells.items()}
+            cells = {_op_name(str(k), "a cell kind"): _freeze_nodes(v) for k, v in self.cells.items()}
             concat = {str(k): tuple(_index(i) for i in v) for k, v in self.concat.items()}
             given = {str(k): _index(v) for k, v in self.inputs.items()}
         except ValueError as exc:

@@ -349,7 +349,7 @@ def network_to_profile(target: str, config: str | None = None, sets: Sequence[st
     image size). A run directory gives its genotype and its saved config (unless ``config``);
     a genotype (name, file, string) gets ``config`` or the defaults, as ``nas train`` would."""
     from .cli import CLASSES
-    from .config import build_config, config_specs, load_config, read_yaml
+    from .config import MAX_IMAGE_SIZE, build_config, check_count, config_specs, load_config, read_yaml
     from .errors import InputError
     from .genotype import parse_genotype
     from .registry import trust
@@ -378,7 +378,6 @@ def network_to_profile(target: str, config: str | None = None, sets: Sequence[st
         state = load_checkpoint(run / CHECKPOINT)
         classes = int(state.get("num_classes", classes))
     size = cfg.data.image_size if image_size is None else image_size
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise InputError(f"--image-size must be a whole number of at least 1, got {size!r}")
+    check_count("--image-size", size, 1, MAX_IMAGE_SIZE)
     model = build_network(space, genotype, classes, cfg.network)
     return model, genotype, space, cfg, classes, size

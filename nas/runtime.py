@@ -11,15 +11,17 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor
 
 from . import distributed as dist
 from .errors import Diverged, InputError
+from .readback import check_run_files
 
 CHECKPOINT = "checkpoint.pt"
+MAX_CLASSES = 100_000  # beyond any dataset (ImageNet-21k has 21,841): a damaged checkpoint
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -107,6 +109,48 @@ def path_problem(path: Path) -> str | None:
     return None
 
 
+def check_output(path: str | Path, flag: str, *, directory: bool = False,
+                 replace: bool = False) -> Path:
+    """Fail in one line, before any work and changing nothing, if a command cannot write its
+    output at ``path`` (``flag`` names the option): a name the system refuses, a file where a
+    directory goes or the reverse, an existing file (unless ``replace``: a report written
+    again), or no writable directory to make it in."""
+    path = Path(path)
+    problem = path_problem(path)
+    if problem:
+        raise InputError(f"cannot write {flag} {str(path)[:80]!r}: {problem}; choose another {flag}")
+    try:
+        if directory and path.exists() and not path.is_dir():
+            raise InputError(f"{flag} {path} is a file, not a directory; choose another {flag}")
+        if not directory and path.is_dir():
+            raise InputError(f"{flag} {path} is a directory; give the name of a file to write")
+        if not directory and not replace and (path.exists() or path.is_symlink()):
+            raise InputError(f"{path} already exists; remove it or choose another {flag}")
+        if path.is_file() and not os.access(path, os.W_OK):
+            raise InputError(f"cannot write {path}: it is read-only; choose another {flag}")
+        parent = path if path.is_dir() else next(
+            (p for p in path.absolute().parents if p.exists()), None)
+        if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise InputError(f"cannot write {path}: {parent} is not a writable directory; "
+                             f"choose another {flag}")
+    except OSError as exc:  # a symlink loop, no permission to look
+        raise InputError(f"cannot write {flag} {path}: {exc.strerror or exc}") from None
+    return path
+
+
+@contextlib.contextmanager
+def within_memory(sizes: str, fix: str) -> Iterator[None]:
+    """Turn an allocation failure inside (the CPU allocator's, CUDA's, MemoryError) into one
+    line: sizes within their bounds may still not fit together in this machine's memory."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as exc:
+        if not (isinstance(exc, (MemoryError, torch.OutOfMemoryError))
+                or "can't allocate memory" in str(exc)):
+            raise
+        raise InputError(f"out of memory at {sizes}: {fix}") from None
+
+
 def check_run_dir(path: str | Path, *, resume: bool = False, force: bool = False) -> Path:
     """Fail early, changing nothing, if a run cannot start (or resume) in ``path``."""
     path = Path(path)
@@ -180,6 +224,7 @@ def start_mode(path: str | Path, resume: bool, force: bool) -> tuple[Path, bool,
     """
     path = check_run_dir(path, resume=resume, force=force)
     if resume:
+        check_run_files(path)  # before any work: what the resumed run will read or append to
         if (path / CHECKPOINT).is_file():
             if force:
                 raise InputError(f"--force with --resume starts again a run whose {CHECKPOINT} is "
@@ -331,6 +376,10 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
     epoch = state.get("epoch")
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
         raise InputError(f"{path} is damaged: its epoch is {epoch!r}, not a whole number >= 0")
+    classes = state.get("num_classes", 1)  # a classifier of that many outputs is built from it
+    if isinstance(classes, bool) or not isinstance(classes, int) or not 1 <= classes <= MAX_CLASSES:
+        raise InputError(f"{path} is damaged: its num_classes is {str(classes)[:40]!r}, not a "
+                         f"whole number from 1 to {MAX_CLASSES:,}")
     return state
 
 
@@ -498,10 +547,24 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+def _last_good(epoch: int, run_dir: Path) -> str:
+    return f"; the last good checkpoint is {run_dir / CHECKPOINT} (epoch {epoch})" if epoch else ""
+
+
 def check_finite(losses: list[float], epoch: int, run_dir: Path) -> None:
     """Stop with a clear message when an epoch's loss is inf or nan."""
     bad = [v for v in losses if not math.isfinite(v)]
     if bad:
-        last = f"; the last good checkpoint is {run_dir / CHECKPOINT} (epoch {epoch})" if epoch else ""
         raise Diverged(f"the loss became {bad[0]} in epoch {epoch + 1}: try a lower learning "
-                       f"rate (lr, arch_lr) or gradient clipping{last}")
+                       f"rate (lr, arch_lr) or gradient clipping{_last_good(epoch, run_dir)}")
+
+
+def check_finite_values(values: dict[str, tuple[Tensor, str]], epoch: int, run_dir: Path) -> None:
+    """Stop with a clear message when a value the run learns beside the weights holds inf or nan
+    (``{what: (tensor, what to lower)}``: architecture logits, budget multipliers); the losses
+    may stay finite meanwhile, since a hard sample of NaN logits is still a network."""
+    for what, (value, fix) in values.items():
+        bad = value.detach()[~torch.isfinite(value.detach())]
+        if bad.numel():
+            raise Diverged(f"{what} became {bad[0].item()} in epoch {epoch + 1}: try a lower "
+                           f"{fix}{_last_good(epoch, run_dir)}")

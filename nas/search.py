@@ -37,13 +37,15 @@ from .latency import LatencyTable, check_fits, read_table
 from .data import Batches, load_split, seed_of, split_indices
 from .genotype import Genotype
 from .monitor import Monitor
-from .runtime import (CHECKPOINT, Meter, autocast, channels_last, check_finite, checkpoint_state,
+from .runtime import (CHECKPOINT, Meter, autocast, channels_last, check_finite,
+                      check_finite_values, checkpoint_state,
                       discard_failed_start, in_layout, keep_freed_memory,
                       prepare_run_dir, resolve_device, resume_from, save_checkpoint,
-                      seed_everything, start_mode, steps_note, stretch_cosine)
+                      seed_everything, start_mode, steps_note, stretch_cosine, within_memory)
 from .schedules import TemperatureScheduler
 from .errors import InputError
-from .fewshot import run_few_shot
+from .fewshot import read_state, run_few_shot
+from .readback import saved_costs
 from .spaces import build_network, build_supernet, check_supernet, inspecting
 from .supernet import MixedEdge, Supernet
 from .threads import Threads, use_threads
@@ -356,7 +358,9 @@ def build_budget(cfg: Config, model: Supernet, num_classes: int, device: torch.d
         and latency_table is None
     metrics = ["params", "macs"] + (["latency_ms"] if measure else [])
     build_network(cfg.space, model.genotype(), num_classes, cfg.network)  # options fail in one line
-    with torch.random.fork_rng(devices=[]):  # building probe networks draws no number of the run's
+    with torch.random.fork_rng(devices=[]), within_memory(  # probes draw no number of the run's
+            f"search.budget.latency_batch {b.latency_batch} of {size}x{size} images",
+            "lower search.budget.latency_batch or search.budget.image_size"):
         table = build_cost_table(model, lambda g: build_network(cfg.space, g, num_classes, cfg.network),
                                  size, metrics, device if measure else torch.device("cpu"),
                                  cfg.space, b.latency_batch)
@@ -364,7 +368,7 @@ def build_budget(cfg: Config, model: Supernet, num_classes: int, device: torch.d
         check_fits(latency_table, cfg, b.latency_table, num_classes)
         latency_table.install(table, b.latency_table)
     elif "latency_ms" in limits and not measure:
-        table.load_metric(json.loads(saved.read_text()), "latency_ms")
+        table.load_metric(saved_costs(saved), "latency_ms")
     check_feasible(model, table, limits)
     return BudgetConstraint(table, limits, b.dual_lr)
 
@@ -497,16 +501,18 @@ def end_epoch(setup: SearchSetup, epoch: int, run_dir: Path, monitor: Monitor,
               started: float) -> dict[str, Any]:
     """Derive and save the epoch's genotype, log its metrics, write the checkpoint."""
     cfg, s, model, main = setup.cfg, setup.cfg.search, setup.model, dist.is_main()
+    for meter in meters:
+        meter.reduce()
+    (train_loss, train_acc), (arch_loss, arch_acc) = (m.read() for m in meters)
+    update_arch = epoch >= s.warmup_epochs
+    # a non-finite loss, logit or multiplier stops the run before any file holds it
+    check_finite([train_loss, arch_loss] if update_arch else [train_loss], epoch, run_dir)
+    check_finite_values(learned_values(setup), epoch, run_dir)
     dist.check_same(model.arch_parameters(), "architecture logits")
     dist.average_buffers(model)  # each rank's batch-norm statistics saw its slice of the batches
     genotype = setup.derive()
     if main:
         genotype.save(run_dir / "genotypes" / f"epoch_{epoch + 1:03d}.json")
-    for meter in meters:
-        meter.reduce()
-    (train_loss, train_acc), (arch_loss, arch_acc) = (m.read() for m in meters)
-    update_arch = epoch >= s.warmup_epochs
-    check_finite([train_loss, arch_loss] if update_arch else [train_loss], epoch, run_dir)
     metrics = {"train_loss": train_loss, "train_acc": train_acc, "arch_loss": arch_loss,
                "arch_acc": arch_acc, **taus, "lr": lr, "arch_lr": s.arch_lr, "entropy": model.entropy(),
                "seconds": time.time() - started}
@@ -533,6 +539,20 @@ def end_epoch(setup: SearchSetup, epoch: int, run_dir: Path, monitor: Monitor,
     return metrics
 
 
+def learned_values(setup: SearchSetup) -> dict[str, tuple[Tensor, str]]:
+    """What the architecture step learns, for the divergence check: {what: (tensor, the setting
+    that drives it)}."""
+    model, budget = setup.model, setup.budget
+    dual = " or search.budget.dual_lr" if budget is not None else ""
+    out = {f"the architecture logits of cell kind '{k}'": (v, f"search.arch_lr{dual}")
+           for k, v in model.arch_logits.items()}
+    out.update({f"the input logits of cell kind '{k}'": (v, f"search.arch_lr{dual}")
+                for k, v in model.edge_logits.items()})
+    if budget is not None:
+        out["the budget's multipliers"] = (budget.multipliers, "search.budget.dual_lr")
+    return out
+
+
 def budget_scalars(budget: BudgetConstraint, model: Supernet, genotype: Genotype) -> dict[str, float]:
     """The derived network's cost, the expected cost and the multipliers, by TensorBoard tag."""
     return {**{f"cost/{m}": v for m, v in budget.table.of(genotype).items()},
@@ -551,6 +571,8 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
     run_dir, resume, force = start_mode(run_dir, resume, force)
     setup = build_search(cfg, run_dir / COSTS if resume else None)
     s, model = cfg.search, setup.model
+    if resume and s.few_shot.epochs:
+        read_state(run_dir, cfg, model)  # a few_shot.json that does not fit fails now, not later
     run_dir = dist.agree(run_dir)  # every rank is ready (else all stop), in rank 0's directory
     if setup.budget is not None:
         _same_table_everywhere(setup.budget.table, setup.device)

@@ -13,13 +13,14 @@ import argparse
 
 import nas
 from nas.config import build_config
+from nas.errors import OneLineParser
 from nas.search import search
 from nas.train import train
 
 
 def main() -> None:
     """Search, retrain, print the test accuracy."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--out", default="runs/api-example")
     args = parser.parse_args()

@@ -585,7 +585,9 @@ def contention_table(results: list[dict], command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    from nas.errors import InputError, OneLineParser
+    from nas.runtime import check_output
+    parser = OneLineParser(description=__doc__.split("\n")[0])
     parser.add_argument("--space", nargs="+", default=list(SPACES), choices=list(SPACES))
     parser.add_argument("--modes", nargs="+", default=list(ROWS), choices=ROWS)
     parser.add_argument("--batch", type=int, default=64)
@@ -628,6 +630,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="--contention: stop a run after this many seconds")
     parser.add_argument("--one", nargs=2, metavar=("SPACE", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    try:
+        check_output(args.out, "--out", directory=True)  # before the measurements, not after
+    except InputError as exc:
+        parser.error(str(exc))
     if args.contention:
         bad = [s for s in args.settings if s != "default" and not (
             s.partition(":")[0].isdigit() and s.partition(":")[2] in ("", "spin"))]

@@ -36,6 +36,7 @@ import torch
 import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from nas.errors import OneLineParser  # noqa: E402
 
 
 def free_port() -> int:
@@ -124,7 +125,7 @@ def run_row(world: int, variant: str, args: argparse.Namespace, out: Path) -> di
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n")[0])
     parser.add_argument("--procs", type=int, nargs="+", default=[2], help="process counts besides 1")
     parser.add_argument("--device", default="cpu", help="cpu (gloo) or cuda (NCCL, a GPU each)")
     parser.add_argument("--threads", type=int, default=1, help="threads per process")

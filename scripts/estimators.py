@@ -34,6 +34,8 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nas import gumbel  # noqa: E402
+from nas.errors import InputError, OneLineParser  # noqa: E402
+from nas.runtime import check_output  # noqa: E402
 
 TAUS = (0.1, 0.3, 1.0, 3.0, 10.0)
 ESTIMATORS = ("st", "gumbel_rao", "reinmax", "reinforce", "decoupled_f0.5", "decoupled_f2")
@@ -173,13 +175,17 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = OneLineParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--draws", type=int, default=4000, help="gradient estimates per cell of the table")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/estimators", help="directory for estimators.md/.png")
     args = p.parse_args(argv)
     if args.draws < 2:
         p.error(f"--draws must be at least 2, got {args.draws}")
+    try:
+        check_output(args.out, "--out", directory=True)
+    except InputError as exc:
+        p.error(str(exc))
     torch.set_num_threads(1)
     rows = measure(args.draws, args.seed)
     out = Path(args.out)

@@ -37,6 +37,7 @@ import contextlib
 import dataclasses
 import gc
 import json
+import math
 import os
 import pickle
 import platform
@@ -59,6 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # the speed, memory and reference parts reuse
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 import benchmark as bench  # noqa: E402
+from nas.errors import OneLineParser  # noqa: E402
 
 PUBLISHED_SEARCH_S = 28_925  # GDAS, 250 epochs on NAS-Bench-201 CIFAR-10 (the NAS-Bench-201 paper, V100)
 PAPER_EPOCHS = 250
@@ -873,7 +875,7 @@ PART_FUNCTIONS: dict[str, Callable[[Part, Context], None]] = {
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dry-run", action="store_true",
                         help="every part on the CPU at tiny sizes (tests this script)")
     parser.add_argument("--out", type=Path, default=ROOT / "scripts" / "results",
@@ -894,8 +896,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def input_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with the command line, in one line; None when nothing."""
     import torch
-    if args.budget_s <= 0:
-        return f"--budget-s must be positive, got {args.budget_s:g}"
+
+    from nas.errors import InputError
+    from nas.runtime import check_output
+    if not (math.isfinite(args.budget_s) and args.budget_s > 0):
+        return f"--budget-s must be positive and finite (seconds), got {args.budget_s:g}"
+    try:
+        check_output(args.out, "--out", directory=True)  # before the parts run, not after them
+    except InputError as exc:
+        return str(exc)
     if args.reference and not (Path(args.reference).expanduser() / bench.REFERENCE_FILE).is_file():
         return (f"--reference {args.reference}: no {bench.REFERENCE_FILE} there; give the root "
                 "of an AutoDL-Projects checkout")

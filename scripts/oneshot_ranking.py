@@ -43,9 +43,10 @@ from nas.benchmarks import load_table  # noqa: E402
 from nas.budget import fits  # noqa: E402
 from nas.config import load_config  # noqa: E402
 from nas.data import Batches, load_split, split_indices  # noqa: E402
-from nas.errors import InputError  # noqa: E402
+from nas.errors import InputError, OneLineParser  # noqa: E402
 from nas.fewshot import fixed_sampling  # noqa: E402
 from nas.genotype import Genotype  # noqa: E402
+from nas.runtime import check_output  # noqa: E402
 from nas.runtime import resume_from  # noqa: E402
 from nas.search import COSTS, SearchSetup, build_search, weight_step  # noqa: E402
 from nas.supernet import Supernet  # noqa: E402
@@ -205,14 +206,9 @@ def _report(out: dict) -> str:
     return "\n".join(lines)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"oneshot_ranking: error: {message} (see --help)\n")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: score the cells, print the summary, write the JSON."""
-    p = _Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="oneshot_ranking", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path, help="a finished (or checkpointed) nasbench201 search run")
     p.add_argument("--benchmark", required=True, help="NAS-Bench-201 table (CSV or NATS-Bench files)")
     p.add_argument("--data-dir", help="directory holding the dataset (default: the run's data.root)")
@@ -237,12 +233,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     try:
+        path = check_output(args.out or args.run / "oneshot_ranking.json", "--out", replace=True)
         out = rank_cells(args.run, args.benchmark, args.data_dir, args.cells, args.images, args.seed,
                          args.split_edge, args.finetune_epochs, args.finetune_lr)
     except InputError as exc:
         print(f"oneshot_ranking: error: {exc}", file=sys.stderr)
         return 2
-    path = args.out or args.run / "oneshot_ranking.json"
     path.write_text(json.dumps(out, indent=1) + "\n")
     print(_report(out))
     print(f"written: {path}")

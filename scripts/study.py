@@ -60,8 +60,9 @@ from typing import Any, Callable, Sequence
 from nas.benchmarks import NB201Table, load_table
 from nas.budget import fits
 from nas.config import budget_limits, load_config, read_yaml
-from nas.errors import InputError
+from nas.errors import InputError, OneLineParser
 from nas.genotype import Genotype
+from nas.runtime import check_output
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = ("benchmark", "data_dir", "seeds", "set", "methods", "random_search", "published", "sweep")
@@ -666,18 +667,13 @@ def pareto_image(costs: dict[str, dict[str, float]], table: NB201Table, sweep: d
                    ylabel="CIFAR-10 %", ylim=(85.0, 94.5))
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"study: error: {message} (see --help)\n")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--random-search-worker"]:  # the baseline's own process (see random_run)
         random_search_worker(json.loads(argv[1]))
         return 0
-    p = _Parser(prog="study.py", description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="study", description=__doc__.split("\n\n")[0])
     p.add_argument("study", metavar="STUDY.yaml")
     p.add_argument("--out", metavar="DIR", help="output directory (default: runs/<study name>)")
     p.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
@@ -690,11 +686,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.jobs < 1:
             raise InputError(f"--jobs must be at least 1, got {args.jobs}")
         study = load_study(args.study, args.seeds, args.only, args.data_dir, args.benchmark)
+        out = check_output(args.out or Path("runs") / Path(args.study).stem, "--out", directory=True)
     except InputError as exc:
         print(f"study: error: {exc}", file=sys.stderr)
         return 2
     try:
-        return run_study(study, Path(args.out or Path("runs") / Path(args.study).stem), args.jobs)
+        return run_study(study, out, args.jobs)
     except InputError as exc:  # a finished run the table cannot score
         print(f"study: error: {exc}", file=sys.stderr)
         return 2

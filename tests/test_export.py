@@ -196,6 +196,25 @@ def test_export_bad_input_fails_with_one_line_and_writes_nothing(runs, tmp_path,
     assert list(out.parent.iterdir()) == []
 
 
+@pytest.mark.parametrize("out, message", [
+    ("m" * 300 + ".pt", "over the system's limit"),             # a name too long
+    ("deep/" + "d" * 300 + "/m.pt", "over the system's limit"),   # a part of it
+    ("a-dir", "--out a-dir is a directory"),
+    ("a-file", "a-file already exists"),
+    ("a-file/m.pt", "a-file is not a writable directory"),
+])
+def test_an_output_it_cannot_write_is_refused_before_the_export(runs, tmp_path, monkeypatch,
+                                                                 capsys, out, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-dir").mkdir()
+    (tmp_path / "a-file").write_text("keep")
+    monkeypatch.setattr(nas.export, "for_deployment", lambda *a: pytest.fail("the work ran"))
+    code = main(["export", str(runs["nasbench201"]), "--format", "torchscript", "--out", out])
+    _one_line_error(capsys, code, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-dir", "a-file"]
+    assert (tmp_path / "a-file").read_text() == "keep" and not any((tmp_path / "a-dir").iterdir())
+
+
 def test_unknown_format_is_a_usage_error(runs, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["export", str(runs["nasbench201"]), "--format", "tflite"])

@@ -165,7 +165,7 @@ def test_interrupted_in_the_few_shot_phase_then_resumed(root, finished, tmp_path
     ("search.few_shot.select_epochs=0", "search.few_shot.select_epochs: must be at least 1"),
     ("search.few_shot.select_lr=0", "search.few_shot.select_lr: must be positive"),
     ("search.few_shot.lr=-0.1", "search.few_shot.lr: must be positive or null"),
-    ("search.few_shot.select_batch_size=0", "search.few_shot.select_batch_size: must be at least 1"),
+    ("search.few_shot.select_batch_size=0", "search.few_shot.select_batch_size: must be from 1 to 8192"),
 ])
 def test_bad_few_shot_settings_fail_in_one_line(root, override, message):
     with pytest.raises(InputError, match=message):

@@ -140,6 +140,10 @@ def test_the_time_guard_stops_parts_and_still_writes_the_report(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--dry-run", "--reference", "nowhere"], "--reference nowhere: no xautodl/"),
     (["--dry-run", "--budget-s", "0"], "--budget-s must be positive"),
+    *[(["--dry-run", "--budget-s", v], "--budget-s must be positive") for v in ("nan", "inf", "-1")],
+    (["--dry-run", "--budget-s", "soon"], "argument --budget-s: invalid float value"),
+    (["--dry-run", "--parts", "all"], "argument --parts: invalid choice"),
+    (["--dry-run", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     (["--dry-run", "--data-dir", "nowhere"], "--data-dir nowhere: no cifar-10-batches-py/"),
     pytest.param([], "no CUDA device here; --dry-run",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is here")),
@@ -148,6 +152,21 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
     proc = gpu_check(*args, "--out", str(tmp_path / "out"), cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("out, message", [
+    ("a-file", "--out a-file is a file, not a directory"),
+    ("a-file/below", "a-file is not a writable directory"),
+    ("o" * 300, "over the system's limit"),
+    ("deep/" + "o" * 300 + "/x", "over the system's limit"),
+])
+def test_an_output_it_cannot_write_is_refused_before_the_parts_run(tmp_path, out, message):
+    (tmp_path / "a-file").write_text("a user's file")
+    proc = gpu_check("--dry-run", "--out", out, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, \
+        proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+    assert (tmp_path / "a-file").read_text() == "a user's file"
 
 
 def load_script():

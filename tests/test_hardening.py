@@ -27,6 +27,7 @@ import yaml
 
 from conftest import DARTS_V2, TINY_SEARCH
 from nas.cli import main
+from nas.errors import InputError
 from nas.genotype import parse_genotype
 
 NB201 = "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|none~0|avg_pool_3x3~1|nor_conv_3x3~2|"
@@ -62,10 +63,32 @@ def finished_run(tmp_path_factory, cifar_root) -> Path:
     return root / "run"
 
 
+FEW_SHOT = {"space": "nasbench201", "device": "cpu",
+            "data": {"image_size": 8, "pad": 1, "limit": 64, "workers": 0},
+            "supernet": {"C": 4, "cells_per_stage": 1}, "network": {"C": 4, "cells_per_stage": 1},
+            "search": {"epochs": 1, "batch_size": 16, "steps_per_epoch": 2,
+                       "budget": {"params": 6000},
+                       "few_shot": {"epochs": 1, "select_epochs": 1, "select_batch_size": 16,
+                                    "workers": 1}}}
+
+
+@pytest.fixture(scope="session")
+def few_shot_run(tmp_path_factory, cifar_root) -> Path:
+    """A finished tiny budgeted search with its few-shot phase (few_shot.json, costs.json)."""
+    root = tmp_path_factory.mktemp("few_shot")
+    cfg = {**FEW_SHOT, "data": {**FEW_SHOT["data"], "root": str(cifar_root)}}
+    (root / "fs.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["search", "--config", str(root / "fs.yaml"), "--run-dir", str(root / "fs"),
+                 "--quiet"]) == 0
+    return root / "fs"
+
+
 @pytest.fixture
-def ws(tmp_path, cifar_root, finished_run, monkeypatch, capsys) -> Path:
-    """A workspace as a user has one: data, a config, a finished run; the cwd, and HOME."""
+def ws(tmp_path, cifar_root, finished_run, few_shot_run, monkeypatch, capsys) -> Path:
+    """A workspace as a user has one: data, a config, a finished run (and a finished few-shot
+    search, fs); the cwd, and HOME."""
     shutil.copytree(cifar_root / "cifar-10-batches-py", tmp_path / "data" / "cifar-10-batches-py")
+    shutil.copytree(few_shot_run, tmp_path / "fs")
     cfg = {**TINY_SEARCH, "data": {**TINY_SEARCH["data"], "root": str(tmp_path / "data")}}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     small = {"C": 4, "cells_per_stage": 1}
@@ -480,6 +503,176 @@ CASES = [
 ]
 
 
+# -- issue 37: what a resumed run reads back -----------------------------------------------------
+def edit_json(name: str, change):
+    """``change(data)`` edits the JSON of fs/``name`` in place."""
+    def setup(ws: Path) -> None:
+        path = ws / "fs" / name
+        data = json.loads(path.read_text())
+        change(data)
+        path.write_text(json.dumps(data))
+    return setup
+
+
+def a_part(change):
+    """Edit the first part of few_shot.json that holds a cell."""
+    def edit(state: dict) -> None:
+        change(next(p for p in state["parts"].values() if p["genotype"] is not None))
+    return edit_json("few_shot.json", edit)
+
+
+def a_cell_edge(change):
+    """Edit the first edge, [op, input], of that part's cell."""
+    return a_part(lambda part: change(part["genotype"]["cells"]["cell"][0][0]))
+
+
+def a_directory(name: str):
+    def setup(ws: Path) -> None:
+        path = ws / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        (path / "inner").mkdir(parents=True)
+    return setup
+
+
+FS = ["search", "--resume", "fs"]
+FEW_SHOT_CASES = [  # (id, setup, phrase)
+    ("not-json", write("fs/few_shot.json", "{not json"), "few_shot.json: it is not JSON"),
+    ("empty", write("fs/few_shot.json", ""), "it is not JSON"),
+    ("binary", lambda ws: (ws / "fs" / "few_shot.json").write_bytes(b"\xff\xfe\x00"),
+     "it is not JSON"),
+    ("a-list", write("fs/few_shot.json", "[1, 2]"), "its content is a list, not a mapping"),
+    ("a-number", write("fs/few_shot.json", "3"), "its content is a int"),
+    ("a-directory", a_directory("fs/few_shot.json"), "it is a directory, not a file"),
+    ("deep", write("fs/few_shot.json", "[" * 50_000 + "]" * 50_000), "nested too deeply"),
+    ("no-parts", edit_json("few_shot.json", lambda s: s.pop("parts")), "has no 'parts'"),
+    ("no-edge", edit_json("few_shot.json", lambda s: s.pop("edge")), "has no 'edge'"),
+    ("edge-text", edit_json("few_shot.json", lambda s: s.update(edge="cell 5")),
+     "not [cell kind, edge number]"),
+    ("edge-kind", edit_json("few_shot.json", lambda s: s.update(edge=["reduce", 0])),
+     "cell kind 'reduce' is not one of the supernet's"),
+    ("edge-number", edit_json("few_shot.json", lambda s: s.update(edge=["cell", 99])),
+     "edge 99 is not one of the 6 edges"),
+    ("edge-negative", edit_json("few_shot.json", lambda s: s.update(edge=["cell", -1])),
+     "edge -1 is not one of"),
+    ("parts-list", edit_json("few_shot.json", lambda s: s.update(parts=[1])),
+     "parts are not a mapping"),
+    ("part-op-unknown", edit_json("few_shot.json", lambda s: s["parts"].update(
+        sep_conv_9x9=next(iter(s["parts"].values())))), "part 'sep_conv_9x9' is not an op"),
+    ("part-text", edit_json("few_shot.json", lambda s: s["parts"].update(none="done")),
+     "part none is a str, not a mapping"),
+    ("part-no-acc", a_part(lambda p: p.pop("acc")), "has no 'acc'"),
+    ("part-no-genotype", a_part(lambda p: p.pop("genotype")), "has no 'genotype'"),
+    ("score-nan", a_part(lambda p: p.update(acc=float("nan"))), "are not a finite loss"),
+    ("score-inf", a_part(lambda p: p.update(loss=float("inf"))), "are not a finite loss"),
+    ("score-text", a_part(lambda p: p.update(acc="high")), "are not a finite loss"),
+    ("score-over-100", a_part(lambda p: p.update(acc=150.0)), "accuracy in [0, 100]"),
+    ("score-bool", a_part(lambda p: p.update(acc=True)), "are not a finite loss"),
+    ("seconds-text", a_part(lambda p: p.update(seconds="-1")), "seconds is '-1', not a number"),
+    ("seconds-nan", a_part(lambda p: p.update(seconds=float("nan"))), "seconds is 'nan'"),
+    ("phase-seconds", edit_json("few_shot.json", lambda s: s.update(phase_seconds="long")),
+     "phase_seconds is 'long'"),
+    ("cell-garbage", a_part(lambda p: p.update(genotype={"cells": "x"})), "cell does not parse"),
+    ("cell-no-cells", a_part(lambda p: p.update(genotype=[1])), "cell does not parse"),
+    ("cell-op-unknown", a_cell_edge(lambda e: e.__setitem__(0, "conv_9x9")),
+     "op 'conv_9x9' of its cell cell is not one of the space's"),
+    ("cell-op-blank", a_cell_edge(lambda e: e.__setitem__(0, "   ")), "cell does not parse"),
+    ("cell-op-newline", a_cell_edge(lambda e: e.__setitem__(0, "none\nskip")),
+     "cell does not parse"),
+    ("cell-state-later", a_cell_edge(lambda e: e.__setitem__(1, 3)), "reads state 3"),
+    ("cell-kind", a_part(lambda p: p["genotype"]["cells"].update(
+        reduce=p["genotype"]["cells"]["cell"])), "its cell kinds are"),
+    ("cell-nodes", a_part(lambda p: p["genotype"]["cells"]["cell"].pop()), "has 2 nodes, not 3"),
+    ("cell-space", a_part(lambda p: p["genotype"].update(space="darts")),
+     "it is of the darts space"),
+    ("scores-without-cell", a_part(lambda p: p.update(genotype=None)), "has scores but no cell"),
+]
+READ_BACK_CASES = [  # the other files a resumed search or retraining reads or appends to
+    ("costs-not-json", write("fs/costs.json", "nan nan"), FS, "costs.json: it is not JSON"),
+    ("costs-directory", a_directory("fs/costs.json"), FS, "costs.json: it is a directory"),
+    ("metrics-directory", a_directory("run/metrics.jsonl"), ["search", "--resume", "run"],
+     "metrics.jsonl: it is a directory, not a file"),
+    ("probabilities-directory", a_directory("run/probabilities.jsonl"),
+     ["search", "--resume", "run"], "probabilities.jsonl: it is a directory"),
+    ("genotypes-file", lambda ws: [shutil.rmtree(ws / "run" / "genotypes"),
+                                   (ws / "run" / "genotypes").write_text("x")],
+     ["search", "--resume", "run"], "genotypes: it is not a regular file, not a directory"),
+    ("heatmaps-file", lambda ws: [shutil.rmtree(ws / "run" / "heatmaps"),
+                                  (ws / "run" / "heatmaps").write_text("x")],
+     ["search", "--resume", "run"], "heatmaps: it is not a regular file, not a directory"),
+    ("checkpoint-directory", a_directory("run/checkpoint.pt"), ["search", "--resume", "run"],
+     "checkpoint.pt: it is a directory, not a file"),
+    ("metrics-broken-link", lambda ws: [(ws / "run" / "metrics.jsonl").unlink(),
+                                        (ws / "run" / "metrics.jsonl").symlink_to("gone")],
+     ["search", "--resume", "run"], "metrics.jsonl: it is a broken link"),
+    ("saved-config-directory", a_directory("run/config.yaml"), ["search", "--resume", "run"],
+     "config.yaml"),
+    ("steps-file", write("run/steps", "x"), ["search", "--resume", "run"],
+     "steps: it is not a regular file, not a directory"),
+]
+CASES += [(f"few-shot-{name}", setup, FS, phrase) for name, setup, phrase in FEW_SHOT_CASES]
+CASES += READ_BACK_CASES
+
+
+# -- issue 37: text that is not a name, numbers that are not counts --------------------------------
+def train_checkpoint_with(**values):
+    def setup(ws: Path) -> None:
+        torch.save({"kind": "train", "epoch": 1, "config": {}, "genotype": {}, "space": "darts",
+                    "num_classes": 10, "model": {}, **values}, ws / "t.pt")
+    return setup
+
+
+NOT_NAMES = {"blank": "", "spaces": "   ", "newline": "none\nskip_connect", "tab": "none\t",
+             "escape": "none\x1b[2J", "nul": "a\x00b", "line-separator": "none\u2028"}
+NOT_CLASSES = {"text": "ten", "zero": 0, "negative": -3, "fraction": 2.5, "bool": True,
+               "huge": 10 ** 12, "list": [10]}
+CASES += [(f"genotype-show-op-{name}", None, ["genotype", "show", json.dumps(
+    {"cells": {"cell": [[[op, 0]]]}, "inputs": {"cell": 1}})], "printable characters")
+    for name, op in NOT_NAMES.items()]
+CASES += [(f"genotype-show-kind-{name}", None, ["genotype", "show", json.dumps(
+    {"cells": {op: [[["none", 0]]]}, "inputs": {op: 1}})], "printable characters")
+    for name, op in NOT_NAMES.items()]
+CASES += [(f"genotype-file-op-{name}", write("g.json", json.dumps(
+    {"cells": {"cell": [[[op, 0]]]}, "inputs": {"cell": 1}})), ["genotype", "show", "g.json"],
+    "printable characters") for name, op in NOT_NAMES.items()]
+CASES += [(f"num-classes-{verb}-{name}", train_checkpoint_with(num_classes=value), argv,
+           "its num_classes is") for name, value in NOT_CLASSES.items()
+          for verb, argv in (("evaluate", ["evaluate", "--checkpoint", "t.pt"]),
+                             ("export", ["export", "t.pt", "--format", "torchscript"]))]
+# every count a user passes has one rule, the same bounds in every command (nas.config.check_count)
+TOO_LARGE = {"zero": "0", "negative": "-1", "huge": "100000000", "2^63": str(2 ** 63)}
+COUNT_FLAGS = [  # (id, argv before the value, phrase)
+    ("export-batch", ["export", "run", "--format", "torchscript", "--batch"], "--batch must be from 1 to 8192"),
+    ("export-image-size", ["export", "run", "--format", "torchscript", "--image-size"],
+     "--image-size must be from 1 to 1024"),
+    ("profile-batch", ["profile", "DARTS_V2", "--batch"], "--batch must be from 1 to 8192"),
+    ("profile-image-size", ["profile", "DARTS_V2", "--image-size"], "--image-size must be from 1 to 1024"),
+    ("profile-threads", ["profile", "DARTS_V2", "--threads"], "--threads must be from 1 to 1024"),
+    ("profile-runs", ["profile", "DARTS_V2", "--runs"], "--runs must be from 1 to 10000"),
+    ("evaluate-batch", ["evaluate", "--checkpoint", "run", "--batch-size"],
+     "--batch-size must be from 1 to 8192"),
+    ("evaluate-threads", ["evaluate", "--checkpoint", "run", "--threads"],
+     "--threads must be from 1 to 1024"),
+    ("search-threads", [*S, "--threads"], "--threads must be from 1 to 1024"),
+    ("train-threads", [*T, DARTS_V2, "--threads"], "--threads must be from 1 to 1024"),
+]
+COUNT_KEYS = [("search.batch_size", 1, 8192), ("train.batch_size", 1, 8192),
+              ("train.eval_batch_size", 1, 8192), ("search.budget.latency_batch", 1, 8192),
+              ("search.few_shot.select_batch_size", 1, 8192), ("search.few_shot.workers", 1, 1024),
+              ("threads", 1, 1024), ("data.workers", 0, 1024), ("search.samples", 2, 1024)]
+CASES += [(f"count-{flag}-{name}", None, [*argv, value], phrase)
+          for flag, argv, phrase in COUNT_FLAGS for name, value in TOO_LARGE.items()]
+CASES += [(f"count-{key}-{name}", None, [*S, "--set", f"{key}={value}"],
+           f"{key}: must be from {least} to {most}")
+          for key, least, most in COUNT_KEYS for name, value in TOO_LARGE.items()
+          if int(value) < least or int(value) > most]
+CASES += [(f"num-classes-resume-{name}", edit_checkpoint(num_classes=value),
+           ["search", "--resume", "run"], "its num_classes is")
+          for name, value in NOT_CLASSES.items()]
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(ws, capsys, case):
     _, setup, argv, phrase = case
@@ -492,6 +685,126 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(ws, capsys, case):
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert snapshot(ws) == before
     assert not (ws / "IMPORTED").exists()
+    if argv[:2] == ["search", "--resume"]:  # and what it says to do
+        assert "delete it" in err or "start the run again" in err or \
+            not any(f in err for f in ("few_shot.json", "costs.json", "metrics.jsonl")), err
+
+
+def _costs_edit(change):
+    def edit(table: dict) -> dict:
+        change(table)
+        return table
+    return edit
+
+
+COSTS_CASES = {  # what a resumed latency-budgeted run reads: every class refused in one line
+    "a-list": lambda t: [t], "text": lambda t: "costs",
+    "no-base": _costs_edit(lambda t: t.pop("base")), "no-ops": _costs_edit(lambda t: t.pop("ops")),
+    "base-nan": _costs_edit(lambda t: t["base"].update(params=float("nan"))),
+    "base-negative": _costs_edit(lambda t: t["base"].update(params=-1.0)),
+    "base-text": _costs_edit(lambda t: t["base"].update(params="many")),
+    "ops-list": _costs_edit(lambda t: t.update(ops=[1])),
+    "rows-text": _costs_edit(lambda t: t["ops"]["params"].update(cell="rows")),
+    "row-inf": _costs_edit(lambda t: t["ops"]["params"]["cell"][0].__setitem__(0, float("inf"))),
+    "row-bool": _costs_edit(lambda t: t["ops"]["params"]["cell"][0].__setitem__(0, True)),
+    "how-list": _costs_edit(lambda t: t.update(how=["measured"])),
+}
+
+
+@pytest.mark.parametrize("name", COSTS_CASES)
+def test_a_saved_cost_table_that_does_not_read_is_refused_in_one_line(few_shot_run, tmp_path, name):
+    from nas.readback import saved_costs
+    path = tmp_path / "costs.json"
+    assert saved_costs(few_shot_run / "costs.json")["base"]["params"] > 0  # the file as written
+    path.write_text(json.dumps(COSTS_CASES[name](json.loads((few_shot_run / "costs.json").read_text()))))
+    with pytest.raises(InputError) as exc:
+        saved_costs(path)
+    message = str(exc.value)
+    assert message.startswith(f"cannot resume from {path}: ") and "\n" not in message
+    assert message.endswith("delete it to measure the costs again")
+
+
+ALLOCATION_FAILURES = [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+                 "allocate memory: you tried to allocate 103079215104 bytes."),
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 96.00 GiB"), MemoryError()]
+
+
+@pytest.mark.parametrize("failure", ALLOCATION_FAILURES, ids=lambda e: type(e).__name__)
+def test_sizes_that_do_not_fit_in_memory_together_are_one_line(ws, capsys, monkeypatch, failure):
+    """Each size within its bound, the batch of images they make too large for this machine
+    (a 103 GB batch is not allocated here: the failure is raised where the allocation is)."""
+    from nas import profiling
+    from nas.runtime import within_memory
+
+    def allocate(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(profiling, "profile_network", allocate)
+    before = snapshot(ws)
+    code, err = call(["profile", "DARTS_V2", "--batch", "8192", "--image-size", "1024", "--set",
+                      "network.C=4", "network.cells=3"], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "out of memory at batch 8192 of 1024x1024 images: choose a smaller --batch" in err
+    assert snapshot(ws) == before
+    with pytest.raises(RuntimeError, match="a bug"):  # any other error is not a size's
+        with within_memory("batch 1", "no"):
+            raise RuntimeError("a bug")
+
+
+SCRIPT_OUTS = {"a-file": "--out a-file is a file, not a directory",
+               "o" * 300: "over the system's limit", "a-file/below": "not a writable directory"}
+SCRIPT_USAGE = {"--no-such-flag": "--help)"}  # unrecognized, or a required one missing
+
+
+@pytest.mark.parametrize("script", ["benchmark", "estimators", "gpu_check", "ddp_benchmark",
+                                    "study", "oneshot_ranking"])
+def test_scripts_refuse_in_one_line_like_the_cli(ws, script):
+    """Usage errors in one line; an output they cannot write refused before their work."""
+    root = Path(__file__).resolve().parents[1]
+    (ws / "a-file").write_text("a user's file")
+    cases = dict(SCRIPT_USAGE)
+    if script in ("benchmark", "estimators", "gpu_check"):
+        cases.update({f"--out {out}": phrase for out, phrase in SCRIPT_OUTS.items()})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    for args, phrase in cases.items():
+        before = snapshot(ws)
+        out = subprocess.run([sys.executable, str(root / "scripts" / f"{script}.py"),
+                              *(["--dry-run"] if script == "gpu_check" else []), *args.split()],
+                             cwd=ws, env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1, (args, out.stderr)
+        assert phrase in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
+        assert snapshot(ws) == before
+
+
+def test_nan_architecture_logits_stop_the_search_before_a_file_holds_them(ws, capsys):
+    """A huge dual_lr makes the budget's multipliers, then the logits, non-finite while the
+    losses stay finite: the run stops in one line (status 1) at that epoch's end."""
+    cfg = {**FEW_SHOT, "data": {**FEW_SHOT["data"], "root": str(ws / "data")}}
+    cfg["search"] = {**cfg["search"], "epochs": 3, "few_shot": {"epochs": 0},
+                     "budget": {"params": 4900, "dual_lr": 1e38}}
+    (ws / "dual.yaml").write_text(yaml.safe_dump(cfg))
+    code, err = call(["search", "--config", "dual.yaml", "--run-dir", "nan", "--quiet"], capsys)
+    assert code == 1, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "became nan in epoch 3" in err and "search.budget.dual_lr" in err, err
+    assert "the last good checkpoint is nan/checkpoint.pt (epoch 2)" in err
+    text = (ws / "nan" / "metrics.jsonl").read_text()
+    assert [json.loads(line)["epoch"] for line in text.splitlines()] == [1, 2]
+    assert "NaN" not in text and "null" not in text
+    assert torch.load(ws / "nan" / "checkpoint.pt", weights_only=True)["epoch"] == 2
+
+
+def test_a_diverging_few_shot_selection_stops_in_one_line_and_writes_no_nan_score(ws, capsys):
+    cfg = {**FEW_SHOT, "data": {**FEW_SHOT["data"], "root": str(ws / "data")}}
+    cfg["search"] = {**cfg["search"], "grad_clip": 0,
+                     "few_shot": {**cfg["search"]["few_shot"], "select_lr": 1e30}}
+    (ws / "select.yaml").write_text(yaml.safe_dump(cfg))
+    code, err = call(["search", "--config", "select.yaml", "--run-dir", "sel", "--quiet"], capsys)
+    assert code == 1 and err.count("\n") == 1, err
+    assert "diverged (loss nan): try a lower search.few_shot.select_lr" in err
+    state = ws / "sel" / "few_shot.json"
+    assert not state.exists() or "NaN" not in state.read_text()
 
 
 def test_the_table_is_as_large_as_promised():
@@ -564,6 +877,72 @@ def _nas(args: list[str], cwd: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "nas", *args], cwd=cwd, text=True, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def _children(pid: int) -> set[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+        except (OSError, ValueError):
+            continue
+        if entry.name.isdigit() and int(stat.rpartition(")")[2].split()[1]) == pid:
+            found.add(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped by init, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _in_the_few_shot_phase(ws: Path, name: str) -> tuple[subprocess.Popen, set[int]]:
+    """A search (in a process group of its own, as a terminal starts it) with two forked part
+    processes, once both run: (the search, their pids)."""
+    cfg = {**FEW_SHOT, "data": {**FEW_SHOT["data"], "root": str(ws / "data")}}
+    cfg["search"] = {**cfg["search"], "few_shot": {**cfg["search"]["few_shot"], "workers": 2,
+                                                   "epochs": 500}}
+    (ws / "fs2.yaml").write_text(yaml.safe_dump(cfg))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nas", "search", "--config", "fs2.yaml", "--run-dir", name,
+         "--quiet", "--threads", "2"], cwd=ws, text=True, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline, parts = time.time() + 240, set()
+    while time.time() < deadline and proc.poll() is None and len(parts) < 2:
+        parts = _children(proc.pid)
+        time.sleep(0.1)
+    assert len(parts) == 2, proc.stderr.read() if proc.poll() is not None else parts
+    time.sleep(0.5)  # the parts are searching
+    return proc, parts
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and prctl are Linux's")
+def test_few_shot_processes_die_with_a_killed_parent(ws):
+    proc, parts = _in_the_few_shot_phase(ws, "killed")
+    proc.kill()
+    proc.wait(30)
+    deadline = time.time() + 20
+    while time.time() < deadline and any(_alive(p) for p in parts):
+        time.sleep(0.1)
+    assert not [p for p in parts if _alive(p)], "orphaned part processes go on running"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux's")
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_to_the_group_in_the_few_shot_phase_is_one_line_and_leaves_nothing(ws, sig,
+                                                                                   status):
+    proc, parts = _in_the_few_shot_phase(ws, "stopped")
+    os.killpg(proc.pid, sig)  # what a terminal's Ctrl-C does, or `kill -TERM -PGID`
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == status, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "continue with: nas search --resume stopped" in err
+    assert not [p for p in parts if _alive(p)]
 
 
 def test_sigkill_at_a_random_moment_then_resume_equals_a_straight_run(ws):

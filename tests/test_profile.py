@@ -112,9 +112,9 @@ def test_cli_profile_json_of_a_genotype_and_of_a_run(tmp_path, tiny_config, caps
 
 @pytest.mark.parametrize("args, message", [
     (["not_a_genotype"], "is neither a genotype file"),
-    (["DARTS_V2", "--batch", "0"], "--batch must be at least 1"),
-    (["DARTS_V2", "--runs", "0"], "--runs must be at least 1"),
-    (["DARTS_V2", "--image-size", "0"], "--image-size must be a whole number"),
+    (["DARTS_V2", "--batch", "0"], "--batch must be from 1 to 8192"),
+    (["DARTS_V2", "--runs", "0"], "--runs must be from 1 to 10000"),
+    (["DARTS_V2", "--image-size", "0"], "--image-size must be from 1 to 1024"),
     (["DARTS_V2", "--set", "network.C=4", "network.cells=3", "--image-size", "1"], "forward failed"),
     (["DARTS_V2", "--set", "space=nasbench201"], "the genotype belongs to the darts space"),
 ])

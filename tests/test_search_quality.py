@@ -285,7 +285,7 @@ def test_reinforce_runs_forward_only_samples_times_and_returns_the_mean_loss():
 
 @pytest.mark.parametrize("overrides, message", [
     (["search.estimator=reinforce", "search.mode=softmax"], "needs search.mode: gdas"),
-    (["search.samples=1"], "search.samples: must be at least 2"),
+    (["search.samples=1"], "search.samples: must be from 2 to 1024"),
     (["search.weight_sampling=logits"], "expected one of arch, uniform, params"),
     (["search.weight_sampling=uniform", "search.mode=softmax"], "needs a sampling mode"),
 ])
