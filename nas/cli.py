@@ -472,13 +472,11 @@ def _exists_as(path: Path, what: str) -> bool:
         return False
 
 
-CLASSES = {"cifar10": 10, "cifar100": 100}  # the built-in datasets' classes, known without loading
-
-
 def _genotype_cost(genotype, config: str | None, sets: list[str]) -> str:
     """One line: what the network that ``config`` (or the space's defaults) builds costs."""
     from .config import config_specs, load_config
     from .cost import count_cost, format_cost
+    from .data import known_classes
     from .registry import trust
     from .spaces import build_network
 
@@ -490,7 +488,7 @@ def _genotype_cost(genotype, config: str | None, sets: list[str]) -> str:
         raise InputError(f"the genotype belongs to the {genotype.space} space, the config's "
                          f"space is {cfg.space}")
     space = genotype.space or cfg.space
-    classes = CLASSES.get(cfg.data.dataset, 10)
+    classes = known_classes(cfg.data.dataset)
     size = cfg.search.budget.image_size or cfg.data.image_size
     cost = count_cost(build_network(space, genotype, classes, cfg.network), size)
     options = ", ".join(f"{k}={v}" for k, v in cfg.network.items()) or "default options"

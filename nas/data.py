@@ -199,6 +199,12 @@ def download_cifar(name: str, target: Path) -> None:
             target.rmdir()  # a failed download leaves no empty directory behind
 
 
+def known_classes(dataset: str) -> int:
+    """How many classes ``dataset`` has, known without loading it: the built-in CIFARs' count,
+    else 10 (where only the network's shape is wanted, as by ``nas profile`` or a cost line)."""
+    return CIFAR[dataset]["classes"] if dataset in CIFAR else 10
+
+
 @DATASETS.register("cifar10")
 def cifar10(root: str | Path, train: bool, download: bool = False) -> ImageSet:
     """CIFAR-10 from ``root/cifar-10-batches-py`` (official python format)."""

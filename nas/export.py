@@ -23,10 +23,14 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from . import __version__
+from .config import build_config
 from .errors import InputError
 from .genotype import Genotype
 from .network import set_drop_path
+from .registry import PLUGIN_MODULE_PREFIX, is_spec
 from .runtime import CHECKPOINT, first_mismatch, load_checkpoint
+from .spaces import build_network, check_logits, first_line
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "exported": ".pt2"}
 ONNX_OPSET = 18
@@ -90,7 +94,6 @@ def checkpoint_path(source: str | Path) -> Path:
 
 
 def _other_version(path: Path, state: dict[str, Any], problem: str) -> InputError:
-    from . import __version__
     if state.get("version") == __version__:
         return InputError(f"{path} is not a complete nas train checkpoint: {problem}")
     by = f"gumbel-nas {state['version']}" if "version" in state else \
@@ -101,8 +104,6 @@ def _other_version(path: Path, state: dict[str, Any], problem: str) -> InputErro
 
 def load_trained(source: str | Path) -> Trained:
     """The retrained network of a ``nas train`` run or checkpoint, with its trained weights."""
-    from .config import build_config
-    from .spaces import build_network
 
     path = checkpoint_path(source)
     state = load_checkpoint(path)
@@ -238,8 +239,7 @@ print(json.dumps({"runtime": runtime}))
 
 def _blocked(space: str, fmt: str) -> list[str]:
     """Top-level modules the check refuses: this package, the space's plugin, torch for ONNX."""
-    from .registry import _FILE_MODULE, is_spec
-    names = ["nas", "search_spaces", _FILE_MODULE + "*"]
+    names = ["nas", "search_spaces", PLUGIN_MODULE_PREFIX + "*"]
     module = space.rpartition(":")[0] if is_spec(space) else ""
     if module and not module.endswith(".py") and "/" not in module and os.sep not in module:
         names.append(module.split(".")[0])
@@ -312,7 +312,6 @@ def export(source: str | Path, fmt: str, out: str | Path | None = None, *, batch
     x = check_images(batch, size)
     model = trained.model.eval()
     set_drop_path(model, 0.0)
-    from .spaces import check_logits, first_line
     try:
         with torch.no_grad():
             out_ref = model(x)

@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .errors import InputError
 from .genotype import Genotype, cell_title
+from .runtime import path_problem
 
 _FONT = ImageFont.load_default()
 _STOPS = [(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)]  # viridis
@@ -381,7 +382,6 @@ def _jsonl(path: Path) -> list[dict]:
 def output_dir(out: Path, what: str) -> Path | None:
     """Make the directory pictures go into; returns the outermost directory it created (None
     if it existed), for ``discard``. One line, and nothing made, if it cannot be."""
-    from .runtime import path_problem
     problem = path_problem(out)
     if problem:
         raise InputError(f"{what} {str(out)!r}: {problem}")

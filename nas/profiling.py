@@ -25,10 +25,15 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from .config import build_config, config_specs, load_config, read_yaml
 from .cost import measure_latency
-from .genotype import Genotype
+from .data import known_classes
+from .errors import InputError
+from .genotype import Genotype, parse_genotype
 from .network import GenotypeCell, count_parameters, evaluating
-from .runtime import in_layout
+from .registry import trust
+from .runtime import CHECKPOINT, in_layout, load_checkpoint
+from .spaces import build_network
 
 BATCH = 16  # the second batch size latency and memory are measured at
 RUNS = 20  # timed runs at most, per measurement
@@ -345,14 +350,6 @@ def network_to_profile(target: str, config: str | None = None, sets: Sequence[st
     """The network ``nas profile TARGET`` measures: (network, genotype, space, config, classes,
     image size). A run directory gives its genotype and its saved config (unless ``config``);
     a genotype (name, file, string) gets ``config`` or the defaults, as ``nas train`` would."""
-    from .cli import CLASSES
-    from .config import build_config, config_specs, load_config, read_yaml
-    from .errors import InputError
-    from .genotype import parse_genotype
-    from .registry import trust
-    from .runtime import CHECKPOINT, load_checkpoint
-    from .spaces import build_network
-
     try:
         run = run_files(Path(target)) if Path(target).is_dir() else None
     except OSError:  # a genotype string longer than a file name may be
@@ -370,7 +367,7 @@ def network_to_profile(target: str, config: str | None = None, sets: Sequence[st
         raise InputError(f"the genotype belongs to the {genotype.space} space, the config's "
                          f"space is {cfg.space}")
     space = genotype.space or cfg.space
-    classes = CLASSES.get(cfg.data.dataset, 10)
+    classes = known_classes(cfg.data.dataset)
     if run is not None and (run / CHECKPOINT).is_file():
         state = load_checkpoint(run / CHECKPOINT)
         classes = int(state.get("num_classes", classes))

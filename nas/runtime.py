@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import math
 import os
 import pickle
@@ -17,6 +18,8 @@ import torch
 from torch import Tensor
 
 from . import distributed as dist
+from . import __version__
+from .config import check_plain
 from .errors import Diverged, InputError
 
 CHECKPOINT = "checkpoint.pt"
@@ -216,7 +219,6 @@ def check_restart(path: str | Path, force: bool) -> None:
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The epoch records of a ``.jsonl`` file, in order; a line that is not a JSON object with a
     whole-number ``epoch`` (a line half written when the process was killed) is skipped."""
-    import json
     if not path.is_file():
         return []
     records = []
@@ -340,7 +342,6 @@ def checkpoint_state(kind: str, epoch: int, objects: dict[str, Any], **extra: An
     ``version`` (of gumbel-nas) lets a reader say which version wrote a checkpoint that does
     not fit its own.
     """
-    from . import __version__
     return {"kind": kind, "epoch": epoch, **{k: obj.state_dict() for k, obj in objects.items()},
             "rng": rng_state(), "version": __version__, **extra}
 
@@ -381,13 +382,16 @@ def config_changes(saved: dict[str, Any], current: dict[str, Any], done: int) ->
 
 
 def stretch_cosine(scheduler: torch.optim.lr_scheduler.CosineAnnealingLR, epochs: int) -> None:
-    """Make a resumed cosine schedule end at ``epochs``: the learning rate jumps to that curve."""
+    """Make a resumed cosine schedule end at ``epochs``: the learning rate jumps to that curve.
+
+    The optimizer's learning rates are set here; the schedule's own record of them
+    (``get_last_lr()``) follows at its next ``step()``, the end of the next epoch, before any
+    checkpoint holds it."""
     scheduler.T_max = epochs
     t = scheduler.last_epoch
     for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
         group["lr"] = scheduler.eta_min + (base - scheduler.eta_min) * (
             1 + math.cos(math.pi * t / epochs)) / 2
-    scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
 
 
 def first_mismatch(obj: Any, state: Any) -> str | None:
@@ -417,7 +421,6 @@ def resume_from(run_dir: str | Path, kind: str, objects: dict[str, Any],
     epoch = state["epoch"]
     saved = state.get("config")
     if saved is not None:
-        from .config import check_plain
         check_plain(saved, f"{path}: its config")
     planned = saved.get(kind, {}).get("epochs") if isinstance(saved, dict) and \
         isinstance(saved.get(kind), dict) else None

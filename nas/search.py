@@ -15,17 +15,14 @@ the relaxation's), and ``edge_topk`` samples the inputs each node runs (docs/exp
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import distributed as dist
@@ -36,7 +33,7 @@ from .cost import CostTable, build_cost_table, count_cost, format_cost
 from .data import Batches, load_split, seed_of, split_indices
 from .genotype import Genotype
 from .monitor import Monitor
-from .runtime import (CHECKPOINT, Meter, autocast, channels_last, check_finite, checkpoint_state,
+from .runtime import (CHECKPOINT, Meter, channels_last, check_finite, checkpoint_state,
                       discard_failed_start, in_layout, keep_freed_memory,
                       prepare_run_dir, resolve_device, resume_from, save_checkpoint,
                       seed_everything, start_mode, steps_note, stretch_cosine)
@@ -44,8 +41,11 @@ from .schedules import TemperatureScheduler
 from .errors import InputError
 from .fewshot import run_few_shot
 from .spaces import build_network, build_supernet, check_supernet, inspecting
+# the steps are nas.search's public API too (scripts and tests import them from here)
+from .steps import (SearchSetup, arch_step, arch_updater, frozen, reinforce_step,  # noqa: F401
+                    search_optimizers, weight_step)
 from .supernet import MixedEdge, Supernet
-from .threads import Threads, use_threads
+from .threads import use_threads
 
 
 @dataclass
@@ -58,95 +58,6 @@ class SearchResult:
     benchmark: BenchmarkResult | None = None  # the genotype in search.benchmark's table
     cost: dict[str, float] | None = None      # with search.budget: the derived network's cost
     budget: dict[str, float] | None = None    # with search.budget: its bounds
-
-
-@contextlib.contextmanager
-def frozen(params: list[nn.Parameter]) -> Iterator[None]:
-    """Record a forward in which ``params`` need no gradient."""
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
-
-
-def weight_step(model: Supernet, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
-                grad_clip: float, amp: bool, ddp: nn.Module | None = None) -> tuple[Tensor, Tensor]:
-    """One SGD step of the weights; the logits get no gradient. Returns (loss, logits).
-
-    ``ddp``, the model in DistributedDataParallel, averages the gradients over the ranks. In
-    gdas mode only the sampled ops get gradients: DDP would wait forever for the others (or
-    search the graph for them every step, with ``find_unused_parameters``), so its hooks are
-    off and the gradients that exist, the same on every rank, go in one all-reduce instead.
-    """
-    sampled = ddp is not None and model.mode == "gdas"
-    with contextlib.ExitStack() as stack:
-        if sampled:
-            stack.enter_context(ddp.no_sync())
-        with frozen(model.arch_parameters()), autocast(x.device, amp):
-            logits = (ddp or model)(x)
-        loss = F.cross_entropy(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-    if sampled:
-        dist.average_gradients(model.weight_parameters())
-    if grad_clip > 0:  # the optimizer's parameters are the weights; only the sampled ops have grads
-        nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]
-                                  if p.grad is not None], grad_clip)
-    optimizer.step()
-    return loss.detach(), logits.detach()
-
-
-def arch_step(model: Supernet, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
-              amp: bool, penalty: Callable[[], Tensor] | None = None) -> tuple[Tensor, Tensor]:
-    """One Adam step of the logits; no weight gradient is computed. Returns (loss, logits).
-
-    ``penalty()``, a differentiable function of the logits (a budget's), is added to the loss.
-    """
-    params = model.arch_parameters()
-    with autocast(x.device, amp):
-        logits = model(x)
-    loss = F.cross_entropy(logits.float(), y)
-    objective = loss + penalty() if penalty is not None else loss
-    grads = torch.autograd.grad(objective, params, allow_unused=True)
-    for p, g in zip(params, grads):
-        p.grad = torch.zeros_like(p) if g is None else g
-    dist.average_gradients(params)
-    optimizer.step()
-    return loss.detach(), logits.detach()
-
-
-def reinforce_step(model: Supernet, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
-                   samples: int, amp: bool,
-                   penalty: Callable[[], Tensor] | None = None) -> tuple[Tensor, Tensor]:
-    """One Adam step of the logits by the score function with a leave-one-out baseline (RLOO).
-
-    ``samples`` subnetworks drawn from the supernet's distribution are run forward only on the same batch;
-    each one's log-probability is weighted by its loss minus the mean loss of the others, so no
-    gradient flows through the ops. ``penalty()`` is added to the objective, as in ``arch_step``.
-    Returns the mean loss and the first subnetwork's logits.
-    """
-    losses, drawn, first = [], [], None
-    with torch.no_grad(), autocast(x.device, amp):
-        for _ in range(samples):
-            logits = model(x)
-            first = logits if first is None else first
-            losses.append(F.cross_entropy(logits.float(), y))
-            drawn.append((dict(model.last_index), dict(model.last_edges)))
-    loss = torch.stack(losses)
-    advantage = loss - (loss.sum() - loss) / (samples - 1)
-    params = model.arch_parameters()
-    log_prob = torch.stack([model.log_prob(index, edges) for index, edges in drawn])
-    objective = (advantage * log_prob).mean()
-    objective = objective + penalty() if penalty is not None else objective
-    grads = torch.autograd.grad(objective, params, allow_unused=True)
-    for p, g in zip(params, grads):
-        p.grad = torch.zeros_like(p) if g is None else g
-    dist.average_gradients(params)
-    optimizer.step()
-    return loss.mean(), first
 
 
 def edge_parameters(model: Supernet, image_size: int) -> dict[str, Tensor]:
@@ -222,42 +133,6 @@ def weight_sampling_logits(model: Supernet, how: str, image_size: int) -> dict[s
     return out
 
 
-@dataclass
-class SearchSetup:
-    """Everything a search runs on, built before any file is written (``build_search``)."""
-
-    cfg: Config
-    device: torch.device
-    num_classes: int
-    images: tuple[int, int]          # (weights, architecture) split sizes
-    steps: int                       # steps per epoch
-    w_batches: Batches
-    a_batches: Batches
-    model: Supernet
-    layout: bool                     # channels-last
-    w_opt: torch.optim.Optimizer
-    lr_sched: torch.optim.lr_scheduler.CosineAnnealingLR
-    a_opt: torch.optim.Optimizer
-    taus: dict[str, TemperatureScheduler]
-    table: NB201Table | None         # monitoring only: never read by a step
-    weight_logits: dict[str, Tensor] | None
-    budget: BudgetConstraint | None = None
-    threads: Threads | None = None   # how many threads, and why (stated in the header)
-
-    @property
-    def objects(self) -> dict[str, Any]:
-        """What a checkpoint holds, by key."""
-        return {"model": self.model, "w_opt": self.w_opt, "a_opt": self.a_opt,
-                "lr_sched": self.lr_sched, **self.taus,
-                **({"budget": self.budget} if self.budget is not None else {})}
-
-    def derive(self) -> Genotype:
-        """The genotype the logits point to now: the most probable one within the budget, if any."""
-        genotype = self.model.genotype() if self.budget is None else \
-            derive_within(self.model, self.budget.table, self.budget.limits)
-        return _stamped(genotype, self.cfg.space)
-
-
 def build_search(cfg: Config, saved_costs: Path | None = None) -> SearchSetup:
     """Load the data and build the supernet, optimisers and schedules of ``cfg``'s search.
 
@@ -297,10 +172,7 @@ def build_search(cfg: Config, saved_costs: Path | None = None) -> SearchSetup:
     layout = channels_last(s.channels_last, device)
     if layout:
         model = model.to(memory_format=torch.channels_last)
-    w_opt = torch.optim.SGD(model.weight_parameters(), s.lr, momentum=s.momentum,
-                            weight_decay=s.weight_decay, nesterov=s.nesterov and s.momentum > 0)
-    a_opt = torch.optim.Adam(model.arch_parameters(), s.arch_lr, betas=tuple(s.arch_betas),
-                             weight_decay=s.arch_weight_decay)
+    w_opt, a_opt = search_optimizers(model, s, s.lr)
 
     def scheduler(t) -> TemperatureScheduler:
         total = s.epochs if t.per == "epoch" else s.epochs * steps
@@ -455,23 +327,6 @@ def run_epoch(setup: SearchSetup, epoch: int, monitor: Monitor,
     return train_meter, arch_meter
 
 
-def arch_updater(setup: SearchSetup) -> Callable[[torch.optim.Optimizer, Tensor, Tensor],
-                                                  tuple[Tensor, Tensor]]:
-    """The architecture step of ``setup``'s estimator, with its budget's penalty and dual step."""
-    s, model, budget = setup.cfg.search, setup.model, setup.budget
-    penalty = (lambda: budget.penalty(model)) if budget is not None else None
-
-    def update(optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        if s.estimator == "reinforce":
-            out = reinforce_step(model, optimizer, x, y, s.samples, s.amp, penalty)
-        else:
-            out = arch_step(model, optimizer, x, y, s.amp, penalty)
-        if budget is not None:
-            budget.update()
-        return out
-    return update
-
-
 def end_epoch(setup: SearchSetup, epoch: int, run_dir: Path, monitor: Monitor,
               meters: tuple[Meter, Meter], lr: float, taus: dict[str, float],
               started: float) -> dict[str, Any]:
@@ -593,8 +448,3 @@ def _same_table_everywhere(table: CostTable, device: torch.device) -> None:
 def taus_of(model: Supernet, taus: dict[str, TemperatureScheduler]) -> dict[str, float]:
     """The temperatures a step just used, for the progress bar."""
     return {"tau": model.tau, **({"tau_f": model.tau_forward} if "tau_forward" in taus else {})}
-
-
-def _stamped(genotype: Genotype, space: str) -> Genotype:
-    """Record the search space in the genotype, so that `nas train` needs no config to build it."""
-    return genotype if genotype.space else dataclasses.replace(genotype, space=space)

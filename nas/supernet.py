@@ -411,7 +411,7 @@ class Supernet(nn.Module):
             self.edge_logits[kind] = nn.Parameter(
                 self.init_scale * torch.randn(edges, device=value.device))
 
-    def _layout(self, kind: str, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    def edge_layout(self, kind: str, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
         """(slots, node, input) of ``kind`` on ``device``: (node, input) of every edge, in edge
         order. Copied once per device; computing them there would cost host syncs (nonzero)."""
         key = (kind, device)
@@ -421,7 +421,7 @@ class Supernet(nn.Module):
             self._on_device[key] = (slots.to(device), node.to(device), src.to(device))
         return self._on_device[key]
 
-    def _canonical(self, kind: str, device: torch.device) -> tuple[Tensor, Tensor] | None:
+    def op_order(self, kind: str, device: torch.device) -> tuple[Tensor, Tensor] | None:
         """(order, inverse) of ``kind``'s ops by name on ``device``: ``logits[:, order]`` lists
         the columns by op name and ``[:, inverse]`` puts them back; None if already in order."""
         key = (kind, device)
@@ -436,7 +436,7 @@ class Supernet(nn.Module):
 
     def _softmax(self, kind: str, value: Tensor) -> Tensor:
         """softmax of ``kind``'s logits over the ops, summed in op-name order."""
-        order = self._canonical(kind, value.device)
+        order = self.op_order(kind, value.device)
         if order is None:
             return value.softmax(-1)
         return value[:, order[0]].softmax(-1)[:, order[1]]
@@ -444,7 +444,7 @@ class Supernet(nn.Module):
     def node_logits(self, kind: str, edge_logits: Tensor | None = None) -> Tensor:
         """Edge logits ``[edges]`` laid out per node, ``[nodes, most inputs]``, -inf padded."""
         value = self.edge_logits[kind] if edge_logits is None else edge_logits
-        slots = self._layout(kind, value.device)[0]
+        slots = self.edge_layout(kind, value.device)[0]
         return value[slots.clamp(min=0)].masked_fill(slots < 0, float("-inf"))
 
     def _edge_sample(self, kind: str, gen: torch.Generator | None) -> tuple[Tensor, Tensor]:
@@ -461,7 +461,7 @@ class Supernet(nn.Module):
                 logits = logits / self.tau_forward
             hard, order = gumbel.gumbel_topk_st(self.node_logits(kind, logits), self.edge_topk,
                                                 self.tau, generator=gen)
-        _, node, src = self._layout(kind, logits.device)
+        _, node, src = self.edge_layout(kind, logits.device)
         return hard[node, src], order
 
     def edge_probabilities(self) -> dict[str, Tensor]:
@@ -469,7 +469,7 @@ class Supernet(nn.Module):
         out = {}
         for kind in self.edge_logits:
             p = self.node_logits(kind).detach().softmax(-1)
-            _, node, src = self._layout(kind, p.device)
+            _, node, src = self.edge_layout(kind, p.device)
             out[kind] = p[node, src]
         return out
 
@@ -496,7 +496,7 @@ class Supernet(nn.Module):
               gen: torch.Generator) -> tuple[Tensor, Tensor]:
         """One kind's training sample from logits ``value`` ``[edges, ops]``: (weights, index)
         in list order, drawn with the columns in op-name order (its noise follows the names)."""
-        order = self._canonical(kind, value.device)
+        order = self.op_order(kind, value.device)
         if order is not None:
             value = value[:, order[0]]
         weights, idx = gumbel.gumbel_softmax(value, self.tau, hard=hard, generator=gen)
@@ -572,7 +572,7 @@ class Supernet(nn.Module):
         total = torch.zeros((), device=next(iter(self.arch_logits.values())).device)
         for kind, i in index.items():
             logits = self.arch_logits[kind] / self.tau_forward
-            order = self._canonical(kind, logits.device)
+            order = self.op_order(kind, logits.device)
             if order is not None:  # summed over the ops in name order, as they were drawn
                 logits, i = logits[:, order[0]], order[1][i]
             total = total + logits.log_softmax(-1).gather(1, i.unsqueeze(1)).sum()

@@ -7,6 +7,7 @@ search's conventions; it ends with ``result.json``.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import sys
@@ -16,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from . import distributed as dist
 from .config import Config, build_config, save_config, to_dict
@@ -27,9 +27,12 @@ from .genotype import Genotype
 from .monitor import Monitor
 from .cost import count_macs
 from .network import count_parameters, set_drop_path
-from .spaces import build_network, check_network
+from .profiling import profile_network, with_network
+from .spaces import (build_network, build_supernet, check_network, check_supernet, first_line,
+                     get_space)
+from .steps import evaluate_model, sgd, train_step
 from .threads import use_threads
-from .runtime import (CHECKPOINT, Meter, autocast, channels_last, check_finite, checkpoint_state,
+from .runtime import (CHECKPOINT, Meter, channels_last, check_finite, checkpoint_state,
                       discard_failed_start, first_mismatch, in_layout, keep_freed_memory,
                       load_checkpoint, prepare_run_dir, resolve_device, resume_from,
                       save_checkpoint, seed_everything, start_mode, steps_note, stretch_cosine)
@@ -46,13 +49,6 @@ class TrainResult:
     run_dir: Path
 
 
-def _outputs(out: Any) -> tuple[Tensor, Tensor | None]:
-    """Networks return logits, or (logits, auxiliary logits or None)."""
-    if isinstance(out, tuple):
-        return out[0], out[1] if len(out) > 1 else None
-    return out, None
-
-
 def space_of(cfg: Config, genotype: Genotype) -> str:
     """The search space a genotype belongs to: its own record, else the config's."""
     return genotype.space or cfg.space
@@ -66,9 +62,6 @@ def recipe_line(cfg: Config, space: str, epochs_set: bool = False) -> str:
     chose at least how long to train. An auxiliary head is named only where the network has one
     (an ``auxiliary`` option that is on).
     """
-    import inspect
-    from .spaces import get_space
-
     t = cfg.train
     if space != "darts" and not epochs_set:
         raise InputError(f"the genotype is of the {space} space, and without --config nas train's "
@@ -91,23 +84,6 @@ def recipe_line(cfg: Config, space: str, epochs_set: bool = False) -> str:
             f"{t.cutout}{auxiliary}; {change}")
 
 
-@torch.no_grad()
-def evaluate_model(model: nn.Module, batches: Batches, amp: bool = False,
-                   channels_last: bool = False) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy (%) over every batch (of every rank's share)."""
-    model.eval()
-    meter = Meter(batches.device)
-    batches.set_epoch(0)
-    for x, y in batches:
-        x = in_layout(x, channels_last)
-        with autocast(x.device, amp):
-            logits, _ = _outputs(model(x))
-        meter.add(F.cross_entropy(logits.float(), y), logits, y)
-    if batches.world > 1:
-        meter.reduce()
-    return meter.read()
-
-
 def checked_network(cfg: Config, space: str, genotype: Genotype, num_classes: int) -> nn.Module:
     """Build the network ``train`` retrains and run two images through it (one line if it fails)."""
     try:
@@ -128,7 +104,6 @@ def checked_network(cfg: Config, space: str, genotype: Genotype, num_classes: in
 def check_retraining(cfg: Config) -> None:
     """What ``nas run`` checks before it searches: the ``network:`` and ``train:`` sections
     build a network that runs, for the genotype of the config's supernet as it starts."""
-    from .spaces import build_supernet, check_supernet
     classes = 10  # the options are checked, not the dataset: the data is read once, by the search
     supernet = build_supernet(cfg.space, classes, cfg.search.mode, cfg.seed, cfg.supernet,
                               edge_topk=cfg.search.edge_topk)
@@ -176,8 +151,7 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
     test_batches = Batches(test_data, -(-t.eval_batch_size // shard[1]), train=False,
                            device=device, on_device=cfg.data.on_device, workers=cfg.data.workers,
                            shard=shard)
-    optimizer = torch.optim.SGD(model.parameters(), t.lr, momentum=t.momentum,
-                                weight_decay=t.weight_decay, nesterov=t.nesterov and t.momentum > 0)
+    optimizer = sgd(model.parameters(), t.lr, t.momentum, t.weight_decay, t.nesterov)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, t.epochs, eta_min=t.lr_min)
 
     start = 0
@@ -224,21 +198,9 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
             meter = Meter(device)
             model.train()
             for x, y in monitor.steps(train_batches, len(train_batches), epoch, t.batch_size):
-                x = in_layout(x, layout)
-                with autocast(device, t.amp):
-                    logits, aux = _outputs(net(x))
-                loss = F.cross_entropy(logits.float(), y)
-                total = loss
-                # under DDP an auxiliary head of weight 0 still joins the loss: every parameter
-                # must get a gradient (zero here) for DDP's all-reduce to complete
-                if aux is not None and (t.auxiliary_weight > 0 or net is not model):
-                    total = loss + t.auxiliary_weight * F.cross_entropy(aux.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                if t.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-                optimizer.step()
-                meter.add(loss.detach(), logits.detach(), y)
+                loss, logits = train_step(net, optimizer, in_layout(x, layout), y, t.grad_clip,
+                                          t.amp, t.auxiliary_weight, aux_always=net is not model)
+                meter.add(loss, logits, y)
                 monitor.step_scalars(**{"loss/train": meter.last, "lr": lr})
                 if monitor.want_postfix():
                     mean_loss, acc = meter.read()
@@ -285,8 +247,6 @@ def write_profile(path: Path, model: nn.Module, cfg: Config, genotype: Genotype,
     The run's results are saved already: a network the profiler cannot follow costs this file
     alone, with one line saying so.
     """
-    from .profiling import profile_network, with_network
-    from .spaces import first_line
     try:
         profile = profile_network(model, cfg.data.image_size, device, genotype=genotype,
                                   channels_last=layout)

@@ -70,9 +70,9 @@ TARGETS = {
     "supernet": Target("nas/supernet.py", (
         "x__dot", "xǁ_SampledNodeǁ*", "x_sampled_node", "x_sampled_op", "xǁArchSampleǁ*",
         "xǁMixedEdgeǁforward", "xǁSearchCellǁforward", "x_canonical_order",
-        "xǁSupernetǁ_layout", "xǁSupernetǁnode_logits", "xǁSupernetǁ_edge_sample",
+        "xǁSupernetǁedge_layout", "xǁSupernetǁnode_logits", "xǁSupernetǁ_edge_sample",
         "xǁSupernetǁedge_probabilities", "xǁSupernetǁarch_parameters",
-        "xǁSupernetǁweight_parameters", "xǁSupernetǁ_generator", "xǁSupernetǁ_canonical",
+        "xǁSupernetǁweight_parameters", "xǁSupernetǁ_generator", "xǁSupernetǁop_order",
         "xǁSupernetǁsample", "xǁSupernetǁ_draw", "xǁSupernetǁlog_prob", "xǁSupernetǁprobabilities",
         "xǁSupernetǁentropy"), (
         "tests/test_supernet.py", "tests/test_edge_topk.py", "tests/test_toy_estimators.py",

@@ -11,6 +11,7 @@ import torch
 
 import nas
 import nas.train
+import nas.steps
 from nas.cli import main
 from nas.config import build_config
 from conftest import DARTS_V2 as V2, ROOT, write_cifar10
@@ -41,7 +42,7 @@ def test_retraining_lowers_the_training_loss(tmp_path):
 def test_drop_path_rises_linearly_and_aux_loss_is_used(tmp_path, tiny_config, capsys, monkeypatch):
     seen = []
     real = torch.nn.functional.cross_entropy
-    monkeypatch.setattr(nas.train.F, "cross_entropy",
+    monkeypatch.setattr(nas.steps.F, "cross_entropy",
                         lambda logits, y, **kw: seen.append(logits.shape) or real(logits, y, **kw))
     run = tmp_path / "run"
     code = main(["train", "--genotype", V2, "--config", str(tiny_config), "--run-dir", str(run),
