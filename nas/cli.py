@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
-from .errors import Diverged, InputError
+from .errors import Diverged, InputError, first_line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -497,8 +497,8 @@ def _genotype_cost(genotype, config: str | None, sets: list[str]) -> str:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .plot import plot_runs, run_files
-    out = args.out or (run_files(args.runs[0]) / "plots" if len(args.runs) == 1 else "plots")
+    from .plot import metrics_dir, plot_runs
+    out = args.out or (metrics_dir(args.runs[0]) / "plots" if len(args.runs) == 1 else "plots")
     for path in plot_runs(args.runs, out):
         print(path)
     return 0
@@ -631,8 +631,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         # one line per failing rank instead of a traceback from every rank; a rank whose peer
         # failed says so here too (gloo: "Connection closed by peer", NCCL: a timeout)
-        _error(verb, f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}",
-               shared=False)
+        _error(verb, f"{type(exc).__name__}: {first_line(exc, typed=False)}", shared=False)
         return 1
     finally:
         if dist is not None:

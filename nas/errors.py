@@ -1,4 +1,5 @@
-"""The one exception type for a user's mistake (bad config, flag, data, checkpoint)."""
+"""The one exception type for a user's mistake (bad config, flag, data, checkpoint), and how an
+error is told in one line."""
 
 
 class InputError(ValueError):
@@ -14,3 +15,12 @@ def check_positive(section: str, **sizes: int) -> None:
     for key, value in sizes.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InputError(f"{section}.{key}: must be a whole number of at least 1, got {value!r}")
+
+
+def first_line(exc: BaseException, typed: bool = True) -> str:
+    """``Type: message`` on one line (long PyTorch messages keep their first line); with
+    ``typed`` false, the message's first line alone ('' when there is none)."""
+    text = str(exc).strip().splitlines()
+    if not typed:
+        return text[0] if text else ""
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")

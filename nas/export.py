@@ -25,12 +25,12 @@ from torch import Tensor, nn
 
 from . import __version__
 from .config import build_config
-from .errors import InputError
+from .errors import InputError, first_line
 from .genotype import Genotype
 from .network import set_drop_path
 from .registry import PLUGIN_MODULE_PREFIX, is_spec
 from .runtime import CHECKPOINT, first_mismatch, load_checkpoint
-from .spaces import build_network, check_logits, first_line
+from .spaces import build_network, check_logits
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "exported": ".pt2"}
 ONNX_OPSET = 18

@@ -36,6 +36,7 @@ from tqdm import tqdm
 from .budget import derive_within
 from .config import Config
 from .data import Batches, ImageSet, load_split, seed_of, split_indices
+from .files import atomic_write
 from .genotype import Genotype, edge_inputs, num_nodes
 from .runtime import in_layout, seed_everything
 from .spaces import build_network
@@ -195,8 +196,10 @@ def run_few_shot(setup: SearchSetup, run_dir: Path, arch_update: Callable[..., A
     try:
         for op, result in finished:
             parts[op] = result
-            _write(path, {"edge": [kind, edge], "settings": settings(cfg), "parts": parts,
-                          "phase_seconds": spent + time.time() - began})
+            atomic_write(path, json.dumps({"edge": [kind, edge], "settings": settings(cfg),
+                                           "parts": parts,
+                                           "phase_seconds": spent + time.time() - began},
+                                          indent=1) + "\n")
             genotype = Genotype.from_dict(result["genotype"]) if result["genotype"] else None
             bench = ""
             if genotype is not None and setup.table is not None:
@@ -285,9 +288,3 @@ def _child(name: str, job: Callable[[Callable[[], None]], dict], threads: int,
 
 def _n(count: int, word: str) -> str:
     return f"{count} {word}{'s' if count != 1 else ''}"
-
-
-def _write(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=1) + "\n")
-    tmp.replace(path)

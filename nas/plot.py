@@ -408,7 +408,7 @@ def discard(made: Path | None) -> None:
         shutil.rmtree(made, ignore_errors=True)
 
 
-def run_files(run: str | Path) -> Path:
+def metrics_dir(run: str | Path) -> Path:
     """The directory of a finished search or retraining (a ``nas run`` directory: its search/)."""
     run = Path(run)
     for folder in (run, run / "search", run / "train"):
@@ -431,7 +431,7 @@ def plot_runs(runs: Sequence[str | Path], out: str | Path) -> list[Path]:
     """Draw each run's op probabilities over the epochs (one chart per edge, one line per op) and
     compare the runs' curves (loss, entropy, accuracy, benchmark accuracy); returns the files."""
     out = Path(out)
-    folders = [run_files(r) for r in runs]
+    folders = [metrics_dir(r) for r in runs]
     images: dict[str, Image.Image] = {}  # drawn first: a bad record writes nothing
     labels = [str(r) for r in runs]
     for label, folder in zip(labels, folders):

@@ -335,7 +335,7 @@ def format_profile(p: dict[str, Any], title: str = "") -> str:
     return "\n".join(lines)
 
 
-def run_files(path: Path) -> Path | None:
+def genotype_run_dir(path: Path) -> Path | None:
     """The directory of a run that holds config.yaml and genotype.json (a `nas run`: its train/,
     else its search/); None when ``path`` is no such run."""
     for where in (path, path / "train", path / "search"):
@@ -351,7 +351,7 @@ def network_to_profile(target: str, config: str | None = None, sets: Sequence[st
     image size). A run directory gives its genotype and its saved config (unless ``config``);
     a genotype (name, file, string) gets ``config`` or the defaults, as ``nas train`` would."""
     try:
-        run = run_files(Path(target)) if Path(target).is_dir() else None
+        run = genotype_run_dir(Path(target)) if Path(target).is_dir() else None
     except OSError:  # a genotype string longer than a file name may be
         run = None
     if run is not None and config is None:

@@ -20,7 +20,8 @@ from torch import Tensor
 from . import distributed as dist
 from . import __version__
 from .config import check_plain
-from .errors import Diverged, InputError
+from .errors import Diverged, InputError, first_line
+from .files import atomic_write
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -295,14 +296,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Write a checkpoint atomically: a crash mid-write leaves the previous one intact (and an
     interrupted write removes its temporary file; one a killed process left is removed when
     the run starts or resumes, ``prepare_run_dir``)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:  # Ctrl-C, SIGTERM or a full disk mid-write: no half file stays behind
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]:
@@ -324,7 +318,7 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
             raise InputError(f"{path} holds objects other than tensors and plain Python values; "
                              "it is not loaded, since unpickling them could run code") from None
         detail = "not a torch.save file" if isinstance(exc, pickle.UnpicklingError) else \
-            (str(exc).strip().splitlines() or [""])[0]
+            first_line(exc, typed=False)
         raise InputError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {detail})") from None
     if not isinstance(state, dict) or "kind" not in state:
         raise InputError(f"{path} is not a gumbel-nas checkpoint")
@@ -439,7 +433,7 @@ def resume_from(run_dir: str | Path, kind: str, objects: dict[str, Any],
         set_rng_state(state["rng"])
         return epoch, grown
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else repr(exc)
+        detail = first_line(exc, typed=False) or repr(exc)
         raise InputError(f"{path} does not match the saved config: {detail}") from None
 
 

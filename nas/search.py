@@ -28,15 +28,14 @@ from torch import Tensor, nn
 from . import distributed as dist
 from .benchmarks import BenchmarkResult, NB201Table, load_table
 from .budget import BudgetConstraint, check_feasible, derive_within, describe, expected_cost
-from .config import Config, budget_limits, forward_tau_on, save_config, to_dict
+from .config import Config, budget_limits, forward_tau_on
 from .cost import CostTable, build_cost_table, count_cost, format_cost
 from .data import Batches, load_split, seed_of, split_indices
 from .genotype import Genotype
 from .monitor import Monitor
-from .runtime import (CHECKPOINT, Meter, channels_last, check_finite, checkpoint_state,
-                      discard_failed_start, in_layout, keep_freed_memory,
-                      prepare_run_dir, resolve_device, resume_from, save_checkpoint,
-                      seed_everything, start_mode, steps_note, stretch_cosine)
+from .lifecycle import begin, epochs_of, open_monitor, open_run_dir, resume_lines, save_epoch
+from .runtime import (Meter, channels_last, check_finite, in_layout, keep_freed_memory,
+                      resolve_device, seed_everything, steps_note, stretch_cosine)
 from .schedules import TemperatureScheduler
 from .errors import InputError
 from .fewshot import run_few_shot
@@ -223,19 +222,9 @@ def build_budget(cfg: Config, model: Supernet, num_classes: int, device: torch.d
 
 def open_run(setup: SearchSetup, run_dir: Path, resume: bool, force: bool) -> tuple[int, dict]:
     """Create (or resume into) ``run_dir``; returns the epochs done and the epoch counts grown."""
-    cfg, main = setup.cfg, dist.is_main()  # rank 0 alone writes the run directory
-    if main:
-        prepare_run_dir(run_dir, resume=resume, force=force)
-    start, grown = 0, {}
-    if resume:
-        start, grown = resume_from(run_dir, "search", setup.objects, to_dict(cfg))
-        if "search.epochs" in grown:  # the saved config was edited: the schedules stretch
-            epochs = cfg.search.epochs
-            stretch_cosine(setup.lr_sched, epochs)
-            for schedule in setup.taus.values():
-                schedule.total = epochs if schedule.per == "epoch" else epochs * setup.steps
-    elif main:
-        save_config(cfg, run_dir / "config.yaml")
+    main = dist.is_main()  # rank 0 alone writes the run directory
+    start, grown = open_run_dir("search", run_dir, setup.cfg, setup.objects, resume=resume,
+                                force=force, stretch=lambda epochs: stretch_schedules(setup, epochs))
     if main and setup.budget is not None and not (run_dir / COSTS).is_file():
         (run_dir / COSTS).write_text(json.dumps(setup.budget.table.to_dict()) + "\n")
     if main:
@@ -246,17 +235,21 @@ def open_run(setup: SearchSetup, run_dir: Path, resume: bool, force: bool) -> tu
     return start, grown
 
 
+def stretch_schedules(setup: SearchSetup, epochs: int) -> None:
+    """Make the learning-rate and temperature schedules end at ``epochs`` (a resumed run's
+    edited config grew them)."""
+    stretch_cosine(setup.lr_sched, epochs)
+    for schedule in setup.taus.values():
+        schedule.total = epochs if schedule.per == "epoch" else epochs * setup.steps
+
+
 def header(setup: SearchSetup, run_dir: Path, resume: bool, start: int,
            grown: dict[str, tuple]) -> list[str]:
     """The lines a search prints before its first epoch."""
     cfg, s = setup.cfg, setup.cfg.search
     if resume:
-        lines = [f"resuming {run_dir} at epoch {start + 1}/{s.epochs}{setup.threads.note()}"
-                 if start < s.epochs
-                 else f"{run_dir} has finished all {s.epochs} epochs"]
-        return lines + [f"config.yaml was edited: {key} {was} -> {now}" + (
-            "; the learning-rate and temperature schedules now end there"
-            if key == "search.epochs" else "") for key, (was, now) in grown.items()]
+        return resume_lines("search", run_dir, start, s.epochs, grown, setup.threads.note(),
+                            "the learning-rate and temperature schedules now end there")
     n_params = sum(p.numel() for p in setup.model.weight_parameters())
     how = "".join([f", {s.estimator} estimator" if s.estimator != "gdas" else "",
                    f", {s.weight_sampling} weight sampling" if s.weight_sampling != "arch" else "",
@@ -361,10 +354,8 @@ def end_epoch(setup: SearchSetup, epoch: int, run_dir: Path, monitor: Monitor,
         metrics.update({k.replace("/", "_"): v for k, v in costs.items()})
     monitor.epoch_end(epoch, {**metrics, "genotype": str(genotype)}, scalars)
     monitor.architecture(epoch, model, genotype)
-    if main:
-        save_checkpoint(checkpoint_state("search", epoch + 1, setup.objects, config=to_dict(cfg),
-                                         num_classes=setup.num_classes,
-                                         genotype=genotype.to_dict()), run_dir / CHECKPOINT)
+    save_epoch("search", epoch, setup.objects, cfg, run_dir, num_classes=setup.num_classes,
+               genotype=genotype.to_dict())
     return metrics
 
 
@@ -382,8 +373,7 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
     An existing ``run_dir`` is refused unless ``resume`` (continue it) or ``force`` (replace
     it, once the data and the supernet are ready).
     """
-    dist.begin_setup()
-    run_dir, resume, force = start_mode(run_dir, resume, force)
+    run_dir, resume, force = begin(run_dir, resume, force)
     setup = build_search(cfg, run_dir / COSTS if resume else None)
     s, model = cfg.search, setup.model
     run_dir = dist.agree(run_dir)  # every rank is ready (else all stop), in rank 0's directory
@@ -393,23 +383,24 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
     # the logits stay out of DDP: the architecture step averages their gradients itself
     ddp = dist.wrap(model, setup.device, [f"arch_logits.{k}" for k in model.arch_logits])
     ddp = None if ddp is model else ddp
-    monitor = Monitor(run_dir, epochs=s.epochs, start_epoch=start, quiet=quiet, title="search",
-                      write=dist.is_main(), log_every=s.log_every)
+    monitor = open_monitor("search", run_dir, s.epochs, start, quiet, s.log_every)
     for line in header(setup, run_dir, resume, start, grown):
         monitor.print(line)
     metrics: dict[str, Any] = {}
-    try:
+    with epochs_of(run_dir, monitor):
         for epoch in range(start, s.epochs):
             started = time.time()
             lr, taus = setup.w_opt.param_groups[0]["lr"], {k: t.tau for k, t in setup.taus.items()}
             meters = run_epoch(setup, epoch, monitor, ddp)
             metrics = end_epoch(setup, epoch, run_dir, monitor, meters, lr, taus, started)
-    except Exception:
-        monitor.close()
-        discard_failed_start(run_dir)
-        raise
-    finally:
-        monitor.close()
+    return finish(setup, run_dir, metrics, quiet)
+
+
+def finish(setup: SearchSetup, run_dir: Path, metrics: dict[str, Any],
+           quiet: bool) -> SearchResult:
+    """The searched genotype (after the few-shot phase, if any), saved as ``genotype.json``
+    by rank 0, and its cost under a budget; every rank returns the result."""
+    cfg, s = setup.cfg, setup.cfg.search
     if s.few_shot.epochs:
         genotype = run_few_shot(setup, run_dir, arch_updater(setup),
                                 print if not quiet else (lambda line: None), quiet)

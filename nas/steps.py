@@ -90,16 +90,10 @@ def arch_step(model: Supernet, optimizer: torch.optim.Optimizer, x: Tensor, y: T
 
     ``penalty()``, a differentiable function of the logits (a budget's), is added to the loss.
     """
-    params = model.arch_parameters()
     with autocast(x.device, amp):
         logits = model(x)
     loss = F.cross_entropy(logits.float(), y)
-    objective = loss + penalty() if penalty is not None else loss
-    grads = torch.autograd.grad(objective, params, allow_unused=True)
-    for p, g in zip(params, grads):
-        p.grad = torch.zeros_like(p) if g is None else g
-    dist.average_gradients(params)
-    optimizer.step()
+    step_logits(model, optimizer, loss + penalty() if penalty is not None else loss)
     return loss.detach(), logits.detach()
 
 
@@ -122,16 +116,22 @@ def reinforce_step(model: Supernet, optimizer: torch.optim.Optimizer, x: Tensor,
             drawn.append((dict(model.last_index), dict(model.last_edges)))
     loss = torch.stack(losses)
     advantage = loss - (loss.sum() - loss) / (samples - 1)
-    params = model.arch_parameters()
     log_prob = torch.stack([model.log_prob(index, edges) for index, edges in drawn])
     objective = (advantage * log_prob).mean()
-    objective = objective + penalty() if penalty is not None else objective
+    step_logits(model, optimizer, objective + penalty() if penalty is not None else objective)
+    return loss.mean(), first
+
+
+def step_logits(model: Supernet, optimizer: torch.optim.Optimizer, objective: Tensor) -> None:
+    """Give the logits the gradient of ``objective`` (zero where it does not reach them),
+    averaged over the ranks, and take the optimizer's step; no weight gradient is computed."""
+    params = model.arch_parameters()
     grads = torch.autograd.grad(objective, params, allow_unused=True)
     for p, g in zip(params, grads):
         p.grad = torch.zeros_like(p) if g is None else g
     dist.average_gradients(params)
     optimizer.step()
-    return loss.mean(), first
+
 
 def outputs(out: Any) -> tuple[Tensor, Tensor | None]:
     """Networks return logits, or (logits, auxiliary logits or None)."""

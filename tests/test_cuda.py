@@ -22,6 +22,7 @@ import yaml
 from torch import nn
 
 import nas
+import nas.lifecycle
 import nas.search
 from nas.cli import build_parser, main
 from nas.config import build_config
@@ -185,7 +186,7 @@ def test_resume_equals_straight_through_on_the_device(tmp_path, cifar_root, devi
         **TINY_SEARCH["data"], "root": str(cifar_root)}}))
     args = ["search", "--config", str(path), "--quiet"]
     straight, broken = tmp_path / "straight", tmp_path / "broken"
-    real_save = nas.search.save_checkpoint
+    real_save = nas.lifecycle.save_checkpoint
 
     def save_then_interrupt(state, where):  # Ctrl-C right after the first epoch's checkpoint
         real_save(state, where)
@@ -193,9 +194,9 @@ def test_resume_equals_straight_through_on_the_device(tmp_path, cifar_root, devi
 
     with deterministic() as caught:
         assert main([*args, "--run-dir", str(straight)]) == 0
-        monkeypatch.setattr(nas.search, "save_checkpoint", save_then_interrupt)
+        monkeypatch.setattr(nas.lifecycle, "save_checkpoint", save_then_interrupt)
         assert main([*args, "--run-dir", str(broken)]) == 130
-        monkeypatch.setattr(nas.search, "save_checkpoint", real_save)
+        monkeypatch.setattr(nas.lifecycle, "save_checkpoint", real_save)
         assert main(["search", "--resume", str(broken), "--quiet"]) == 0
     capsys.readouterr()
     ops = sorted({str(w.message).split(NONDETERMINISTIC)[0].strip() for w in caught

@@ -1,12 +1,15 @@
 """The package's layers, read from its source with ``ast``: no module of ``nas`` imports
 another that (through any chain) imports it back, at module level or inside a function; no
-module imports another's private name."""
+module imports another's private name; no function is longer than a screen (80 lines)."""
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parents[1] / "nas"
+LONGEST = 80
 
 
 def modules() -> dict[str, ast.Module]:
@@ -86,3 +89,12 @@ def test_no_module_imports_a_private_name_of_another():
                for source, names in imported(tree, set(trees)).items()
                for taken in names if taken.startswith("_") and not taken.startswith("__")]
     assert private == []
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in PACKAGE.glob("*.py")))
+def test_every_function_fits_in_a_screen(name):
+    tree = ast.parse((PACKAGE / f"{name}.py").read_text())
+    long = [f"{node.name} ({node.end_lineno - node.lineno + 1} lines, from line {node.lineno})"
+            for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > LONGEST]
+    assert long == []

@@ -11,6 +11,7 @@ import torch
 
 import nas
 import nas.train
+import nas.lifecycle
 import nas.steps
 from nas.cli import main
 from nas.config import build_config
@@ -78,7 +79,7 @@ def test_interrupted_then_resumed_training_equals_straight_through(tmp_path, tin
     args = ["train", "--genotype", V2, "--config", str(tiny_config), "--quiet",
             "--set", "train.epochs=3"]
     assert main([*args, "--run-dir", str(tmp_path / "straight")]) == 0
-    real_save, calls = nas.train.save_checkpoint, []
+    real_save, calls = nas.lifecycle.save_checkpoint, []
 
     def save_then_interrupt(state, path):
         real_save(state, path)
@@ -86,10 +87,10 @@ def test_interrupted_then_resumed_training_equals_straight_through(tmp_path, tin
         if len(calls) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(nas.train, "save_checkpoint", save_then_interrupt)
+    monkeypatch.setattr(nas.lifecycle, "save_checkpoint", save_then_interrupt)
     assert main([*args, "--run-dir", str(tmp_path / "broken")]) == 130
     assert f"nas train --resume {tmp_path / 'broken'}" in capsys.readouterr().err
-    monkeypatch.setattr(nas.train, "save_checkpoint", real_save)
+    monkeypatch.setattr(nas.lifecycle, "save_checkpoint", real_save)
     assert main(["train", "--resume", str(tmp_path / "broken"), "--quiet"]) == 0
     a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "broken" / "checkpoint.pt", weights_only=False)["model"]
