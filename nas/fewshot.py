@@ -40,7 +40,8 @@ from .files import atomic_write
 from .genotype import Genotype, edge_inputs, num_nodes
 from .runtime import in_layout, seed_everything
 from .spaces import build_network
-from .steps import SearchSetup, evaluate_model, fit, search_optimizers, sgd, stamped, weight_step
+from .steps import (SearchSetup, draw_step_samples, draws_together, evaluate_model, fit,
+                    search_optimizers, sgd, stamped, weight_step)
 from .supernet import Supernet, canonical_order
 
 STATE = "few_shot.json"
@@ -94,16 +95,20 @@ def search_part(setup: SearchSetup, kind: str, edge: int, op: int, arch_update: 
     lr = f.lr if f.lr is not None else s.lr
     w_opt, a_opt = search_optimizers(model, s, lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, f.epochs, eta_min=min(s.lr_min, lr))
+    together = draws_together(model, s, sampling, arch_first=False)  # the weights step first
     model.train()
     for epoch in range(f.epochs):
         setup.w_batches.set_epoch(s.epochs + epoch)  # orders the search did not see
         setup.a_batches.set_epoch(s.epochs + epoch)
         for (xw, yw), (xa, ya) in zip(setup.w_batches, setup.a_batches):
             xw, xa = in_layout(xw, setup.layout), in_layout(xa, setup.layout)
+            if together:  # one host read for both steps' samples, as in the search
+                draw_step_samples(model, sampling, False, s.amp, xw.device)
             model.sampling_logits = sampling
             weight_step(model, w_opt, xw, yw, s.grad_clip, s.amp)
             model.sampling_logits = None
             arch_update(a_opt, xa, ya)
+            model.drop_drawn()
         sched.step()
         progress()
     if budget is None:

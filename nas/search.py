@@ -41,8 +41,8 @@ from .errors import InputError
 from .fewshot import run_few_shot
 from .spaces import build_network, build_supernet, check_supernet, inspecting
 # the steps are nas.search's public API too (scripts and tests import them from here)
-from .steps import (SearchSetup, arch_step, arch_updater, frozen, reinforce_step,  # noqa: F401
-                    search_optimizers, weight_step)
+from .steps import (SearchSetup, arch_step, arch_updater, draw_step_samples,  # noqa: F401
+                    draws_together, frozen, reinforce_step, search_optimizers, weight_step)
 from .supernet import MixedEdge, Supernet
 from .threads import use_threads
 
@@ -291,6 +291,8 @@ def run_epoch(setup: SearchSetup, epoch: int, monitor: Monitor,
     def update(x: Tensor, y: Tensor) -> None:
         arch_meter.add(*arch_update(setup.a_opt, x, y), y)
 
+    arch_first = s.order == "arch_first"
+    together = update_arch and draws_together(model, s, setup.weight_logits, arch_first)
     model.train()
     for (xw, yw), (xa, ya) in monitor.steps(zip(setup.w_batches, setup.a_batches), setup.steps,
                                             epoch, s.batch_size * (2 if update_arch else 1)):
@@ -298,6 +300,8 @@ def run_epoch(setup: SearchSetup, epoch: int, monitor: Monitor,
         model.tau = taus["tau"].tau
         if "tau_forward" in taus:
             model.tau_forward = taus["tau_forward"].tau
+        if together:  # one host read for both steps' samples
+            draw_step_samples(model, setup.weight_logits, arch_first, s.amp, xw.device)
         if update_arch and s.order == "arch_first":
             update(xa, ya)
         model.sampling_logits = setup.weight_logits
@@ -305,6 +309,7 @@ def run_epoch(setup: SearchSetup, epoch: int, monitor: Monitor,
         model.sampling_logits = None
         if update_arch and s.order == "weights_first":
             update(xa, ya)
+        model.drop_drawn()  # a sample no forward took (a supernet that did not call sample())
         monitor.step_scalars(**{"loss/train": train_meter.last, "tau": model.tau,
                                 "loss/arch": arch_meter.last if update_arch else None})
         for t in taus.values():

@@ -26,7 +26,7 @@ from .data import Batches
 from .genotype import Genotype
 from .runtime import Meter, autocast, in_layout
 from .schedules import TemperatureScheduler
-from .supernet import Supernet
+from .supernet import SAMPLING, Supernet
 from .threads import Threads
 
 
@@ -131,6 +131,41 @@ def step_logits(model: Supernet, optimizer: torch.optim.Optimizer, objective: Te
         p.grad = torch.zeros_like(p) if g is None else g
     dist.average_gradients(params)
     optimizer.step()
+
+
+def draws_together(model: Supernet, s: SearchConfig, weight_logits: dict[str, Tensor] | None,
+                   arch_first: bool) -> bool:
+    """Whether a search step's two samples can be drawn before either step runs and read on the
+    host at once (``draw_step_samples``), giving the very samples the steps would draw.
+
+    In a hard sampling mode with the gdas-style architecture step (not REINFORCE, whose samples
+    are forward-only), when the second forward's sample does not depend on the first step's
+    update: the weight step leaves the logits as they are, and after an architecture step a
+    weight step draws from fixed logits (``weight_sampling``), if no edge logits are learned.
+    A supernet with its own ``sample`` draws as it always did.
+    """
+    return (type(model).sample is Supernet.sample and SAMPLING[model.mode].hard
+            and s.estimator != "reinforce"
+            and (not arch_first or (weight_logits is not None and not model.edge_logits)))
+
+
+def draw_step_samples(model: Supernet, weight_logits: dict[str, Tensor] | None, arch_first: bool,
+                      amp: bool, device: torch.device) -> None:
+    """Draw the samples of a search step's weight and architecture forwards now, in the order
+    the step runs them and each as its forward would (the weight step's from ``weight_logits``
+    with the logits frozen), read on the host together: one sync for the step, not two. The
+    forwards take them in order; ``Supernet.drop_drawn`` forgets any left."""
+    def weights() -> None:
+        model.sampling_logits = weight_logits
+        try:
+            with frozen(model.arch_parameters()):
+                model.sample()
+        finally:
+            model.sampling_logits = None
+
+    with model.drawing_ahead(), autocast(device, amp):
+        for draw in ((model.sample, weights) if arch_first else (weights, model.sample)):
+            draw()
 
 
 def outputs(out: Any) -> tuple[Tensor, Tensor | None]:
