@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
-from .errors import Diverged, InputError, OneLineParser
+from .errors import Diverged, InputError, OneLineParser, first_line
 
 
 _Parser = OneLineParser  # usage errors on one line
@@ -525,13 +525,11 @@ def _exists_as(path: Path, what: str) -> bool:
         return False
 
 
-CLASSES = {"cifar10": 10, "cifar100": 100}  # the built-in datasets' classes, known without loading
-
-
 def _genotype_cost(genotype, config: str | None, sets: list[str]) -> str:
     """One line: what the network that ``config`` (or the space's defaults) builds costs."""
     from .config import config_specs, load_config
     from .cost import count_cost, format_cost
+    from .data import known_classes
     from .registry import trust
     from .spaces import build_network
 
@@ -543,7 +541,7 @@ def _genotype_cost(genotype, config: str | None, sets: list[str]) -> str:
         raise InputError(f"the genotype belongs to the {genotype.space} space, the config's "
                          f"space is {cfg.space}")
     space = genotype.space or cfg.space
-    classes = CLASSES.get(cfg.data.dataset, 10)
+    classes = known_classes(cfg.data.dataset)
     size = cfg.search.budget.image_size or cfg.data.image_size
     cost = count_cost(build_network(space, genotype, classes, cfg.network), size)
     options = ", ".join(f"{k}={v}" for k, v in cfg.network.items()) or "default options"
@@ -552,8 +550,8 @@ def _genotype_cost(genotype, config: str | None, sets: list[str]) -> str:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .plot import plot_runs, run_files
-    out = args.out or (run_files(args.runs[0]) / "plots" if len(args.runs) == 1 else "plots")
+    from .plot import metrics_dir, plot_runs
+    out = args.out or (metrics_dir(args.runs[0]) / "plots" if len(args.runs) == 1 else "plots")
     for path in plot_runs(args.runs, out):
         print(path)
     return 0
@@ -667,6 +665,7 @@ def _profile_onnx_file(args: argparse.Namespace) -> int:
 
 def cmd_latency_table(args: argparse.Namespace) -> int:
     from .config import config_specs, load_config
+    from .data import known_classes
     from .latency import Job, check_out, measure_table, supernet_of
     from .monitor import steps_bar
     from .registry import trust
@@ -674,7 +673,7 @@ def cmd_latency_table(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set)
     for spec in config_specs(cfg):  # named by the user on the command line
         trust(spec)
-    classes = args.classes if args.classes is not None else CLASSES.get(cfg.data.dataset, 10)
+    classes = args.classes if args.classes is not None else known_classes(cfg.data.dataset)
     job = Job(cfg, args.runtime, args.batch, args.threads, args.runs, args.networks, classes,
               args.clock)
     job.check()
@@ -776,8 +775,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         # one line per failing rank instead of a traceback from every rank; a rank whose peer
         # failed says so here too (gloo: "Connection closed by peer", NCCL: a timeout)
-        _error(verb, f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}",
-               shared=False)
+        _error(verb, f"{type(exc).__name__}: {first_line(exc, typed=False)}", shared=False)
         return 1
     finally:
         if dist is not None:

@@ -275,11 +275,20 @@ def _merge(obj: Any, data: Mapping[str, Any], path: str = "") -> None:
             setattr(obj, key, _coerce(value, hints[key], where))
 
 
-def _check_ranges(cfg: Config) -> None:
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise InputError(message)
+def need(ok: bool, message: str) -> None:
+    """Raise ``InputError(message)`` unless ``ok``."""
+    if not ok:
+        raise InputError(message)
 
+
+def _check_ranges(cfg: Config) -> None:
+    """Every value in its range, checked in one order (the first one out is the error)."""
+    _check_loops(cfg)
+    _check_budget_and_few_shot(cfg)
+    _check_data_and_train(cfg)
+
+
+def _check_loops(cfg: Config) -> None:
     for sec in ("search", "train"):
         s = getattr(cfg, sec)
         need(s.epochs >= 1, f"{sec}.epochs: must be at least 1, got {s.epochs}")
@@ -325,6 +334,9 @@ def _check_ranges(cfg: Config) -> None:
     need(cfg.search.edge_topk >= 0, f"search.edge_topk: must be >= 0 (0: off), got {cfg.search.edge_topk}")
     need(cfg.search.edge_topk == 0 or cfg.search.mode == "gdas",
          f"search.edge_topk: sampling the inputs of a node needs search.mode: gdas, got {cfg.search.mode}")
+
+
+def _check_budget_and_few_shot(cfg: Config) -> None:
     b = cfg.search.budget
     for key in ("params", "macs", "latency_ms"):
         need(getattr(b, key) is None or getattr(b, key) > 0,
@@ -346,6 +358,9 @@ def _check_ranges(cfg: Config) -> None:
     check_count("search.few_shot.select_batch_size", f.select_batch_size, 1, MAX_BATCH)
     need(f.epochs == 0 or cfg.search.mode == "gdas",
          f"search.few_shot: fixing an edge's op needs search.mode: gdas, got {cfg.search.mode}")
+
+
+def _check_data_and_train(cfg: Config) -> None:
     need(0 < cfg.data.split < 1, f"data.split: must be in (0, 1), got {cfg.data.split}")
     size = cfg.data.image_size
     need(4 <= size <= MAX_IMAGE_SIZE and size % 2 == 0,

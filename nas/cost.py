@@ -148,7 +148,7 @@ class CostTable:
                 out[kind] = fixed
             else:
                 node = model.node_logits(kind).softmax(-1)
-                _, n_idx, s_idx = model._layout(kind, logits.device)
+                _, n_idx, s_idx = model.edge_layout(kind, logits.device)
                 out[kind] = (self.keep * node[n_idx, s_idx]).clamp(max=1.0)
         return out
 
@@ -170,7 +170,7 @@ class CostTable:
         the same run). Copied there once, not at every architecture step."""
         key = (kind, device)
         if key not in self._device_tables:
-            order = model._canonical(kind, device)
+            order = model.op_order(kind, device)
             cols = slice(None) if order is None else order[0]
             edges = next(iter(self.ops.values()))[kind].shape[0]
             if self.keep is None:
@@ -400,19 +400,24 @@ def build_cost_table(model: Supernet, build: Callable[[Genotype], nn.Module], im
         ops["latency_ms"] = {k: v * scale for k, v in ops["latency_ms"].items()}
     allowed = {k: torch.tensor([model.inputs_kept is None or op != "none" for op in model.op_names[k]])
                for k in kinds}
-    how = {"params": "counted: every parameter of the network, an auxiliary head excluded",
-           "macs": f"counted with torch.utils.flop_counter, one {image_size}x{image_size} image"}
-    if timed:
-        n = torch.get_num_threads()
-        how["latency_ms"] = (f"lookup table measured on {device} ({n} thread{'s' if n != 1 else ''}"
-                             f"), batch {latency_batch}, {image_size}x{image_size}: the "
-                             f"median of {latency_runs} timed runs after 5 warm-up runs, each op "
-                             "alone, scaled with the rest of the network to fit the probe networks' "
-                             "measured times")
+    how = _how_measured(image_size, device, latency_batch, latency_runs)
     return CostTable(base, {m: {k: t.float() for k, t in v.items()} for m, v in ops.items()},
                      dict(model.op_names), model.cell_inputs, model.inputs_kept, allowed,
                      dict(base_genotype.concat), space, image_size,
                      {m: how[m] for m in metrics}, {p.name: (p.group, p.row) for p in model.chain})
+
+
+def _how_measured(image_size: int, device: torch.device, latency_batch: int,
+                  latency_runs: int) -> dict[str, str]:
+    """How ``build_cost_table`` finds each metric, in words (a cost table's ``how``)."""
+    n = torch.get_num_threads()
+    return {"params": "counted: every parameter of the network, an auxiliary head excluded",
+            "macs": f"counted with torch.utils.flop_counter, one {image_size}x{image_size} image",
+            "latency_ms": (f"lookup table measured on {device} ({n} thread{'s' if n != 1 else ''}"
+                           f"), batch {latency_batch}, {image_size}x{image_size}: the "
+                           f"median of {latency_runs} timed runs after 5 warm-up runs, each op "
+                           "alone, scaled with the rest of the network to fit the probe networks' "
+                           "measured times")}
 
 
 def _calibrate(op_sums: Sequence[float], totals: Sequence[float]) -> tuple[float, float]:

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from . import distributed as dist
 from .errors import InputError
+from .files import atomic_write
 from .registry import DATASETS
 
 if TYPE_CHECKING:
@@ -184,10 +185,8 @@ def download_cifar(name: str, target: Path) -> None:
                 parts = PurePosixPath(member.name).parts
                 if not member.isfile() or len(parts) != 2 or parts[0] != folder or parts[1] in ("..", "."):
                     continue
-                out = target / folder / parts[1]
-                tmp = out.with_name(f"{out.name}.{os.getpid()}.part")
-                tmp.write_bytes(tar.extractfile(member).read())
-                tmp.replace(out)
+                atomic_write(target / folder / parts[1], tar.extractfile(member).read(),
+                             per_process=True)  # another process may extract it too
     except (urllib.error.URLError, OSError, EOFError, tarfile.TarError) as exc:
         reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
         raise InputError(f"cannot download {title} from {url} into {target} ({reason}); without a "
@@ -197,6 +196,12 @@ def download_cifar(name: str, target: Path) -> None:
         archive.unlink(missing_ok=True)
         if created and target.is_dir() and not any(target.iterdir()):
             target.rmdir()  # a failed download leaves no empty directory behind
+
+
+def known_classes(dataset: str) -> int:
+    """How many classes ``dataset`` has, known without loading it: the built-in CIFARs' count,
+    else 10 (where only the network's shape is wanted, as by ``nas profile`` or a cost line)."""
+    return CIFAR[dataset]["classes"] if dataset in CIFAR else 10
 
 
 @DATASETS.register("cifar10")

@@ -1,4 +1,5 @@
-"""The one exception type for a user's mistake (bad config, flag, data, checkpoint)."""
+"""The one exception type for a user's mistake (bad config, flag, data, checkpoint), and how an
+error is told in one line."""
 from __future__ import annotations
 
 import argparse
@@ -25,3 +26,12 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def first_line(exc: BaseException, typed: bool = True) -> str:
+    """``Type: message`` on one line (long PyTorch messages keep their first line); with
+    ``typed`` false, the message's first line alone ('' when there is none)."""
+    text = str(exc).strip().splitlines()
+    if not typed:
+        return text[0] if text else ""
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")

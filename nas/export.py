@@ -24,10 +24,12 @@ import torch
 from torch import Tensor, nn
 
 from .config import MAX_BATCH, MAX_IMAGE_SIZE, check_count
-from .errors import InputError
+from .errors import InputError, first_line
 from .network import set_drop_path
-from .trained import Trained, load_trained
+from .registry import PLUGIN_MODULE_PREFIX, is_spec
 from .runtime import check_output, within_memory
+from .spaces import check_logits
+from .trained import Trained, load_trained
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "exported": ".pt2"}
 ONNX_OPSET = 18
@@ -164,8 +166,7 @@ print(json.dumps({"runtime": runtime}))
 
 def _blocked(space: str, fmt: str) -> list[str]:
     """Top-level modules the check refuses: this package, the space's plugin, torch for ONNX."""
-    from .registry import _FILE_MODULE, is_spec
-    names = ["nas", "search_spaces", _FILE_MODULE + "*"]
+    names = ["nas", "search_spaces", PLUGIN_MODULE_PREFIX + "*"]
     module = space.rpartition(":")[0] if is_spec(space) else ""
     if module and not module.endswith(".py") and "/" not in module and os.sep not in module:
         names.append(module.split(".")[0])
@@ -230,7 +231,6 @@ def export(source: str | Path, fmt: str, out: str | Path | None = None, *, batch
         x = check_images(batch, size)
     model = trained.model.eval()
     set_drop_path(model, 0.0)
-    from .spaces import check_logits, first_line
     try:
         with torch.no_grad():
             out_ref = model(x)

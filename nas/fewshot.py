@@ -35,18 +35,20 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from .budget import derive_within
-from .data import Batches, load_split, seed_of, split_indices
+from .config import Config
+from .data import Batches, ImageSet, load_split, seed_of, split_indices
 from .errors import Diverged
+from .files import atomic_write
 from .genotype import Genotype, edge_inputs, num_nodes
 from .readback import few_shot_state
 from .runtime import in_layout, seed_everything
 from .spaces import build_network
+from .steps import (SearchSetup, draw_step_samples, draws_together, evaluate_model, fit,
+                    search_optimizers, sgd, stamped, weight_step)
 from .supernet import Supernet, canonical_order
-from .train import _outputs, evaluate_model
 
 STATE = "few_shot.json"
 FIXED = -1.0e4  # a logit that is never drawn, and that carries no gradient to speak of
@@ -81,44 +83,44 @@ def fixed_sampling(model: Supernet, logits: dict[str, torch.Tensor] | None, kind
     return out
 
 
-def settings(cfg: Any) -> dict[str, Any]:
+def settings(cfg: Config) -> dict[str, Any]:
     """What a finished part depends on beyond the search: a resumed run reuses it only if equal."""
     out = dataclasses.asdict(cfg.search.few_shot)
     del out["workers"]  # where the parts run does not change them
     return out
 
 
-def read_state(run_dir: Path, cfg: Any, model: Supernet) -> dict[str, Any]:
+def read_state(run_dir: Path, cfg: Config, model: Supernet) -> dict[str, Any]:
     """The run's checked ``few_shot.json`` ({} when there is none; readback.few_shot_state)."""
     edges = {kind: logits.shape[0] for kind, logits in model.arch_logits.items()}
     return few_shot_state(run_dir / STATE, model.op_names, edges, model.cell_inputs, cfg.space)
 
 
-def search_part(setup: Any, kind: str, edge: int, op: int, arch_update: Callable[..., Any],
+def search_part(setup: SearchSetup, kind: str, edge: int, op: int, arch_update: Callable[..., Any],
                 progress: Callable[[], None]) -> Genotype | None:
     """Search one part, ``setup.model`` already holding the searched state; its derived cell
     (None: no cell with this op there fits the budget)."""
-    from .search import weight_step  # nas.search runs this phase: imported here, not at the top
     cfg, model, budget = setup.cfg, setup.model, setup.budget
     s, f = cfg.search, cfg.search.few_shot
     fix_edge(model, kind, edge, op)
     sampling = fixed_sampling(model, setup.weight_logits, kind, edge, op)
     lr = f.lr if f.lr is not None else s.lr
-    w_opt = torch.optim.SGD(model.weight_parameters(), lr, momentum=s.momentum,
-                            weight_decay=s.weight_decay, nesterov=s.nesterov and s.momentum > 0)
+    w_opt, a_opt = search_optimizers(model, s, lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, f.epochs, eta_min=min(s.lr_min, lr))
-    a_opt = torch.optim.Adam(model.arch_parameters(), s.arch_lr, betas=tuple(s.arch_betas),
-                             weight_decay=s.arch_weight_decay)
+    together = draws_together(model, s, sampling, arch_first=False)  # the weights step first
     model.train()
     for epoch in range(f.epochs):
         setup.w_batches.set_epoch(s.epochs + epoch)  # orders the search did not see
         setup.a_batches.set_epoch(s.epochs + epoch)
         for (xw, yw), (xa, ya) in zip(setup.w_batches, setup.a_batches):
             xw, xa = in_layout(xw, setup.layout), in_layout(xa, setup.layout)
+            if together:  # one host read for both steps' samples, as in the search
+                draw_step_samples(model, sampling, False, s.amp, xw.device)
             model.sampling_logits = sampling
             weight_step(model, w_opt, xw, yw, s.grad_clip, s.amp)
             model.sampling_logits = None
             arch_update(a_opt, xa, ya)
+            model.drop_drawn()
         sched.step()
         progress()
     if budget is None:
@@ -126,7 +128,7 @@ def search_part(setup: Any, kind: str, edge: int, op: int, arch_update: Callable
     genotype = derive_within(model, budget.table, budget.limits)
     if genotype is None or not _holds(genotype, model, kind, edge, model.op_names[kind][op]):
         return None  # the most probable fitting cell would need another op there
-    return dataclasses.replace(genotype, space=genotype.space or cfg.space)
+    return stamped(genotype, cfg.space)
 
 
 def _holds(genotype: Genotype, model: Supernet, kind: str, edge: int, op: str) -> bool:
@@ -140,8 +142,8 @@ def _holds(genotype: Genotype, model: Supernet, kind: str, edge: int, op: str) -
     return all(o == op for o, j in genotype.cells[kind][node] if j == src)
 
 
-def select_score(cfg: Any, genotype: Genotype, num_classes: int, device: torch.device,
-                 data: Any, w_idx: torch.Tensor, a_idx: torch.Tensor,
+def select_score(cfg: Config, genotype: Genotype, num_classes: int, device: torch.device,
+                 data: ImageSet, w_idx: torch.Tensor, a_idx: torch.Tensor,
                  progress: Callable[[], None]) -> tuple[float, float]:
     """Train ``genotype``'s selection network from scratch on the weight split; its (loss,
     accuracy %) on the architecture split. Every part's network starts from the same seed."""
@@ -152,28 +154,15 @@ def select_score(cfg: Any, genotype: Genotype, num_classes: int, device: torch.d
                             {**cfg.network, **f.select_network}).to(device)
         train = Batches(data.subset(w_idx), f.select_batch_size, train=True, device=device,
                         pad=d.pad, seed=seed_of(cfg.seed, 7), workers=0)
-        opt = torch.optim.SGD(net.parameters(), f.select_lr, momentum=0.9, nesterov=True,
-                              weight_decay=cfg.search.weight_decay)
+        opt = sgd(net.parameters(), f.select_lr, 0.9, cfg.search.weight_decay, nesterov=True)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, f.select_epochs, eta_min=0.0)
-        for epoch in range(f.select_epochs):
-            train.set_epoch(epoch)
-            net.train()
-            for x, y in train:
-                logits, _ = _outputs(net(x))  # an auxiliary head's output is left out
-                loss = F.cross_entropy(logits, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.search.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.search.grad_clip)
-                opt.step()
-            sched.step()
-            progress()
+        fit(net, train, opt, sched, f.select_epochs, cfg.search.grad_clip, progress=progress)
         with torch.no_grad():
             return evaluate_model(net, Batches(data.subset(a_idx), 256, train=False,
                                                device=device, workers=0))
 
 
-def run_few_shot(setup: Any, run_dir: Path, arch_update: Callable[..., Any],
+def run_few_shot(setup: SearchSetup, run_dir: Path, arch_update: Callable[..., Any],
                  say: Callable[[str], None], quiet: bool = False) -> Genotype:
     """The few-shot phase of a finished search: search every part, score its cell, keep the best."""
     cfg, model = setup.cfg, setup.model
@@ -231,8 +220,10 @@ def run_few_shot(setup: Any, run_dir: Path, arch_update: Callable[..., Any],
     try:
         for op, result in finished:
             parts[op] = result
-            _write(path, {"edge": [kind, edge], "settings": settings(cfg), "parts": parts,
-                          "phase_seconds": spent + time.time() - began})
+            atomic_write(path, json.dumps({"edge": [kind, edge], "settings": settings(cfg),
+                                           "parts": parts,
+                                           "phase_seconds": spent + time.time() - began},
+                                          indent=1) + "\n")
             genotype = Genotype.from_dict(result["genotype"]) if result["genotype"] else None
             bench = ""
             if genotype is not None and setup.table is not None:
@@ -250,11 +241,10 @@ def run_few_shot(setup: Any, run_dir: Path, arch_update: Callable[..., Any],
         raise ValueError("few-shot: no part derived a cell within the budget")
     _, _, best = max(scored)
     say(f"few-shot pick: the part with {best} on edge {name} ({parts[best]['acc']:.2f}%)")
-    genotype = Genotype.from_dict(parts[best]["genotype"])
-    return dataclasses.replace(genotype, space=genotype.space or cfg.space)
+    return stamped(Genotype.from_dict(parts[best]["genotype"]), cfg.space)
 
 
-def _processes(setup: Any, parts: int) -> tuple[int, int]:
+def _processes(setup: SearchSetup, parts: int) -> tuple[int, int]:
     """(processes, threads each) for ``parts`` parts: several only on a CPU that can fork."""
     threads = setup.threads.count if setup.threads is not None else torch.get_num_threads()
     chosen = setup.cfg.search.few_shot.workers
@@ -341,9 +331,3 @@ def _child(name: str, job: Callable[[Callable[[], None]], dict], threads: int,
 
 def _n(count: int, word: str) -> str:
     return f"{count} {word}{'s' if count != 1 else ''}"
-
-
-def _write(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=1) + "\n")
-    tmp.replace(path)

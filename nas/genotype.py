@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from .errors import InputError
+from .files import atomic_write
 from .registry import GENOTYPES, closest
 
 Edge = tuple[str, int]
@@ -124,10 +125,7 @@ class Genotype:
 
     def save(self, path: str | Path) -> None:
         """Write the genotype as JSON (written to a temporary file, then renamed)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        tmp.replace(path)
+        atomic_write(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "Genotype":

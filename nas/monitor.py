@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from . import plot
 from .choices import chain_ops
+from .files import atomic_write
 from .genotype import Genotype, cell_title
 from .runtime import read_jsonl
 from .supernet import Supernet
@@ -76,9 +77,7 @@ def _cut_jsonl(path: Path, last_epoch: int) -> None:
     if not path.is_file():
         return
     kept = [r for r in read_jsonl(path) if r["epoch"] <= last_epoch]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    tmp.replace(path)
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def _is_tty() -> bool:

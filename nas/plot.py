@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 from .choices import ChoicePoint
 from .errors import InputError
 from .genotype import Genotype, cell_title
+from .runtime import path_problem
 
 _FONT = ImageFont.load_default()
 _STOPS = [(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)]  # viridis
@@ -447,7 +448,6 @@ def _jsonl(path: Path) -> list[dict]:
 def output_dir(out: Path, what: str) -> Path | None:
     """Make the directory pictures go into; returns the outermost directory it created (None
     if it existed), for ``discard``. One line, and nothing made, if it cannot be."""
-    from .runtime import path_problem
     problem = path_problem(out)
     if problem:
         raise InputError(f"{what} {str(out)!r}: {problem}")
@@ -474,7 +474,7 @@ def discard(made: Path | None) -> None:
         shutil.rmtree(made, ignore_errors=True)
 
 
-def run_files(run: str | Path) -> Path:
+def metrics_dir(run: str | Path) -> Path:
     """The directory of a finished search or retraining (a ``nas run`` directory: its search/)."""
     run = Path(run)
     for folder in (run, run / "search", run / "train"):
@@ -509,7 +509,7 @@ def plot_runs(runs: Sequence[str | Path], out: str | Path) -> list[Path]:
     """Draw each run's op probabilities over the epochs (one chart per edge, one line per op) and
     compare the runs' curves (loss, entropy, accuracy, benchmark accuracy); returns the files."""
     out = Path(out)
-    folders = [run_files(r) for r in runs]
+    folders = [metrics_dir(r) for r in runs]
     images: dict[str, Image.Image] = {}  # drawn first: a bad record writes nothing
     labels = [str(r) for r in runs]
     for label, folder in zip(labels, folders):

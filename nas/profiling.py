@@ -25,10 +25,15 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from .config import MAX_IMAGE_SIZE, build_config, check_count, config_specs, load_config, read_yaml
 from .cost import measure_latency
-from .genotype import Genotype
+from .data import known_classes
+from .errors import InputError
+from .genotype import Genotype, parse_genotype
 from .network import ChainLayer, GenotypeCell, count_parameters, evaluating
-from .runtime import in_layout
+from .registry import trust
+from .runtime import CHECKPOINT, in_layout, load_checkpoint
+from .spaces import build_network
 
 BATCH = 16  # the second batch size latency and memory are measured at
 RUNS = 20  # timed runs at most, per measurement
@@ -333,7 +338,7 @@ def format_profile(p: dict[str, Any], title: str = "") -> str:
     return "\n".join(lines)
 
 
-def run_files(path: Path) -> Path | None:
+def genotype_run_dir(path: Path) -> Path | None:
     """The directory of a run that holds config.yaml and genotype.json (a `nas run`: its train/,
     else its search/); None when ``path`` is no such run."""
     for where in (path, path / "train", path / "search"):
@@ -348,16 +353,8 @@ def network_to_profile(target: str, config: str | None = None, sets: Sequence[st
     """The network ``nas profile TARGET`` measures: (network, genotype, space, config, classes,
     image size). A run directory gives its genotype and its saved config (unless ``config``);
     a genotype (name, file, string) gets ``config`` or the defaults, as ``nas train`` would."""
-    from .cli import CLASSES
-    from .config import MAX_IMAGE_SIZE, build_config, check_count, config_specs, load_config, read_yaml
-    from .errors import InputError
-    from .genotype import parse_genotype
-    from .registry import trust
-    from .runtime import CHECKPOINT, load_checkpoint
-    from .spaces import build_network
-
     try:
-        run = run_files(Path(target)) if Path(target).is_dir() else None
+        run = genotype_run_dir(Path(target)) if Path(target).is_dir() else None
     except OSError:  # a genotype string longer than a file name may be
         run = None
     if run is not None and config is None:
@@ -373,7 +370,7 @@ def network_to_profile(target: str, config: str | None = None, sets: Sequence[st
         raise InputError(f"the genotype belongs to the {genotype.space} space, the config's "
                          f"space is {cfg.space}")
     space = genotype.space or cfg.space
-    classes = CLASSES.get(cfg.data.dataset, 10)
+    classes = known_classes(cfg.data.dataset)
     if run is not None and (run / CHECKPOINT).is_file():
         state = load_checkpoint(run / CHECKPOINT)
         classes = int(state.get("num_classes", classes))

@@ -84,14 +84,14 @@ def same_object(a: Any, b: Any) -> bool:
 def _caller_source(obj: Any, caller: str = "") -> str:
     # a function or class tells its module; an instance (a genotype) is placed by its caller
     module = (getattr(obj, "__module__", "") if hasattr(obj, "__qualname__") else caller) or ""
-    if module.startswith(_FILE_MODULE):  # loaded from `path/to/file.py:attr`: show the file
+    if module.startswith(PLUGIN_MODULE_PREFIX):  # loaded from `path/to/file.py:attr`: show the file
         return f"file ({getattr(sys.modules.get(module), '__file__', module)})"
     if module.split(".")[0] in ("nas", "search_spaces"):
         return "built-in"
     return f"python ({module})" if module else "python"
 
 
-_FILE_MODULE = "_nas_plugin_"
+PLUGIN_MODULE_PREFIX = "_nas_plugin_"
 
 
 _MODULE_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -149,7 +149,7 @@ def load_object(spec: str) -> Any:
             path = Path(module_name).expanduser().resolve()
             if not path.is_file():
                 raise InputError(f"'{spec}': no such file {path}")
-            mod_name = f"{_FILE_MODULE}{path.stem}_{abs(hash(str(path))) % 10**8}"
+            mod_name = f"{PLUGIN_MODULE_PREFIX}{path.stem}_{abs(hash(str(path))) % 10**8}"
             module = sys.modules.get(mod_name)
             if module is None:
                 file_spec = importlib.util.spec_from_file_location(

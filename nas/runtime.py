@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import math
 import os
 import pickle
@@ -17,7 +18,10 @@ import torch
 from torch import Tensor
 
 from . import distributed as dist
-from .errors import Diverged, InputError
+from . import __version__
+from .config import check_plain
+from .errors import Diverged, InputError, first_line
+from .files import atomic_write
 from .readback import check_run_files
 
 CHECKPOINT = "checkpoint.pt"
@@ -261,7 +265,6 @@ def check_restart(path: str | Path, force: bool) -> None:
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The epoch records of a ``.jsonl`` file, in order; a line that is not a JSON object with a
     whole-number ``epoch`` (a line half written when the process was killed) is skipped."""
-    import json
     if not path.is_file():
         return []
     records = []
@@ -338,14 +341,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Write a checkpoint atomically: a crash mid-write leaves the previous one intact (and an
     interrupted write removes its temporary file; one a killed process left is removed when
     the run starts or resumes, ``prepare_run_dir``)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:  # Ctrl-C, SIGTERM or a full disk mid-write: no half file stays behind
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]:
@@ -367,7 +363,7 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
             raise InputError(f"{path} holds objects other than tensors and plain Python values; "
                              "it is not loaded, since unpickling them could run code") from None
         detail = "not a torch.save file" if isinstance(exc, pickle.UnpicklingError) else \
-            (str(exc).strip().splitlines() or [""])[0]
+            first_line(exc, typed=False)
         raise InputError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {detail})") from None
     if not isinstance(state, dict) or "kind" not in state:
         raise InputError(f"{path} is not a gumbel-nas checkpoint")
@@ -389,7 +385,6 @@ def checkpoint_state(kind: str, epoch: int, objects: dict[str, Any], **extra: An
     ``version`` (of gumbel-nas) lets a reader say which version wrote a checkpoint that does
     not fit its own.
     """
-    from . import __version__
     return {"kind": kind, "epoch": epoch, **{k: obj.state_dict() for k, obj in objects.items()},
             "rng": rng_state(), "version": __version__, **extra}
 
@@ -430,13 +425,16 @@ def config_changes(saved: dict[str, Any], current: dict[str, Any], done: int) ->
 
 
 def stretch_cosine(scheduler: torch.optim.lr_scheduler.CosineAnnealingLR, epochs: int) -> None:
-    """Make a resumed cosine schedule end at ``epochs``: the learning rate jumps to that curve."""
+    """Make a resumed cosine schedule end at ``epochs``: the learning rate jumps to that curve.
+
+    The optimizer's learning rates are set here; the schedule's own record of them
+    (``get_last_lr()``) follows at its next ``step()``, the end of the next epoch, before any
+    checkpoint holds it."""
     scheduler.T_max = epochs
     t = scheduler.last_epoch
     for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
         group["lr"] = scheduler.eta_min + (base - scheduler.eta_min) * (
             1 + math.cos(math.pi * t / epochs)) / 2
-    scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
 
 
 def first_mismatch(obj: Any, state: Any) -> str | None:
@@ -466,7 +464,6 @@ def resume_from(run_dir: str | Path, kind: str, objects: dict[str, Any],
     epoch = state["epoch"]
     saved = state.get("config")
     if saved is not None:
-        from .config import check_plain
         check_plain(saved, f"{path}: its config")
     planned = saved.get(kind, {}).get("epochs") if isinstance(saved, dict) and \
         isinstance(saved.get(kind), dict) else None
@@ -485,7 +482,7 @@ def resume_from(run_dir: str | Path, kind: str, objects: dict[str, Any],
         set_rng_state(state["rng"])
         return epoch, grown
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else repr(exc)
+        detail = first_line(exc, typed=False) or repr(exc)
         raise InputError(f"{path} does not match the saved config: {detail}") from None
 
 

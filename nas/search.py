@@ -15,40 +15,39 @@ the relaxation's), and ``edge_topk`` samples the inputs each node runs (docs/exp
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import distributed as dist
 from .benchmarks import BenchmarkResult, NB201Table, load_table
 from .budget import BudgetConstraint, check_feasible, derive_within, describe, expected_cost
-from .config import Config, budget_limits, forward_tau_on, save_config, to_dict
+from .config import Config, budget_limits, forward_tau_on
 from .cost import CostTable, build_cost_table, count_cost, format_cost
 from .latency import LatencyTable, check_fits, read_table
 from .data import Batches, load_split, seed_of, split_indices
 from .genotype import Genotype
 from .monitor import Monitor
-from .runtime import (CHECKPOINT, Meter, autocast, channels_last, check_finite,
-                      check_finite_values, checkpoint_state,
-                      discard_failed_start, in_layout, keep_freed_memory,
-                      prepare_run_dir, resolve_device, resume_from, save_checkpoint,
-                      seed_everything, start_mode, steps_note, stretch_cosine, within_memory)
+from .lifecycle import begin, epochs_of, open_monitor, open_run_dir, resume_lines, save_epoch
+from .runtime import (Meter, channels_last, check_finite, check_finite_values, in_layout,
+                      keep_freed_memory, resolve_device, seed_everything, steps_note,
+                      stretch_cosine, within_memory)
 from .schedules import TemperatureScheduler
 from .errors import InputError
 from .fewshot import read_state, run_few_shot
 from .readback import saved_costs
 from .spaces import build_network, build_supernet, check_supernet, inspecting
+# the steps are nas.search's public API too (scripts and tests import them from here)
+from .steps import (SearchSetup, arch_step, arch_updater, draw_step_samples,  # noqa: F401
+                    draws_together, frozen, reinforce_step, search_optimizers, weight_step)
 from .supernet import MixedEdge, Supernet
-from .threads import Threads, use_threads
+from .threads import use_threads
 
 
 @dataclass
@@ -62,95 +61,6 @@ class SearchResult:
     cost: dict[str, float] | None = None      # with search.budget: the derived network's cost
     budget: dict[str, float] | None = None    # with search.budget: its bounds
     cost_how: dict[str, str] | None = None    # with search.budget: how each metric was priced
-
-
-@contextlib.contextmanager
-def frozen(params: list[nn.Parameter]) -> Iterator[None]:
-    """Record a forward in which ``params`` need no gradient."""
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
-
-
-def weight_step(model: Supernet, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
-                grad_clip: float, amp: bool, ddp: nn.Module | None = None) -> tuple[Tensor, Tensor]:
-    """One SGD step of the weights; the logits get no gradient. Returns (loss, logits).
-
-    ``ddp``, the model in DistributedDataParallel, averages the gradients over the ranks. In
-    gdas mode only the sampled ops get gradients: DDP would wait forever for the others (or
-    search the graph for them every step, with ``find_unused_parameters``), so its hooks are
-    off and the gradients that exist, the same on every rank, go in one all-reduce instead.
-    """
-    sampled = ddp is not None and model.mode == "gdas"
-    with contextlib.ExitStack() as stack:
-        if sampled:
-            stack.enter_context(ddp.no_sync())
-        with frozen(model.arch_parameters()), autocast(x.device, amp):
-            logits = (ddp or model)(x)
-        loss = F.cross_entropy(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-    if sampled:
-        dist.average_gradients(model.weight_parameters())
-    if grad_clip > 0:  # the optimizer's parameters are the weights; only the sampled ops have grads
-        nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]
-                                  if p.grad is not None], grad_clip)
-    optimizer.step()
-    return loss.detach(), logits.detach()
-
-
-def arch_step(model: Supernet, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
-              amp: bool, penalty: Callable[[], Tensor] | None = None) -> tuple[Tensor, Tensor]:
-    """One Adam step of the logits; no weight gradient is computed. Returns (loss, logits).
-
-    ``penalty()``, a differentiable function of the logits (a budget's), is added to the loss.
-    """
-    params = model.arch_parameters()
-    with autocast(x.device, amp):
-        logits = model(x)
-    loss = F.cross_entropy(logits.float(), y)
-    objective = loss + penalty() if penalty is not None else loss
-    grads = torch.autograd.grad(objective, params, allow_unused=True)
-    for p, g in zip(params, grads):
-        p.grad = torch.zeros_like(p) if g is None else g
-    dist.average_gradients(params)
-    optimizer.step()
-    return loss.detach(), logits.detach()
-
-
-def reinforce_step(model: Supernet, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
-                   samples: int, amp: bool,
-                   penalty: Callable[[], Tensor] | None = None) -> tuple[Tensor, Tensor]:
-    """One Adam step of the logits by the score function with a leave-one-out baseline (RLOO).
-
-    ``samples`` subnetworks drawn from the supernet's distribution are run forward only on the same batch;
-    each one's log-probability is weighted by its loss minus the mean loss of the others, so no
-    gradient flows through the ops. ``penalty()`` is added to the objective, as in ``arch_step``.
-    Returns the mean loss and the first subnetwork's logits.
-    """
-    losses, drawn, first = [], [], None
-    with torch.no_grad(), autocast(x.device, amp):
-        for _ in range(samples):
-            logits = model(x)
-            first = logits if first is None else first
-            losses.append(F.cross_entropy(logits.float(), y))
-            drawn.append((dict(model.last_index), dict(model.last_edges)))
-    loss = torch.stack(losses)
-    advantage = loss - (loss.sum() - loss) / (samples - 1)
-    params = model.arch_parameters()
-    log_prob = torch.stack([model.log_prob(index, edges) for index, edges in drawn])
-    objective = (advantage * log_prob).mean()
-    objective = objective + penalty() if penalty is not None else objective
-    grads = torch.autograd.grad(objective, params, allow_unused=True)
-    for p, g in zip(params, grads):
-        p.grad = torch.zeros_like(p) if g is None else g
-    dist.average_gradients(params)
-    optimizer.step()
-    return loss.mean(), first
 
 
 def edge_parameters(model: Supernet, image_size: int) -> dict[str, Tensor]:
@@ -226,42 +136,6 @@ def weight_sampling_logits(model: Supernet, how: str, image_size: int) -> dict[s
     return out
 
 
-@dataclass
-class SearchSetup:
-    """Everything a search runs on, built before any file is written (``build_search``)."""
-
-    cfg: Config
-    device: torch.device
-    num_classes: int
-    images: tuple[int, int]          # (weights, architecture) split sizes
-    steps: int                       # steps per epoch
-    w_batches: Batches
-    a_batches: Batches
-    model: Supernet
-    layout: bool                     # channels-last
-    w_opt: torch.optim.Optimizer
-    lr_sched: torch.optim.lr_scheduler.CosineAnnealingLR
-    a_opt: torch.optim.Optimizer
-    taus: dict[str, TemperatureScheduler]
-    table: NB201Table | None         # monitoring only: never read by a step
-    weight_logits: dict[str, Tensor] | None
-    budget: BudgetConstraint | None = None
-    threads: Threads | None = None   # how many threads, and why (stated in the header)
-
-    @property
-    def objects(self) -> dict[str, Any]:
-        """What a checkpoint holds, by key."""
-        return {"model": self.model, "w_opt": self.w_opt, "a_opt": self.a_opt,
-                "lr_sched": self.lr_sched, **self.taus,
-                **({"budget": self.budget} if self.budget is not None else {})}
-
-    def derive(self) -> Genotype:
-        """The genotype the logits point to now: the most probable one within the budget, if any."""
-        genotype = self.model.genotype() if self.budget is None else \
-            derive_within(self.model, self.budget.table, self.budget.limits)
-        return _stamped(genotype, self.cfg.space)
-
-
 def build_search(cfg: Config, saved_costs: Path | None = None) -> SearchSetup:
     """Load the data and build the supernet, optimisers and schedules of ``cfg``'s search.
 
@@ -303,10 +177,7 @@ def build_search(cfg: Config, saved_costs: Path | None = None) -> SearchSetup:
     layout = channels_last(s.channels_last, device)
     if layout:
         model = model.to(memory_format=torch.channels_last)
-    w_opt = torch.optim.SGD(model.weight_parameters(), s.lr, momentum=s.momentum,
-                            weight_decay=s.weight_decay, nesterov=s.nesterov and s.momentum > 0)
-    a_opt = torch.optim.Adam(model.arch_parameters(), s.arch_lr, betas=tuple(s.arch_betas),
-                             weight_decay=s.arch_weight_decay)
+    w_opt, a_opt = search_optimizers(model, s, s.lr)
 
     def scheduler(t) -> TemperatureScheduler:
         total = s.epochs if t.per == "epoch" else s.epochs * steps
@@ -375,19 +246,9 @@ def build_budget(cfg: Config, model: Supernet, num_classes: int, device: torch.d
 
 def open_run(setup: SearchSetup, run_dir: Path, resume: bool, force: bool) -> tuple[int, dict]:
     """Create (or resume into) ``run_dir``; returns the epochs done and the epoch counts grown."""
-    cfg, main = setup.cfg, dist.is_main()  # rank 0 alone writes the run directory
-    if main:
-        prepare_run_dir(run_dir, resume=resume, force=force)
-    start, grown = 0, {}
-    if resume:
-        start, grown = resume_from(run_dir, "search", setup.objects, to_dict(cfg))
-        if "search.epochs" in grown:  # the saved config was edited: the schedules stretch
-            epochs = cfg.search.epochs
-            stretch_cosine(setup.lr_sched, epochs)
-            for schedule in setup.taus.values():
-                schedule.total = epochs if schedule.per == "epoch" else epochs * setup.steps
-    elif main:
-        save_config(cfg, run_dir / "config.yaml")
+    main = dist.is_main()  # rank 0 alone writes the run directory
+    start, grown = open_run_dir("search", run_dir, setup.cfg, setup.objects, resume=resume,
+                                force=force, stretch=lambda epochs: stretch_schedules(setup, epochs))
     if main and setup.budget is not None and not (run_dir / COSTS).is_file():
         (run_dir / COSTS).write_text(json.dumps(setup.budget.table.to_dict()) + "\n")
     if main:
@@ -398,17 +259,21 @@ def open_run(setup: SearchSetup, run_dir: Path, resume: bool, force: bool) -> tu
     return start, grown
 
 
+def stretch_schedules(setup: SearchSetup, epochs: int) -> None:
+    """Make the learning-rate and temperature schedules end at ``epochs`` (a resumed run's
+    edited config grew them)."""
+    stretch_cosine(setup.lr_sched, epochs)
+    for schedule in setup.taus.values():
+        schedule.total = epochs if schedule.per == "epoch" else epochs * setup.steps
+
+
 def header(setup: SearchSetup, run_dir: Path, resume: bool, start: int,
            grown: dict[str, tuple]) -> list[str]:
     """The lines a search prints before its first epoch."""
     cfg, s = setup.cfg, setup.cfg.search
     if resume:
-        lines = [f"resuming {run_dir} at epoch {start + 1}/{s.epochs}{setup.threads.note()}"
-                 if start < s.epochs
-                 else f"{run_dir} has finished all {s.epochs} epochs"]
-        return lines + [f"config.yaml was edited: {key} {was} -> {now}" + (
-            "; the learning-rate and temperature schedules now end there"
-            if key == "search.epochs" else "") for key, (was, now) in grown.items()]
+        return resume_lines("search", run_dir, start, s.epochs, grown, setup.threads.note(),
+                            "the learning-rate and temperature schedules now end there")
     n_params = sum(p.numel() for p in setup.model.weight_parameters())
     how = "".join([f", {s.estimator} estimator" if s.estimator != "gdas" else "",
                    f", {s.weight_sampling} weight sampling" if s.weight_sampling != "arch" else "",
@@ -450,6 +315,8 @@ def run_epoch(setup: SearchSetup, epoch: int, monitor: Monitor,
     def update(x: Tensor, y: Tensor) -> None:
         arch_meter.add(*arch_update(setup.a_opt, x, y), y)
 
+    arch_first = s.order == "arch_first"
+    together = update_arch and draws_together(model, s, setup.weight_logits, arch_first)
     model.train()
     for (xw, yw), (xa, ya) in monitor.steps(zip(setup.w_batches, setup.a_batches), setup.steps,
                                             epoch, s.batch_size * (2 if update_arch else 1)):
@@ -457,6 +324,8 @@ def run_epoch(setup: SearchSetup, epoch: int, monitor: Monitor,
         model.tau = taus["tau"].tau
         if "tau_forward" in taus:
             model.tau_forward = taus["tau_forward"].tau
+        if together:  # one host read for both steps' samples
+            draw_step_samples(model, setup.weight_logits, arch_first, s.amp, xw.device)
         if update_arch and s.order == "arch_first":
             update(xa, ya)
         model.sampling_logits = setup.weight_logits
@@ -464,6 +333,7 @@ def run_epoch(setup: SearchSetup, epoch: int, monitor: Monitor,
         model.sampling_logits = None
         if update_arch and s.order == "weights_first":
             update(xa, ya)
+        model.drop_drawn()  # a sample no forward took (a supernet that did not call sample())
         monitor.step_scalars(**{"loss/train": train_meter.last, "tau": model.tau,
                                 "loss/arch": arch_meter.last if update_arch else None})
         for t in taus.values():
@@ -477,23 +347,6 @@ def run_epoch(setup: SearchSetup, epoch: int, monitor: Monitor,
         if t.per == "epoch":
             t.step()
     return train_meter, arch_meter
-
-
-def arch_updater(setup: SearchSetup) -> Callable[[torch.optim.Optimizer, Tensor, Tensor],
-                                                  tuple[Tensor, Tensor]]:
-    """The architecture step of ``setup``'s estimator, with its budget's penalty and dual step."""
-    s, model, budget = setup.cfg.search, setup.model, setup.budget
-    penalty = (lambda: budget.penalty(model)) if budget is not None else None
-
-    def update(optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        if s.estimator == "reinforce":
-            out = reinforce_step(model, optimizer, x, y, s.samples, s.amp, penalty)
-        else:
-            out = arch_step(model, optimizer, x, y, s.amp, penalty)
-        if budget is not None:
-            budget.update()
-        return out
-    return update
 
 
 def end_epoch(setup: SearchSetup, epoch: int, run_dir: Path, monitor: Monitor,
@@ -532,10 +385,8 @@ def end_epoch(setup: SearchSetup, epoch: int, run_dir: Path, monitor: Monitor,
         metrics.update({k.replace("/", "_"): v for k, v in costs.items()})
     monitor.epoch_end(epoch, {**metrics, "genotype": str(genotype)}, scalars)
     monitor.architecture(epoch, model, genotype)
-    if main:
-        save_checkpoint(checkpoint_state("search", epoch + 1, setup.objects, config=to_dict(cfg),
-                                         num_classes=setup.num_classes,
-                                         genotype=genotype.to_dict()), run_dir / CHECKPOINT)
+    save_epoch("search", epoch, setup.objects, cfg, run_dir, num_classes=setup.num_classes,
+               genotype=genotype.to_dict())
     return metrics
 
 
@@ -567,8 +418,7 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
     An existing ``run_dir`` is refused unless ``resume`` (continue it) or ``force`` (replace
     it, once the data and the supernet are ready).
     """
-    dist.begin_setup()
-    run_dir, resume, force = start_mode(run_dir, resume, force)
+    run_dir, resume, force = begin(run_dir, resume, force)
     setup = build_search(cfg, run_dir / COSTS if resume else None)
     s, model = cfg.search, setup.model
     if resume and s.few_shot.epochs:
@@ -580,23 +430,24 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
     # the logits stay out of DDP: the architecture step averages their gradients itself
     ddp = dist.wrap(model, setup.device, [f"arch_logits.{k}" for k in model.arch_logits])
     ddp = None if ddp is model else ddp
-    monitor = Monitor(run_dir, epochs=s.epochs, start_epoch=start, quiet=quiet, title="search",
-                      write=dist.is_main(), log_every=s.log_every)
+    monitor = open_monitor("search", run_dir, s.epochs, start, quiet, s.log_every)
     for line in header(setup, run_dir, resume, start, grown):
         monitor.print(line)
     metrics: dict[str, Any] = {}
-    try:
+    with epochs_of(run_dir, monitor):
         for epoch in range(start, s.epochs):
             started = time.time()
             lr, taus = setup.w_opt.param_groups[0]["lr"], {k: t.tau for k, t in setup.taus.items()}
             meters = run_epoch(setup, epoch, monitor, ddp)
             metrics = end_epoch(setup, epoch, run_dir, monitor, meters, lr, taus, started)
-    except Exception:
-        monitor.close()
-        discard_failed_start(run_dir)
-        raise
-    finally:
-        monitor.close()
+    return finish(setup, run_dir, metrics, quiet)
+
+
+def finish(setup: SearchSetup, run_dir: Path, metrics: dict[str, Any],
+           quiet: bool) -> SearchResult:
+    """The searched genotype (after the few-shot phase, if any), saved as ``genotype.json``
+    by rank 0, and its cost under a budget; every rank returns the result."""
+    cfg, s = setup.cfg, setup.cfg.search
     if s.few_shot.epochs:
         genotype = run_few_shot(setup, run_dir, arch_updater(setup),
                                 print if not quiet else (lambda line: None), quiet)
@@ -635,8 +486,3 @@ def _same_table_everywhere(table: CostTable, device: torch.device) -> None:
 def taus_of(model: Supernet, taus: dict[str, TemperatureScheduler]) -> dict[str, float]:
     """The temperatures a step just used, for the progress bar."""
     return {"tau": model.tau, **({"tau_f": model.tau_forward} if "tau_forward" in taus else {})}
-
-
-def _stamped(genotype: Genotype, space: str) -> Genotype:
-    """Record the search space in the genotype, so that `nas train` needs no config to build it."""
-    return genotype if genotype.space else dataclasses.replace(genotype, space=space)

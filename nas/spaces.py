@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import check_options
-from .errors import InputError
+from .errors import InputError, first_line
 from .genotype import Genotype, edge_inputs
 from .network import GenotypeCell, evaluating
 from .registry import SEARCH_SPACES
@@ -46,9 +46,9 @@ def build_or_explain(who: str, section: str, fn: Callable[..., Any], options: Ma
     except InputError:
         raise
     except Exception as exc:  # a plugin's or torch's complaint about the options given
-        detail = (str(exc).strip().splitlines() or [""])[0]
         raise InputError(f"{who} could not build its {section} from {section}: "
-                         f"{dict(options)} ({type(exc).__name__}: {detail})") from None
+                         f"{dict(options)} ({type(exc).__name__}: {first_line(exc, typed=False)})"
+                         ) from None
 
 
 def get_space(name: str) -> SearchSpace:
@@ -102,12 +102,6 @@ def build_supernet(space: str, num_classes: int, mode: str, seed: int = 0,
     model.mode, model.sample_seed = mode, int(seed)
     model.enable_edge_topk(edge_topk)
     return model
-
-
-def first_line(exc: BaseException) -> str:
-    """``Type: message`` on one line (long PyTorch messages keep their first line)."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def check_logits(out: Any, batch: int, num_classes: int, who: str) -> None:

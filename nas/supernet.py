@@ -22,8 +22,9 @@ run, by Gumbel top-k over per-input edge logits; the other inputs' ops are not c
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -78,6 +79,18 @@ class ArchSample:
 
     def __getitem__(self, edge: int) -> tuple[Tensor, int | None]:
         return self.weights[edge], None if self.index is None else self.index[edge]
+
+
+@dataclass
+class _Drawn:
+    """One forward's sample as drawn on the device, before its ops are read on the host."""
+
+    logits: dict[str, Tensor]
+    weights: dict[str, Tensor]
+    index: dict[str, Tensor]
+    edges: dict[str, tuple[Tensor, Tensor]]  # kind -> (edge weights, kept inputs in order)
+    edge_orders: dict[str, Tensor]
+    read: str | None                          # what the host reads: single_path, sampled, None
 
 
 _DOT_CHUNK = 1 << 20  # elements upcast at a time: a bounded temporary, whatever the activation
@@ -381,6 +394,8 @@ class Supernet(nn.Module):
         self._generators: dict[torch.device, torch.Generator] = {}
         self.last_index: dict[str, Tensor] = {}
         self.last_edges: dict[str, Tensor] = {}
+        self._ahead: list[_Drawn] | None = None  # samples drawn inside drawing_ahead
+        self._queued: list[tuple[dict[str, ArchSample], dict[str, Tensor], dict[str, Tensor]]] = []
         # When set, training-mode samples are drawn from these fixed logits (one [ops] or
         # [edges, ops] tensor per cell kind) instead of the architecture's: the search's weight
         # steps under weight_sampling uniform/params. The sample stays a function of the seed.
@@ -487,7 +502,7 @@ class Supernet(nn.Module):
             self.edge_logits[kind] = nn.Parameter(
                 self.init_scale * torch.randn(edges, device=value.device))
 
-    def _layout(self, kind: str, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    def edge_layout(self, kind: str, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
         """(slots, node, input) of ``kind`` on ``device``: (node, input) of every edge, in edge
         order. Copied once per device; computing them there would cost host syncs (nonzero)."""
         key = (kind, device)
@@ -497,7 +512,7 @@ class Supernet(nn.Module):
             self._on_device[key] = (slots.to(device), node.to(device), src.to(device))
         return self._on_device[key]
 
-    def _canonical(self, kind: str, device: torch.device) -> tuple[Tensor, Tensor] | None:
+    def op_order(self, kind: str, device: torch.device) -> tuple[Tensor, Tensor] | None:
         """(order, inverse) of ``kind``'s ops by name on ``device``: ``logits[:, order]`` lists
         the columns by op name and ``[:, inverse]`` puts them back; None if already in order."""
         key = (kind, device)
@@ -512,7 +527,7 @@ class Supernet(nn.Module):
 
     def _softmax(self, kind: str, value: Tensor) -> Tensor:
         """softmax of ``kind``'s logits over the ops, summed in op-name order."""
-        order = self._canonical(kind, value.device)
+        order = self.op_order(kind, value.device)
         if order is None:
             return value.softmax(-1)
         return value[:, order[0]].softmax(-1)[:, order[1]]
@@ -520,7 +535,7 @@ class Supernet(nn.Module):
     def node_logits(self, kind: str, edge_logits: Tensor | None = None) -> Tensor:
         """Edge logits ``[edges]`` laid out per node, ``[nodes, most inputs]``, -inf padded."""
         value = self.edge_logits[kind] if edge_logits is None else edge_logits
-        slots = self._layout(kind, value.device)[0]
+        slots = self.edge_layout(kind, value.device)[0]
         return value[slots.clamp(min=0)].masked_fill(slots < 0, float("-inf"))
 
     def _edge_sample(self, kind: str, gen: torch.Generator | None) -> tuple[Tensor, Tensor]:
@@ -537,7 +552,7 @@ class Supernet(nn.Module):
                 logits = logits / self.tau_forward
             hard, order = gumbel.gumbel_topk_st(self.node_logits(kind, logits), self.edge_topk,
                                                 self.tau, generator=gen)
-        _, node, src = self._layout(kind, logits.device)
+        _, node, src = self.edge_layout(kind, logits.device)
         return hard[node, src], order
 
     def edge_probabilities(self) -> dict[str, Tensor]:
@@ -545,7 +560,7 @@ class Supernet(nn.Module):
         out = {}
         for kind in self.edge_logits:
             p = self.node_logits(kind).detach().softmax(-1)
-            _, node, src = self._layout(kind, p.device)
+            _, node, src = self.edge_layout(kind, p.device)
             out[kind] = p[node, src]
         return out
 
@@ -572,7 +587,7 @@ class Supernet(nn.Module):
               gen: torch.Generator) -> tuple[Tensor, Tensor]:
         """One kind's training sample from logits ``value`` ``[edges, ops]``: (weights, index)
         in list order, drawn with the columns in op-name order (its noise follows the names)."""
-        order = self._canonical(kind, value.device)
+        order = self.op_order(kind, value.device)
         if order is not None:
             value = value[:, order[0]]
         weights, idx = gumbel.gumbel_softmax(value, self.tau, hard=hard, generator=gen)
@@ -586,7 +601,47 @@ class Supernet(nn.Module):
         return weights, idx
 
     def sample(self) -> dict[str, ArchSample]:
-        """Draw this forward's sample for every cell kind (one host sync at most, none in soft modes)."""
+        """Draw this forward's sample for every cell kind (one host sync at most, none in soft
+        modes); in training, the next sample ``drawing_ahead`` drew, if any is left."""
+        if self._queued and self.training:
+            out, self.last_index, self.last_edges = self._queued.pop(0)
+            return out
+        drawn = self._draw_sample()
+        if self._ahead is not None:  # read on the host with the others, as drawing_ahead ends
+            self._ahead.append(drawn)
+            return {}
+        read = self._to_read(drawn)
+        return self._arch_samples(drawn, read.tolist() if read is not None else [])
+
+    @contextlib.contextmanager
+    def drawing_ahead(self) -> Iterator[None]:
+        """Draw the training samples of the forwards that come next, by calling ``sample()``
+        inside (each in the context its forward would have: frozen logits, fixed sampling
+        logits); their ops are read on the host together as the block ends (one sync for all),
+        and the next training forwards take them in order. The samples are the ones those
+        forwards would have drawn, as long as nothing they depend on changes in between."""
+        self._ahead = []
+        try:
+            yield
+            drawn, self._ahead = self._ahead, None
+            reads = [self._to_read(d) for d in drawn]
+            flat = torch.cat([r for r in reads if r is not None]).tolist() \
+                if any(r is not None for r in reads) else []
+            start = 0
+            for d, r in zip(drawn, reads):
+                n = 0 if r is None else r.numel()
+                self._queued.append((self._arch_samples(d, flat[start:start + n]),
+                                     d.index, d.edge_orders))
+                start += n
+        finally:
+            self._ahead = None
+
+    def drop_drawn(self) -> None:
+        """Forget the samples ``drawing_ahead`` drew that no forward took."""
+        self._queued.clear()
+
+    def _draw_sample(self) -> _Drawn:
+        """Every kind's sample as device tensors, nothing read on the host yet."""
         logits = dict(self.arch_logits.items())
         how = SAMPLING[self.mode]
         single_path = how.single_path or (how.hard and not self.training)
@@ -618,14 +673,29 @@ class Supernet(nn.Module):
                     edges[kind] = self._edge_sample(kind, gen)
         self.last_index = index
         self.last_edges = {k: order for k, (_, order) in edges.items()}
-        if single_path:
-            # one transfer for all edges of all cell kinds (and their kept inputs)
-            flat = torch.cat([index[k] for k in logits] + [edges[k][1].flatten() for k in edges]).tolist()
+        read = "single_path" if single_path else "sampled" if how.hard and self.training else None
+        return _Drawn(logits, weights, index, edges, self.last_edges, read)
+
+    @staticmethod
+    def _to_read(drawn: _Drawn) -> Tensor | None:
+        """What the forward needs on the host: the op of every edge of every kind (and their kept
+        inputs) in one tensor, or None (every op runs, weighted)."""
+        if drawn.read == "single_path":
+            return torch.cat([drawn.index[k] for k in drawn.logits] +
+                             [drawn.edges[k][1].flatten() for k in drawn.edges])
+        if drawn.read == "sampled":  # st: every op runs; which one counts, read on the host
+            return torch.cat([drawn.index[k] for k in drawn.logits])
+        return None
+
+    def _arch_samples(self, drawn: _Drawn, flat: list[int]) -> dict[str, ArchSample]:
+        """The ``ArchSample`` of every kind, from the drawn tensors and ``flat``, their host read."""
+        logits, weights = drawn.logits, drawn.weights
+        if drawn.read == "single_path":
             out, start = {}, 0
             for kind, value in logits.items():
                 out[kind] = ArchSample(weights[kind], flat[start:start + value.shape[0]])
                 start += value.shape[0]
-            for kind, (edge_weights, order) in edges.items():
+            for kind, (edge_weights, order) in drawn.edges.items():
                 keep = [False] * logits[kind].shape[0]
                 for row in self._slot_lists[kind]:
                     for src in flat[start:start + self.edge_topk]:
@@ -633,8 +703,7 @@ class Supernet(nn.Module):
                     start += self.edge_topk
                 out[kind].keep, out[kind].edge_weights = keep, edge_weights
             return out
-        if how.hard and self.training:  # st: every op runs; which one counts, read on the host
-            flat = torch.cat([index[k] for k in logits]).tolist()
+        if drawn.read == "sampled":
             out, start = {}, 0
             for kind, value in logits.items():
                 out[kind] = ArchSample(weights[kind], sampled=flat[start:start + value.shape[0]])
@@ -648,7 +717,7 @@ class Supernet(nn.Module):
         total = torch.zeros((), device=next(iter(self.arch_logits.values())).device)
         for kind, i in index.items():
             logits = self.arch_logits[kind] / self.tau_forward
-            order = self._canonical(kind, logits.device)
+            order = self.op_order(kind, logits.device)
             if order is not None:  # summed over the ops in name order, as they were drawn
                 logits, i = logits[:, order[0]], order[1][i]
             total = total + logits.log_softmax(-1).gather(1, i.unsqueeze(1)).sum()

@@ -7,6 +7,7 @@ search's conventions; it ends with ``result.json``.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import sys
@@ -16,23 +17,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from . import distributed as dist
-from .config import Config, build_config, save_config, to_dict
+from .config import Config, build_config
 from .data import Batches, load_split, seed_of
-from .errors import InputError
+from .errors import InputError, first_line
 from .genotype import Genotype
 from .monitor import Monitor
 from .cost import count_macs
 from .network import count_parameters, set_drop_path
-from .spaces import build_network, check_network
-from .threads import use_threads
-from .runtime import (CHECKPOINT, Meter, autocast, channels_last, check_finite, checkpoint_state,
-                      discard_failed_start, first_mismatch, in_layout, keep_freed_memory,
-                      load_checkpoint, prepare_run_dir, resolve_device, resume_from,
-                      save_checkpoint, seed_everything, start_mode, steps_note, stretch_cosine)
+from .profiling import profile_network, with_network
+from .spaces import build_network, build_supernet, check_network, check_supernet, get_space
+from .steps import evaluate_model, sgd, train_step
+from .threads import Threads, use_threads
+from .lifecycle import begin, epochs_of, open_monitor, open_run_dir, resume_lines, save_epoch
+from .runtime import (Meter, channels_last, check_finite, first_mismatch, in_layout,
+                      keep_freed_memory, load_checkpoint, resolve_device, seed_everything,
+                      steps_note, stretch_cosine)
 
 
 @dataclass
@@ -44,13 +46,6 @@ class TrainResult:
     params: int
     macs: int
     run_dir: Path
-
-
-def _outputs(out: Any) -> tuple[Tensor, Tensor | None]:
-    """Networks return logits, or (logits, auxiliary logits or None)."""
-    if isinstance(out, tuple):
-        return out[0], out[1] if len(out) > 1 else None
-    return out, None
 
 
 def space_of(cfg: Config, genotype: Genotype) -> str:
@@ -66,9 +61,6 @@ def recipe_line(cfg: Config, space: str, epochs_set: bool = False) -> str:
     chose at least how long to train. An auxiliary head is named only where the network has one
     (an ``auxiliary`` option that is on).
     """
-    import inspect
-    from .spaces import get_space
-
     t = cfg.train
     if space != "darts" and not epochs_set:
         raise InputError(f"the genotype is of the {space} space, and without --config nas train's "
@@ -89,23 +81,6 @@ def recipe_line(cfg: Config, space: str, epochs_set: bool = False) -> str:
     return (f"train: no --config, so {recipe}: {space} network ({listed}), {t.epochs} epochs of "
             f"batch {t.batch_size}, lr {t.lr:g} cosine, drop path {t.drop_path:g}, cutout "
             f"{t.cutout}{auxiliary}; {change}")
-
-
-@torch.no_grad()
-def evaluate_model(model: nn.Module, batches: Batches, amp: bool = False,
-                   channels_last: bool = False) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy (%) over every batch (of every rank's share)."""
-    model.eval()
-    meter = Meter(batches.device)
-    batches.set_epoch(0)
-    for x, y in batches:
-        x = in_layout(x, channels_last)
-        with autocast(x.device, amp):
-            logits, _ = _outputs(model(x))
-        meter.add(F.cross_entropy(logits.float(), y), logits, y)
-    if batches.world > 1:
-        meter.reduce()
-    return meter.read()
 
 
 def checked_network(cfg: Config, space: str, genotype: Genotype, num_classes: int) -> nn.Module:
@@ -129,7 +104,6 @@ def checked_network(cfg: Config, space: str, genotype: Genotype, num_classes: in
 def check_retraining(cfg: Config) -> None:
     """What ``nas run`` checks before it searches: the ``network:`` and ``train:`` sections
     build a network that runs, for the genotype of the config's supernet as it starts."""
-    from .spaces import build_supernet, check_supernet
     classes = 10  # the options are checked, not the dataset: the data is read once, by the search
     supernet = build_supernet(cfg.space, classes, cfg.search.mode, cfg.seed, cfg.supernet,
                               edge_topk=cfg.search.edge_topk)
@@ -138,14 +112,34 @@ def check_retraining(cfg: Config) -> None:
     checked_network(cfg, space_of(cfg, genotype), genotype, classes)
 
 
-def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool = False,
-          force: bool = False, quiet: bool = False) -> TrainResult:
-    """Train the network of ``genotype`` from scratch into ``run_dir`` (or resume it there).
+@dataclass
+class TrainSetup:
+    """Everything a retraining runs on, built before any file is written (``build_training``)."""
 
-    An existing ``run_dir`` is refused unless ``resume`` or ``force``, as in ``search``.
-    """
-    dist.begin_setup()
-    run_dir, resume, force = start_mode(run_dir, resume, force)
+    cfg: Config
+    genotype: Genotype
+    space: str
+    device: torch.device
+    num_classes: int
+    images: tuple[int, int]          # (training, test) images
+    model: nn.Module
+    layout: bool                     # channels-last
+    params: int                      # counted before SyncBatchNorm, an auxiliary head excluded
+    macs: int
+    train_batches: Batches
+    test_batches: Batches
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.CosineAnnealingLR
+    threads: Threads
+
+    @property
+    def objects(self) -> dict[str, Any]:
+        """What a checkpoint holds, by key."""
+        return {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler}
+
+
+def build_training(cfg: Config, genotype: Genotype) -> TrainSetup:
+    """Load the data and build the network, optimiser and schedule of ``cfg``'s retraining."""
     t = cfg.train
     device = dist.local_device(resolve_device(cfg.device))
     dist.per_rank_batch(t.batch_size, "train.batch_size")
@@ -177,106 +171,106 @@ def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool 
     test_batches = Batches(test_data, -(-t.eval_batch_size // shard[1]), train=False,
                            device=device, on_device=cfg.data.on_device, workers=cfg.data.workers,
                            shard=shard)
-    optimizer = torch.optim.SGD(model.parameters(), t.lr, momentum=t.momentum,
-                                weight_decay=t.weight_decay, nesterov=t.nesterov and t.momentum > 0)
+    optimizer = sgd(model.parameters(), t.lr, t.momentum, t.weight_decay, t.nesterov)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, t.epochs, eta_min=t.lr_min)
+    return TrainSetup(cfg, genotype, space, device, train_data.num_classes,
+                      (len(train_data), len(test_data)), model, layout, params, macs,
+                      train_batches, test_batches, optimizer, scheduler, threads)
 
-    start = 0
+
+def header(setup: TrainSetup) -> str:
+    """The line a new retraining prints before its first epoch."""
+    t = setup.cfg.train
+    n_train, n_test = setup.images
+    per_epoch = steps_note(len(setup.train_batches), t.steps_per_epoch, "train.steps_per_epoch",
+                           f"the {n_train:,} training images", t.batch_size)
+    auxiliary = any("auxiliary" in name for name, _ in setup.model.named_parameters())
+    return (f"train: {setup.space} network, {setup.params:,} parameters"
+            f"{' (auxiliary head excluded)' if auxiliary else ''}, "
+            f"{setup.macs / 1e6:.1f}M multiply-adds, {n_train} training / "
+            f"{n_test} test images, {per_epoch}"
+            f"{dist.batch_note(t.batch_size, setup.device)}, device {setup.device}"
+            f"{setup.threads.note()}")
+
+
+def run_epoch(setup: TrainSetup, net: nn.Module, epoch: int, monitor: Monitor,
+              run_dir: Path) -> dict[str, float]:
+    """One epoch of training, then the test set; logs and returns the epoch's metrics."""
+    t, model, optimizer = setup.cfg.train, setup.model, setup.optimizer
+    started = time.time()
+    drop_prob = t.drop_path * epoch / t.epochs
+    set_drop_path(model, drop_prob)  # every GenotypeCell, and drop_path_prob if any
+    lr = optimizer.param_groups[0]["lr"]
+    setup.train_batches.set_epoch(epoch)
+    meter = Meter(setup.device)
+    model.train()
+    for x, y in monitor.steps(setup.train_batches, len(setup.train_batches), epoch, t.batch_size):
+        loss, logits = train_step(net, optimizer, in_layout(x, setup.layout), y, t.grad_clip,
+                                  t.amp, t.auxiliary_weight, aux_always=net is not model)
+        meter.add(loss, logits, y)
+        monitor.step_scalars(**{"loss/train": meter.last, "lr": lr})
+        if monitor.want_postfix():
+            mean_loss, acc = meter.read()
+            monitor.postfix(loss=mean_loss, acc=acc)
+    setup.scheduler.step()
+    meter.reduce()
+    train_loss, train_acc = meter.read()
+    check_finite([train_loss], epoch, run_dir)
+    dist.broadcast_buffers(model)  # every rank tests rank 0's network, the one saved
+    test_loss, test_acc = evaluate_model(model, setup.test_batches, t.amp, setup.layout)
+    metrics = {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
+               "test_acc": test_acc, "lr": lr, "drop_path": drop_prob,
+               "seconds": time.time() - started}
+    monitor.epoch_end(epoch, metrics, {
+        "loss/train": train_loss, "accuracy/train": train_acc, "loss/test": test_loss,
+        "accuracy/test": test_acc, "lr": lr, "drop_path": drop_prob})
+    return metrics
+
+
+def train(cfg: Config, genotype: Genotype, run_dir: str | Path, *, resume: bool = False,
+          force: bool = False, quiet: bool = False) -> TrainResult:
+    """Train the network of ``genotype`` from scratch into ``run_dir`` (or resume it there).
+
+    An existing ``run_dir`` is refused unless ``resume`` or ``force``, as in ``search``.
+    """
+    run_dir, resume, force = begin(run_dir, resume, force)
+    setup, t = build_training(cfg, genotype), cfg.train
     run_dir = dist.agree(run_dir)  # every rank is ready (else all stop), in rank 0's directory
-    main = dist.is_main()  # rank 0 alone writes the run directory
-    if main:
-        prepare_run_dir(run_dir, resume=resume, force=force)
-    objects = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
-    grown: dict[str, tuple] = {}
-    if resume:
-        start, grown = resume_from(run_dir, "train", objects, to_dict(cfg))
-        if "train.epochs" in grown:  # the saved config was edited: the schedule stretches
-            stretch_cosine(scheduler, t.epochs)
-    elif main:
-        save_config(cfg, run_dir / "config.yaml")
+    start, grown = open_run_dir("train", run_dir, cfg, setup.objects, resume=resume, force=force,
+                                stretch=lambda epochs: stretch_cosine(setup.scheduler, epochs))
+    if not resume and dist.is_main():
         genotype.save(run_dir / "genotype.json")
-    net = dist.wrap(model, device)  # every parameter gets a gradient: DDP's own all-reduce
-
-    monitor = Monitor(run_dir, epochs=t.epochs, start_epoch=start, quiet=quiet, title="train",
-                      write=main, log_every=t.log_every)
-    if resume:
-        monitor.print(f"resuming {run_dir} at epoch {start + 1}/{t.epochs}{threads.note()}"
-                      if start < t.epochs else f"{run_dir} has finished all {t.epochs} epochs")
-        for key, (was, now) in grown.items():
-            monitor.print(f"config.yaml was edited: {key} {was} -> {now}" + (
-                "; the learning-rate schedule now ends there" if key == "train.epochs" else ""))
-    else:
-        per_epoch = steps_note(len(train_batches), t.steps_per_epoch, "train.steps_per_epoch",
-                               f"the {len(train_data):,} training images", t.batch_size)
-        auxiliary = any("auxiliary" in name for name, _ in model.named_parameters())
-        monitor.print(f"train: {space} network, {params:,} parameters"
-                      f"{' (auxiliary head excluded)' if auxiliary else ''}, "
-                      f"{macs / 1e6:.1f}M multiply-adds, {len(train_data)} training / "
-                      f"{len(test_data)} test images, {per_epoch}"
-                      f"{dist.batch_note(t.batch_size, device)}, device {device}{threads.note()}")
+    net = dist.wrap(setup.model, setup.device)  # every parameter gets a gradient: DDP's own all-reduce
+    monitor = open_monitor("train", run_dir, t.epochs, start, quiet, t.log_every)
+    lines = resume_lines("train", run_dir, start, t.epochs, grown, setup.threads.note(),
+                         "the learning-rate schedule now ends there") if resume else [header(setup)]
+    for line in lines:
+        monitor.print(line)
     test_loss = test_acc = math.nan
-    try:
+    with epochs_of(run_dir, monitor):
         for epoch in range(start, t.epochs):
-            started = time.time()
-            drop_prob = t.drop_path * epoch / t.epochs
-            set_drop_path(model, drop_prob)  # every GenotypeCell, and drop_path_prob if any
-            lr = optimizer.param_groups[0]["lr"]
-            train_batches.set_epoch(epoch)
-            meter = Meter(device)
-            model.train()
-            for x, y in monitor.steps(train_batches, len(train_batches), epoch, t.batch_size):
-                x = in_layout(x, layout)
-                with autocast(device, t.amp):
-                    logits, aux = _outputs(net(x))
-                loss = F.cross_entropy(logits.float(), y)
-                total = loss
-                # under DDP an auxiliary head of weight 0 still joins the loss: every parameter
-                # must get a gradient (zero here) for DDP's all-reduce to complete
-                if aux is not None and (t.auxiliary_weight > 0 or net is not model):
-                    total = loss + t.auxiliary_weight * F.cross_entropy(aux.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                if t.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-                optimizer.step()
-                meter.add(loss.detach(), logits.detach(), y)
-                monitor.step_scalars(**{"loss/train": meter.last, "lr": lr})
-                if monitor.want_postfix():
-                    mean_loss, acc = meter.read()
-                    monitor.postfix(loss=mean_loss, acc=acc)
-            scheduler.step()
-            meter.reduce()
-            train_loss, train_acc = meter.read()
-            check_finite([train_loss], epoch, run_dir)
-            dist.broadcast_buffers(model)  # every rank tests rank 0's network, the one saved
-            test_loss, test_acc = evaluate_model(model, test_batches, t.amp, layout)
-            metrics = {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
-                       "test_acc": test_acc, "lr": lr, "drop_path": drop_prob,
-                       "seconds": time.time() - started}
-            monitor.epoch_end(epoch, metrics, {
-                "loss/train": train_loss, "accuracy/train": train_acc, "loss/test": test_loss,
-                "accuracy/test": test_acc, "lr": lr, "drop_path": drop_prob})
-            if main:
-                save_checkpoint(checkpoint_state(
-                    "train", epoch + 1, objects, config=to_dict(cfg), space=space,
-                    num_classes=train_data.num_classes, genotype=genotype.to_dict(),
-                    test_acc=test_acc, test_loss=test_loss), run_dir / CHECKPOINT)
-    except Exception:
-        monitor.close()
-        discard_failed_start(run_dir)
-        raise
-    finally:
-        monitor.close()
+            metrics = run_epoch(setup, net, epoch, monitor, run_dir)
+            test_loss, test_acc = metrics["test_loss"], metrics["test_acc"]
+            save_epoch("train", epoch, setup.objects, cfg, run_dir, space=setup.space,
+                       num_classes=setup.num_classes, genotype=genotype.to_dict(),
+                       test_acc=test_acc, test_loss=test_loss)
     if math.isnan(test_acc):  # resumed a finished run: evaluate what it holds
-        test_loss, test_acc = evaluate_model(model, test_batches, t.amp, layout)
-    result = {"test_acc": test_acc, "test_loss": test_loss, "params": params, "macs": macs,
-              "epochs": t.epochs, "space": space, "genotype": str(genotype)}
-    if main:
+        test_loss, test_acc = evaluate_model(setup.model, setup.test_batches, t.amp, setup.layout)
+    return finish(setup, run_dir, test_loss, test_acc)
+
+
+def finish(setup: TrainSetup, run_dir: Path, test_loss: float, test_acc: float) -> TrainResult:
+    """Write ``result.json`` and ``profile.json`` (rank 0); every rank returns the result."""
+    cfg = setup.cfg
+    result = {"test_acc": test_acc, "test_loss": test_loss, "params": setup.params,
+              "macs": setup.macs, "epochs": cfg.train.epochs, "space": setup.space,
+              "genotype": str(setup.genotype)}
+    if dist.is_main():
         (run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-        write_profile(run_dir / "profile.json", model, cfg, genotype, space,
-                      train_data.num_classes, device, layout)
+        write_profile(run_dir / "profile.json", setup.model, cfg, setup.genotype, setup.space,
+                      setup.num_classes, setup.device, setup.layout)
     dist.barrier()
-    return TrainResult(test_acc, test_loss, params, macs, run_dir)
+    return TrainResult(test_acc, test_loss, setup.params, setup.macs, run_dir)
 
 
 def write_profile(path: Path, model: nn.Module, cfg: Config, genotype: Genotype, space: str,
@@ -286,8 +280,6 @@ def write_profile(path: Path, model: nn.Module, cfg: Config, genotype: Genotype,
     The run's results are saved already: a network the profiler cannot follow costs this file
     alone, with one line saying so.
     """
-    from .profiling import profile_network, with_network
-    from .spaces import first_line
     try:
         profile = profile_network(model, cfg.data.image_size, device, genotype=genotype,
                                   channels_last=layout)

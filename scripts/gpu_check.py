@@ -60,7 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # the speed, memory and reference parts reuse
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 import benchmark as bench  # noqa: E402
-from nas.errors import OneLineParser  # noqa: E402
+from nas.errors import OneLineParser, first_line  # noqa: E402
 
 PUBLISHED_SEARCH_S = 28_925  # GDAS, 250 epochs on NAS-Bench-201 CIFAR-10 (the NAS-Bench-201 paper, V100)
 PAPER_EPOCHS = 250
@@ -188,7 +188,7 @@ def run_part(name: str, fn: Callable[[Part, Context], None], ctx: Context, share
                           "until then is kept")
     except Exception as exc:  # reported, and the other parts still run
         part.status = "error"
-        part.summary = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+        part.summary = f"{type(exc).__name__}: {first_line(exc, typed=False)}"
         part.values["traceback"] = traceback.format_exc()[-3000:]
     finally:
         part.seconds = time.perf_counter() - start

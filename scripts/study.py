@@ -290,11 +290,11 @@ def random_run(study: Study, rs: dict[str, Any], seed: int, run: Path, jobs: int
 def random_search_worker(spec: dict[str, Any]) -> None:
     """Train random cells on the weight split until the budget is spent; keep the best one."""
     import torch
-    import torch.nn.functional as F
     from nas.data import Batches, load_split, seed_of, split_indices
+    from nas.files import atomic_write
     from nas.genotype import parse_genotype
-    from nas.runtime import channels_last, in_layout, resolve_device, seed_everything
-    from nas.train import evaluate_model
+    from nas.runtime import channels_last, resolve_device, seed_everything
+    from nas.steps import evaluate_model, fit, sgd
     from search_spaces.nasbench201 import EDGES, PRIMITIVES, NB201Network, NB201Supernet, cell
 
     cfg, seed, epochs = load_config(spec["config"], spec["set"]), spec["seed"], spec["epochs"]
@@ -332,20 +332,9 @@ def random_search_worker(spec: dict[str, Any]) -> None:
                              cells_per_stage=per_stage).to(device, memory_format=fmt)
         batches = Batches(train_data, s.batch_size, train=True, device=device, pad=cfg.data.pad,
                           seed=seed_of(seed, 1, len(tried)), max_steps=steps, **kw)
-        opt = torch.optim.SGD(model.parameters(), lr, momentum=0.9, nesterov=True,
-                              weight_decay=s.weight_decay)
+        opt = sgd(model.parameters(), lr, 0.9, s.weight_decay, nesterov=True)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs, eta_min=s.lr_min)
-        for epoch in range(epochs):
-            batches.set_epoch(epoch)
-            model.train()
-            for x, y in batches:
-                loss = F.cross_entropy(model(in_layout(x, layout)), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if s.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-                opt.step()
-            sched.step()
+        fit(model, batches, opt, sched, epochs, s.grad_clip, layout)
         tried.append({"arch": arch, "val_acc": evaluate_model(model, val, channels_last=layout)[1],
                       "seconds": time.time() - t0})
         # stop before a cell that would not finish in time: the baseline never gets more time
@@ -354,9 +343,7 @@ def random_search_worker(spec: dict[str, Any]) -> None:
     best = max(tried, key=lambda t: t["val_acc"])
     result = {"arch": best["arch"], "val_acc": best["val_acc"], "cells": len(tried),
               "seconds": time.time() - spec["started"], "budget": spec["budget"], "tried": tried}
-    out = Path(spec["out"])
-    out.with_suffix(".tmp").write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".tmp").replace(out)
+    atomic_write(spec["out"], json.dumps(result, indent=2) + "\n")
 
 
 def table_costs(cfg: Any) -> dict[str, dict[str, float]]:

@@ -13,6 +13,7 @@ import torch
 import yaml
 
 import nas
+import nas.lifecycle
 import nas.search
 from nas.cli import main
 
@@ -106,7 +107,7 @@ def test_interrupted_then_resumed_equals_straight_through(tmp_path, tiny_config,
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     assert run_search([*args, "--run-dir", str(straight)], capsys)[0] == 0
 
-    real_save, calls = nas.search.save_checkpoint, []
+    real_save, calls = nas.lifecycle.save_checkpoint, []
 
     def save_then_interrupt(state, path):  # Ctrl-C right after the first epoch's checkpoint
         real_save(state, path)
@@ -114,11 +115,11 @@ def test_interrupted_then_resumed_equals_straight_through(tmp_path, tiny_config,
         if len(calls) == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(nas.search, "save_checkpoint", save_then_interrupt)
+    monkeypatch.setattr(nas.lifecycle, "save_checkpoint", save_then_interrupt)
     code, _, err = run_search([*args, "--run-dir", str(broken)], capsys)
     assert code == 130 and f"continue with: nas search --resume {broken}" in err
     assert torch.load(broken / "checkpoint.pt", weights_only=False)["epoch"] == 1
-    monkeypatch.setattr(nas.search, "save_checkpoint", real_save)
+    monkeypatch.setattr(nas.lifecycle, "save_checkpoint", real_save)
 
     code, out, _ = run_search(["--resume", str(broken), "--quiet"], capsys)
     assert code == 0 and "genotype file:" in out
@@ -327,7 +328,7 @@ def test_a_kill_between_metrics_and_checkpoint_leaves_no_duplicate_epoch(tmp_pat
     args = ["--config", str(tiny_config), "--set", "search.epochs=3", "search.log_every=1", "--quiet"]
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     assert run_search([*args, "--run-dir", str(straight)], capsys)[0] == 0
-    real_save, calls = nas.search.save_checkpoint, []
+    real_save, calls = nas.lifecycle.save_checkpoint, []
 
     def killed_before_the_second_checkpoint(state, path):
         calls.append(path)
@@ -335,10 +336,10 @@ def test_a_kill_between_metrics_and_checkpoint_leaves_no_duplicate_epoch(tmp_pat
             raise KeyboardInterrupt
         real_save(state, path)
 
-    monkeypatch.setattr(nas.search, "save_checkpoint", killed_before_the_second_checkpoint)
+    monkeypatch.setattr(nas.lifecycle, "save_checkpoint", killed_before_the_second_checkpoint)
     assert run_search([*args, "--run-dir", str(broken)], capsys)[0] == 130
     assert (broken / "genotypes" / "epoch_002.json").is_file()
-    monkeypatch.setattr(nas.search, "save_checkpoint", real_save)
+    monkeypatch.setattr(nas.lifecycle, "save_checkpoint", real_save)
     assert run_search(["--resume", str(broken), "--quiet"], capsys)[0] == 0
 
     strip = lambda p: [{k: v for k, v in json.loads(l).items() if k != "seconds"}
@@ -375,7 +376,7 @@ def test_a_run_stopped_before_its_first_checkpoint_resumes_from_the_start(tmp_pa
     def interrupted(state, path):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(nas.search, "save_checkpoint", interrupted)
+    monkeypatch.setattr(nas.lifecycle, "save_checkpoint", interrupted)
     code, _, err = run_search([*args, "--run-dir", str(broken)], capsys)
     assert code == 130 and f"nas search --resume {broken}" in err
     assert not (broken / "checkpoint.pt").exists() and (broken / "config.yaml").is_file()

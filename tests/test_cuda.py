@@ -22,11 +22,13 @@ import yaml
 from torch import nn
 
 import nas
+import nas.lifecycle
 import nas.search
 from nas.cli import build_parser, main
 from nas.config import build_config
 from nas.runtime import in_layout
 from nas.search import arch_step, search, weight_step
+from nas.steps import draw_step_samples
 
 from conftest import DARTS_V2, TINY_SEARCH, cuda_tests_device
 
@@ -185,7 +187,7 @@ def test_resume_equals_straight_through_on_the_device(tmp_path, cifar_root, devi
         **TINY_SEARCH["data"], "root": str(cifar_root)}}))
     args = ["search", "--config", str(path), "--quiet"]
     straight, broken = tmp_path / "straight", tmp_path / "broken"
-    real_save = nas.search.save_checkpoint
+    real_save = nas.lifecycle.save_checkpoint
 
     def save_then_interrupt(state, where):  # Ctrl-C right after the first epoch's checkpoint
         real_save(state, where)
@@ -193,9 +195,9 @@ def test_resume_equals_straight_through_on_the_device(tmp_path, cifar_root, devi
 
     with deterministic() as caught:
         assert main([*args, "--run-dir", str(straight)]) == 0
-        monkeypatch.setattr(nas.search, "save_checkpoint", save_then_interrupt)
+        monkeypatch.setattr(nas.lifecycle, "save_checkpoint", save_then_interrupt)
         assert main([*args, "--run-dir", str(broken)]) == 130
-        monkeypatch.setattr(nas.search, "save_checkpoint", real_save)
+        monkeypatch.setattr(nas.lifecycle, "save_checkpoint", real_save)
         assert main(["search", "--resume", str(broken), "--quiet"]) == 0
     capsys.readouterr()
     ops = sorted({str(w.message).split(NONDETERMINISTIC)[0].strip() for w in caught
@@ -304,9 +306,10 @@ def test_export_of_a_network_trained_on_the_device(tmp_path, cifar_root, device,
 
 
 # -- host syncs --------------------------------------------------------------------------------
-def test_a_gdas_step_syncs_with_the_host_once_per_forward(device, record_property):
-    """Counted by CUDA's sync debug mode: each forward reads its sample once (``.tolist()`` in
-    ``Supernet.sample``) and nothing else in a weight step plus an architecture step waits."""
+def test_a_gdas_step_syncs_with_the_host_once(device, record_property):
+    """Counted by CUDA's sync debug mode: a step's two samples are drawn together and read once
+    (``.tolist()`` in ``Supernet.drawing_ahead``), and nothing else in a weight step plus an
+    architecture step waits."""
     if device.type != "cuda":
         pytest.skip("CUDA's sync debug mode needs a CUDA device")
     torch.manual_seed(0)
@@ -314,19 +317,24 @@ def test_a_gdas_step_syncs_with_the_host_once_per_forward(device, record_propert
     x, y = torch.randn(8, 3, 8, 8, device=device), torch.randint(0, 10, (8,), device=device)
     w_opt = torch.optim.SGD(model.weight_parameters(), 0.025, momentum=0.9, nesterov=True)
     a_opt = torch.optim.Adam(model.arch_parameters(), 3e-4, betas=(0.5, 0.999))
-    weight_step(model, w_opt, x, y, 5.0, False)  # first steps allocate; count the third
-    arch_step(model, a_opt, x, y, False)
+
+    def step() -> None:  # as nas.search.run_epoch takes one
+        draw_step_samples(model, None, False, False, device)
+        weight_step(model, w_opt, x, y, 5.0, False)
+        arch_step(model, a_opt, x, y, False)
+        model.drop_drawn()
+
+    step()  # the first steps allocate; count the second
     torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            weight_step(model, w_opt, x, y, 5.0, False)
-            arch_step(model, a_opt, x, y, False)
+            step()
         finally:
             torch.cuda.set_sync_debug_mode("default")
     syncs = [f"{Path(w.filename).name}:{w.lineno}" for w in caught
              if "synchroniz" in str(w.message)]
     record_property("syncs_per_step", f"{len(syncs)} ({', '.join(syncs)})")
-    assert len(syncs) <= 2, syncs
+    assert len(syncs) <= 1, syncs
     assert all(s.startswith("supernet.py:") for s in syncs), syncs

@@ -41,7 +41,9 @@ def record(out: Path, stop_at_epoch: int | None = None, patch=setattr) -> None:
 
     def sample(self):
         drawn = real_sample(self)
-        if self.training:  # not the check before the run, which draws nothing
+        # a forward's sample: not the check before the run, which draws nothing, nor a step's
+        # samples drawn ahead (Supernet.drawing_ahead returns nothing; the forwards take them)
+        if self.training and drawn:
             seen["indices"].append({k: v.tolist() for k, v in self.last_index.items()})
         return drawn
 

@@ -66,7 +66,7 @@ def _record_samples(monkeypatch) -> list[list[str]]:
 
     def sample(self):
         drawn = real(self)
-        if self.training and self.last_index:
+        if self.training and self.last_index and drawn:  # a forward's, not one drawn ahead
             seen.append([self.op_names["cell"][i] for i in self.last_index["cell"].tolist()])
         return drawn
 

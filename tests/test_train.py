@@ -11,6 +11,8 @@ import torch
 
 import nas
 import nas.train
+import nas.lifecycle
+import nas.steps
 from nas.cli import main
 from nas.config import build_config
 from conftest import DARTS_V2 as V2, ROOT, write_cifar10
@@ -41,7 +43,7 @@ def test_retraining_lowers_the_training_loss(tmp_path):
 def test_drop_path_rises_linearly_and_aux_loss_is_used(tmp_path, tiny_config, capsys, monkeypatch):
     seen = []
     real = torch.nn.functional.cross_entropy
-    monkeypatch.setattr(nas.train.F, "cross_entropy",
+    monkeypatch.setattr(nas.steps.F, "cross_entropy",
                         lambda logits, y, **kw: seen.append(logits.shape) or real(logits, y, **kw))
     run = tmp_path / "run"
     code = main(["train", "--genotype", V2, "--config", str(tiny_config), "--run-dir", str(run),
@@ -77,7 +79,7 @@ def test_interrupted_then_resumed_training_equals_straight_through(tmp_path, tin
     args = ["train", "--genotype", V2, "--config", str(tiny_config), "--quiet",
             "--set", "train.epochs=3"]
     assert main([*args, "--run-dir", str(tmp_path / "straight")]) == 0
-    real_save, calls = nas.train.save_checkpoint, []
+    real_save, calls = nas.lifecycle.save_checkpoint, []
 
     def save_then_interrupt(state, path):
         real_save(state, path)
@@ -85,10 +87,10 @@ def test_interrupted_then_resumed_training_equals_straight_through(tmp_path, tin
         if len(calls) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(nas.train, "save_checkpoint", save_then_interrupt)
+    monkeypatch.setattr(nas.lifecycle, "save_checkpoint", save_then_interrupt)
     assert main([*args, "--run-dir", str(tmp_path / "broken")]) == 130
     assert f"nas train --resume {tmp_path / 'broken'}" in capsys.readouterr().err
-    monkeypatch.setattr(nas.train, "save_checkpoint", real_save)
+    monkeypatch.setattr(nas.lifecycle, "save_checkpoint", real_save)
     assert main(["train", "--resume", str(tmp_path / "broken"), "--quiet"]) == 0
     a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "broken" / "checkpoint.pt", weights_only=False)["model"]
