@@ -104,7 +104,8 @@ def report(args, table, genotypes, rows, deployed, load, seconds, clock) -> str:
     how = "the network exported alone to ONNX" if table.runtime == "onnxruntime" else "eager"
     lines = [f"# Latency table against measured whole networks: {table.space}, {table.runtime}", "",
              f"{time.strftime('%Y-%m-%d', time.gmtime())}, commit {commit()}, {cpu_model()} "
-             f"({platform.machine()}, {os.cpu_count()} CPUs), {versions}; load average {load[0]:.1f} before, {load[1]:.1f} after "
+             f"({platform.machine()}, {os.cpu_count()} CPUs), {versions}; load average "
+             f"{load[0]:.1f} before, {load[1]:.1f} after "
              f"(other processes shared the CPUs); {seconds / 60:.1f} minutes.", "",
              "    " + " ".join(["OMP_NUM_THREADS=1 python scripts/latency_study.py", *sys.argv[1:]]),
              "",
