@@ -100,10 +100,12 @@ def summary(predicted: Sequence[float], measured: Sequence[float]) -> tuple[floa
 def report(args, table, genotypes, rows, deployed, load, seconds, clock) -> str:
     """The Markdown report."""
     measured = [r[0] for r in rows]
+    versions = ", ".join(dict.fromkeys([table.runtime_version, f"torch {torch.__version__}"]))
+    how = "the network exported alone to ONNX" if table.runtime == "onnxruntime" else "eager"
     lines = [f"# Latency table against measured whole networks: {table.space}, {table.runtime}", "",
              f"{time.strftime('%Y-%m-%d', time.gmtime())}, commit {commit()}, {cpu_model()} "
-             f"({platform.machine()}, {os.cpu_count()} CPUs), {table.runtime_version}, "
-             f"torch {torch.__version__}; load average {load[0]:.1f} before, {load[1]:.1f} after "
+             f"({platform.machine()}, {os.cpu_count()} CPUs), {versions}; load average "
+             f"{load[0]:.1f} before, {load[1]:.1f} after "
              f"(other processes shared the CPUs); {seconds / 60:.1f} minutes.", "",
              "    " + " ".join(["OMP_NUM_THREADS=1 python scripts/latency_study.py", *sys.argv[1:]]),
              "",
@@ -111,8 +113,8 @@ def report(args, table, genotypes, rows, deployed, load, seconds, clock) -> str:
              f"network {table.network}, {table.image_size}x{table.image_size} images, "
              f"{table.num_classes} classes; {table.fits_note()}.", "",
              f"{len(genotypes)} random architectures (seed {args.seed + SEED_OFFSET}, not the "
-             "correction's networks), each timed whole in the table's runtime (the network "
-             f"exported alone to ONNX; {'the thread CPU time' if clock == 'cpu' else 'wall clock'}"
+             f"correction's networks), each timed whole in the table's runtime ({how}; "
+             f"{'the thread CPU time' if clock == 'cpu' else 'wall clock'}"
              f", the least of 3 medians of {args.runs // 3} runs after 5 warm-up), against the "
              "table's prediction:", "",
              "| prediction | mean relative error | max relative error | Spearman |",
