@@ -349,27 +349,8 @@ def build_cost_table(model: Supernet, build: Callable[[Genotype], nn.Module], im
     for p, genotype in enumerate(probes):
         if progress is not None:
             progress(f"probe {p + 1}/{len(probes)}")
-        net, sites, shapes = _probe(build, genotype, torch.device("cpu"), 1, image_size, model)
-        total = {"params": float(count_parameters(net))}
-        if "macs" in metrics and p < 2:  # the second probe checks that the cost adds up
-            total["macs"] = float(_whole_macs(build, genotype, net, image_size))
-        entries = []  # (kind, edge, op, costs), in the order of the cells' op modules
-        for kind, e, o, module in sites:
-            cost = {"params": _params(module, shapes.get(module))}
-            if "macs" in metrics:
-                cost["macs"] = _measured(module, shapes.get(module), "macs",
-                                         torch.device("cpu"), cache)
-            entries.append((kind, e, o, cost))
-        if timed:
-            real, real_sites, real_shapes = _probe(build, genotype, device, latency_batch,
-                                                   image_size, model)
-            with evaluating(real) as where:
-                x = torch.zeros(latency_batch, 3, image_size, image_size, device=where)
-                total["latency_ms"] = (timer or measure_latency)(real, x, latency_runs)
-            modules = [site[3] for site in real_sites]
-            for (_, _, _, cost), module in zip(entries, modules):
-                cost["latency_ms"] = _measured(module, real_shapes.get(module), "latency_ms",
-                                               device, cache, latency_runs, timer)
+        total, entries = _probe_costs(model, build, genotype, p, image_size, metrics, device, cache,
+                                      latency_batch, latency_runs, timer)
         found = {m: {k: torch.zeros_like(ops[m][k]) for k in kinds} for m in metrics}
         for kind, e, o, cost in entries:  # an op's entry sums it over every cell of its kind
             for m in metrics:
@@ -405,6 +386,36 @@ def build_cost_table(model: Supernet, build: Callable[[Genotype], nn.Module], im
                      dict(model.op_names), model.cell_inputs, model.inputs_kept, allowed,
                      dict(base_genotype.concat), space, image_size,
                      {m: how[m] for m in metrics}, {p.name: (p.group, p.row) for p in model.chain})
+
+
+def _probe_costs(model: Supernet, build: Callable[[Genotype], nn.Module], genotype: Genotype,
+                 p: int, image_size: int, metrics: Sequence[str], device: torch.device,
+                 cache: dict[tuple[Any, ...], float], latency_batch: int, latency_runs: int,
+                 timer: Timer | None) -> tuple[dict[str, float], list[tuple[str, int, int, dict]]]:
+    """Probe ``p``'s whole-network costs and its ops' entries ``(kind, edge, op, costs)``, in
+    the order of the cells' op modules."""
+    net, sites, shapes = _probe(build, genotype, torch.device("cpu"), 1, image_size, model)
+    total = {"params": float(count_parameters(net))}
+    if "macs" in metrics and p < 2:  # the second probe checks that the cost adds up
+        total["macs"] = float(_whole_macs(build, genotype, net, image_size))
+    entries = []  # (kind, edge, op, costs), in the order of the cells' op modules
+    for kind, e, o, module in sites:
+        cost = {"params": _params(module, shapes.get(module))}
+        if "macs" in metrics:
+            cost["macs"] = _measured(module, shapes.get(module), "macs",
+                                     torch.device("cpu"), cache)
+        entries.append((kind, e, o, cost))
+    if "latency_ms" in metrics:
+        real, real_sites, real_shapes = _probe(build, genotype, device, latency_batch,
+                                               image_size, model)
+        with evaluating(real) as where:
+            x = torch.zeros(latency_batch, 3, image_size, image_size, device=where)
+            total["latency_ms"] = (timer or measure_latency)(real, x, latency_runs)
+        modules = [site[3] for site in real_sites]
+        for (_, _, _, cost), module in zip(entries, modules):
+            cost["latency_ms"] = _measured(module, real_shapes.get(module), "latency_ms",
+                                           device, cache, latency_runs, timer)
+    return total, entries
 
 
 def _how_measured(image_size: int, device: torch.device, latency_batch: int,

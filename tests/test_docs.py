@@ -419,7 +419,7 @@ def named_commands() -> list[tuple[str, str]]:
         for _, lang, body in blocks(path.read_text()):
             if lang not in ("", "sh", "bash", "console"):
                 continue
-            lines = body.split("\n")
+            lines = re.sub(r"\\\n\s*", " ", body).split("\n")  # a `\` continues the line
             typed = [line[2:] for line in lines if line.startswith("$ ")]
             bare = [line.strip() for line in lines if line.strip().startswith("nas ")]
             for line in typed or bare:

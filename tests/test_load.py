@@ -89,7 +89,7 @@ def test_load_refuses_what_is_not_a_trained_network(trained_run, tmp_path):
     bad = {"num_classes": "10", "model": [1, 2], "space": 3, "config": None}
     for key, value in bad.items():
         torch.save({**state, key: value}, tmp_path / "bad.pt")
-        with pytest.raises(nas.InputError, match=f"its '{key}' is of type") as exc:
+        with pytest.raises(nas.InputError, match=f"its '?{key}'? is") as exc:
             nas.load(tmp_path / "bad.pt")
         assert "\n" not in str(exc.value)
     torch.save({k: v for k, v in state.items() if k != "model"}, tmp_path / "bad.pt")
