@@ -29,8 +29,9 @@ from .errors import InputError
 # job fails instead of hanging; NAS_DIST_TIMEOUT (seconds) overrides it.
 TIMEOUT_S = 600.0
 # How long an interrupted rank waits for its peers to stop too before it leaves the group: they
-# get the Ctrl-C together and meet within a second unless one is stuck in a collective.
-INTERRUPT_WAIT_S = 10.0
+# get the Ctrl-C together and meet within a second or two, unless one is inside a collective,
+# where it cannot notice the Ctrl-C until its peers leave (so this is what such a Ctrl-C costs).
+INTERRUPT_WAIT_S = 5.0
 _setup_pending = False  # this rank has not yet reached the end-of-setup agreement
 T = TypeVar("T")
 
