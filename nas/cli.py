@@ -729,6 +729,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nas`` console script; returns the exit status."""
     verb, args, dist = "", None, None
     together = True  # every rank ends this way (finished, or an error they all share)
+    interrupted = False  # Ctrl-C or SIGTERM: every rank got it, but each stops where it was
     from .threads import set_wait_policy, start_sampling
     start_sampling()    # the load of other processes is measured while this one starts
     set_wait_policy()   # before torch loads OpenMP
@@ -761,7 +762,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except KeyboardInterrupt as exc:
-        together = False
+        together, interrupted = False, True
         where = getattr(args, "chosen_run_dir", None)
         hint = f"; continue with: nas {verb} --resume {_quoted(where)}" \
             if verb in ("search", "train", "run") and where else ""
@@ -779,7 +780,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         if dist is not None:
-            dist.shutdown(together)
+            dist.shutdown(together, interrupted)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 

@@ -12,9 +12,12 @@ ranks run the same subnetwork, and the gradients they average belong to the same
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
-from typing import Any, Callable, Iterable, TypeVar
+import signal
+import threading
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -25,6 +28,10 @@ from .errors import InputError
 # How long a collective waits for a rank that does not come (a dead or stuck peer) before the
 # job fails instead of hanging; NAS_DIST_TIMEOUT (seconds) overrides it.
 TIMEOUT_S = 600.0
+# How long an interrupted rank waits for its peers to stop too before it leaves the group: they
+# get the Ctrl-C together and meet within a second or two, unless one is inside a collective,
+# where it cannot notice the Ctrl-C until its peers leave (so this is what such a Ctrl-C costs).
+INTERRUPT_WAIT_S = 5.0
 _setup_pending = False  # this rank has not yet reached the end-of-setup agreement
 T = TypeVar("T")
 
@@ -252,13 +259,17 @@ def wrap(model: nn.Module, device: torch.device, ignore: Iterable[str] = ()) -> 
     return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def shutdown(together: bool = False) -> None:
-    """Leave the process group (at the end of a run); ``together``: once every rank is here.
+def shutdown(together: bool = False, interrupted: bool = False) -> None:
+    """Leave the process group (at the end of a run); ``together``: once every rank is here;
+    ``interrupted`` (Ctrl-C, SIGTERM): once every rank is here or ``INTERRUPT_WAIT_S`` passed.
 
     A rank that tears its group down while a peer still talks to it can kill that peer at exit
     ("terminate called without an active exception", SIGABRT), so ranks that all end the same
     way (a finished run, an error they agreed on) meet first; a rank whose peer failed does not
-    wait for it.
+    wait for it. Ctrl-C reaches every rank of a job at about the same moment, but each stops
+    where it was: they meet over the store, not in a collective, which could pair with a
+    collective a peer is still in; and a second Ctrl-C (torchrun passes its own on) is ignored
+    meanwhile, so that each rank still leaves with its status.
     """
     if dist.is_available() and dist.is_initialized():
         if together and world_size() > 1:
@@ -266,4 +277,43 @@ def shutdown(together: bool = False) -> None:
                 dist.barrier()
             except Exception:  # a peer is gone after all: nothing left to wait for
                 pass
+        if interrupted and world_size() > 1:
+            with signals_held():
+                meet(INTERRUPT_WAIT_S)
+                dist.destroy_process_group()
+            return
         dist.destroy_process_group()
+
+
+def meet(timeout_s: float) -> bool:
+    """Wait, at most ``timeout_s``, until every rank has called ``meet``; True if they all did.
+
+    The ranks meet over torchrun's key-value store (rank 0's or the agent's, at MASTER_ADDR and
+    MASTER_PORT) through a connection of their own, so no collective is sent.
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")  # the agent's store outlives one
+    keys = [f"nas/interrupted/{attempt}/{r}" for r in range(world_size())]
+    wait = datetime.timedelta(seconds=timeout_s)
+    try:
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                              is_master=False, timeout=wait)
+        store.set(keys[rank()], "1")
+        store.wait(keys, wait)
+        return True
+    except Exception:  # a peer did not come (it failed, or is stuck in a collective), or its
+        return False   # rank 0 already left with the store: nobody is left to wait for
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Ignore Ctrl-C and SIGTERM inside the block (on the main thread; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in held}
+    try:
+        yield
+    finally:
+        for s in held:
+            signal.signal(s, previous[s])

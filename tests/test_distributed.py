@@ -34,8 +34,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def record(out: Path, stop_at_epoch: int | None = None, patch=setattr) -> None:
-    """Make this process save every sample it draws and the logits after every epoch to ``out``."""
+def record(out: Path, stop_at_epoch: int | None = None, patch=setattr, late: float = 0.0) -> None:
+    """Make this process save every sample it draws and the logits after every epoch to ``out``
+    (and, with ``stop_at_epoch``, the time it stopped: ``late`` seconds after it got there)."""
     seen = {"indices": [], "logits": []}
     real_sample, real_check = nas.Supernet.sample, nas.distributed.check_same
 
@@ -60,6 +61,8 @@ def record(out: Path, stop_at_epoch: int | None = None, patch=setattr) -> None:
 
         def set_epoch(self, epoch):
             if epoch == stop_at_epoch:
+                time.sleep(late)
+                out.with_suffix(".stopped").write_text(repr(time.time()))
                 raise KeyboardInterrupt
             real_set_epoch(self, epoch)
 
@@ -71,7 +74,15 @@ def _worker(rank: int, world: int, port: int, argv: list[str], out: str, stop: i
     os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NAS_DIST_TIMEOUT="60")
     torch.set_num_threads(1)
-    record(Path(out) / f"rank{rank}.pt", stop)
+    # rank 0 stops a little later, as it does when it writes the checkpoint on a busy machine
+    record(Path(out) / f"rank{rank}.pt", stop, late=1.5 if rank == 0 else 0.0)
+    real_destroy = torch.distributed.destroy_process_group
+
+    def destroy(*args, **kwargs):
+        (Path(out) / f"rank{rank}.left").write_text(repr(time.time()))
+        real_destroy(*args, **kwargs)
+
+    torch.distributed.destroy_process_group = destroy
     if rank == fail_rank and fail_in == "setup":  # a data directory missing on one machine
         argv = [*argv, "--data-dir", str(Path(out) / "missing")]
     elif rank == fail_rank:  # out of memory in the second epoch
@@ -149,6 +160,11 @@ def test_ranks_share_every_sample_equal_one_process_and_resume_on_one(tmp_path, 
     two = tmp_path / "two"  # 2 processes x batch 8, stopped (Ctrl-C) after epoch 2 of 3
     assert spawn([*args, "--run-dir", str(two)], tmp_path / "rec2", stop=2) == [130, 130]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["flat.yaml", "rec2", "two"]
+    # no rank left the group before the other had stopped too (else its sockets closing under
+    # the other can abort it); rank 0 stopped 1.5 s late, well inside the wait for peers
+    stopped, left = ({r: float((tmp_path / "rec2" / f"rank{r}.{what}").read_text()) for r in (0, 1)}
+                     for what in ("stopped", "left"))
+    assert left[1] >= stopped[0] and left[0] >= stopped[1]
     assert torch.load(two / "checkpoint.pt", weights_only=True)["epoch"] == 2
     r0, r1 = (torch.load(tmp_path / "rec2" / f"rank{r}.pt") for r in (0, 1))
     assert len(r0["indices"]) == 2 * 2 * 2  # epochs x steps x (weight, architecture) forwards
