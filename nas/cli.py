@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import Diverged, InputError
+from .experiments.options import add_study_arguments
 
 
 class _Parser(argparse.ArgumentParser):
@@ -138,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", metavar="DIR", help="output directory (default: beside the file, "
                    "or the current directory)")
     _add_deploy_verbs(verbs)
+    add_study_arguments(verbs.add_parser(
+        "study", help="search methods x seeds on NAS-Bench-201, scored by the table"))
     for name, text in DESCRIPTIONS.items():  # what `nas VERB --help` says above the options
         verbs.choices[name].description = text
     return parser
@@ -221,6 +224,11 @@ DESCRIPTIONS = {
             "side by side (from metrics.jsonl).",
     "genotype": "Show a genotype node by node (nas genotype show) or draw its cells "
                 "(nas genotype plot).",
+    "study": "Run a study (configs/studies/*.yaml): each method's search for each seed in a "
+             "process of its own, scored by the NAS-Bench-201 table beside the no-training and "
+             "random-search baselines; writes OUT/study.json and OUT/study.md (default OUT: "
+             "runs/<study name>). The same command again continues it: finished runs are kept, "
+             "interrupted ones resumed. Exit status 1 when a run failed.",
 }
 
 
@@ -516,6 +524,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from .experiments.study import study_command
+    return study_command(args)
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     import json
 
@@ -553,6 +566,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 COMMANDS = {"search": cmd_search, "plot": cmd_plot, "train": cmd_train, "run": cmd_run, "evaluate": cmd_evaluate,
             "list": cmd_list, "genotype": cmd_genotype}
 COMMANDS.update(export=cmd_export, profile=cmd_profile)  # nas/export.py, nas/profiling.py
+COMMANDS.update(study=cmd_study)  # nas/experiments/study.py
 
 
 class Terminated(KeyboardInterrupt):

@@ -119,6 +119,7 @@ def test_output_blocks_are_found():
     assert {"reference/errors.md", "how-to/budget.md"} <= pages
 
 
+@pytest.mark.slow
 def test_tutorial_works_on_tiny_settings(tmp_path, cifar_root):
     """The tutorial's commands, in order, as a new user types them (tiny settings added)."""
     steps = [c for page, body in marked("tiny") if page == "tutorial.md" for c in commands(body)]
@@ -295,8 +296,12 @@ def test_every_page_is_in_the_nav_and_none_is_a_stub():
         assert len(prose) >= 15 and "stub" not in prose[-1], f"{page} is a stub"
 
 
+# the one build of the site, in CI too (.ci/run installs the docs extra first): there a missing
+# mkdocs fails this test instead of skipping it
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("mkdocs") is None and
-                    not (Path(sys.executable).parent / "mkdocs").exists(),
+                    not (Path(sys.executable).parent / "mkdocs").exists() and
+                    os.environ.get("CI") != "true",
                     reason="mkdocs is not installed (pip install -e '.[docs]'); CI builds the site")
 def test_site_builds_strictly(tmp_path):
     mkdocs = Path(sys.executable).parent / "mkdocs"
