@@ -1,24 +1,12 @@
 #!/usr/bin/env python
 """What a search step costs, per sampling mode, against the sampled subnetwork's own cost.
 
-For the DARTS space (C=16, 8 cells) and NAS-Bench-201 (C=16, 5 cells per stage), batch 64,
-32x32 images, on the device it finds (or --device), it measures in one run:
-  * the median time of a search step (the weight step plus the architecture step of
-    ``nas.search``) in each mode gdas / st / gumbel / softmax;
-  * the lower limit: the same two steps for the discrete subnetwork that the gdas sample
-    selected (same sample, same batches): a weight step (forward, backward, clip, SGD) plus the
-    work an architecture step cannot avoid (forward, and the backward of the activations down
-    to the first cell; no weight gradients);
-  * peak memory: CUDA ``max_memory_allocated``; on the CPU the peak resident memory of a fresh
-    process per measurement (and its growth over the process's memory before the first step);
-  * images per second (2 x batch images per search step);
-  * for comparison, a gdas step done the way the GDAS reference code does it;
-  * gdas steps with the other architecture-gradient estimators (gumbel_rao with 4 draws,
-    reinmax, reinforce with 4 forward-only samples);
-  * on the DARTS space, gdas with Gumbel top-2 edge sampling (``gdas+topk2``: each node runs
-    2 of its inputs, as the derived cell does).
-Each measurement runs in a fresh process. Writes ``benchmark.json`` and ``benchmark.md``
-(``nas.experiments.step_cost``).
+By default, for the DARTS space (C=16, 8 cells) and NAS-Bench-201 (C=16, 5 cells per stage),
+batch 64, 32x32 images, on the device it finds (or --device): the median time, peak memory and
+images per second of a search step in each sampling mode, with each estimator, done as the GDAS
+reference does it, and of its lower limit, the sampled subnetwork's own steps (the list is in
+``nas.experiments.step_cost``'s docstring). Each row runs in a fresh process. Writes
+``benchmark.json`` and ``benchmark.md``.
 
 ``--interleave`` instead times, in one process and in turn, the lower limit, a gdas step and a
 gdas step done as the reference code does it, on the GDAS configurations (NAS-Bench-201: C=16,
