@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import Diverged, InputError, OneLineParser, first_line
+from .experiments.options import add_study_arguments
 
 
 _Parser = OneLineParser  # usage errors on one line
@@ -135,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "or the current directory)")
     _add_deploy_verbs(verbs)
     _add_latency_verb(verbs)
+    add_study_arguments(verbs.add_parser(
+        "study", help="search methods x seeds on NAS-Bench-201, scored by the table"))
     for name, text in DESCRIPTIONS.items():  # what `nas VERB --help` says above the options
         verbs.choices[name].description = text
     return parser
@@ -262,6 +265,11 @@ DESCRIPTIONS = {
             "side by side (from metrics.jsonl).",
     "genotype": "Show a genotype node by node (nas genotype show) or draw its cells "
                 "(nas genotype plot).",
+    "study": "Run a study (configs/studies/*.yaml): each method's search for each seed in a "
+             "process of its own, scored by the NAS-Bench-201 table beside the no-training and "
+             "random-search baselines; writes OUT/study.json and OUT/study.md (default OUT: "
+             "runs/<study name>). The same command again continues it: finished runs are kept, "
+             "interrupted ones resumed. Exit status 1 when a run failed.",
 }
 
 
@@ -567,6 +575,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from .experiments.study import study_command
+    return study_command(args)
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     import json
 
@@ -695,6 +708,7 @@ COMMANDS = {"search": cmd_search, "plot": cmd_plot, "train": cmd_train, "run": c
             "list": cmd_list, "genotype": cmd_genotype}
 COMMANDS.update(export=cmd_export, profile=cmd_profile)  # nas/export.py, nas/profiling.py
 COMMANDS["latency-table"] = cmd_latency_table  # nas/latency.py
+COMMANDS.update(study=cmd_study)  # nas/experiments/study.py
 
 
 class Terminated(KeyboardInterrupt):

@@ -313,6 +313,13 @@ def split_indices(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
     return perm[:k].sort().values, perm[k:].sort().values
 
 
+def steps_per_epoch(weight_images: int, arch_images: int, batch_size: int, cap: int | None) -> int:
+    """A search epoch's steps: one per full batch of the smaller split (at least one), at most
+    ``cap`` (search.steps_per_epoch) when it is set."""
+    steps = min(weight_images, arch_images) // batch_size or 1
+    return min(steps, cap) if cap else steps
+
+
 # -- augmentation -------------------------------------------------------------------------------
 def augment(images: Tensor, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor, *, pad: int = 0,
             flip: bool = False, cutout: int = 0, generator: torch.Generator | None = None,

@@ -31,7 +31,7 @@ from .budget import BudgetConstraint, check_feasible, derive_within, describe, e
 from .config import Config, budget_limits, forward_tau_on
 from .cost import CostTable, build_cost_table, count_cost, format_cost
 from .latency import LatencyTable, check_fits, read_table
-from .data import Batches, load_split, seed_of, split_indices
+from .data import Batches, load_split, seed_of, split_indices, steps_per_epoch
 from .genotype import Genotype
 from .monitor import Monitor
 from .lifecycle import begin, epochs_of, open_monitor, open_run_dir, resume_lines, save_epoch
@@ -156,8 +156,7 @@ def build_search(cfg: Config, saved_costs: Path | None = None) -> SearchSetup:
     seed_everything(cfg.seed)
     data = load_split(cfg.data, train=True)
     w_idx, a_idx = split_indices(len(data), cfg.data.split, cfg.seed)
-    steps = min(len(w_idx), len(a_idx)) // s.batch_size or 1
-    steps = min(steps, s.steps_per_epoch) if s.steps_per_epoch else steps
+    steps = steps_per_epoch(len(w_idx), len(a_idx), s.batch_size, s.steps_per_epoch)
 
     def batches(idx: Tensor, tag: int) -> Batches:
         return Batches(data.subset(idx), s.batch_size, train=True, device=device,

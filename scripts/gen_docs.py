@@ -307,7 +307,7 @@ def _message(node: ast.AST) -> str | None:
 def error_messages(paths: list[Path] | None = None) -> dict[str, list[str]]:
     """``{module: [message, ...]}``: the first argument of every ``InputError(...)`` call, and
     the message of every ``need(condition, message)`` check, in source order."""
-    paths = paths or sorted((ROOT / "nas").glob("*.py")) + sorted((ROOT / "search_spaces").glob("*.py"))
+    paths = paths or sorted((ROOT / "nas").rglob("*.py")) + sorted((ROOT / "search_spaces").glob("*.py"))
     out: dict[str, list[str]] = {}
     for path in paths:
         tree = ast.parse(path.read_text())
@@ -374,7 +374,8 @@ def errors_reference() -> str:
            "```", "",
            "## Every message", "",
            f"The {total} messages below are read from the source: the first argument of each "
-           "`InputError(...)`, and each range check of `nas/config.py`. A part in braces is "
+           "`InputError(...)`, and each check `need(condition, message)` (the ranges of "
+           "`nas/config.py`, the study file of `nas/experiments/study.py`). A part in braces is "
            "computed when the error happens (`{path}` is the key, `{value!r}` the value given, "
            "...). Messages that a call builds from pieces elsewhere show only their fixed part.", ""]
     for module, items in messages.items():

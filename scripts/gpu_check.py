@@ -56,10 +56,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
-# this checkout's nas (not another installed copy), and scripts/benchmark.py, whose step timings
-# the speed, memory and reference parts reuse
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
-import benchmark as bench  # noqa: E402
+sys.path.insert(0, str(ROOT))  # this checkout's nas (not another installed copy)
+# the step timings of scripts/benchmark.py, which the speed, memory and reference parts reuse
+from nas.experiments import reference, step_cost  # noqa: E402
 from nas.errors import OneLineParser, first_line  # noqa: E402
 
 PUBLISHED_SEARCH_S = 28_925  # GDAS, 250 epochs on NAS-Bench-201 CIFAR-10 (the NAS-Bench-201 paper, V100)
@@ -92,9 +91,9 @@ class Sizes:
     rounds: int                       # reference: measured rounds
 
 
-GPU = Sizes(spaces=bench.SPACES, batch=64, image_size=32, warmup=3, steps=10, min_time=1.0,
+GPU = Sizes(spaces=step_cost.SPACES, batch=64, image_size=32, warmup=3, steps=10, min_time=1.0,
             sync_steps=20, epoch_images=25_000, epoch_overrides=(), epochs=2,
-            reference_spaces=bench.GDAS_SPACES, rounds=5)
+            reference_spaces=reference.GDAS_SPACES, rounds=5)
 TINY = {"darts": {"C": 4, "cells": 3}, "nasbench201": {"C": 4, "cells_per_stage": 1}}
 DRY = Sizes(spaces=TINY, batch=4, image_size=8, warmup=0, steps=1, min_time=0.0, sync_steps=3,
             epoch_images=64, epoch_overrides=("supernet.C=4", "supernet.cells_per_stage=1",
@@ -275,8 +274,10 @@ def part_tests(part: Part, ctx: Context) -> None:
         if index:  # the tests use "cuda": make the chosen device the one they see
             visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
             env["CUDA_VISIBLE_DEVICES"] = visible[int(index)] if visible else index
+    # in this one process, whatever setup.cfg's addopts say (pytest-xdist need not be installed)
     cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "-v", "-p", "no:cacheprovider",
-           "-o", "junit_family=xunit1", f"--junitxml={junit}", str(ROOT / "tests")]
+           "-o", "addopts=", "-o", "junit_family=xunit1", f"--junitxml={junit}",
+           str(ROOT / "tests")]
     part.values["command"] = " ".join(["pytest", "-m", "cuda", "tests"])
     try:
         out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
@@ -469,7 +470,7 @@ def part_speed(part: Part, ctx: Context) -> None:
             part.status = "stopped"
             part.notes.append(f"stopped at its time share: {len(part.rows)} of {len(jobs)} rows")
             break
-        row = bench.measure(space, mode, s.batch, s.steps, s.warmup, ctx.device, amp, cl,
+        row = step_cost.measure(space, mode, s.batch, s.steps, s.warmup, ctx.device, amp, cl,
                             s.min_time, options=s.spaces[space], image_size=s.image_size)
         row.update(amp=amp, channels_last=cl, setting=setting_name(amp, cl))
         part.rows.append(row)
@@ -544,7 +545,7 @@ def part_memory(part: Part, ctx: Context) -> None:
             row[f"{mode}_saved_mb"] = saved_bytes(space, mode, ctx) / 2 ** 20
             free_memory()
             if not ctx.dry:
-                r = speed.get((space, mode)) or bench.measure(
+                r = speed.get((space, mode)) or step_cost.measure(
                     space, mode, s.batch, 1, 1, ctx.device, False, False,
                     options=s.spaces[space], image_size=s.image_size)
                 row[f"{mode}_peak_mb"] = r["peak_mb"]
@@ -622,7 +623,7 @@ def part_reference(part: Part, ctx: Context) -> None:
         if ctx.part_left() < 2.0:
             part.status = "stopped"
             break
-        r = bench.interleaved(space, ctx.args.reference, s.batch, s.rounds, 3, ctx.device,
+        r = reference.interleaved(space, ctx.args.reference, s.batch, s.rounds, 3, ctx.device,
                               False, False, options=s.reference_spaces[space])
         part.rows.append(r)
         free_memory()
@@ -808,7 +809,7 @@ def section_epoch(part: Part) -> list[str]:
 
 
 def section_reference(part: Part) -> list[str]:
-    return bench.interleaved_table(part.rows).rstrip("\n").splitlines() if part.rows else []
+    return reference.interleaved_table(part.rows).rstrip("\n").splitlines() if part.rows else []
 
 
 SECTIONS = {"tests": ("Tests marked `cuda`", section_tests),
@@ -905,8 +906,8 @@ def input_problem(args: argparse.Namespace) -> str | None:
         check_output(args.out, "--out", directory=True)  # before the parts run, not after them
     except InputError as exc:
         return str(exc)
-    if args.reference and not (Path(args.reference).expanduser() / bench.REFERENCE_FILE).is_file():
-        return (f"--reference {args.reference}: no {bench.REFERENCE_FILE} there; give the root "
+    if args.reference and not (Path(args.reference).expanduser() / reference.REFERENCE_FILE).is_file():
+        return (f"--reference {args.reference}: no {reference.REFERENCE_FILE} there; give the root "
                 "of an AutoDL-Projects checkout")
     if args.data_dir is not None and not (args.data_dir / "cifar-10-batches-py").is_dir():
         return f"--data-dir {args.data_dir}: no cifar-10-batches-py/ there"

@@ -17,26 +17,18 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 
-# Tests marked `cuda` need a GPU and are skipped without one. `scripts/gpu_check.py --dry-run`
-# sets this variable to "cpu" to run them on the CPU instead, so that they are exercised in CI.
+# Tests marked `cuda` exercise the GPU paths: on a CUDA device where there is one, else on the
+# CPU, so that every run of the suite (CI's too) runs them. `scripts/gpu_check.py --dry-run` sets
+# this variable to "cpu" to keep them on the CPU even beside a GPU.
 CUDA_TESTS_DEVICE = "NAS_CUDA_TESTS_DEVICE"
 
 
-def cuda_tests_device() -> torch.device | None:
-    """Where the `cuda` tests run: CUDA, the CPU when the dry run asks for it, else None (skip)."""
-    if os.environ.get(CUDA_TESTS_DEVICE) == "cpu":
+def cuda_tests_device() -> torch.device:
+    """Where the `cuda` tests run: the CPU when the dry run asks for it, else CUDA where there is
+    a device, else the CPU."""
+    if os.environ.get(CUDA_TESTS_DEVICE) == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
-    return torch.device("cuda") if torch.cuda.is_available() else None
-
-
-def pytest_collection_modifyitems(config, items) -> None:
-    """Skip the tests marked `cuda` where there is no CUDA device (and no dry run)."""
-    if cuda_tests_device() is not None:
-        return
-    skip = pytest.mark.skip(reason="needs CUDA (scripts/gpu_check.py runs these on a GPU)")
-    for item in items:
-        if item.get_closest_marker("cuda") is not None:
-            item.add_marker(skip)
+    return torch.device("cuda")
 
 
 def write_cifar10(root: Path, n_train: int = 96, n_test: int = 40, seed: int = 0,

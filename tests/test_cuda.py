@@ -1,9 +1,8 @@
 """The GPU paths: bf16 autocast, channels-last, data on the device, resume, retraining, edge
 top-k, the estimators, the budget, export and the host syncs of a step, on a CUDA device.
 
-Marked ``cuda``: skipped without CUDA (CI runs on CPUs). ``scripts/gpu_check.py`` runs them on a
-GPU; its ``--dry-run`` runs them on the CPU (``NAS_CUDA_TESTS_DEVICE=cpu``, see conftest) so that
-the tests themselves run in CI. Tests record what they found (``record_property``), which the
+Marked ``cuda``: they run on CUDA where there is a device, else on the CPU (see conftest), so
+that CI, on CPUs, runs them too. ``scripts/gpu_check.py`` runs them on a GPU. Tests record what they found (``record_property``), which the
 check puts in its report.
 """
 from __future__ import annotations
@@ -36,7 +35,7 @@ from conftest import DARTS_V2, TINY_SEARCH, cuda_tests_device
 # deterministic matrix products for the resume test
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
-pytestmark = pytest.mark.cuda
+pytestmark = [pytest.mark.cuda, pytest.mark.slow]  # slow: about 35 s on 2 CPU cores in all
 
 NB201 = {"C": 4, "cells_per_stage": 1}
 NONDETERMINISTIC = "does not have a deterministic implementation"
@@ -44,7 +43,7 @@ NONDETERMINISTIC = "does not have a deterministic implementation"
 
 @pytest.fixture(scope="module")
 def device() -> torch.device:
-    return cuda_tests_device() or torch.device("cuda")
+    return cuda_tests_device()
 
 
 def tiny(cifar_root: Path, device: torch.device, overrides: list[str] = (), space: str = "darts"):

@@ -129,6 +129,7 @@ def flat_config(tmp_path, cifar_root) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("budget", [[], ["--set", "search.budget.params=5000",
                                          "search.budget.latency_ms=1000"]], ids=["plain", "budget"])
 def test_torchrun_search_writes_one_run_directory(tmp_path, tiny_config, budget):
@@ -250,6 +251,7 @@ def _buffers_worker(rank: int, world: int, port: int, argv: list[str], out: str)
     (Path(out) / f"rank{rank}.code").write_text(str(main(argv)))
 
 
+@pytest.mark.slow
 def test_ranks_hold_the_same_batch_norm_statistics_and_rank_0_downloads(tmp_path, tiny_config):
     """In gdas mode the weight step runs outside DDP's hooks and the architecture step outside
     DDP: without the end-of-epoch average each rank keeps the running statistics of its own

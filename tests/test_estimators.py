@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import nas
 from nas import gumbel
 from nas.cli import main
+from nas.experiments import reference, step_cost
 
 EULER = 0.5772156649
 
@@ -145,13 +146,21 @@ def test_the_estimator_script_measures_against_the_exact_gradient(tmp_path, caps
 
 @pytest.mark.parametrize("row", ["gdas+gumbel_rao", "gdas+reinmax", "gdas+reinforce", "gdas+topk2"])
 def test_the_benchmark_times_a_step_with_each_estimator(row):
-    bench = _benchmark_script()
-    assert row in bench.ROWS
-    space = "darts" if row in bench.TOPK else "nasbench201"
-    r = bench.measure(space, row, batch=2, steps=1, warmup=0, device_name="cpu",
-                      amp=False, channels_last=False)
+    assert row in step_cost.ROWS
+    space = "darts" if row in step_cost.TOPK else "nasbench201"
+    r = step_cost.measure(space, row, batch=2, steps=1, warmup=0, device_name="cpu",
+                          amp=False, channels_last=False)
     assert r["mode"] == row and r["steps"] == 1 and r["median_s"] > 0
-    assert f"| {space} | {row} |" in bench.table([r])
+    assert f"| {space} | {row} |" in step_cost.table([r])
+
+
+def test_the_benchmark_measures_each_row_in_a_process_of_its_own():
+    (r,) = step_cost.measure_rows(["nasbench201"], ["gdas", "gdas+topk2"], {  # topk2: DARTS only
+        "batch": 2, "steps": 2, "warmup": 0, "device_name": "cpu", "amp": False,
+        "channels_last": False, "threads": 1, "image_size": 8,
+        "options": {"C": 4, "cells_per_stage": 1}})
+    assert (r["space"], r["mode"], r["steps"], r["threads"]) == ("nasbench201", "gdas", 2, 1)
+    assert r["median_s"] > 0 and r["peak_mb"] > 0
 
 
 # -- decoupled temperatures ---------------------------------------------------------------------
@@ -238,12 +247,8 @@ def test_forward_temperature_is_checked(overrides, message):
         nas.config.build_config({}, overrides)
 
 
-def _benchmark_script():
-    return _load_script("benchmark")
-
-
 def test_the_interleaved_benchmark_pins_the_same_subnetworks_for_every_row(tmp_path, capsys):
-    bench = _benchmark_script()
+    bench = reference
     model = nas.build_supernet("darts", 10, "gdas", seed=3, options={"C": 4, "cells": 3})
     model.train()
     ops = model.op_names["normal"]
@@ -268,6 +273,7 @@ def test_the_interleaved_benchmark_pins_the_same_subnetworks_for_every_row(tmp_p
     assert "networks in contiguous memory format" in bench.interleaved_table([r])
 
     capsys.readouterr()
+    bench = _load_script("benchmark")  # the command
     assert bench.main(["--reference", str(tmp_path), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no xautodl/models/cell_searchs/search_model_gdas.py" in err

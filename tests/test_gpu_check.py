@@ -1,5 +1,9 @@
 """scripts/gpu_check.py: its CPU dry run writes every part and target, its time guard and its
-one-line errors; the targets' verdicts."""
+one-line errors; the targets' verdicts.
+
+The dry run here leaves out the `tests` part, which starts `pytest -m cuda` in a fresh process:
+the suite runs those tests itself (on the CPU where there is no CUDA, see conftest), and the part's
+command and report are tested with the pytest process replaced by its JUnit report."""
 from __future__ import annotations
 
 import importlib.util
@@ -16,6 +20,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.py"
 PARTS = ["tests", "syncs", "speed", "memory", "epoch", "reference"]
+MEASURED = PARTS[1:]  # the parts the dry run below runs (the suite runs the cuda tests itself)
 
 
 def gpu_check(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -26,53 +31,83 @@ def gpu_check(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def dry_run(tmp_path_factory):
+def dry_run(tmp_path_factory):  # 20-40 s on 2 cores: the tests that use it are marked slow
     """One dry run, from a directory other than the repository's: (process, report, markdown)."""
     out = tmp_path_factory.mktemp("check")
-    proc = gpu_check("--dry-run", "--out", str(out), cwd=out)
+    proc = gpu_check("--dry-run", "--parts", *MEASURED, "--out", str(out), cwd=out)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["gpu-cpu-dry-run.json", "gpu-cpu-dry-run.md"]
     return (proc, json.loads((out / "gpu-cpu-dry-run.json").read_text()),
             (out / "gpu-cpu-dry-run.md").read_text())
 
 
+@pytest.mark.slow
 def test_the_dry_run_runs_every_part_and_reports_it(dry_run):
     proc, report, md = dry_run
     parts = report["parts"]
     assert list(parts) == PARTS
-    assert {name: p["status"] for name, p in parts.items()} == dict.fromkeys(PARTS, "pass")
-    assert all(p["seconds"] > 0 and p["summary"] for p in parts.values())
+    assert {name: p["status"] for name, p in parts.items()} == {
+        "tests": "skipped", **dict.fromkeys(MEASURED, "pass")}
+    assert all(parts[name]["seconds"] > 0 and parts[name]["summary"] for name in MEASURED)
+    assert parts["tests"]["summary"] == "not selected (--parts)"
     assert report["environment"]["dry_run"] is True and report["environment"]["torch"] == torch.__version__
     assert "Dry run on the CPU" in md
-    for heading in ("Tests marked `cuda`", "Host syncs per gdas search step", "Speed",
+    for heading in ("Host syncs per gdas search step", "Speed",
                     "Memory: gdas against softmax", "A full NAS-Bench-201 search epoch",
                     "gdas against the GDAS reference code"):
         assert f"\n## {heading}\n\nStatus: pass; " in md
-    for name in PARTS:  # the summary, printed and written
+    for name in MEASURED:  # the summary, printed and written
         assert f"| {name} | pass |" in proc.stdout and f"| {name} | pass |" in md
+    assert "| tests | skipped |" in md
 
 
-def test_the_cuda_tests_ran_on_the_cpu(dry_run):
-    _, report, md = dry_run
-    rows = {r["test"]: r for r in report["parts"]["tests"]["rows"]}
-    source = (ROOT / "tests" / "test_cuda.py").read_text()
-    names = {line.split("(")[0][4:] for line in source.splitlines() if line.startswith("def test_")}
-    assert names == {name.split("[")[0] for name in rows}  # every cuda test has its row
-    assert len(rows) == 14  # the four estimators run in one test
-    for name, row in rows.items():
-        if name.startswith("test_export"):  # another branch builds `nas export`
-            assert row["outcome"] in ("not present", "passed"), row
-        elif name.startswith("test_a_gdas_step_syncs"):
-            assert row["outcome"] == "skipped" and "needs a CUDA device" in row["message"]
-        else:
-            assert row["outcome"] == "passed", row
-    resume = rows["test_resume_equals_straight_through_on_the_device"]["recorded"]
-    assert resume == {"resume": "bitwise equal", "nondeterministic_ops": "none"}
-    bf16 = rows["test_a_gdas_step_in_bf16_and_channels_last_matches_float32[bf16]"]["recorded"]
-    assert 0 < float(bf16["arch_grad_relative_error"]) <= 0.4
+JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest">
+<testcase classname="tests.test_cuda" name="test_resume_equals_straight_through_on_the_device"
+ time="1.5"><properties><property name="resume" value="bitwise equal"/>
+<property name="nondeterministic_ops" value="none"/></properties></testcase>
+<testcase classname="tests.test_cuda" name="test_a_search_runs_on_the_device[bf16]" time="0.5">
+<failure message="AssertionError: loss is nan&#10;second line">traceback</failure></testcase>
+<testcase classname="tests.test_cuda" name="test_export_of_a_network[onnx]" time="0.1">
+<skipped message="not present: this tree has no `nas export`"/></testcase>
+<testcase classname="tests.test_cuda" name="test_a_gdas_step_syncs_once" time="0.0">
+<skipped message="CUDA's sync debug mode needs a CUDA device"/></testcase>
+</testsuite></testsuites>"""
+
+
+def test_the_tests_part_runs_the_cuda_tests_and_reports_each(tmp_path, monkeypatch):
+    check = load_script()
+    started = []
+
+    def pytest_process(cmd, cwd, env, **kwargs):  # what `pytest --junitxml` leaves behind
+        started.append((cmd, env))
+        Path(cmd[-2].split("=", 1)[1]).write_text(JUNIT)
+        return subprocess.CompletedProcess(cmd, 1, "1 failed, 1 passed, 2 skipped", "")
+
+    monkeypatch.setattr(check.subprocess, "run", pytest_process)
+    args = check.parse_args(["--dry-run"])
+    ctx = check.Context(args, check.DRY, "cpu", tmp_path, time.monotonic() + 60)
+    part = check.run_part("tests", check.part_tests, ctx, {"tests": 1.0})
+    (cmd, env), = started
+    assert cmd[1:5] == ["-m", "pytest", "-m", "cuda"] and cmd[-1] == str(ROOT / "tests")
+    assert "addopts=" in cmd  # one process: no pytest-xdist workers
+    assert env["NAS_CUDA_TESTS_DEVICE"] == "cpu" and str(ROOT) in env["PYTHONPATH"].split(os.pathsep)
+    rows = {r["test"]: r for r in part.rows}
+    assert {name: r["outcome"] for name, r in rows.items()} == {
+        "test_resume_equals_straight_through_on_the_device": "passed",
+        "test_a_search_runs_on_the_device[bf16]": "failed",
+        "test_export_of_a_network[onnx]": "not present",
+        "test_a_gdas_step_syncs_once": "skipped"}
+    assert rows["test_resume_equals_straight_through_on_the_device"]["recorded"] == {
+        "resume": "bitwise equal", "nondeterministic_ops": "none"}
+    assert rows["test_a_search_runs_on_the_device[bf16]"]["message"] == "AssertionError: loss is nan"
+    assert rows["test_resume_equals_straight_through_on_the_device"]["seconds"] == 1.5
+    assert part.status == "fail"  # a failed test fails the part
+    assert part.summary == "1 failed, 1 not present, 1 passed, 1 skipped"
+    md = "\n".join(check.section_tests(part))
     assert "| test_resume_equals_straight_through_on_the_device | passed |" in md
 
 
+@pytest.mark.slow
 def test_the_syncs_are_counted_and_traced_to_the_sample(dry_run):
     syncs = dry_run[1]["parts"]["syncs"]
     # the CPU stand-in sees this repository's host reads: one .tolist() a step, both samples'
@@ -82,6 +117,7 @@ def test_the_syncs_are_counted_and_traced_to_the_sample(dry_run):
     assert ".tolist()" in row["source"] and row["syncs"] == 3
 
 
+@pytest.mark.slow
 def test_the_speed_memory_epoch_and_reference_parts_measured(dry_run):
     parts = dry_run[1]["parts"]
     speed = parts["speed"]
@@ -106,6 +142,7 @@ def test_the_speed_memory_epoch_and_reference_parts_measured(dry_run):
     assert any("no --reference given" in note for note in reference["notes"])
 
 
+@pytest.mark.slow
 def test_every_target_has_a_verdict(dry_run):
     targets = dry_run[1]["targets"]
     assert len(targets) == 5
@@ -114,27 +151,51 @@ def test_every_target_has_a_verdict(dry_run):
     assert targets[2]["verdict"] == "met" and targets[2]["measured"] == "1.00 per step"
 
 
-def test_the_time_guard_stops_parts_and_still_writes_the_report(tmp_path):
+def test_the_time_guard_stops_parts_and_still_writes_the_report(tmp_path, monkeypatch):
+    check = load_script()
+
+    row = {"test": "test_x", "outcome": "passed", "seconds": 0.1, "message": "", "recorded": {}}
+
+    def overrunning(part, ctx):  # measures something, then never stops by itself
+        part.rows.append(row)
+        while True:
+            time.sleep(0.05)
+
+    monkeypatch.setattr(check, "PART_FUNCTIONS", {**check.PART_FUNCTIONS, "tests": overrunning})
+    monkeypatch.setattr(check, "MIN_PART_S", 0.5)
     start = time.monotonic()
-    proc = gpu_check("--dry-run", "--budget-s", "16", "--parts", "tests", "speed",
-                     "--out", str(tmp_path), cwd=tmp_path)
-    assert time.monotonic() - start < 60
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    # the tests' share of 1 s is 0.86 s; the backstop stops it 5 s later, and the syncs part then
+    # finds no time left: both reported, the report still written
+    assert check.main(["--dry-run", "--budget-s", "1", "--parts", "tests", "syncs",
+                       "--out", str(tmp_path)]) == 0
+    assert time.monotonic() - start < 30
     parts = json.loads((tmp_path / "gpu-cpu-dry-run.json").read_text())["parts"]
-    # pytest alone takes longer than the tests' share (16 s x 0.30 / 0.58): stopped, reported
-    assert parts["tests"]["status"] == "stopped" and parts["tests"]["seconds"] < 12
-    assert any("time share" in note for note in parts["tests"]["notes"])
-    speed = parts["speed"]  # the rest of the 16 s: stopped between rows, or done
-    assert speed["status"] in ("stopped", "pass") and speed["seconds"] < 10
-    assert (speed["status"] == "stopped") == (len(speed["rows"]) < 24)
+    assert parts["tests"]["status"] == "stopped" and 5 < parts["tests"]["seconds"] < 20
+    assert parts["tests"]["rows"] == [row]  # what it measured is kept
+    assert parts["tests"]["notes"] == [
+        "stopped after its 1 s share of --budget-s; what it measured until then is kept"]
+    syncs = parts["syncs"]
+    assert syncs["status"] == "skipped" and "no time left" in syncs["summary"]
     assert all(parts[name]["status"] == "skipped" and "not selected" in parts[name]["summary"]
-               for name in ("syncs", "memory", "epoch", "reference"))
+               for name in ("speed", "memory", "epoch", "reference"))
     assert "| tests | stopped |" in (tmp_path / "gpu-cpu-dry-run.md").read_text()
 
-    proc = gpu_check("--dry-run", "--budget-s", "2", "--parts", "syncs", "--out", str(tmp_path),
-                     cwd=tmp_path)
-    syncs = json.loads((tmp_path / "gpu-cpu-dry-run.json").read_text())["parts"]["syncs"]
-    assert proc.returncode == 0 and syncs["status"] == "skipped" and "no time left" in syncs["summary"]
+
+def test_the_speed_part_stops_between_rows_at_its_share(tmp_path, monkeypatch):
+    check = load_script()
+
+    def measure(space, mode, *args, **kwargs):
+        time.sleep(0.2)
+        return {"space": space, "mode": mode, "median_s": 0.1, "images_per_s": 80.0}
+
+    monkeypatch.setattr(check.step_cost, "measure", measure)
+    ctx = check.Context(check.parse_args(["--dry-run"]), check.DRY, "cpu", tmp_path,
+                        time.monotonic() + 60)
+    ctx.part_end = time.monotonic() + 3.0  # the part stops with less than 2 s of its share left
+    part = check.Part("speed")
+    check.part_speed(part, ctx)
+    assert part.status == "stopped" and 1 <= len(part.rows) < 24
+    assert part.notes == [f"stopped at its time share: {len(part.rows)} of 24 rows"]
 
 
 @pytest.mark.parametrize("args,message", [
@@ -148,10 +209,12 @@ def test_the_time_guard_stops_parts_and_still_writes_the_report(tmp_path):
     pytest.param([], "no CUDA device here; --dry-run",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is here")),
 ])
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
-    proc = gpu_check(*args, "--out", str(tmp_path / "out"), cwd=tmp_path)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr
-    assert not (tmp_path / "out").exists()
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    assert load_script().main([*args, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("gpu_check.py: error: ") and message in err
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("out, message", [

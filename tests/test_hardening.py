@@ -945,6 +945,7 @@ def test_a_signal_to_the_group_in_the_few_shot_phase_is_one_line_and_leaves_noth
     assert not [p for p in parts if _alive(p)]
 
 
+@pytest.mark.slow
 def test_sigkill_at_a_random_moment_then_resume_equals_a_straight_run(ws):
     args = ["search", "--config", "tiny.yaml", "--quiet", "--set", "search.epochs=5"]
     straight = _nas([*args, "--run-dir", "straight"], ws)
@@ -1048,6 +1049,7 @@ def test_others_busy_takes_this_process_out():
     assert others_busy(start, Sample(1.0, None, 1.0)) is None  # no /proc/stat
 
 
+@pytest.mark.slow
 def test_the_wait_policy_is_set_before_torch_unless_the_user_chose():
     code = ("import os, sys\nfrom nas.threads import set_wait_policy\n"
             "print(set_wait_policy(), os.environ.get('OMP_WAIT_POLICY'))\n"
@@ -1060,6 +1062,7 @@ def test_the_wait_policy_is_set_before_torch_unless_the_user_chose():
     assert out.stdout.split()[:2] == ["False", "ACTIVE"], out.stderr
 
 
+@pytest.mark.slow
 def test_the_header_states_the_threads_and_the_flag_sets_them(ws, capsys):
     code = main(["search", "--config", "tiny.yaml", "--run-dir", "t2", "--threads", "2",
                  "--set", "search.epochs=1"])
@@ -1075,6 +1078,7 @@ def test_the_header_states_the_threads_and_the_flag_sets_them(ws, capsys):
     assert code == 0 and header.endswith(", 1 thread (OMP_NUM_THREADS)"), header  # conftest's
 
 
+@pytest.mark.slow
 def test_the_contention_benchmark_times_each_setting(ws, tmp_path):
     from test_estimators import _load_script
     bench = _load_script("benchmark")
@@ -1103,6 +1107,7 @@ def test_an_epoch_line_stays_above_the_bars_on_a_terminal(tmp_path, monkeypatch,
     assert "search epoch 2/2 train_loss=0.5" in err
 
 
+@pytest.mark.slow
 def test_sigterm_flushes_the_log_keeps_the_checkpoint_and_prints_the_resume(ws):
     log = open(ws / "log.txt", "w")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

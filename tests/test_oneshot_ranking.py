@@ -1,10 +1,8 @@
-"""scripts/oneshot_ranking.py: the supernet's order of NAS-Bench-201 cells against the table."""
+"""nas.experiments.ranking (scripts/oneshot_ranking.py): the supernet's order of NAS-Bench-201 cells against the table."""
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,16 +13,13 @@ from conftest import write_cifar10
 from nas.benchmarks import load_table
 from nas.budget import fits
 from nas.cli import main as nas_main
+from nas.experiments import ranking
 from nas.genotype import parse_nb201
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT.parent / "shared" / "benchmarks" / "nats_tss_200ep.csv"
 needs_table = pytest.mark.skipif(not TABLE.is_file(), reason=f"no NAS-Bench-201 table at {TABLE}")
 
-spec = importlib.util.spec_from_file_location("oneshot_ranking", ROOT / "scripts" / "oneshot_ranking.py")
-ranking = importlib.util.module_from_spec(spec)
-sys.modules["oneshot_ranking"] = ranking
-spec.loader.exec_module(ranking)
 
 TINY = {"space": "nasbench201", "device": "cpu",
         "data": {"image_size": 8, "pad": 1, "limit": 64, "workers": 0},

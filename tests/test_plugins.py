@@ -98,6 +98,7 @@ def nas_command(args: list[str], site: Path, cwd: Path) -> subprocess.CompletedP
                           cwd=cwd, env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_concat_plugin_as_a_package_and_by_path_in_one_process(tmp_path, cifar_root):
     site = tmp_path / "site"
     write_package(site)

@@ -1,9 +1,16 @@
-"""scripts/study.py: a tiny study end to end, resuming, the random-search baseline, bad input."""
+"""nas.experiments.study (``nas study``, scripts/study.py): a tiny study end to end, resuming, the random-search baseline, bad input.
+
+The end-to-end studies run their searches and random searches in this process (``in_process``),
+as their children would run them, so that the tests do not start Python and torch again for
+each; one test runs real children."""
 from __future__ import annotations
 
-import importlib.util
+import contextlib
+import io
 import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,7 +22,8 @@ import yaml
 import nas
 from conftest import write_cifar10
 from nas.benchmarks import load_table
-from nas.cli import build_parser
+from nas.cli import build_parser, main as nas_main
+from nas.experiments import random_search, study
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT.parent / "shared" / "benchmarks" / "nats_tss_200ep.csv"
@@ -23,10 +31,6 @@ needs_table = pytest.mark.skipif(not TABLE.is_file(), reason=f"no NAS-Bench-201 
 needs_shared_data = pytest.mark.skipif(not (ROOT.parent / "shared" / "data").is_dir(),
                                        reason="no shared data")
 
-spec = importlib.util.spec_from_file_location("study", ROOT / "scripts" / "study.py")
-study = importlib.util.module_from_spec(spec)
-sys.modules["study"] = study  # dataclasses look their module up while the class is built
-spec.loader.exec_module(study)
 
 TINY = {"space": "nasbench201", "device": "cpu",
         "data": {"image_size": 8, "pad": 1, "limit": 64, "workers": 0},
@@ -44,6 +48,31 @@ def workdir(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
+@pytest.fixture
+def in_process(monkeypatch) -> list[list[str]]:
+    """The study's children run in this process: ``nas search`` through ``nas.cli.main``, the
+    random search through its worker function; a failure is a RunFailed, as a child's is.
+    Returns the list of the children's command lines, in the order they started."""
+    started_children: list[list[str]] = []
+
+    def child(cmd: list[str], jobs: int) -> float:
+        started_children.append(cmd)
+        started, err = time.time(), io.StringIO()
+        if cmd[1:4] == ["-m", "nas", "search"]:
+            with contextlib.redirect_stderr(err):
+                code = nas_main(cmd[3:])
+        else:
+            assert cmd[1:3] == ["-m", "nas.experiments.random_search"], cmd
+            random_search.random_search_worker(json.loads(cmd[3]))
+            code = 0
+        if code:
+            raise study.RunFailed(f"exit status {code}: {' '.join(cmd)}\n{err.getvalue()}")
+        return time.time() - started
+
+    monkeypatch.setattr(study, "child", child)
+    return started_children
+
+
 def write_study(path: Path, **changes) -> Path:
     body = {"benchmark": str(TABLE), "data_dir": "data", "seeds": [0],
             "methods": {"a": {"config": "tiny.yaml"},
@@ -53,8 +82,9 @@ def write_study(path: Path, **changes) -> Path:
     return path
 
 
+@pytest.mark.slow
 @needs_table
-def test_study_runs_scores_and_skips_finished_runs(workdir, capsys):
+def test_study_runs_scores_and_skips_finished_runs(workdir, in_process, capsys):
     code = study.main([str(write_study(workdir / "s.yaml")), "--out", "out"])
     out = capsys.readouterr()
     assert code == 0, out.err
@@ -88,17 +118,19 @@ def test_study_runs_scores_and_skips_finished_runs(workdir, capsys):
 
     finished = [p for p in (workdir / "out" / "runs").rglob("*.json")]
     mtimes = {p: p.stat().st_mtime_ns for p in finished}
-    started = time.time()
+    assert len(in_process) == 3  # a search per method, the random search
     assert study.main([str(workdir / "s.yaml"), "--out", "out"]) == 0
-    assert time.time() - started < 10  # no child ran
+    assert len(in_process) == 3  # no child ran
     assert capsys.readouterr().out.count("skip (finished)") == 3
     assert {p: p.stat().st_mtime_ns for p in finished} == mtimes
     again = json.loads((workdir / "out" / "study.json").read_text())
     assert again["runs"] == data["runs"] and again["random_search"] == data["random_search"]
 
 
+@pytest.mark.slow
 @needs_table
-def test_budget_study_has_the_size_baselines_random_search_within_and_a_sweep(workdir, capsys):
+def test_budget_study_has_the_size_baselines_random_search_within_and_a_sweep(workdir, in_process,
+                                                                             capsys):
     # the network the budget counts: NAS-Bench-201's C=16, 5 cells per stage at 32x32, whose
     # costs the issue measured independently: 7,783,040 multiply-adds without any op, 35,389,440
     # per 3x3 conv edge, 3,932,160 per 1x1 conv edge
@@ -169,7 +201,7 @@ def test_search_run_resumes_or_restarts(tmp_path, monkeypatch):
 @needs_table
 def test_random_search_picks_by_validation_only(workdir):
     out = workdir / "result.json"
-    study.random_search_worker({"config": "tiny.yaml", "set": [], "seed": 1, "epochs": 1,
+    random_search.random_search_worker({"config": "tiny.yaml", "set": [], "seed": 1, "epochs": 1,
                                 "data_dir": "data", "budget": 0.0, "started": time.time(),
                                 "out": str(out)})
     res = json.loads(out.read_text())
@@ -180,7 +212,7 @@ def test_random_search_picks_by_validation_only(workdir):
 
 
 @needs_table
-def test_two_random_searches_each_get_a_row_and_their_own_runs(workdir, capsys):
+def test_two_random_searches_each_get_a_row_and_their_own_runs(workdir, in_process, capsys):
     path = write_study(workdir / "s.yaml", methods={"a": {"config": "tiny.yaml"}}, published=False,
                        random_search=[{"epochs": 1}, {"name": "deep", "epochs": 1, "lr": 0.05,
                                                       "network": {"cells_per_stage": 2},
@@ -205,8 +237,7 @@ def test_two_random_searches_each_get_a_row_and_their_own_runs(workdir, capsys):
 def test_random_search_can_train_another_network(workdir, monkeypatch):
     """random_search: {network: ..., lr: ...}: the cells are trained as the few-shot phase trains
     its parts' cells, not in the supernet's proxy."""
-    import search_spaces.nasbench201 as nb201
-    built, rates, real_net, real_sgd = [], [], nb201.NB201Network, torch.optim.SGD
+    built, rates, real_net, real_sgd = [], [], random_search.NB201Network, torch.optim.SGD
 
     def network(*args, **kwargs):
         built.append({k: kwargs[k] for k in ("C", "cells_per_stage")})
@@ -216,23 +247,25 @@ def test_random_search_can_train_another_network(workdir, monkeypatch):
         rates.append(lr)
         return real_sgd(params, lr, **kwargs)
 
-    monkeypatch.setattr(nb201, "NB201Network", network)
+    monkeypatch.setattr(random_search, "NB201Network", network)
     monkeypatch.setattr(torch.optim, "SGD", sgd)
     base = {"config": "tiny.yaml", "set": [], "seed": 1, "epochs": 1, "data_dir": "data",
             "budget": 0.0, "started": time.time(), "out": str(workdir / "r.json")}
-    study.random_search_worker(base)
-    study.random_search_worker({**base, "network": {"C": 2, "cells_per_stage": 2}, "lr": 0.3})
+    random_search.random_search_worker(base)
+    random_search.random_search_worker({**base, "network": {"C": 2, "cells_per_stage": 2}, "lr": 0.3})
     assert built == [{"C": TINY["supernet"]["C"], "cells_per_stage": TINY["supernet"]["cells_per_stage"]},
                      {"C": 2, "cells_per_stage": 2}]
     assert rates == [0.025, 0.3]
 
 
+@pytest.mark.slow
 @needs_table
 def test_failed_run_does_not_stop_the_study(workdir, capsys):
+    """`nas study`, with real children (``nas search`` processes)."""
     (workdir / "empty").mkdir()
     path = write_study(workdir / "s.yaml", data_dir="empty", random_search=None, published=False,
                        methods={"a": {"config": "tiny.yaml"}})
-    assert study.main([str(path), "--out", "out", "--seeds", "0", "1"]) == 1
+    assert nas_main(["study", str(path), "--out", "out", "--seeds", "0", "1"]) == 1
     out = capsys.readouterr()
     assert "a seed 0: FAILED" in out.out and "CIFAR-10 not found" in out.out
     assert "study: 2 run(s) failed: a seed 0, a seed 1" in out.err
@@ -251,10 +284,20 @@ def test_failed_run_does_not_stop_the_study(workdir, capsys):
     ({"random_search": [{"epochs": 1, "name": "a"}]}, [], "random_search[0]: name: letters"),
 ])
 def test_bad_input_is_one_line_and_creates_nothing(workdir, capsys, change, args, message):
-    code = study.main([str(write_study(workdir / "s.yaml", **change)), "--out", "out", *args])
-    err = capsys.readouterr().err
-    assert code == 2 and err.startswith("study: error: ") and message in err
-    assert err.count("\n") == 1 and not (workdir / "out").exists()
+    path = str(write_study(workdir / "s.yaml", **change))
+    for command, prefix in ((study.main, "study: error: "), (nas_main, "nas study: error: ")):
+        code = command([*(["study"] if command is nas_main else []), path, "--out", "out", *args])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith(prefix) and message in err
+        assert err.count("\n") == 1 and not (workdir / "out").exists()
+
+
+def test_the_script_is_the_command_under_its_former_name(tmp_path):
+    """``python scripts/study.py``, as the docs run it: a bad option is one line and status 2."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "study.py"), "s.yaml",
+                           "--jobs", "0"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr == "study: error: --jobs must be at least 1, got 0\n"
 
 
 def shipped_study(monkeypatch, name: str, methods: list[str], sets: list[str] = []):
