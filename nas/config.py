@@ -76,6 +76,25 @@ class FewShotConfig:
 
 
 @dataclass
+class SelectConfig:
+    """After the search: its most probable cells within the budget, ranked by short trainings."""
+
+    shortlist: int = 0                  # candidates (one per isomorphism class); 0: off
+    min_epochs: int = 2                 # successive halving: every candidate trained this long,
+    max_epochs: int = 16                # the best 1/eta of them eta times longer, ... up to this
+    eta: int = 2
+    average: int = 2                    # a training's score: its mean architecture-split
+                                        # accuracy over its last `average` epochs
+    lr: float = 0.05                    # SGD, cosine to 0 over each training
+    batch_size: int = 64
+    network: dict = field(default_factory=dict)  # network: options it overrides (C: 8)
+    workers: int | None = None          # CPU processes training candidates side by side; null:
+                                        # one per thread of the run
+    threads: int = 1                    # threads of each training: its float rounding, hence
+                                        # its score, does not depend on the machine's load
+
+
+@dataclass
 class SearchConfig:
     """The alternating optimisation of weights and architecture (GDAS defaults)."""
 
@@ -108,6 +127,7 @@ class SearchConfig:
     log_every: int = 10                 # TensorBoard per-step scalars (step/...) every N steps; 0: off
     budget: BudgetConfig = field(default_factory=BudgetConfig)  # bounds on the derived network's cost
     few_shot: FewShotConfig = field(default_factory=FewShotConfig)  # split, search the parts, pick
+    select: SelectConfig = field(default_factory=SelectConfig)  # a shortlist ranked by training
 
 
 @dataclass
@@ -329,6 +349,7 @@ def _check_ranges(cfg: Config) -> None:
          f"search.few_shot.select_batch_size: must be at least 1, got {f.select_batch_size}")
     need(f.epochs == 0 or cfg.search.mode == "gdas",
          f"search.few_shot: fixing an edge's op needs search.mode: gdas, got {cfg.search.mode}")
+    _check_select(cfg.search, need)
     need(0 < cfg.data.split < 1, f"data.split: must be in (0, 1), got {cfg.data.split}")
     size = cfg.data.image_size
     need(4 <= size <= MAX_IMAGE_SIZE and size % 2 == 0,
@@ -344,6 +365,27 @@ def _check_ranges(cfg: Config) -> None:
     need(cfg.train.cutout >= 0, f"train.cutout: must be >= 0, got {cfg.train.cutout}")
     need(cfg.train.auxiliary_weight >= 0,
          f"train.auxiliary_weight: must be >= 0, got {cfg.train.auxiliary_weight}")
+
+
+def _check_select(s: SearchConfig, need: Callable[[bool, str], None]) -> None:
+    c = s.select
+    need(c.shortlist >= 0 and c.shortlist != 1,
+         f"search.select.shortlist: must be 0 (off) or at least 2, got {c.shortlist}")
+    need(c.min_epochs >= 1, f"search.select.min_epochs: must be at least 1, got {c.min_epochs}")
+    need(c.max_epochs >= c.min_epochs,
+         f"search.select.max_epochs: must be at least min_epochs ({c.min_epochs}), got {c.max_epochs}")
+    need(c.eta >= 2, f"search.select.eta: must be at least 2, got {c.eta}")
+    need(1 <= c.average <= c.min_epochs,
+         f"search.select.average: must be from 1 to min_epochs ({c.min_epochs}), got {c.average}")
+    need(c.lr > 0, f"search.select.lr: must be positive, got {c.lr}")
+    need(c.batch_size >= 1, f"search.select.batch_size: must be at least 1, got {c.batch_size}")
+    need(c.workers is None or 1 <= c.workers <= MAX_THREADS,
+         f"search.select.workers: must be from 1 to {MAX_THREADS} or null, got {c.workers}")
+    need(1 <= c.threads <= MAX_THREADS,
+         f"search.select.threads: must be from 1 to {MAX_THREADS}, got {c.threads}")
+    need(c.shortlist == 0 or s.few_shot.epochs == 0,
+         "search.select: the few-shot phase and the selection both pick the cell; set "
+         "search.few_shot.epochs=0 to rank a shortlist instead")
 
 
 def budget_limits(b: BudgetConfig) -> dict[str, float]:

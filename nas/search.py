@@ -43,6 +43,7 @@ from .runtime import (CHECKPOINT, Meter, autocast, channels_last, check_finite, 
 from .schedules import TemperatureScheduler
 from .errors import InputError
 from .fewshot import run_few_shot
+from .selection import check_selection, run_selection
 from .spaces import build_network, build_supernet, check_supernet, inspecting
 from .supernet import MixedEdge, Supernet
 from .threads import Threads, use_threads
@@ -294,6 +295,7 @@ def build_search(cfg: Config, saved_costs: Path | None = None) -> SearchSetup:
                           {**cfg.network, **s.few_shot.select_network})
         except InputError as exc:
             raise InputError(f"search.few_shot.select_network: {exc}") from None
+    check_selection(cfg, model, data.num_classes, dist.world_size())
     layout = channels_last(s.channels_last, device)
     if layout:
         model = model.to(memory_format=torch.channels_last)
@@ -558,6 +560,8 @@ def search(cfg: Config, run_dir: str | Path, *, resume: bool = False, force: boo
     if s.few_shot.epochs:
         genotype = run_few_shot(setup, run_dir, arch_updater(setup),
                                 print if not quiet else (lambda line: None), quiet)
+    elif s.select.shortlist:
+        genotype = run_selection(setup, run_dir, print if not quiet else (lambda line: None), quiet)
     else:
         genotype = setup.derive()
     cost = limits = None
