@@ -299,14 +299,13 @@ def build_cost_table(model: Supernet, build: Callable[[Genotype], nn.Module], im
     cache: dict[tuple[Any, ...], float] = {}
     totals: list[dict[str, float]] = []
     op_sums: list[float] = []  # per probe: the summed latency of its ops, each timed alone
+    checked = False  # whether a probe with multiply-adds was counted whole
     timed = "latency_ms" in metrics
     for p, genotype in enumerate(probes):
         if progress is not None:
             progress(f"probe {p + 1}/{len(probes)}")
         net, cells, shapes = _probe(build, genotype, torch.device("cpu"), 1, image_size)
         total = {"params": float(count_parameters(net))}
-        if "macs" in metrics and p < 2:  # the second probe checks that the cost adds up
-            total["macs"] = float(_whole_macs(build, genotype, net, image_size))
         entries = []  # (kind, edge, op, costs), in the order of the cells' op modules
         for kind, cell in cells:
             index = {pair: e for e, pair in enumerate(edge_inputs(model.cell_inputs, len(cell.nodes)))}
@@ -317,6 +316,11 @@ def build_cost_table(model: Supernet, build: Callable[[Genotype], nn.Module], im
                     cost["macs"] = _measured(module, shapes.get(module), "macs",
                                              torch.device("cpu"), cache)
                 entries.append((kind, index[(node, src)], model.op_names[kind].index(op), cost))
+        # the first probe gives the base; the first whose ops carry multiply-adds checks that
+        # they add up (the all-none and all-skip probes carry none, so they cannot tell)
+        if "macs" in metrics and (p == 0 or not checked and any(c["macs"] for *_, c in entries)):
+            total["macs"] = float(_whole_macs(build, genotype, net, image_size))
+            checked = p > 0
         if timed:
             real, real_cells, real_shapes = _probe(build, genotype, device, latency_batch, image_size)
             with evaluating(real) as where:
