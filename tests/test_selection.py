@@ -184,3 +184,102 @@ def test_bad_settings_are_one_line(root, tmp_path, capsys, setting, message):
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def record(tmp_path: Path, **change) -> Path:
+    g = Genotype({"cell": [[("skip_connect", 0)], [("none", 0), ("nor_conv_1x1", 1)]]},
+                 space="nasbench201")
+    state = {"version": 1, "settings": {"shortlist": 2}, "threads": 1, "search_threads": 2,
+             "shortlist": [{"genotype": g.to_dict(), "log_prob": -1.5, "key": "a"},
+                           {"genotype": g.to_dict(), "log_prob": -2.0, "key": "b"}],
+             "trainings": {"1@2": {"epochs": 2, "accs": [40.0, 50.0], "losses": [2.0, 1.9],
+                                   "score": 45.0}},
+             "seconds": 3.5}
+    for key, value in change.items():
+        state[key] = value
+    path = tmp_path / STATE
+    nas.selection.write_record(path, state)
+    return path
+
+
+def test_a_record_is_read_back_as_written(tmp_path):
+    path = record(tmp_path)
+    state = nas.selection.read_record(path)
+    assert state["trainings"]["1@2"]["score"] == 45.0 and state["threads"] == 1
+    assert state["shortlist"][1]["key"] == "b"
+    assert not path.with_suffix(".tmp").exists()
+    assert nas.selection.read_record(tmp_path / "none.json") is None
+
+
+@pytest.mark.parametrize("change,phrase", [
+    ({"version": 2}, "not version 1"),
+    ({"threads": 0}, "threads: 0"),
+    ({"threads": True}, "threads: True"),
+    ({"threads": "1"}, "threads: '1'"),
+    ({"settings": []}, "settings is not a mapping"),
+    ({"shortlist": [{"genotype": {"cells": 3}, "log_prob": 0, "key": "a"}]}, "genotype"),
+    ({"shortlist": [{"log_prob": 0, "key": "a"}]}, "genotype"),
+    ({"trainings": {"2@2": {"epochs": 2, "score": 1.0}}}, "training 2@2"),
+    ({"trainings": {"-1@2": {"epochs": 2, "score": 1.0}}}, "training -1@2"),
+    ({"trainings": {"1@3": {"epochs": 2, "score": 1.0}}}, "training 1@3"),
+    ({"trainings": {"1@2": {"epochs": 2, "score": "high"}}}, "training 1@2"),
+    ({"trainings": {"1": {"epochs": 2, "score": 1.0}}}, "ValueError"),
+    ({"seconds": "soon"}, "ValueError"),
+    ({"seconds": None}, "TypeError"),
+])
+def test_a_damaged_record_is_refused_in_one_line(tmp_path, change, phrase):
+    path = record(tmp_path, **change)
+    with pytest.raises(nas.InputError) as err:
+        nas.selection.read_record(path)
+    assert phrase in str(err.value) and str(path) in str(err.value)
+    assert "remove it to run the selection again" in str(err.value)
+    assert len(str(err.value).splitlines()) == 1
+
+
+def test_a_record_that_is_not_json_is_refused(tmp_path):
+    (tmp_path / STATE).write_text("{half")
+    with pytest.raises(nas.InputError, match="JSONDecodeError"):
+        nas.selection.read_record(tmp_path / STATE)
+    (tmp_path / STATE).write_text("[1, 2]")
+    with pytest.raises(nas.InputError, match="not version 1"):
+        nas.selection.read_record(tmp_path / STATE)
+
+
+def test_processes_share_the_runs_threads(monkeypatch):
+    from types import SimpleNamespace
+    import torch
+    from nas.threads import Threads
+
+    def setup(workers=None, threads=4, device="cpu"):
+        cfg = SimpleNamespace(search=SimpleNamespace(select=SimpleNamespace(workers=workers)))
+        return SimpleNamespace(cfg=cfg, device=torch.device(device), threads=Threads(threads, "test"))
+
+    monkeypatch.setattr(nas.selection, "can_fork", lambda: True)
+    assert nas.selection.processes(setup(), 8, 1) == 4
+    assert nas.selection.processes(setup(), 3, 1) == 3
+    assert nas.selection.processes(setup(), 8, 2) == 2
+    assert nas.selection.processes(setup(threads=1), 8, 2) == 1
+    assert nas.selection.processes(setup(workers=3), 8, 1) == 3
+    assert nas.selection.processes(setup(), 1, 1) == 1
+    assert nas.selection.processes(setup(device="cuda"), 8, 1) == 1
+    monkeypatch.setattr(nas.selection, "can_fork", lambda: False)
+    assert nas.selection.processes(setup(), 8, 1) == 1
+
+
+def test_settings_hold_what_a_training_depends_on(root):
+    cfg = load_config(root / "tiny.yaml", ["search.select.network={C: 6}", "search.select.workers=3"])
+    s = nas.selection.settings(cfg)
+    assert s["network"] == {"C": 6, "cells_per_stage": 1}  # the network: options, overridden
+    assert "workers" not in s and s["threads"] == 1 and s["seed"] == 0
+    assert s["split"] == 0.5 and s["pad"] == 1 and s["average"] == 2 and s["lr"] == 0.05
+    other = load_config(root / "tiny.yaml", ["seed=3"])
+    assert nas.selection.settings(other) != nas.selection.settings(load_config(root / "tiny.yaml"))
+
+
+def test_torch_threads_restores_the_count():
+    import torch
+    before = torch.get_num_threads()
+    with nas.selection.torch_threads(before + 1):
+        assert torch.get_num_threads() == before + 1
+    assert torch.get_num_threads() == before
+    assert nas.selection.plural(1, "epoch") == "1 epoch" and nas.selection.plural(3, "thread") == "3 threads"
