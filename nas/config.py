@@ -80,13 +80,12 @@ class SelectConfig:
     """After the search: its most probable cells within the budget, ranked by short trainings."""
 
     shortlist: int = 0                  # candidates (one per isomorphism class); 0: off
-    min_epochs: int = 2                 # successive halving: every candidate trained this long,
-    max_epochs: int = 16                # the best 1/eta of them eta times longer, ... up to this
-    eta: int = 2
-    average: int = 2                    # a training's score: its mean architecture-split
-                                        # accuracy over its last `average` epochs
+    min_epochs: int = 2                 # successive halving: every candidate trained this long first
+    max_epochs: int = 16                # the longest training
+    eta: int = 2                        # each round keeps the best 1/eta, trained eta times longer
+    average: int = 2                    # a score: mean architecture-split accuracy, last N epochs
     lr: float = 0.05                    # SGD, cosine to 0 over each training
-    batch_size: int = 64
+    batch_size: int = 64                # its batch
     network: dict = field(default_factory=dict)  # network: options it overrides (C: 8)
     workers: int | None = None          # CPU processes training candidates side by side; null:
                                         # one per thread of the run
