@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from .budget import derive_within
@@ -40,7 +39,7 @@ from .genotype import Genotype, edge_inputs, num_nodes
 from .runtime import in_layout, seed_everything
 from .spaces import build_network
 from .supernet import Supernet, canonical_order
-from .train import _outputs, evaluate_model
+from .train import evaluate_model, fit_epoch
 
 STATE = "few_shot.json"
 FIXED = -1.0e4  # a logit that is never drawn, and that carries no gradient to speak of
@@ -142,15 +141,7 @@ def select_score(cfg: Any, genotype: Genotype, num_classes: int, device: torch.d
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, f.select_epochs, eta_min=0.0)
         for epoch in range(f.select_epochs):
             train.set_epoch(epoch)
-            net.train()
-            for x, y in train:
-                logits, _ = _outputs(net(x))  # an auxiliary head's output is left out
-                loss = F.cross_entropy(logits, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.search.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.search.grad_clip)
-                opt.step()
+            fit_epoch(net, opt, train, cfg.search.grad_clip)
             sched.step()
             progress()
         with torch.no_grad():

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from .data import Batches, ImageSet, load_split, seed_of, split_indices
@@ -37,7 +36,7 @@ from .runtime import seed_everything
 from .shortlist import Candidate, shortlist
 from .spaces import build_network
 from .supernet import Supernet
-from .train import evaluate_model
+from .train import evaluate_model, fit_epoch
 
 STATE = "select.json"
 VERSION = 1
@@ -86,15 +85,7 @@ def train_candidate(cfg: Any, genotype: Genotype, epochs: int, num_classes: int,
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs, eta_min=0.0)
         for epoch in range(epochs):
             train.set_epoch(epoch)
-            net.train()
-            for x, y in train:
-                out = net(x)
-                loss = F.cross_entropy(out[0] if isinstance(out, tuple) else out, y)  # no aux head
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.search.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.search.grad_clip)
-                opt.step()
+            fit_epoch(net, opt, train, cfg.search.grad_clip)
             sched.step()
             if epoch >= epochs - c.average:
                 with torch.no_grad():

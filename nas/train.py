@@ -108,6 +108,20 @@ def evaluate_model(model: nn.Module, batches: Batches, amp: bool = False,
     return meter.read()
 
 
+def fit_epoch(model: nn.Module, opt: torch.optim.Optimizer, batches: Batches, grad_clip: float) -> None:
+    """One epoch of plain steps on ``batches`` (an auxiliary head's output left out): the short
+    trainings from scratch that rank cells after a search."""
+    model.train()
+    for x, y in batches:
+        logits, _ = _outputs(model(x))
+        loss = F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+
+
 def checked_network(cfg: Config, space: str, genotype: Genotype, num_classes: int) -> nn.Module:
     """Build the network ``train`` retrains and run two images through it (one line if it fails)."""
     try:

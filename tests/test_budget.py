@@ -106,8 +106,9 @@ def test_nb201_derivation_is_the_most_probable_cell_within_budget(seed):
         assert g.cells == best.cells
 
 
-def test_darts_derivation_keeps_two_inputs_and_is_optimal():
-    """A one-kind DARTS-family space small enough to enumerate: 3 ops, fixed reduction."""
+def small_darts():
+    """A one-kind DARTS-family space small enough to enumerate: 3 ops, fixed reduction; its
+    ops, supernet (seeded logits), params table and a budget 60% of the way down to the least."""
     ops = ["none", "skip_connect", "sep_conv_3x3"]
     model = build_supernet("darts", 10, "gdas", 0, {"C": 4, "cells": 3, "ops": ops,
                                                       "fixed_reduction": True})
@@ -118,7 +119,11 @@ def test_darts_derivation_keeps_two_inputs_and_is_optimal():
         model.arch_logits["normal"].copy_(torch.randn(14, 3))
         model.arch_logits["normal"][:, 2] += 1.5
     free = table.of(model.genotype())["params"]
-    limits = {"params": free - 0.6 * (free - table.minimum()["params"])}
+    return ops, model, table, {"params": free - 0.6 * (free - table.minimum()["params"])}
+
+
+def test_darts_derivation_keeps_two_inputs_and_is_optimal():
+    ops, model, table, limits = small_darts()
     g = derive_within(model, table, limits)
     assert all(len(node) == 2 for node in g.cells["normal"])
     assert fits(table.of(g), limits)

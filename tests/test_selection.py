@@ -18,14 +18,11 @@ from nas.genotype import Genotype
 from nas.search import COSTS, build_search
 from nas.selection import STATE, ranked, rounds
 
-TINY = {"space": "nasbench201", "device": "cpu",
-        "data": {"image_size": 8, "pad": 1, "limit": 64, "workers": 0},
-        "supernet": {"C": 4, "cells_per_stage": 1},
-        "network": {"C": 4, "cells_per_stage": 1},
-        "search": {"epochs": 2, "batch_size": 16, "steps_per_epoch": 2, "estimator": "reinforce",
-                   "samples": 2, "weight_sampling": "params", "budget": {"params": 6000},
-                   "select": {"shortlist": 5, "min_epochs": 2, "max_epochs": 4, "eta": 2,
-                              "average": 2, "batch_size": 16}}}
+from test_fewshot import TINY as FEW_SHOT  # noqa: E402 - the same tiny search, another phase
+
+TINY = {**FEW_SHOT, "search": {**{k: v for k, v in FEW_SHOT["search"].items() if k != "few_shot"},
+                               "select": {"shortlist": 5, "min_epochs": 2, "max_epochs": 4,
+                                          "eta": 2, "average": 2, "batch_size": 16}}}
 
 
 @pytest.fixture(scope="module")

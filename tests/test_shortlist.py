@@ -16,6 +16,7 @@ from nas.shortlist import architecture_key, exact_key, nb201_unique, shortlist
 from nas.spaces import build_network, build_supernet
 
 from conftest import ROOT
+from test_budget import small_darts
 
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 TABLE = ROOT.parent / "shared" / "benchmarks" / "nats_tss_200ep.csv"
@@ -125,17 +126,7 @@ def test_a_budget_that_few_cells_meet_gives_fewer(nb201):
 
 
 def test_darts_k_best_keeps_two_inputs_and_matches_enumeration():
-    ops = ["none", "skip_connect", "sep_conv_3x3"]
-    model = build_supernet("darts", 10, "gdas", 0, {"C": 4, "cells": 3, "ops": ops,
-                                                      "fixed_reduction": True})
-    table = build_cost_table(model, lambda g: build_network("darts", g, 10, {"C": 4, "cells": 3}),
-                             8, ["params"], torch.device("cpu"), "darts")
-    torch.manual_seed(3)
-    with torch.no_grad():
-        model.arch_logits["normal"].copy_(torch.randn(14, 3))
-        model.arch_logits["normal"][:, 2] += 1.5
-    free = table.of(model.genotype())["params"]
-    limits = {"params": free - 0.6 * (free - table.minimum()["params"])}
+    ops, model, table, limits = small_darts()
     got = shortlist(model, 15, "darts", table, limits)
     logp = model.probabilities()["normal"].log()
     per_node, start = [], 0
