@@ -47,7 +47,7 @@ def nb201_unique(genotype: Genotype) -> str:
 
 def exact_key(genotype: Genotype) -> str:
     """A genotype's cells, concat and inputs as one string, each node's edges sorted."""
-    cells = {k: [sorted(map(list, node), key=lambda e: (e[1], e[0])) for node in nodes]
+    cells = {k: [sorted(map(list, node)) for node in nodes]
              for k, nodes in sorted(genotype.cells.items())}
     return json.dumps([cells, sorted((k, list(v)) for k, v in genotype.concat.items()),
                        sorted(genotype.inputs.items())])
@@ -89,7 +89,7 @@ def shortlist(model: Supernet, k: int, space: str, table: CostTable | None = Non
         raise ValueError("a budget's limits need its cost table")
     metrics = list(limits)
     groups = choice_groups(model, table, metrics)
-    cap = [limits[m] - table.base[m] for m in metrics] if table is not None else []
+    cap = [limits[m] - table.base[m] for m in metrics]  # no metrics without a table
     like = model.genotype()
     like = Genotype(like.cells, like.concat, space=like.space or space, inputs=like.inputs)
     want = k

@@ -175,7 +175,17 @@ def test_a_supernet_without_cell_inputs_is_refused(nb201):
     model, _ = nb201
     saved, model.cell_inputs = model.cell_inputs, None
     try:
-        with pytest.raises(InputError, match="DARTS-family"):
+        with pytest.raises(InputError, match="DARTS-family supernet .*; NB201Supernet is not"):
             shortlist(model, 3, "nasbench201")
     finally:
         model.cell_inputs = saved
+
+
+def test_k_and_limits_are_checked(nb201):
+    model, table = nb201
+    set_logits(model, 7)
+    with pytest.raises(ValueError, match="k must be at least 1, got 0"):
+        shortlist(model, 0, "nasbench201")
+    assert len(shortlist(model, 1, "nasbench201")) == 1
+    with pytest.raises(ValueError, match="a budget's limits need its cost table"):
+        shortlist(model, 2, "nasbench201", None, {"macs": 1e6})
