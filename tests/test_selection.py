@@ -201,8 +201,12 @@ def record(tmp_path: Path, **change) -> Path:
 
 def test_a_record_is_read_back_as_written(tmp_path):
     path = record(tmp_path)
+    assert (tmp_path / STATE).read_text().startswith('{\n "version": 1,\n')  # for people
+    assert sorted(p.name for p in tmp_path.iterdir()) == [STATE]
     state = nas.selection.read_record(path)
     assert state["trainings"]["1@2"]["score"] == 45.0 and state["threads"] == 1
+    first = {"epochs": 2, "accs": [1.0], "losses": [2.0], "score": 1.0}  # index 0 is a candidate
+    assert nas.selection.read_record(record(tmp_path, trainings={"0@2": first}))["trainings"]
     assert state["shortlist"][1]["key"] == "b"
     assert not path.with_suffix(".tmp").exists()
     assert nas.selection.read_record(tmp_path / "none.json") is None
@@ -213,7 +217,9 @@ def test_a_record_is_read_back_as_written(tmp_path):
     ({"threads": 0}, "threads: 0"),
     ({"threads": True}, "threads: True"),
     ({"threads": "1"}, "threads: '1'"),
-    ({"settings": []}, "settings is not a mapping"),
+    ({"settings": []}, "(ValueError: settings is not a mapping)"),
+    ({"shortlist": [{"genotype": Genotype({"cell": [[("none", 0)]]}).to_dict(), "log_prob": 0}]},
+     "KeyError"),
     ({"shortlist": [{"genotype": {"cells": 3}, "log_prob": 0, "key": "a"}]}, "genotype"),
     ({"shortlist": [{"log_prob": 0, "key": "a"}]}, "genotype"),
     ({"trainings": {"2@2": {"epochs": 2, "score": 1.0}}}, "training 2@2"),
@@ -258,6 +264,13 @@ def test_processes_share_the_runs_threads(monkeypatch):
     assert nas.selection.processes(setup(threads=1), 8, 2) == 1
     assert nas.selection.processes(setup(workers=3), 8, 1) == 3
     assert nas.selection.processes(setup(), 1, 1) == 1
+    assert nas.selection.processes(setup(), 2, 1) == 2
+    assert type(nas.selection.processes(setup(threads=5), 8, 2)) is int
+    assert nas.selection.processes(setup(threads=5), 8, 2) == 2
+    no_count = setup()
+    no_count.threads = None  # the run's torch threads then
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    assert nas.selection.processes(no_count, 8, 1) == 3
     assert nas.selection.processes(setup(device="cuda"), 8, 1) == 1
     monkeypatch.setattr(nas.selection, "can_fork", lambda: False)
     assert nas.selection.processes(setup(), 8, 1) == 1
