@@ -18,8 +18,8 @@ supernet. Two parts:
 """
 from __future__ import annotations
 
+import bisect
 import itertools
-import math
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -87,6 +87,7 @@ class BudgetConstraint:
 
 # -- derivation ---------------------------------------------------------------------------------
 Option = tuple[float, tuple[float, ...], tuple[tuple[str, int], ...]]  # score, cost, (op, src)s
+State = tuple[float, tuple[float, ...], Any]  # score, cost so far, back-pointer chain
 
 
 def _node_options(logp: Tensor, edge_logp: Tensor | None, cost: list[Tensor], ops: Sequence[str],
@@ -113,54 +114,109 @@ def _node_options(logp: Tensor, edge_logp: Tensor | None, cost: list[Tensor], op
     return [group]
 
 
-def _pareto(states: list[tuple[float, tuple[float, ...], Any]]) -> list[tuple[float, tuple[float, ...], Any]]:
-    """Drop every state that another state beats or equals in score at no more cost."""
+def _pareto(states: list[State], k: int = 1) -> list[State]:
+    """Drop every state that ``k`` kept states beat or equal in score at no more cost (k=1: the
+    Pareto front). A state that ``k`` others dominate cannot be in the ``k`` best, since each of
+    them completed as it would be scores as well within the same budget."""
     states = sorted(states, key=lambda s: -s[0])  # stable: earlier choices win ties
-    kept: list[tuple[float, tuple[float, ...], Any]] = []
+    kept: list[State] = []
     if states and len(states[0][1]) == 1:
-        best = math.inf
+        costs: list[float] = []  # the kept states' costs, sorted
         for s in states:
-            if s[1][0] < best:
+            if bisect.bisect_right(costs, s[1][0]) < k:
                 kept.append(s)
-                best = s[1][0]
+                bisect.insort(costs, s[1][0])
         return kept
     for s in states:
-        if not any(all(a <= b for a, b in zip(k[1], s[1])) for k in kept):
+        if sum(all(a <= b for a, b in zip(c[1], s[1])) for c in kept) < k:
             kept.append(s)
     return kept
 
 
-Group = tuple[str, int, list[Option]]  # logit group, node (a chain: 0), the choices
-
-
-def _cell_groups(model: Supernet, table: CostTable, metrics: list[str]) -> list[Group]:
-    """The choices of every node of every cell kind, as ``_node_options`` groups them."""
+def choice_groups(model: Supernet, table: CostTable | None,
+                  metrics: Sequence[str]) -> list[tuple[str, int, list[Option]]]:
+    """The derivation's choices as groups of options (one of each group is taken), in cell-kind
+    and node order (a chain: layer order), with their log-probabilities and their costs in
+    ``metrics`` (by ``table``; with no table, no costs: the unconstrained choice)."""
+    if model.chain:
+        return _layer_groups(model, table, metrics)
     probs, edge_probs = model.probabilities(), model.edge_probabilities()
-    groups: list[Group] = []
+    inputs = table.cell_inputs if table is not None else model.cell_inputs
+    keep = table.keep if table is not None else model.inputs_kept
+    groups: list[tuple[str, int, list[Option]]] = []
     for kind, p in probs.items():
         logp = p.double().clamp_min(1e-300).log().cpu()
         edge_logp = edge_probs[kind].double().clamp_min(1e-300).log().cpu() if kind in edge_probs else None
-        cost = [table.ops[m][kind].double().cpu() for m in metrics]
-        n, start = num_nodes(p.shape[0], table.cell_inputs), 0
+        cost = [table.ops[m][kind].double().cpu() for m in metrics] if table is not None else []
+        allowed = table.allowed[kind] if table is not None else \
+            torch.tensor([keep is None or op != "none" for op in model.op_names[kind]])
+        n, start = num_nodes(p.shape[0], inputs), 0
         for node in range(n):
-            count = table.cell_inputs + node
-            for group in _node_options(logp, edge_logp, cost, table.op_names[kind],
-                                       table.allowed[kind], start, count, table.keep):
+            count = inputs + node
+            for group in _node_options(logp, edge_logp, cost, model.op_names[kind], allowed,
+                                       start, count, keep):
                 groups.append((kind, node, group))
             start += count
     return groups
 
 
-def _layer_groups(model: Supernet, table: CostTable, metrics: list[str]) -> list[Group]:
+def _layer_groups(model: Supernet, table: CostTable | None,
+                  metrics: Sequence[str]) -> list[tuple[str, int, list[Option]]]:
     """A chain's choices: per layer, each candidate with its log-probability and cost."""
     probs = model.probabilities()
-    groups: list[Group] = []
+    groups: list[tuple[str, int, list[Option]]] = []
     for point in model.chain:
         logp = probs[point.group][point.row].double().clamp_min(1e-300).log().cpu()
-        cost = [table.ops[m][point.group][point.row].double().cpu() for m in metrics]
+        cost = [table.ops[m][point.group][point.row].double().cpu() for m in metrics] \
+            if table is not None else []
         groups.append((point.group, 0, [(float(logp[o]), tuple(float(c[o]) for c in cost),
                                          ((point.name, op),)) for o, op in enumerate(point.ops)]))
     return groups
+
+
+def best_choices(groups: Sequence[tuple[str, int, list[Option]]], cap: Sequence[float],
+                 k: int = 1) -> list[tuple[float, list[tuple[tuple[str, int], ...]]]]:
+    """The ``k`` highest-scoring ways to take one option of every group whose summed cost stays
+    within ``cap`` (per metric), best first: (score, the chosen option's edges per group)."""
+    metrics = len(cap)
+    # the least each remaining group can add, so that a partial choice that cannot fit is dropped
+    least = [tuple(min(o[1][i] for o in g) for i in range(metrics)) for _, _, g in groups]
+    rest = [tuple(sum(lst[i] for lst in least[g:]) for i in range(metrics))
+            for g in range(len(groups) + 1)]
+    states: list[State] = [(0.0, (0.0,) * metrics, None)]
+    for g, (_, _, options) in enumerate(groups):
+        merged = []
+        for score, spent, back in states:
+            for o_score, o_cost, edges in options:
+                total = tuple(a + b for a, b in zip(spent, o_cost))
+                if all(t + r <= c + 1e-9 * max(1.0, abs(c)) for t, r, c in zip(total, rest[g + 1], cap)):
+                    merged.append((score + o_score, total, (back, edges)))
+        states = _pareto(merged, k)
+        if not states:
+            return []
+    out = []
+    for score, _, back in states[:k]:
+        chain = []
+        while back is not None:
+            back, edges = back
+            chain.append(edges)
+        out.append((score, chain[::-1]))
+    return out
+
+
+def assemble(groups: Sequence[tuple[str, int, list[Option]]], chain: Sequence[tuple[tuple[str, int], ...]],
+             like: Genotype) -> Genotype:
+    """The genotype of one option per group (``best_choices``), with ``like``'s concat and inputs
+    (a chain's: one (layer, op) per group, in layer order)."""
+    if like.layers:
+        return Genotype({}, space=like.space, layers=dict(pair for edges in chain for pair in edges))
+    cells: dict[str, list[list[tuple[str, int]]]] = {kind: [] for kind in like.cells}
+    for (kind, node, _), edges in zip(groups, chain):
+        nodes = cells[kind]
+        while len(nodes) <= node:
+            nodes.append([])
+        nodes[node].extend(edges)
+    return Genotype(cells, dict(like.concat), space=like.space, inputs=dict(like.inputs))
 
 
 def derive_within(model: Supernet, table: CostTable, limits: Mapping[str, float]) -> Genotype | None:
@@ -173,39 +229,9 @@ def derive_within(model: Supernet, table: CostTable, limits: Mapping[str, float]
     if fits(table.of(free), limits):
         return free
     metrics = list(limits)
-    probs = model.probabilities()
-    groups = _layer_groups(model, table, metrics) if model.chain else \
-        _cell_groups(model, table, metrics)
-    # the least each remaining group can add, so that a partial choice that cannot fit is dropped
-    least = [tuple(min(o[1][i] for o in g) for i in range(len(metrics))) for _, _, g in groups]
-    rest = [tuple(sum(lst[i] for lst in least[g:]) for i in range(len(metrics)))
-            for g in range(len(groups) + 1)]
-    cap = tuple(limits[m] - table.base[m] for m in metrics)
-    states: list[tuple[float, tuple[float, ...], Any]] = [(0.0, (0.0,) * len(metrics), None)]
-    for g, (_, _, options) in enumerate(groups):
-        merged = []
-        for score, spent, back in states:
-            for o_score, o_cost, edges in options:
-                total = tuple(a + b for a, b in zip(spent, o_cost))
-                if all(t + r <= c + 1e-9 * max(1.0, abs(c)) for t, r, c in zip(total, rest[g + 1], cap)):
-                    merged.append((score + o_score, total, (back, edges)))
-        states = _pareto(merged)
-        if not states:
-            return None
-    chain, back = [], states[0][2]
-    while back is not None:
-        back, edges = back
-        chain.append(edges)
-    chain.reverse()
-    if model.chain:  # one (layer, op) per group, in layer order
-        return Genotype({}, space=free.space, layers=dict(pair for edges in chain for pair in edges))
-    cells: dict[str, list[list[tuple[str, int]]]] = {kind: [] for kind in probs}
-    for (kind, node, _), edges in zip(groups, chain):
-        nodes = cells[kind]
-        while len(nodes) <= node:
-            nodes.append([])
-        nodes[node].extend(edges)
-    return Genotype(cells, dict(free.concat), space=free.space, inputs=dict(free.inputs))
+    groups = choice_groups(model, table, metrics)
+    best = best_choices(groups, [limits[m] - table.base[m] for m in metrics])
+    return assemble(groups, best[0][1], free) if best else None
 
 
 def check_feasible(model: Supernet, table: CostTable, limits: Mapping[str, float]) -> None:

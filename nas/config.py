@@ -78,6 +78,24 @@ class FewShotConfig:
 
 
 @dataclass
+class SelectConfig:
+    """After the search: its most probable cells within the budget, ranked by short trainings."""
+
+    shortlist: int = 0                  # candidates (one per isomorphism class); 0: off
+    min_epochs: int = 2                 # successive halving: every candidate trained this long first
+    max_epochs: int = 16                # the longest training
+    eta: int = 2                        # each round keeps the best 1/eta, trained eta times longer
+    average: int = 2                    # a score: mean architecture-split accuracy, last N epochs
+    lr: float = 0.05                    # SGD, cosine to 0 over each training
+    batch_size: int = 64                # its batch
+    network: dict = field(default_factory=dict)  # network: options it overrides (C: 8)
+    workers: int | None = None          # CPU processes training candidates side by side; null:
+                                        # one per thread of the run
+    threads: int = 1                    # threads of each training: its float rounding, hence
+                                        # its score, does not depend on the machine's load
+
+
+@dataclass
 class SearchConfig:
     """The alternating optimisation of weights and architecture (GDAS defaults)."""
 
@@ -110,6 +128,7 @@ class SearchConfig:
     log_every: int = 10                 # TensorBoard per-step scalars (step/...) every N steps; 0: off
     budget: BudgetConfig = field(default_factory=BudgetConfig)  # bounds on the derived network's cost
     few_shot: FewShotConfig = field(default_factory=FewShotConfig)  # split, search the parts, pick
+    select: SelectConfig = field(default_factory=SelectConfig)  # a shortlist ranked by training
 
 
 @dataclass
@@ -358,6 +377,7 @@ def _check_budget_and_few_shot(cfg: Config) -> None:
     check_count("search.few_shot.select_batch_size", f.select_batch_size, 1, MAX_BATCH)
     need(f.epochs == 0 or cfg.search.mode == "gdas",
          f"search.few_shot: fixing an edge's op needs search.mode: gdas, got {cfg.search.mode}")
+    _check_select(cfg.search, need)
 
 
 def _check_data_and_train(cfg: Config) -> None:
@@ -376,6 +396,27 @@ def _check_data_and_train(cfg: Config) -> None:
     need(cfg.train.cutout >= 0, f"train.cutout: must be >= 0, got {cfg.train.cutout}")
     need(cfg.train.auxiliary_weight >= 0,
          f"train.auxiliary_weight: must be >= 0, got {cfg.train.auxiliary_weight}")
+
+
+def _check_select(s: SearchConfig, need: Callable[[bool, str], None]) -> None:
+    c = s.select
+    need(c.shortlist >= 0 and c.shortlist != 1,
+         f"search.select.shortlist: must be 0 (off) or at least 2, got {c.shortlist}")
+    need(c.min_epochs >= 1, f"search.select.min_epochs: must be at least 1, got {c.min_epochs}")
+    need(c.max_epochs >= c.min_epochs,
+         f"search.select.max_epochs: must be at least min_epochs ({c.min_epochs}), got {c.max_epochs}")
+    need(c.eta >= 2, f"search.select.eta: must be at least 2, got {c.eta}")
+    need(1 <= c.average <= c.min_epochs,
+         f"search.select.average: must be from 1 to min_epochs ({c.min_epochs}), got {c.average}")
+    need(c.lr > 0, f"search.select.lr: must be positive, got {c.lr}")
+    need(c.batch_size >= 1, f"search.select.batch_size: must be at least 1, got {c.batch_size}")
+    need(c.workers is None or 1 <= c.workers <= MAX_THREADS,
+         f"search.select.workers: must be from 1 to {MAX_THREADS} or null, got {c.workers}")
+    need(1 <= c.threads <= MAX_THREADS,
+         f"search.select.threads: must be from 1 to {MAX_THREADS}, got {c.threads}")
+    need(c.shortlist == 0 or s.few_shot.epochs == 0,
+         "search.select: the few-shot phase and the selection both pick the cell; set "
+         "search.few_shot.epochs=0 to rank a shortlist instead")
 
 
 def budget_limits(b: BudgetConfig) -> dict[str, float]:

@@ -345,12 +345,15 @@ def build_cost_table(model: Supernet, build: Callable[[Genotype], nn.Module], im
     cache: dict[tuple[Any, ...], float] = {}
     totals: list[dict[str, float]] = []
     op_sums: list[float] = []  # per probe: the summed latency of its ops, each timed alone
+    checked = False  # whether a probe with multiply-adds was counted whole
     timed = "latency_ms" in metrics
+    checked = False  # a probe with multiply-adds was counted whole
     for p, genotype in enumerate(probes):
         if progress is not None:
             progress(f"probe {p + 1}/{len(probes)}")
         total, entries = _probe_costs(model, build, genotype, p, image_size, metrics, device, cache,
-                                      latency_batch, latency_runs, timer)
+                                      latency_batch, latency_runs, timer, p == 0 or not checked)
+        checked = checked or (p > 0 and "macs" in total)
         found = {m: {k: torch.zeros_like(ops[m][k]) for k in kinds} for m in metrics}
         for kind, e, o, cost in entries:  # an op's entry sums it over every cell of its kind
             for m in metrics:
@@ -391,13 +394,13 @@ def build_cost_table(model: Supernet, build: Callable[[Genotype], nn.Module], im
 def _probe_costs(model: Supernet, build: Callable[[Genotype], nn.Module], genotype: Genotype,
                  p: int, image_size: int, metrics: Sequence[str], device: torch.device,
                  cache: dict[tuple[Any, ...], float], latency_batch: int, latency_runs: int,
-                 timer: Timer | None) -> tuple[dict[str, float], list[tuple[str, int, int, dict]]]:
+                 timer: Timer | None, whole_macs: bool
+                 ) -> tuple[dict[str, float], list[tuple[str, int, int, dict]]]:
     """Probe ``p``'s whole-network costs and its ops' entries ``(kind, edge, op, costs)``, in
-    the order of the cells' op modules."""
+    the order of the cells' op modules; the whole network's multiply-adds if ``whole_macs`` and
+    it is the first probe or its ops carry some."""
     net, sites, shapes = _probe(build, genotype, torch.device("cpu"), 1, image_size, model)
     total = {"params": float(count_parameters(net))}
-    if "macs" in metrics and p < 2:  # the second probe checks that the cost adds up
-        total["macs"] = float(_whole_macs(build, genotype, net, image_size))
     entries = []  # (kind, edge, op, costs), in the order of the cells' op modules
     for kind, e, o, module in sites:
         cost = {"params": _params(module, shapes.get(module))}
@@ -405,6 +408,10 @@ def _probe_costs(model: Supernet, build: Callable[[Genotype], nn.Module], genoty
             cost["macs"] = _measured(module, shapes.get(module), "macs",
                                      torch.device("cpu"), cache)
         entries.append((kind, e, o, cost))
+    # the first probe gives the base; the first whose ops carry multiply-adds checks that they
+    # add up (the all-none and all-skip probes carry none, so they cannot tell)
+    if "macs" in metrics and whole_macs and (p == 0 or any(c["macs"] for *_, c in entries)):
+        total["macs"] = float(_whole_macs(build, genotype, net, image_size))
     if "latency_ms" in metrics:
         real, real_sites, real_shapes = _probe(build, genotype, device, latency_batch,
                                                image_size, model)

@@ -42,6 +42,7 @@ from .schedules import TemperatureScheduler
 from .errors import InputError
 from .fewshot import read_state, run_few_shot
 from .readback import saved_costs
+from .selection import check_selection, run_selection
 from .spaces import build_network, build_supernet, check_supernet, inspecting
 # the steps are nas.search's public API too (scripts and tests import them from here)
 from .steps import (SearchSetup, arch_step, arch_updater, draw_step_samples,  # noqa: F401
@@ -173,6 +174,7 @@ def build_search(cfg: Config, saved_costs: Path | None = None) -> SearchSetup:
                           {**cfg.network, **s.few_shot.select_network})
         except InputError as exc:
             raise InputError(f"search.few_shot.select_network: {exc}") from None
+    check_selection(cfg, model, data.num_classes, dist.world_size())
     layout = channels_last(s.channels_last, device)
     if layout:
         model = model.to(memory_format=torch.channels_last)
@@ -450,6 +452,8 @@ def finish(setup: SearchSetup, run_dir: Path, metrics: dict[str, Any],
     if s.few_shot.epochs:
         genotype = run_few_shot(setup, run_dir, arch_updater(setup),
                                 print if not quiet else (lambda line: None), quiet)
+    elif s.select.shortlist:
+        genotype = run_selection(setup, run_dir, print if not quiet else (lambda line: None), quiet)
     else:
         genotype = setup.derive()
     cost = limits = None

@@ -5,8 +5,8 @@
     python scripts/mutation.py [MODULE ...] [--jobs N] [--work DIR] [--source DIR] [--json FILE]
                                [--survivors] [--only FUNCTION ...] [--score-only]
 
-MODULE is one of gumbel, supernet, search, schedules, genotype (default: all five, one after
-the other). For each, the source tree (tracked and untracked, not ignored, files of ``--source``,
+MODULE is one of gumbel, supernet, search, schedules, genotype, budget, shortlist, selection
+(default: all of them, one after the other). For each, the source tree (tracked and untracked, not ignored, files of ``--source``,
 default this repository) is copied to WORK/MODULE (default ``.mutation/``, ignored by git), and
 mutmut mutates the module's listed functions there; each mutant runs the module's fast tests
 that call the mutated function (mutmut records which tests call which function first). ``--jobs``
@@ -89,6 +89,24 @@ TARGETS = {
     "schedules": Target("nas/schedules.py", ("x_*", "xǁ*"), ("tests/test_schedules.py",)),
     "genotype": Target("nas/genotype.py", ("x_edge_inputs", "x_num_nodes", "x_derive_cell"), (
         "tests/test_genotype.py", "tests/test_supernet.py", "tests/test_edge_topk.py")),
+    # the budgeted derivation and its constraint (issue 35)
+    "budget": Target("nas/budget.py", ("x_*", "xǁ*"), (
+        "tests/test_shortlist.py",
+        "tests/test_budget.py::test_nb201_derivation_is_the_most_probable_cell_within_budget",
+        "tests/test_budget.py::test_darts_derivation_keeps_two_inputs_and_is_optimal",
+        "tests/test_budget.py::test_expected_cost_is_the_table_mean_and_its_gradient_is_exact",
+        "tests/test_budget.py::test_multipliers_rise_over_budget_and_fall_back_to_zero",
+        "tests/test_budget.py::test_a_budget_below_the_smallest_network_fails_before_the_run")),
+    "shortlist": Target("nas/shortlist.py", ("x_*", "xǁ*"), ("tests/test_shortlist.py",)),
+    # the selection's logic (its trainings and phase run only in whole searches)
+    "selection": Target("nas/selection.py", (
+        "x_rounds", "x_ranked", "x_settings", "x_read_record", "x_write_record", "x_processes",
+        "x_torch_threads", "x_plural"), tuple(f"tests/test_selection.py::{t}" for t in (
+            "test_rounds_halve_the_candidates_and_multiply_the_epochs",
+            "test_ranking_breaks_ties_by_the_shortlist_order", "test_a_record_is_read_back_as_written",
+            "test_a_damaged_record_is_refused_in_one_line", "test_a_record_that_is_not_json_is_refused",
+            "test_processes_share_the_runs_threads", "test_settings_hold_what_a_training_depends_on",
+            "test_torch_threads_restores_the_count"))),
 }
 DETECTED = {"killed", "timeout", "segfault"}  # a test failed, hung or the process crashed
 

@@ -106,8 +106,9 @@ def test_nb201_derivation_is_the_most_probable_cell_within_budget(seed):
         assert g.cells == best.cells
 
 
-def test_darts_derivation_keeps_two_inputs_and_is_optimal():
-    """A one-kind DARTS-family space small enough to enumerate: 3 ops, fixed reduction."""
+def small_darts():
+    """A one-kind DARTS-family space small enough to enumerate: 3 ops, fixed reduction; its
+    ops, supernet (seeded logits), params table and a budget 60% of the way down to the least."""
     ops = ["none", "skip_connect", "sep_conv_3x3"]
     model = build_supernet("darts", 10, "gdas", 0, {"C": 4, "cells": 3, "ops": ops,
                                                       "fixed_reduction": True})
@@ -118,7 +119,11 @@ def test_darts_derivation_keeps_two_inputs_and_is_optimal():
         model.arch_logits["normal"].copy_(torch.randn(14, 3))
         model.arch_logits["normal"][:, 2] += 1.5
     free = table.of(model.genotype())["params"]
-    limits = {"params": free - 0.6 * (free - table.minimum()["params"])}
+    return ops, model, table, {"params": free - 0.6 * (free - table.minimum()["params"])}
+
+
+def test_darts_derivation_keeps_two_inputs_and_is_optimal():
+    ops, model, table, limits = small_darts()
     g = derive_within(model, table, limits)
     assert all(len(node) == 2 for node in g.cells["normal"])
     assert fits(table.of(g), limits)
@@ -339,3 +344,30 @@ def test_genotype_show_prints_the_cost(tmp_path):
                   "network.C=16", "network.cells_per_stage=5")
     assert out.returncode == 0, out.stderr
     assert "1,531,546 parameters, 220.1M multiply-adds" in out.stdout
+
+
+class _GrowsWithConvolutions(torch.nn.Module):
+    """An NB201 network plus a parameter-free 1x1 convolution of the input, 3 -> 3 channels
+    per convolution edge of its cell: multiply-adds that are not a sum over the edges."""
+
+    def __init__(self, genotype: Genotype) -> None:
+        super().__init__()
+        self.net = build_network("nasbench201", genotype, 10, {"C": 4, "cells_per_stage": 1})
+        convs = sum(op.startswith("nor_conv") for node in genotype.cells["cell"] for op, _ in node)
+        self.register_buffer("kernel", torch.ones(3, 3, 1, 1) / 3)
+        self.repeat = 1 + convs * convs  # quadratic in the edges: no per-edge table can hold it
+
+    def forward(self, x):
+        for _ in range(self.repeat):
+            x = torch.nn.functional.conv2d(x, self.kernel)
+        return self.net(x)
+
+
+def test_multiply_adds_that_do_not_add_up_fail_in_one_line():
+    model = build_supernet("nasbench201", 10, "gdas", 0, {"C": 4, "cells_per_stage": 1})
+    with pytest.raises(nas.InputError, match="multiply-adds of this space's network are not a sum"):
+        build_cost_table(model, _GrowsWithConvolutions, 8, ["macs"], torch.device("cpu"),
+                         "nasbench201")
+    table = build_cost_table(model, _GrowsWithConvolutions, 8, ["params"], torch.device("cpu"),
+                             "nasbench201")  # its parameters do add up
+    assert table.base["params"] > 0
