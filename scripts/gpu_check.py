@@ -876,7 +876,7 @@ PART_FUNCTIONS: dict[str, Callable[[Part, Context], None]] = {
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = OneLineParser(description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="gpu_check.py", description=__doc__.split("\n")[0])
     parser.add_argument("--dry-run", action="store_true",
                         help="every part on the CPU at tiny sizes (tests this script)")
     parser.add_argument("--out", type=Path, default=ROOT / "scripts" / "results",
@@ -922,7 +922,10 @@ def input_problem(args: argparse.Namespace) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed in one line
+        return exc.code if isinstance(exc.code, int) else 2
     problem = input_problem(args)
     if problem:
         print(f"gpu_check.py: error: {problem}", file=sys.stderr)
