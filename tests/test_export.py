@@ -59,6 +59,13 @@ def runs(tmp_path_factory, cifar_root) -> dict[str, Path]:
 _exported: dict[tuple[str, str], nas.export.ExportResult] = {}
 
 
+def clear_top1(logits: torch.Tensor, diff: float) -> torch.Tensor:
+    """The rows whose top two logits lie more than ``2 * diff`` apart: there no difference of at
+    most ``diff`` per logit can change the top-1 class."""
+    top2 = logits.topk(2, dim=1).values
+    return top2[:, 0] - top2[:, 1] > 2 * diff
+
+
 def exported(runs: dict[str, Path], space: str, fmt: str) -> nas.export.ExportResult:
     """Export once per (space, format), into a directory of its own."""
     if (space, fmt) not in _exported:
@@ -72,7 +79,13 @@ def exported(runs: dict[str, Path], space: str, fmt: str) -> nas.export.ExportRe
 def test_export_every_space_and_format_matches_pytorch(runs, space, fmt):
     result = exported(runs, space, fmt)
     assert result.path.is_file() and result.path.stat().st_size == result.bytes > 0
-    assert result.max_abs_diff <= TOLERANCE and result.top1_agree == result.batch == 8
+    assert result.max_abs_diff <= TOLERANCE and result.batch == 8
+    # the file runs other kernels (onnxruntime, torch.export), which round otherwise: the top-1
+    # class must agree wherever that rounding cannot flip it, a near tie may go either way
+    with torch.no_grad():
+        want = Logits(load_trained(runs[space]).model.eval())(nas.export.check_images(8, 8))
+    clear = int(clear_top1(want, result.max_abs_diff).sum())
+    assert clear > 0 and result.top1_agree >= clear
     assert result.removed == (["auxiliary_head"] if space == "darts" else [])
     assert result.runtime.startswith("onnxruntime" if fmt == "onnx" else "torch")
     assert list(result.path.parent.iterdir()) == [result.path]  # no temporary file left
@@ -121,7 +134,9 @@ def test_exported_files_run_in_a_fresh_process_without_the_package(runs, tmp_pat
         got = torch.from_numpy(np.load(str(path) + ".logits.npy"))
         assert got.shape == (3, 10), (space, fmt)
         assert (got - want).abs().max() <= TOLERANCE, (space, fmt)
-        assert torch.equal(got.argmax(1), want.argmax(1)), (space, fmt)
+        clear = clear_top1(want, float((got - want).abs().max()))  # as above: no near tie
+        assert clear.any(), (space, fmt)
+        assert torch.equal(got.argmax(1)[clear], want.argmax(1)[clear]), (space, fmt)
 
 
 def test_the_check_refuses_imports_of_the_package(tmp_path):

@@ -117,6 +117,8 @@ def test_a_reordered_search_is_the_same_run_up_to_names(tmp_path, cifar_root, mo
             assert all(e["cost_macs"] <= search["budget"]["macs"] for e in epochs)
     capsys.readouterr()
     (seen_a, genotype_a, logits_a), (seen_b, genotype_b, logits_b) = runs[OPS], runs[SHUFFLED]
+    # exact although the logits below differ by rounding: a draw or a derived op flips only on
+    # a tie of perturbed logits within about 1e-6, which these seeds do not come near
     assert seen_a == seen_b and (len(seen_a) >= 3 * 2 * 2 or search.get("mode") == "softmax")
     assert genotype_a == genotype_b
     perm = [OPS.index(name) for name in SHUFFLED]
@@ -125,5 +127,5 @@ def test_a_reordered_search_is_the_same_run_up_to_names(tmp_path, cifar_root, mo
     # CPU's vector width (5e-7 apart on an AMD EPYC in softmax mode, where every op has a gradient).
     torch.testing.assert_close(logits_b, logits_a[:, perm], rtol=0, atol=1e-5)
     assert (logits_a - logits_a.mean()).abs().max() > 0.05  # the logits did move
-    if "few_shot" in search:
+    if "few_shot" in search:  # exact: each part's network trains from scratch on its genotype
         assert parts[OPS] == parts[SHUFFLED] and len(parts[OPS][1]) == 5
