@@ -137,10 +137,10 @@ def weight_sampling_logits(model: Supernet, how: str, image_size: int) -> dict[s
     return out
 
 
-def build_search(cfg: Config, saved_costs: Path | None = None) -> SearchSetup:
+def build_search(cfg: Config, costs_file: Path | None = None) -> SearchSetup:
     """Load the data and build the supernet, optimisers and schedules of ``cfg``'s search.
 
-    With ``search.budget``, also the cost table (its latency read from ``saved_costs``, a
+    With ``search.budget``, also the cost table (its latency read from ``costs_file``, a
     resumed run's ``costs.json``, when given) and the budget's constraint.
     """
     s = cfg.search
@@ -149,7 +149,7 @@ def build_search(cfg: Config, saved_costs: Path | None = None) -> SearchSetup:
     if s.few_shot.epochs and dist.world_size() > 1:
         raise InputError("search.few_shot: the few-shot phase does not run under torchrun; run the "
                          "search without torchrun, or set search.few_shot.epochs=0")
-    latency_table = None if saved_costs is not None and saved_costs.is_file() \
+    latency_table = None if costs_file is not None and costs_file.is_file() \
         else table_for(cfg)  # a table that does not fit fails before any work
     threads = use_threads(cfg.threads)
     if device.type == "cpu":
@@ -193,7 +193,7 @@ def build_search(cfg: Config, saved_costs: Path | None = None) -> SearchSetup:
         table.query(model.genotype())  # a space the table cannot score fails before the run starts
     model.estimator = s.estimator if s.estimator in ("gumbel_rao", "reinmax") else "gdas"
     model.rao_samples = s.samples
-    budget = build_budget(cfg, model, data.num_classes, device, saved_costs, latency_table) \
+    budget = build_budget(cfg, model, data.num_classes, device, costs_file, latency_table) \
         if budget_limits(s.budget) else None
     return SearchSetup(cfg, device, data.num_classes, (len(w_idx), len(a_idx)), steps,
                        batches(w_idx, 1), batches(a_idx, 2), model, layout, w_opt,
