@@ -11,9 +11,10 @@ import torch
 import yaml
 
 import nas
-from nas.budget import BudgetConstraint, derive_within, fits
+from nas.budget import BudgetConstraint, check_feasible, derive_within, fits
 from nas.config import build_config
-from nas.cost import build_cost_table, count_cost, count_macs
+from nas.cost import build_cost_table, count_cost, count_macs, format_cost
+from nas.errors import InputError
 from nas.genotype import Genotype
 from nas.runtime import load_checkpoint
 from nas.spaces import build_network, build_supernet
@@ -371,3 +372,38 @@ def test_multiply_adds_that_do_not_add_up_fail_in_one_line():
     table = build_cost_table(model, _GrowsWithConvolutions, 8, ["params"], torch.device("cpu"),
                              "nasbench201")  # its parameters do add up
     assert table.base["params"] > 0
+
+
+def test_check_feasible_accepts_the_smallest_network_and_names_it_below():
+    model, table = nb201_table()
+    least = table.minimum()
+    check_feasible(model, table, {"params": least["params"], "macs": least["macs"]})  # at the bound
+    # the first bound is loose, the second below the smallest network: the second is named
+    for limits, metric in (({"params": 1e12, "macs": least["macs"] - 1}, "macs"),
+                           ({"macs": 1e12, "params": least["params"] - 1}, "params")):
+        with pytest.raises(InputError) as caught:
+            check_feasible(model, table, limits)
+        assert str(caught.value) == (
+            f"search.budget.{metric}: no architecture of this space fits "
+            f"{format_cost(metric, limits[metric])}: the smallest network has "
+            f"{format_cost(metric, least[metric])}")
+
+
+def test_check_feasible_refuses_bounds_that_only_fit_one_at_a_time():
+    model, table = nb201_table()
+    # a made-up trade-off: the first op of every edge costs 100 parameters, every other op 100
+    # multiply-adds, so each bound alone is met (all first ops, or none of them), never both
+    table.ops["params"]["cell"] = torch.zeros_like(table.ops["params"]["cell"])
+    table.ops["params"]["cell"][:, 0] = 100.0
+    table.ops["macs"]["cell"] = torch.full_like(table.ops["macs"]["cell"], 100.0)
+    table.ops["macs"]["cell"][:, 0] = 0.0
+    least = table.minimum()
+    assert least == table.base
+    limits = {"params": table.base["params"] + 50, "macs": table.base["macs"] + 50}
+    with pytest.raises(InputError) as caught:
+        check_feasible(model, table, limits)
+    assert str(caught.value) == (
+        "search.budget: no architecture of this space fits all bounds at once (the smallest of "
+        f"each alone: {format_cost('params', least['params'])}, {format_cost('macs', least['macs'])}"
+        "); loosen one of them")
+    check_feasible(model, table, {**limits, "macs": table.base["macs"] + 6 * 100})  # all first ops

@@ -402,3 +402,11 @@ def test_a_resumed_run_counts_the_time_of_its_finished_epochs_and_few_shot_parts
         {"edge": ["cell", 3], "phase_seconds": 18.0,
          "parts": {"none": {"seconds": 10.0}, "skip_connect": {"seconds": 20.5}}}))
     assert study.logged_seconds(run) == 24.0
+
+
+def test_top_share_is_the_accuracy_the_best_five_percent_reach():
+    top_share = study.top_share
+    values = [float(v) for v in range(1, 101)]          # 100 cells: the 5th best is 96
+    assert top_share(values) == 96.0 and top_share(values[::-1]) == 96.0
+    assert top_share(values[:39]) == 38.0               # 39 cells: ceil(1.95) = 2nd best
+    assert top_share([7.0]) == 7.0 and top_share([3.0, 9.0], 0.5) == 9.0
