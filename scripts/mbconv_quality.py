@@ -159,16 +159,18 @@ def fitting_pool(cfg: Config, table_path: str, budget: float, seed: int, count: 
 
 def random_search(spec: dict[str, Any]) -> dict[str, Any]:
     """Train random fitting chains in the proxy until the time is spent; keep the best by the
-    architecture split's accuracy (never the test set)."""
+    architecture split's accuracy (never the test set). Drawing the pool is not timed."""
     torch.set_num_threads(1)
     cfg, seed, epochs = study_config(spec["study"]), spec["seed"], spec["epochs"]
     s, cpu = cfg.search, torch.device("cpu")
     pool = fitting_pool(cfg, spec["study"]["latency_table"], spec["budget"], seed, spec["pool"])
+    if not pool:
+        fail(f"none of {spec['pool']} random chains fits {spec['budget']} ms: raise random_search.pool")
     data = load_split(cfg.data, train=True)
     w_idx, a_idx = split_indices(len(data), cfg.data.split, seed)
     steps = steps_per_epoch(len(w_idx), len(a_idx), s.batch_size, s.steps_per_epoch)
     val = Batches(data.subset(a_idx), s.batch_size, train=False, device=cpu)
-    tried, deadline = [], spec["started"] + spec["seconds"]
+    tried, started = [], time.time()
     for i, arch in enumerate(pool):
         t0 = time.time()
         seed_everything(seed_of(seed, 4, i))
@@ -179,11 +181,11 @@ def random_search(spec: dict[str, Any]) -> dict[str, Any]:
         tried.append({"arch": arch, "val_acc": evaluate_model(model, val)[1],
                       "seconds": time.time() - t0})
         # stop before a chain that would not finish in time: the baseline never gets more time
-        if time.time() + statistics.mean(t["seconds"] for t in tried) > deadline:
+        if time.time() + statistics.mean(t["seconds"] for t in tried) > started + spec["seconds"]:
             break
     best = max(tried, key=lambda t: t["val_acc"])
     return {"arch": best["arch"], "val_acc": best["val_acc"], "chains": len(tried),
-            "pool": len(pool), "seconds": time.time() - spec["started"], "tried": tried}
+            "pool": len(pool), "seconds": time.time() - started, "tried": tried}
 
 
 def run(name: str, command: Sequence[str], log: Path) -> None:
@@ -199,7 +201,10 @@ def run(name: str, command: Sequence[str], log: Path) -> None:
 
 def retrain(study: dict[str, Any], genotype: str, seed: int, where: Path,
             network: dict[str, Any] | None = None) -> float:
-    """``nas train`` of ``genotype`` by the study's recipe; its test accuracy (%)."""
+    """``nas train`` of ``genotype`` by the study's recipe; its test accuracy (%) (a finished
+    retraining is read back, not run again)."""
+    if (where / "result.json").is_file():
+        return json.loads((where / "result.json").read_text())["test_acc"]
     sets = [f"train.epochs={study['retrain_epochs']}"]
     if network:
         sets += [f"network.{k}={json.dumps(v)}" for k, v in network.items()]
@@ -210,14 +215,11 @@ def retrain(study: dict[str, Any], genotype: str, seed: int, where: Path,
     return json.loads((where / "result.json").read_text())["test_acc"]
 
 
-def run_pair(study: dict[str, Any], budget: float, seed: int, uniform: dict[str, Any],
-             out: Path) -> dict[str, Any]:
-    """Search, random search for the same time, and the three retrainings of one (budget, seed)."""
-    where = out / "runs" / f"{budget}ms_seed{seed}"
-    result_file = where / "pair.json"
-    if result_file.is_file():
-        return json.loads(result_file.read_text())
-    where.mkdir(parents=True, exist_ok=True)
+def search(study: dict[str, Any], budget: float, seed: int, where: Path) -> dict[str, Any]:
+    """``nas search`` under the budget, timed; kept in ``search.json`` (not run again)."""
+    record = where / "search.json"
+    if record.is_file():
+        return json.loads(record.read_text())
     started = time.time()
     run("nas search", [
         sys.executable, "-m", "nas", "search", "--config", study["config"], "--data-dir",
@@ -225,18 +227,40 @@ def run_pair(study: dict[str, Any], budget: float, seed: int, uniform: dict[str,
         "--run-dir", str(where / "search"), "--set", "search.budget.macs=null",
         f"search.budget.latency_ms={budget}", f"search.budget.latency_table={study['latency_table']}"
     ], where / "search.log")
-    seconds = time.time() - started
-    searched = str(Genotype.load(where / "search" / "genotype.json"))
-    spec = {"study": study, "seed": seed, "budget": budget, "seconds": seconds,
-            "started": time.time(), "epochs": study["random_search"]["epochs"],
-            "pool": study["random_search"].get("pool", 4000)}
-    run("the random search", [
-        sys.executable, str(Path(__file__).resolve()), "--random-worker", json.dumps(spec),
-        str(where / "random.json")], where / "random.log")
-    rand = json.loads((where / "random.json").read_text())
-    pair = {"budget_ms": budget, "seed": seed, "search_seconds": seconds,
-            "search": {"genotype": searched,
-                       "test_acc": retrain(study, searched, seed, where / "train_search")},
+    result = {"genotype": str(Genotype.load(where / "search" / "genotype.json")),
+              "seconds": time.time() - started}
+    atomic_write(record, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def random_arm(study: dict[str, Any], budget: float, seed: int, seconds: float,
+               where: Path) -> dict[str, Any]:
+    """The random search given ``seconds``, in a process of its own; kept in ``random.json``."""
+    record = where / "random.json"
+    if not record.is_file():
+        spec = {"study": study, "seed": seed, "budget": budget, "seconds": seconds,
+                "epochs": study["random_search"]["epochs"],
+                "pool": study["random_search"].get("pool", 100000)}
+        run("the random search", [
+            sys.executable, str(Path(__file__).resolve()), "--random-worker", json.dumps(spec),
+            str(record)], where / "random.log")
+    return json.loads(record.read_text())
+
+
+def run_pair(study: dict[str, Any], budget: float, seed: int, uniform: dict[str, Any],
+             out: Path) -> dict[str, Any]:
+    """Search, random search for the same time, and the three retrainings of one (budget, seed);
+    each finished stage is kept, so an interrupted pair goes on where it stopped."""
+    where = out / "runs" / f"{budget}ms_seed{seed}"
+    result_file = where / "pair.json"
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
+    where.mkdir(parents=True, exist_ok=True)
+    searched = search(study, budget, seed, where)
+    rand = random_arm(study, budget, seed, searched["seconds"], where)
+    pair = {"budget_ms": budget, "seed": seed, "search_seconds": searched["seconds"],
+            "search": {"genotype": searched["genotype"],
+                       "test_acc": retrain(study, searched["genotype"], seed, where / "train_search")},
             "random": {"genotype": rand["arch"], "chains": rand["chains"], "pool": rand["pool"],
                        "val_acc": rand["val_acc"], "seconds": rand["seconds"],
                        "test_acc": retrain(study, rand["arch"], seed, where / "train_random")},

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 
@@ -135,6 +136,15 @@ def test_a_tiny_study_runs_writes_its_record_and_resumes(study_files):
             (pair[arm]["genotype"], pair[arm]["test_acc"])
     # the uniform chain's latency is read back, not measured again
     assert resumed["uniform"]["measured_ms"] == pair["uniform"]["measured_ms"]
+    # a pair stopped before its last retraining keeps its search and random search
+    where = searched.parent.parent
+    (where / "pair.json").unlink()
+    shutil.rmtree(where / "train_uniform")
+    stamps = [(where / f).stat().st_mtime_ns for f in ("search.json", "random.json")]
+    third = cli(str(SCRIPT), str(study), "--jobs", "1")
+    assert third.returncode == 0, third.stderr
+    assert [(where / f).stat().st_mtime_ns for f in ("search.json", "random.json")] == stamps
+    assert (where / "train_uniform" / "result.json").is_file() and (where / "pair.json").is_file()
 
 
 @pytest.mark.parametrize("change, message", [
@@ -142,6 +152,7 @@ def test_a_tiny_study_runs_writes_its_record_and_resumes(study_files):
     ({"held_out_seeds": [0]}, "must be distinct integers"),
     ({"retrain_epochs": "many"}, "'retrain_epochs' must be a whole number"),
     ({"extra": 1}, "unknown key(s) extra"),
+    ({"budgets_ms": [1e-6]}, "the uniform chain does not fit 1e-06 ms even at width 0.25"),
 ])
 def test_a_bad_study_file_fails_in_one_line_before_any_work(study_files, change, message):
     folder, config, table, data = study_files
