@@ -130,7 +130,10 @@ def test_a_tiny_study_runs_writes_its_record_and_resumes(study_files):
     again = cli(str(SCRIPT), str(study), "--jobs", "1")
     assert again.returncode == 0, again.stderr
     assert searched.stat().st_mtime_ns == stamp      # the finished pair was not run again
-    (resumed,) = json.loads((folder / "out" / "study_held_out.json").read_text())["pairs"]
+    again_record = json.loads((folder / "out" / "study_held_out.json").read_text())
+    assert record["read_back"] == 0 and again_record["read_back"] == 1
+    assert "1 of 1 (budget, seed) pairs read back" in (folder / "out" / "README_held_out.md").read_text()
+    (resumed,) = again_record["pairs"]
     for arm in ("search", "random", "uniform"):
         assert (resumed[arm]["genotype"], resumed[arm]["test_acc"]) == \
             (pair[arm]["genotype"], pair[arm]["test_acc"])
