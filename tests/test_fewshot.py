@@ -261,3 +261,16 @@ def test_how_many_processes_run_the_parts(threads, workers, parts, device, expec
 def test_bad_workers_fail_in_one_line(root):
     with pytest.raises(InputError, match="search.few_shot.workers: must be from 1 to 1024 or null"):
         load_config(root / "tiny.yaml", ["search.few_shot.workers=0"])
+
+
+def test_no_budget_is_a_budget_above_every_network(root, tmp_path):
+    """The shipped budget config takes search.budget.<metric>=null: its few-shot phase then runs
+    as under a bound no cell reaches (the unconstrained rows of the held-out study use 3e8)."""
+    assert search(root, tmp_path / "none", "--set", "search.budget.params=null") == 0
+    assert search(root, tmp_path / "loose", "--set", "search.budget.params=1e9") == 0
+    runs = [json.loads((tmp_path / r / "few_shot.json").read_text()) for r in ("none", "loose")]
+    assert runs[0]["edge"] == runs[1]["edge"]
+    assert {op: p["genotype"]["string"] for op, p in runs[0]["parts"].items()} == \
+        {op: p["genotype"]["string"] for op, p in runs[1]["parts"].items()}
+    assert Genotype.load(tmp_path / "none" / "genotype.json") == \
+        Genotype.load(tmp_path / "loose" / "genotype.json")
