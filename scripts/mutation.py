@@ -96,7 +96,9 @@ TARGETS = {
         "tests/test_budget.py::test_darts_derivation_keeps_two_inputs_and_is_optimal",
         "tests/test_budget.py::test_expected_cost_is_the_table_mean_and_its_gradient_is_exact",
         "tests/test_budget.py::test_multipliers_rise_over_budget_and_fall_back_to_zero",
-        "tests/test_budget.py::test_a_budget_below_the_smallest_network_fails_before_the_run")),
+        "tests/test_budget.py::test_a_budget_below_the_smallest_network_fails_before_the_run",
+        "tests/test_budget.py::test_check_feasible_accepts_the_smallest_network_and_names_it_below",
+        "tests/test_budget.py::test_check_feasible_refuses_bounds_that_only_fit_one_at_a_time")),
     "shortlist": Target("nas/shortlist.py", ("x_*", "xǁ*"), ("tests/test_shortlist.py",)),
     # the selection's logic (its trainings and phase run only in whole searches)
     "selection": Target("nas/selection.py", (
