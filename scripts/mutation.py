@@ -32,6 +32,7 @@ import ast
 import fnmatch
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -135,6 +136,8 @@ def prepare(source: Path, work: Path, target: Target) -> None:
     (work / f"{ORDER_PLUGIN}.py").write_text(ORDER_PLUGIN_CODE)
     tests = "".join(f"\n    {t}" for t in present_tests(work, target))
     config = (work / "setup.cfg").read_text().split("\n[mutmut]")[0].rstrip("\n")
+    # the suite's xdist workers (its addopts) would hide from mutmut which test calls what
+    config = re.sub(r"(?m)^(addopts = .*?) -n \d+ --dist \w+", r"\1", config)
     (work / "setup.cfg").write_text(config + "\n".join([
         "", "", "[mutmut]", "source_paths =", "    nas", "    search_spaces",
         "also_copy =", "    configs", "    scripts", f"    {ORDER_PLUGIN}.py",
