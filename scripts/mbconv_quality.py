@@ -108,10 +108,9 @@ def scaled(options: dict[str, Any], multiplier: float) -> dict[str, Any]:
 
 def uniform_chain(cfg: Config) -> Genotype:
     """The chain with ``UNIFORM_BLOCK`` at every choice point of the config's space."""
-    model = build_supernet(cfg.space, 10, "gdas", 0, cfg.supernet)
-    layers = random_genotypes(model, 1, 0)[0].layers
+    points = build_supernet(cfg.space, 10, "gdas", 0, cfg.supernet).choice_points()
     return parse_genotype(f"Chain[{cfg.space}](" +
-                          ", ".join(f"{name}={UNIFORM_BLOCK}" for name in layers) + ")")
+                          ", ".join(f"{p.name}={UNIFORM_BLOCK}" for p in points) + ")")
 
 
 def measured_ms(cfg: Config, genotype: Genotype, network: dict[str, Any], image_size: int) -> float:
@@ -278,13 +277,14 @@ def run_pair(study: dict[str, Any], budget: float, seed: int, uniform: dict[str,
 def latencies(cfg: Config, study: dict[str, Any], pairs: list[dict[str, Any]],
               uniform: dict[float, dict[str, Any]], size: int) -> None:
     """Each searched and random chain measured whole, and priced by the table, in place."""
-    path = study["latency_table"]
-    table = read_table(path)
+    path, arms = study["latency_table"], [(p, arm) for p in pairs for arm in ("search", "random")]
+    genotypes = [parse_genotype(pair[arm]["genotype"]) for pair, arm in arms]
+    # one cost table prices every chain (building it is the slow part)
+    prices = predict(read_table(path), path, cfg, genotypes)
+    for (pair, arm), genotype, price in zip(arms, genotypes, prices):
+        pair[arm]["measured_ms"] = measured_ms(cfg, genotype, dict(cfg.network), size)
+        pair[arm]["predicted_ms"] = price
     for pair in pairs:
-        for arm in ("search", "random"):
-            genotype = parse_genotype(pair[arm]["genotype"])
-            pair[arm]["measured_ms"] = measured_ms(cfg, genotype, dict(cfg.network), size)
-            pair[arm]["predicted_ms"] = predict(table, path, cfg, [genotype])[0]
         pair["uniform"]["measured_ms"] = uniform[float(pair["budget_ms"])]["measured_ms"]
 
 
