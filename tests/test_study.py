@@ -141,7 +141,8 @@ def test_budget_study_has_the_size_baselines_random_search_within_and_a_sweep(wo
            "search": {**TINY["search"], "budget": {"macs": 8.0e7, "image_size": 32}}}
     (workdir / "budget.yaml").write_text(yaml.safe_dump(cfg))
     path = write_study(workdir / "s.yaml", methods={"a": {"config": "budget.yaml"}},
-                       published=False, sweep={"method": "a", "budgets": [3.0e7, 1.5e8]})
+                       published=False, sweep={"method": "a", "budgets": [3.0e7, 1.5e8],
+                                               "random_search": "random_search"})
     assert study.main([str(path), "--out", "out"]) == 0, capsys.readouterr().err
     data = json.loads((workdir / "out" / "study.json").read_text())
     largest = data["baselines"]["the largest cell (no training)"]
@@ -161,10 +162,22 @@ def test_budget_study_has_the_size_baselines_random_search_within_and_a_sweep(wo
     for r in sweep["runs"]:
         assert r["macs"] == macs(r["arch"]) <= r["budget"]
     assert sweep["summary"]["3e+07"]["over_budget"] == 0
-    assert (workdir / "out" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    # the random search at every budget: cells within that budget, for that budget's search time
+    assert sorted(r["budget"] for r in sweep["random_search_runs"]) == [3.0e7, 1.5e8]
+    for r in sweep["runs"]:
+        run = workdir / "out" / "runs" / "sweep" / f"macs_{r['budget']:g}"
+        picked = json.loads((run / "random_search_seed_0" / "result.json").read_text())
+        assert picked["budget"] == r["seconds"]
+        assert picked["tried"] and all(macs(t["arch"]) <= r["budget"] for t in picked["tried"])
+        (rec,) = [x for x in sweep["random_search_runs"] if x["budget"] == r["budget"]]
+        assert rec["arch"] == picked["arch"]
+        assert sweep["summary"][f"{r['budget']:g}"]["random_search_mean"] == rec["cifar10"]
     md = (workdir / "out" / "study.md").read_text()
     assert "| the largest cell within the budget (no training) | 1,215 cell(s) tied | 88.21" in md
     assert "random search within the budget, same wall time" in md and "## Budget sweep" in md
+    assert "`random_search` at the budget, same wall time (runs: mean ± std) |" in md
+    rec = [x for x in sweep["random_search_runs"] if x["budget"] == 3.0e7][0]
+    assert f"| 89.76 | 81.02 | 1: {rec['cifar10']:.2f} |" in md
 
 
 def test_search_run_resumes_or_restarts(tmp_path, monkeypatch):
@@ -282,6 +295,8 @@ def test_failed_run_does_not_stop_the_study(workdir, capsys):
     ({"random_search": {"epochs": 1, "lr": 0}}, [], "random_search: expected"),
     ({"random_search": [{"epochs": 1}, {"epochs": 2}]}, [], "random_search[1]: name: letters"),
     ({"random_search": [{"epochs": 1, "name": "a"}]}, [], "random_search[0]: name: letters"),
+    ({"sweep": {"method": "a", "budgets": [3e7], "random_search": "rs"}}, [],
+     "sweep.random_search: expected the name of a random_search: baseline (random_search), got 'rs'"),
 ])
 def test_bad_input_is_one_line_and_creates_nothing(workdir, capsys, change, args, message):
     path = str(write_study(workdir / "s.yaml", **change))
@@ -376,7 +391,8 @@ def test_the_few_shot_study_runs_the_shipped_config_beside_both_random_searches(
     assert cfg == shipped and cfg.search.few_shot.epochs > 0 and s.budget == {"macs": 8e7}
     assert s.seeds == [10, 11, 12, 13, 14] and len(s.random_search) == 2
     assert s.sweep == {"method": "few_shot", "metric": "macs", "budgets": [3e7, 6e7, 1e8, 1.5e8],
-                       "seeds": [10]}  # the one-shot study's sweep, with the phase
+                       "seeds": [10], "random_search": None,  # the one-shot study's sweep,
+                       "bounds": {"macs": 8e7}}                # with the phase
     assert s.random_search[0] == {"epochs": 3, "name": "random_search", "seeds": [10, 11, 12]}
     f = cfg.search.few_shot  # the second random search trains its cells as the phase does
     (deep,) = [x for x in s.random_search if x["name"] != "random_search"]

@@ -33,6 +33,9 @@ STUDY.yaml (relative paths are relative to the current directory):
       metric: macs                  # params, macs or latency_ms (search.budget.<metric>)
       budgets: [3.0e+7, 6.0e+7, 1.0e+8, 1.5e+8]
       seeds: [0, 1]                 # default: the study's seeds
+      random_search: NAME           # optional: that random-search baseline at every budget too,
+                                    # given the mean wall time of the budget's searches (on
+                                    # the sweep's seeds that are among the baseline's seeds)
 
 Next to every search row stand the no-training baselines: the largest cell of the table (most
 parameters) and, when the first method searches under a budget (search.budget), the largest cell
@@ -161,14 +164,16 @@ def load_study(path: str | Path, seeds: Sequence[int] | None = None, only: Seque
     first = next(iter(specs.values()))
     budget = budget_limits(load_config(first["config"], common + _strings(
         first.get("set") or [], f"{path}: methods")).search.budget)
-    sweep = _check_sweep(path, raw.get("sweep"), specs, list(seeds))
+    sweep = _check_sweep(path, raw.get("sweep"), specs, list(seeds), rs)
     if sweep is not None and only and sweep["method"] not in only:
         sweep = None
     rows = list(methods)
-    if sweep is not None and sweep["method"] not in methods:  # swept, but not a row of its own
+    if sweep is not None:
         spec = specs[sweep["method"]]
-        methods[sweep["method"]] = Method(Path(spec["config"]).resolve(),
-                                          common + _strings(spec.get("set") or [], "sweep"))
+        swept = Method(Path(spec["config"]).resolve(),
+                       common + _strings(spec.get("set") or [], "sweep"))
+        methods.setdefault(sweep["method"], swept)  # swept, but maybe not a row of its own
+        sweep["bounds"] = budget_limits(load_config(swept.config, swept.sets).search.budget)
     return Study(Path(path), table, Path(bench).resolve(), Path(data).resolve() if data else None,
                  list(seeds), methods, rs, raw.get("published", False), rows, budget, sweep)
 
@@ -205,14 +210,16 @@ def _check_random_search(path: str | Path, rs: Any, specs: dict[str, Any],
     return out
 
 
-def _check_sweep(path: str | Path, sweep: Any, specs: dict[str, Any],
-                 seeds: list[int]) -> dict[str, Any] | None:
+def _check_sweep(path: str | Path, sweep: Any, specs: dict[str, Any], seeds: list[int],
+                 baselines: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The checked ``sweep:`` section, with its defaults filled in."""
     if sweep is None:
         return None
     where = f"{path}: sweep"
-    need(isinstance(sweep, dict) and not set(sweep) - {"method", "metric", "budgets", "seeds"},
-           f"{where}: expected {{method: NAME, metric: macs, budgets: [...], seeds: [...]}}")
+    need(isinstance(sweep, dict) and
+           not set(sweep) - {"method", "metric", "budgets", "seeds", "random_search"},
+           f"{where}: expected {{method: NAME, metric: macs, budgets: [...], seeds: [...], "
+           "random_search: NAME}")
     need(sweep.get("method") in specs, f"{where}.method: expected one of {', '.join(specs)}, "
            f"got {sweep.get('method')!r}")
     metric = sweep.get("metric", "macs")
@@ -225,8 +232,12 @@ def _check_sweep(path: str | Path, sweep: Any, specs: dict[str, Any],
     runs = sweep.get("seeds", seeds)
     need(isinstance(runs, list) and bool(runs) and all(type(x) is int for x in runs),
            f"{where}.seeds: expected a list of integers, got {runs!r}")
+    names = [b["name"] for b in baselines]
+    rs = sweep.get("random_search")
+    need(rs is None or rs in names, f"{where}.random_search: expected the name of a "
+           f"random_search: baseline ({', '.join(names) or 'the study has none'}), got {rs!r}")
     return {"method": sweep["method"], "metric": metric, "budgets": [float(b) for b in budgets],
-            "seeds": runs}
+            "seeds": runs, "random_search": rs}
 
 
 # -- running ------------------------------------------------------------------------------------
@@ -276,15 +287,16 @@ def search_run(study: Study, name: str, seed: int, run: Path, jobs: int,
 
 
 def random_run(study: Study, rs: dict[str, Any], seed: int, run: Path, jobs: int,
-               budget: float | None) -> str:
-    """One random-search baseline in its own process."""
+               budget: float | None, method: str, limits: dict[str, float]) -> str:
+    """One random-search baseline in its own process: cells within ``limits``, trained as
+    ``method``'s config says, for ``budget`` seconds."""
     if budget is None:
-        raise RunFailed(f"no budget: no search of {study.rows[0]} finished and "
+        raise RunFailed(f"no budget: no search of {method} finished here and "
                         "random_search has no seconds:")
-    m = study.methods[study.rows[0]]
+    m = study.methods[method]
     run.mkdir(parents=True, exist_ok=True)
     spec = {"config": str(m.config), "set": m.sets, "seed": seed, "budget": budget,
-            "limits": study.budget,
+            "limits": limits,
             "data_dir": str(study.data_dir) if study.data_dir else None, "started": time.time(),
             "epochs": rs.get("epochs", 1), "out": str(run / "result.json"),
             "network": rs.get("network", {}), "lr": rs.get("lr")}
@@ -411,18 +423,24 @@ def markdown(study: Study, out: dict[str, Any]) -> str:
                   f"it): {bounds}, for the network its config's network: options build."]
     if out.get("sweep"):
         sw = out["sweep"]
+        rs_name = sw.get("random_search")
         lines += ["", f"## Budget sweep: {sw['method']} under search.budget.{sw['metric']}, seeds "
                   f"{', '.join(map(str, sw['seeds']))}", "",
                   "| budget | runs | CIFAR-10 mean ± std | min | max | over budget | best cell "
                   "that fits | top 5% of the cells that fit | largest cell that fits (mean) | "
-                  "random cell that fits (mean) |",
-                  "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "random cell that fits (mean) |" +
+                  (f" `{rs_name}` at the budget, same wall time (runs: mean ± std) |"
+                   if rs_name else ""),
+                  "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|" + ("---|" if rs_name else "")]
         for limit, r in sw["summary"].items():
+            rs_cell = (f" {r['random_search_runs']}: "
+                       f"{f(r['random_search_mean'], std=r['random_search_std'])} |"
+                       if rs_name else "")
             lines.append(f"| {float(limit):,.0f} | {r['runs']} | "
                          f"{f(r['cifar10_mean'], std=r['cifar10_std'])} | {f(r['cifar10_min'])} | "
                          f"{f(r['cifar10_max'])} | {r['over_budget']} | {r['best_fitting']:.2f} | "
                          f"{f(r.get('top5_fitting'))} | {r['largest_fitting']:.2f} | "
-                         f"{r['random_fitting']:.2f} |")
+                         f"{r['random_fitting']:.2f} |" + rs_cell)
         lines += ["", "![budget sweep](pareto.png)"]
     lines += ["", "Runs (the CIFAR-10 accuracy of each derived cell in the table):", ""]
     for r in out["runs"] + out["random_search"]:
@@ -432,6 +450,10 @@ def markdown(study: Study, out: dict[str, Any]) -> str:
     for r in (out.get("sweep") or {}).get("runs", []):
         lines.append(f"- sweep, {out['sweep']['metric']} <= {r['budget']:,.0f}, seed {r['seed']}: "
                      f"`{r['arch']}` {r['cifar10']:.2f} ({r[out['sweep']['metric']]:,.0f})")
+    for r in (out.get("sweep") or {}).get("random_search_runs", []):
+        lines.append(f"- sweep, {r['method']}, {out['sweep']['metric']} <= {r['budget']:,.0f}, "
+                     f"seed {r['seed']}: `{r['arch']}` {r['cifar10']:.2f} (best of {r['cells']} "
+                     f"cells, validation {r['val_acc']:.2f}%)")
     return "\n".join(lines) + "\n"
 
 
@@ -445,7 +467,8 @@ def run_study(study: Study, out: Path, jobs: int) -> int:
     randoms = [(rs, seed, out / "runs" / rs["name"] / f"seed_{seed}")
                for rs in study.random_search for seed in study.seeds
                if seed in rs.get("seeds", study.seeds)]
-    bar = tqdm(total=len(runs) + len(swept) + len(randoms), unit="run",
+    swept_randoms = sweep_randoms(study, swept)
+    bar = tqdm(total=len(runs) + len(swept) + len(randoms) + len(swept_randoms), unit="run",
                disable=not sys.stderr.isatty())
 
     def say(message: str) -> None:
@@ -482,18 +505,43 @@ def run_study(study: Study, out: Path, jobs: int) -> int:
             say(f"{rs['name']} seed {seed}: skip (finished)")
         else:
             tasks.append((f"{rs['name']} seed {seed}", lambda x=rs, s=seed, r=run, b=budget:
-                          random_run(study, x, s, r, jobs, b)))
+                          random_run(study, x, s, r, jobs, b, rows[0], study.budget)))
+    for limit, rs, seed, run in swept_randoms:
+        label = f"{rs['name']} {sweep['metric']} <= {limit:g} seed {seed}"
+        times = [search_record(study.table, r)["seconds"] for b, _, r in swept
+                 if b == limit and (r / "genotype.json").is_file()]
+        if (run / "result.json").is_file():
+            say(f"{label}: skip (finished)")
+        else:
+            tasks.append((label, lambda x=rs, s=seed, r=run, b=limit, t=times: random_run(
+                study, x, s, r, jobs, statistics.mean(t) if t else x.get("seconds"),
+                sweep["method"], {**sweep["bounds"], sweep["metric"]: b})))
     failed += run_pool(tasks, jobs, say)
     bar.close()
     rs = [{"method": x["name"], "seed": seed, "run_dir": str(run),
            **random_record(study.table, run)}
           for x, seed, run in randoms if (run / "result.json").is_file()]
-    return write_study(study, out, jobs, records, rs, swept, failed)
+    rs_swept = [{"method": x["name"], "budget": limit, "seed": seed, "run_dir": str(run),
+                 **random_record(study.table, run)}
+                for limit, x, seed, run in swept_randoms if (run / "result.json").is_file()]
+    return write_study(study, out, jobs, records, rs, swept, failed, rs_swept)
+
+
+def sweep_randoms(study: Study, swept: list[tuple[float, int, Path]]
+                  ) -> list[tuple[float, dict[str, Any], int, Path]]:
+    """The sweep's random-search runs: (budget, baseline, seed, run directory) for every
+    budget and every sweep seed the baseline runs on."""
+    name = study.sweep and study.sweep.get("random_search")
+    if not name:
+        return []
+    (rs,) = [x for x in study.random_search if x["name"] == name]
+    return [(limit, rs, seed, run.parent / f"{name}_seed_{seed}") for limit, seed, run in swept
+            if seed in rs.get("seeds", study.seeds)]
 
 
 def write_study(study: Study, out: Path, jobs: int, records: list[dict[str, Any]],
                 rs: list[dict[str, Any]], swept: list[tuple[float, int, Path]],
-                failed: list[str]) -> int:
+                failed: list[str], rs_swept: Sequence[dict[str, Any]] = ()) -> int:
     """Score the finished runs beside the baselines; write and print study.json and study.md."""
     sweep, rows = study.sweep, study.rows
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
@@ -525,10 +573,12 @@ def write_study(study: Study, out: Path, jobs: int, records: list[dict[str, Any]
         "baselines": {name: {**summarize(cells_, cells), "cells": [c["arch"] for c in cells_]}
                       for name, cells_ in baselines.items()},
         "within_budget": _spread([c["cifar10"] for c in within]) if within else None,
-        "sweep": {**sweep, "runs": sweep_runs,
-                  "summary": {f"{limit:g}": _sweep_row(study, costs, sweep["metric"], limit,
-                                                       [r for r in sweep_runs if r["budget"] == limit])
-                              for limit in sweep["budgets"]}} if sweep else None}
+        "sweep": {**sweep, "runs": sweep_runs, "random_search_runs": list(rs_swept),
+                  "summary": {f"{limit:g}": _sweep_row(
+                      study, costs, sweep["metric"], limit,
+                      [r for r in sweep_runs if r["budget"] == limit],
+                      [r for r in rs_swept if r["budget"] == limit])
+                      for limit in sweep["budgets"]}} if sweep else None}
     if sweep:
         pareto_image(costs, study.table, sweep, sweep_runs).save(out / "pareto.png")
     (out / "study.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -559,9 +609,10 @@ def top_share(values: Sequence[float], share: float = 0.05) -> float:
 
 
 def _sweep_row(study: Study, costs: dict[str, dict[str, float]], metric: str, limit: float,
-               runs: list[dict[str, Any]]) -> dict[str, Any]:
+               runs: list[dict[str, Any]], randoms: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """One budget of a sweep: its runs against the best, the top 5%, the largest and a random
-    fitting cell."""
+    fitting cell, and the random search at that budget (if it ran)."""
+    rs = [r["cifar10"] for r in randoms]
     fitting = [a for a in costs if costs[a][metric] <= limit]
     acc = {a: study.table.query(a).accuracy["cifar10"] for a in fitting}
     most = max(costs[a]["params"] for a in fitting)
@@ -573,7 +624,9 @@ def _sweep_row(study: Study, costs: dict[str, dict[str, float]], metric: str, li
             "over_budget": sum(r[metric] > limit for r in runs),
             "best_fitting": max(acc.values()), "top5_fitting": top_share(list(acc.values())),
             "largest_fitting": statistics.mean(largest),
-            "random_fitting": statistics.mean(acc.values()), "fitting_cells": len(fitting)}
+            "random_fitting": statistics.mean(acc.values()), "fitting_cells": len(fitting),
+            "random_search_runs": len(rs), "random_search_mean": statistics.mean(rs) if rs else None,
+            "random_search_std": statistics.stdev(rs) if len(rs) > 1 else None}
 
 
 def pareto_image(costs: dict[str, dict[str, float]], table: NB201Table, sweep: dict[str, Any],
