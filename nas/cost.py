@@ -345,9 +345,8 @@ def build_cost_table(model: Supernet, build: Callable[[Genotype], nn.Module], im
     cache: dict[tuple[Any, ...], float] = {}
     totals: list[dict[str, float]] = []
     op_sums: list[float] = []  # per probe: the summed latency of its ops, each timed alone
-    checked = False  # whether a probe with multiply-adds was counted whole
     timed = "latency_ms" in metrics
-    checked = False  # a probe with multiply-adds was counted whole
+    checked = False  # whether a probe with multiply-adds was counted whole
     for p, genotype in enumerate(probes):
         if progress is not None:
             progress(f"probe {p + 1}/{len(probes)}")

@@ -5,7 +5,7 @@
     python scripts/mutation.py [MODULE ...] [--jobs N] [--work DIR] [--source DIR] [--json FILE]
                                [--survivors] [--only FUNCTION ...] [--score-only]
 
-MODULE is one of gumbel, supernet, search, schedules, genotype, budget, shortlist, selection
+MODULE is one of gumbel, supernet, search, schedules, genotype, budget, cost, shortlist, selection
 (default: all of them, one after the other). For each, the source tree (tracked and untracked, not ignored, files of ``--source``,
 default this repository) is copied to WORK/MODULE (default ``.mutation/``, ignored by git), and
 mutmut mutates the module's listed functions there; each mutant runs the module's fast tests
@@ -99,7 +99,33 @@ TARGETS = {
         "tests/test_budget.py::test_multipliers_rise_over_budget_and_fall_back_to_zero",
         "tests/test_budget.py::test_a_budget_below_the_smallest_network_fails_before_the_run",
         "tests/test_budget.py::test_check_feasible_accepts_the_smallest_network_and_names_it_below",
-        "tests/test_budget.py::test_check_feasible_refuses_bounds_that_only_fit_one_at_a_time")),
+        "tests/test_budget.py::test_check_feasible_refuses_bounds_that_only_fit_one_at_a_time",
+        "tests/test_budget.py::test_describe_names_each_cost_and_its_share_of_its_bound",
+        "tests/test_budget.py::test_two_bounds_keep_a_multiplier_each_and_round_trip_by_name",
+        # a chain's derivation (nas.budget._layer_groups)
+        "tests/test_chain.py::test_cost_table_is_exact_and_budgeted_derivation_is_the_best_that_fits",
+        "tests/test_chain.py::test_a_latency_table_of_a_chain_prices_every_layer_and_the_derivation_keeps_it",
+        "tests/test_budget.py::test_the_k_best_are_exact_at_the_bound_when_every_op_costs_something")),
+    # the cost table: counting, probing, the per-op entries and their sums (not the timing loop,
+    # whose mutants change only how long it measures)
+    "cost": Target("nas/cost.py", (
+        "x_format_cost", "x_count_flops", "x_count_macs", "x_count_cost", "xǁCostTableǁ*",
+        "x_probe_genotypes", "x__cells_of", "x__sites", "x__chain_sites", "x__probe",
+        "x_build_cost_table", "x__probe_costs", "x__calibrate", "x__whole_macs", "x__params",
+        "x__measured"), tuple(f"tests/test_budget.py::{t}" for t in (
+            "test_multiply_adds_of_a_conv_by_hand", "test_nb201_conv3x3_edge_costs_what_its_convs_do",
+            "test_the_table_adds_up_to_the_counted_network_for_random_cells",
+            "test_darts_table_matches_published_darts_v2_count",
+            "test_nb201_derivation_is_the_most_probable_cell_within_budget",
+            "test_darts_derivation_keeps_two_inputs_and_is_optimal",
+            "test_expected_cost_is_the_table_mean_and_its_gradient_is_exact",
+            "test_the_latency_fit_never_prices_a_network_below_zero",
+            "test_multiply_adds_that_do_not_add_up_fail_in_one_line",
+            "test_check_feasible_accepts_the_smallest_network_and_names_it_below",
+            "test_describe_names_each_cost_and_its_share_of_its_bound")) + (
+        "tests/test_chain.py::test_cost_table_is_exact_and_budgeted_derivation_is_the_best_that_fits",
+        "tests/test_chain.py::test_a_latency_table_of_a_chain_prices_every_layer_and_the_derivation_keeps_it",
+        "tests/test_latency.py::test_torch_table_predicts_its_random_networks")),
     "shortlist": Target("nas/shortlist.py", ("x_*", "xǁ*"), ("tests/test_shortlist.py",)),
     # the selection's logic (its trainings and phase run only in whole searches)
     "selection": Target("nas/selection.py", (

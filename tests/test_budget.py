@@ -123,12 +123,21 @@ def small_darts():
     return ops, model, table, {"params": free - 0.6 * (free - table.minimum()["params"])}
 
 
-def test_darts_derivation_keeps_two_inputs_and_is_optimal():
+@pytest.mark.parametrize("edge_topk", [0, 2])
+def test_darts_derivation_keeps_two_inputs_and_is_optimal(edge_topk):
     ops, model, table, limits = small_darts()
+    edge_logp = torch.zeros(14)
+    if edge_topk:  # the inputs' own probabilities add to the score of the inputs a node keeps
+        model.enable_edge_topk(edge_topk)
+        with torch.no_grad():
+            for v in model.edge_logits.values():
+                v.copy_(3 * torch.randn(v.shape, generator=torch.Generator().manual_seed(4)))
+        edge_logp = model.edge_probabilities()["normal"].log()
     g = derive_within(model, table, limits)
     assert all(len(node) == 2 for node in g.cells["normal"])
     assert fits(table.of(g), limits)
-    logp = model.probabilities()["normal"].log()
+    assert (g.concat, g.inputs) == (model.genotype().concat, model.genotype().inputs)
+    logp = model.probabilities()["normal"].log() + edge_logp[:, None]
     # enumerate: each node keeps 2 inputs, each with skip_connect or sep_conv_3x3
     per_node, start = [], 0
     for node in range(4):
@@ -145,6 +154,11 @@ def test_darts_derivation_keeps_two_inputs_and_is_optimal():
                 if table.base["params"] + sum(o[1] for o in opt) <= limits["params"]),
                key=lambda opt: sum(o[0] for o in opt))
     assert [sorted(node) for node in g.cells["normal"]] == [o[2] for o in best]
+    start = 0
+    for node, edges in enumerate(g.cells["normal"]):  # the more probable kept edge first
+        first, second = (float(logp[start + j, ops.index(o)]) for o, j in edges)
+        assert first >= second
+        start += 2 + node
 
 
 def test_expected_cost_is_the_table_mean_and_its_gradient_is_exact():
@@ -407,3 +421,74 @@ def test_check_feasible_refuses_bounds_that_only_fit_one_at_a_time():
         f"each alone: {format_cost('params', least['params'])}, {format_cost('macs', least['macs'])}"
         "); loosen one of them")
     check_feasible(model, table, {**limits, "macs": table.base["macs"] + 6 * 100})  # all first ops
+
+
+def test_describe_names_each_cost_and_its_share_of_its_bound():
+    cost = {"macs": 78.56e6, "params": 486080.0, "latency_ms": 0.4512}
+    assert nas.budget.describe(cost, {"macs": 8e7, "latency_ms": 0.5}) == (
+        "78.6M multiply-adds (budget 80.0M, 98%), 486,080 parameters, "
+        "0.451 ms (budget 0.500, 90%)")
+    assert nas.budget.describe({"params": 2.5e6}, {"params": 2e6}) == \
+        "2,500,000 parameters (budget 2,000,000, 125%)"  # over budget: above 100
+    assert nas.budget.describe({"macs": 1e6}, {}) == "1.0M multiply-adds"
+
+
+def test_two_bounds_keep_a_multiplier_each_and_round_trip_by_name():
+    model, table = nb201_table()
+    with torch.no_grad():
+        model.arch_logits["cell"].normal_(generator=torch.Generator().manual_seed(0))
+    expected = {m: v.item() for m, v in table.expected(model).items()}
+    # params 25% over its bound, macs 50% under: one multiplier rises, the other stays at 0
+    limits = {"params": expected["params"] / 1.25, "macs": expected["macs"] * 2}
+    c = BudgetConstraint(table, limits, dual_lr=0.5)
+    assert c.values() == {"params": 0.0, "macs": 0.0} and c.multipliers.dtype == torch.float64
+    c.update()  # no penalty seen yet: nothing to step from
+    assert c.values() == {"params": 0.0, "macs": 0.0}
+    for step in (1, 2):
+        assert c.penalty(model).item() == pytest.approx((step - 1) * 0.5 * 0.25 * 0.25, rel=1e-5)
+        c.update()
+        assert c.values()["params"] == pytest.approx(step * 0.5 * 0.25, rel=1e-5)
+        assert c.values()["macs"] == 0.0
+    c.update()  # a second update without a penalty between: no step
+    assert c.values()["params"] == pytest.approx(0.25, rel=1e-5)
+    # the state is by name: bounds listed in another order load to the same multipliers
+    other = BudgetConstraint(table, {"macs": limits["macs"], "params": limits["params"]}, 0.5)
+    other.load_state_dict(json.loads(json.dumps(c.state_dict())))
+    assert other.values() == c.values() and other.multipliers.dtype == torch.float64
+    assert other.penalty(model).dtype == table.expected(model)["macs"].dtype  # the logits' precision
+    with pytest.raises(ValueError, match=r"budget bounds \['macs', 'params'\], the config \['macs'\]"):
+        BudgetConstraint(table, {"macs": 1.0}, 0.5).load_state_dict(c.state_dict())
+
+
+def test_the_k_best_are_exact_at_the_bound_when_every_op_costs_something():
+    """Made-up costs of 1-5 units for every op (none included), on two metrics: the remaining
+    groups' least cost is never zero, and the bounds are exactly the best cell's costs."""
+    model, table = nb201_table()
+    gen = torch.Generator().manual_seed(5)
+    for m, unit in (("macs", 1000.0), ("params", 10.0)):
+        table.ops[m]["cell"] = torch.randint(1, 6, (6, 5), generator=gen).double() * unit
+    with torch.no_grad():
+        model.arch_logits["cell"].copy_(torch.randn(6, 5, generator=gen))
+    combos = torch.cartesian_prod(*[torch.arange(5)] * 6)  # every cell, [15625, 6]
+    edges = torch.arange(6)
+    logp = model.probabilities()["cell"].double().log()
+    score = logp[edges, combos].sum(1)
+    cost = {m: table.base[m] + table.ops[m]["cell"][edges, combos].sum(1) for m in ("macs", "params")}
+    free = int(score.argmax())
+    loose = {m: float(c.min()) + 0.4 * (float(c.max()) - float(c.min())) for m, c in cost.items()}
+    fit = (cost["macs"] <= loose["macs"]) & (cost["params"] <= loose["params"])
+    assert not fit[free] and int(fit.sum()) > 100  # the bounds bind, and many cells fit
+    best = int(torch.where(fit, score, -torch.inf).argmax())
+    limits = {m: float(c[best]) for m, c in cost.items()}  # the best cell sits on both bounds
+    g = derive_within(model, table, limits)
+    assert g.cells == nb201_cell([NB201_OPS[o] for o in combos[best]]).cells
+    fit = (cost["macs"] <= limits["macs"]) & (cost["params"] <= limits["params"])
+    top = torch.where(fit, score, -torch.inf).topk(5).values.tolist()
+    groups = nas.budget.choice_groups(model, table, ["macs", "params"])
+    found = nas.budget.best_choices(groups, [limits[m] - table.base[m] for m in ("macs", "params")], k=5)
+    assert [s for s, _ in found] == pytest.approx(top, abs=1e-9)
+    for s, chain in found:  # each is a cell within both bounds with that score
+        cell = nas.budget.assemble(groups, chain, model.genotype())
+        assert fits(table.of(cell), limits)
+        assert sum(float(logp[e, NB201_OPS.index(o)]) for e, (o, _) in enumerate(
+            edge for node in cell.cells["cell"] for edge in node)) == pytest.approx(s, abs=1e-9)
