@@ -492,3 +492,59 @@ def test_the_k_best_are_exact_at_the_bound_when_every_op_costs_something():
         assert fits(table.of(cell), limits)
         assert sum(float(logp[e, NB201_OPS.index(o)]) for e, (o, _) in enumerate(
             edge for node in cell.cells["cell"] for edge in node)) == pytest.approx(s, abs=1e-9)
+
+
+def all_cells(model, table):
+    """Every NB201 cell as (log-probability, macs, params, ops)."""
+    logp = model.probabilities()["cell"].double().log()
+    out = []
+    for combo in itertools.product(range(5), repeat=6):
+        cost = table.of(nb201_cell([NB201_OPS[o] for o in combo]))
+        out.append((sum(float(logp[e, o]) for e, o in enumerate(combo)), cost["macs"],
+                    cost["params"], [NB201_OPS[o] for o in combo]))
+    return out
+
+
+def test_spend_derives_a_cell_that_spends_what_the_distribution_expects():
+    model, table = nb201_table()
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():  # none the likeliest op of every edge, but not by much: the mode
+        p = torch.tensor([0.4, 0.15, 0.3, 0.05, 0.1])  # spends nothing, the distribution does
+        model.arch_logits["cell"].copy_(p.log() + 0.05 * torch.randn(6, 5, generator=gen))
+    cells = all_cells(model, table)
+    limits = {"macs": table.base["macs"] + 0.5 * (max(c[1] for c in cells) - table.base["macs"])}
+    plain = BudgetConstraint(table, limits, 0.05).derive(model)
+    assert plain == derive_within(model, table, limits)  # spend 0: the plain derivation
+    expected = nas.budget.expected_cost(table, model)["macs"]
+    assert table.of(plain)["macs"] < expected < limits["macs"]  # the mode spends less
+    for spend in (0.5, 1.0):
+        floor = nas.budget.spend_floor(table, model, limits, spend)
+        assert floor == {"macs": pytest.approx(table.minimum()["macs"] + spend * (
+            expected - table.minimum()["macs"]))}
+        g = BudgetConstraint(table, limits, 0.05, spend).derive(model)
+        cost, score = table.of(g)["macs"], sum(c[0] for c in cells if c[3] == [
+            o for node in g.cells["cell"] for o, _ in node])
+        assert floor["macs"] <= cost <= limits["macs"]
+        # no fitting cell that costs as much or more is more probable (the tilt's optimality)
+        rivals = [c for c in cells if cost <= c[1] <= limits["macs"] and c[0] > score + 1e-9]
+        assert not rivals, rivals[:3]
+
+
+def test_a_floor_above_every_fitting_cell_gives_the_most_probable_of_the_costliest():
+    model, table = nb201_table()
+    with torch.no_grad():
+        model.arch_logits["cell"].copy_(torch.randn(6, 5, generator=torch.Generator().manual_seed(8)))
+    cells = all_cells(model, table)
+    limits = {"macs": table.base["macs"] + 0.3 * (max(c[1] for c in cells) - table.base["macs"])}
+    most = max(c[1] for c in cells if c[1] <= limits["macs"])
+    best = max((c for c in cells if c[1] == most), key=lambda c: c[0])
+    g = derive_within(model, table, limits, floor={"macs": limits["macs"] * 2})
+    assert [o for node in g.cells["cell"] for o, _ in node] == best[3]
+    free = model.genotype()  # a floor the unconstrained cell meets: it is the answer
+    assert derive_within(model, table, {"macs": 1e12}, {"macs": 0.0}) == free
+
+
+def test_spend_outside_zero_to_one_is_refused_in_one_line():
+    for value in (-0.1, 1.5):
+        with pytest.raises(InputError, match=rf"search.budget.spend: a share from 0 to 1, got {value}"):
+            build_config({"search": {"budget": {"macs": 1e8, "spend": value}}})
