@@ -15,14 +15,6 @@ supernet. Two parts:
   multiple-choice knapsack solved by dynamic programming over the nodes of every cell kind (over
   which inputs a node keeps and which op each kept edge carries), or over a chain's layers (which
   candidate each carries), keeping only the Pareto-optimal partial choices. It never returns an architecture over budget.
-
-The most probable architecture of a spread distribution can spend far less than the distribution
-does: under a small budget on NAS-Bench-201 the expected cost sits at the bound while the most
-probable cell, edge by edge, keeps one convolution or none. ``search.budget.spend`` (``s``) sets a
-floor: the derived architecture costs at least ``least + s * (min(E[cost], budget) - least)``
-(``least``: the smallest network), found by tilting every option's log-probability by ``mu``
-times its cost (as a share of the bound) with the smallest ``mu`` that reaches the floor (the
-costliest fitting architecture when none does). 0 (the default) is the plain derivation.
 """
 from __future__ import annotations
 
@@ -58,10 +50,8 @@ def describe(cost: Mapping[str, float], limits: Mapping[str, float]) -> str:
 class BudgetConstraint:
     """Lagrange multipliers of a budget, one per bounded metric, updated by dual ascent."""
 
-    def __init__(self, table: CostTable, limits: Mapping[str, float], dual_lr: float,
-                 spend: float = 0.0) -> None:
+    def __init__(self, table: CostTable, limits: Mapping[str, float], dual_lr: float) -> None:
         self.table, self.limits, self.dual_lr = table, dict(limits), float(dual_lr)
-        self.spend = float(spend)
         self.multipliers = torch.zeros(len(self.limits), dtype=torch.float64)
         self._violation: Tensor | None = None
 
@@ -78,12 +68,6 @@ class BudgetConstraint:
         if self._violation is not None:
             self.multipliers = (self.multipliers + self.dual_lr * self._violation).clamp(min=0)
             self._violation = None
-
-    def derive(self, model: Supernet) -> Genotype | None:
-        """The derived architecture: the most probable within the limits, spending at least
-        ``spend`` of what the distribution expects above the smallest network."""
-        floor = spend_floor(self.table, model, self.limits, self.spend) if self.spend else None
-        return derive_within(model, self.table, self.limits, floor)
 
     def values(self) -> dict[str, float]:
         """The multipliers by metric (one host sync)."""
@@ -235,83 +219,19 @@ def assemble(groups: Sequence[tuple[str, int, list[Option]]], chain: Sequence[tu
     return Genotype(cells, dict(like.concat), space=like.space, inputs=dict(like.inputs))
 
 
-def derive_within(model: Supernet, table: CostTable, limits: Mapping[str, float],
-                  floor: Mapping[str, float] | None = None) -> Genotype | None:
+def derive_within(model: Supernet, table: CostTable, limits: Mapping[str, float]) -> Genotype | None:
     """The most probable genotype (sum of log-probabilities of the ops it keeps, and of the kept
-    inputs with edge top-k) whose network fits ``limits``; None if none does. With ``floor``,
-    the most probable of those costing at least ``floor`` that a tilt by cost finds (the
-    costliest fitting one if none reaches it).
+    inputs with edge top-k) whose network fits ``limits``; None if none does.
 
-    When the unconstrained genotype (``model.genotype()``) fits (and reaches the floor), it is
-    the answer.
+    When the unconstrained genotype (``model.genotype()``) fits, it is the answer.
     """
     free = model.genotype()
-    if fits(table.of(free), limits) and reaches(table.of(free), floor):
+    if fits(table.of(free), limits):
         return free
     metrics = list(limits)
     groups = choice_groups(model, table, metrics)
-    cap = [limits[m] - table.base[m] for m in metrics]
-    best = best_choices(groups, cap)
-    if not best:
-        return None
-    if not reaches(_spent(best[0][1], groups, table, metrics), floor):
-        best = _tilted_choice(groups, cap, metrics, limits, table, floor) or best
-    return assemble(groups, best[0][1], free)
-
-
-def reaches(cost: Mapping[str, float], floor: Mapping[str, float] | None) -> bool:
-    """Whether ``cost`` is at least ``floor`` in every metric the floor names."""
-    return floor is None or all(cost[m] >= v - 1e-9 * max(1.0, abs(v)) for m, v in floor.items())
-
-
-def spend_floor(table: CostTable, model: Supernet, limits: Mapping[str, float],
-                spend: float) -> dict[str, float]:
-    """``least + spend * (min(E[cost], limit) - least)`` for every bounded metric."""
-    least, expected = table.minimum(), expected_cost(table, model)
-    return {m: least[m] + spend * (min(expected[m], limit) - least[m]) for m, limit in limits.items()}
-
-
-def _spent(chain: Sequence[tuple[tuple[str, int], ...]], groups: Sequence[tuple[str, int, list[Option]]],
-           table: CostTable, metrics: Sequence[str]) -> dict[str, float]:
-    """The whole network's cost of one option per group (a ``best_choices`` chain)."""
-    total = dict(table.base)
-    for (_, _, options), edges in zip(groups, chain):
-        (cost,) = [o[1] for o in options if o[2] == edges]
-        for i, m in enumerate(metrics):
-            total[m] += cost[i]
-    return total
-
-
-def _tilted_choice(groups: Sequence[tuple[str, int, list[Option]]], cap: Sequence[float],
-                   metrics: Sequence[str], limits: Mapping[str, float], table: CostTable,
-                   floor: Mapping[str, float]) -> list[tuple[float, list]] | None:
-    """``best_choices`` with every option's score raised by ``mu`` times its cost (each
-    metric as a share of its limit), at the smallest ``mu`` whose choice reaches ``floor``
-    (bisection); at the largest ``mu`` tried if none does."""
-    def choice(mu: float) -> list[tuple[float, list]]:
-        tilted = [(kind, node, [(score + mu * sum(c / limits[m] for c, m in zip(cost, metrics)),
-                                 cost, edges) for score, cost, edges in options])
-                  for kind, node, options in groups]
-        return best_choices(tilted, cap)
-
-    def enough(found: list[tuple[float, list]]) -> bool:
-        return reaches(_spent(found[0][1], groups, table, metrics), floor)
-
-    low, high = 0.0, 1.0
-    best = choice(high)
-    while not enough(best) and high < 1e6:
-        low, high = high, high * 4
-        best = choice(high)
-    if not enough(best):
-        return best  # no tilt reaches the floor: the costliest it finds
-    for _ in range(30):
-        mid = (low + high) / 2
-        found = choice(mid)
-        if enough(found):
-            high, best = mid, found
-        else:
-            low = mid
-    return best
+    best = best_choices(groups, [limits[m] - table.base[m] for m in metrics])
+    return assemble(groups, best[0][1], free) if best else None
 
 
 def check_feasible(model: Supernet, table: CostTable, limits: Mapping[str, float]) -> None:

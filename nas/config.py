@@ -61,9 +61,6 @@ class BudgetConfig:
     latency_table: str | None = None    # a nas latency-table file (the target's runtime and
                                         # machine) pricing latency_ms; null: timed in PyTorch here
     dual_lr: float = 0.05               # step of the Lagrange multipliers per architecture step
-    spend: float = 0.0                  # the derived network costs at least this share of what
-                                        # the distribution expects above the smallest network
-                                        # (0..1; 0: the most probable that fits, however small)
 
 
 @dataclass
@@ -371,7 +368,6 @@ def _check_budget_and_few_shot(cfg: Config) -> None:
          "search.budget.latency_table: needs a file name and search.budget.latency_ms (the bound "
          f"it prices), got latency_table {b.latency_table!r}, latency_ms {b.latency_ms}")
     need(b.dual_lr > 0, f"search.budget.dual_lr: must be positive, got {b.dual_lr}")
-    need(0 <= b.spend <= 1, f"search.budget.spend: a share from 0 to 1, got {b.spend}")
     f = cfg.search.few_shot
     need(f.epochs >= 0, f"search.few_shot.epochs: must be >= 0 (0: off), got {f.epochs}")
     need(f.lr is None or f.lr > 0, f"search.few_shot.lr: must be positive or null, got {f.lr}")

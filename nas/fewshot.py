@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterator
 import torch
 from tqdm import tqdm
 
+from .budget import derive_within
 from .config import Config
 from .data import Batches, ImageSet, load_split, seed_of, split_indices
 from .errors import Diverged
@@ -124,7 +125,7 @@ def search_part(setup: SearchSetup, kind: str, edge: int, op: int, arch_update: 
         progress()
     if budget is None:
         return setup.derive()
-    genotype = budget.derive(model)
+    genotype = derive_within(model, budget.table, budget.limits)
     if genotype is None or not _holds(genotype, model, kind, edge, model.op_names[kind][op]):
         return None  # the most probable fitting cell would need another op there
     return stamped(genotype, cfg.space)

@@ -242,7 +242,7 @@ def build_budget(cfg: Config, model: Supernet, num_classes: int, device: torch.d
     elif "latency_ms" in limits and not measure:
         table.load_metric(saved_costs(saved), "latency_ms")
     check_feasible(model, table, limits)
-    return BudgetConstraint(table, limits, b.dual_lr, b.spend)
+    return BudgetConstraint(table, limits, b.dual_lr)
 
 
 def open_run(setup: SearchSetup, run_dir: Path, resume: bool, force: bool) -> tuple[int, dict]:

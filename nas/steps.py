@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from . import distributed as dist
 from .benchmarks import NB201Table
-from .budget import BudgetConstraint
+from .budget import BudgetConstraint, derive_within
 from .config import Config, SearchConfig
 from .data import Batches
 from .genotype import Genotype
@@ -262,7 +262,8 @@ class SearchSetup:
 
     def derive(self) -> Genotype:
         """The genotype the logits point to now: the most probable one within the budget, if any."""
-        genotype = self.model.genotype() if self.budget is None else self.budget.derive(self.model)
+        genotype = self.model.genotype() if self.budget is None else \
+            derive_within(self.model, self.budget.table, self.budget.limits)
         return stamped(genotype, self.cfg.space)
 
 
