@@ -103,6 +103,7 @@ def test_nb201_derivation_is_the_most_probable_cell_within_budget(seed):
         g = derive_within(model, table, limits)
         assert fits(table.of(g), limits)
         assert not fits(table.of(model.genotype()), limits)  # the budget binds
+        assert (g.space, g.inputs, g.concat) == ("nasbench201", {"cell": 1}, {})
         score, best = brute_force(model, table, limits)
         assert g.cells == best.cells
 
@@ -169,6 +170,7 @@ def test_expected_cost_is_the_table_mean_and_its_gradient_is_exact():
     exp = table.expected(model)["macs"]
     by_hand = table.base["macs"] + float((p * table.ops["macs"]["cell"].double()).sum())
     assert exp.item() == pytest.approx(by_hand, rel=1e-5)
+    assert nas.budget.expected_cost(table, model) == {m: float(v) for m, v in table.expected(model).items()}
     grad, = torch.autograd.grad(exp, model.arch_logits["cell"])
     eps = 1e-3
     for e, o in [(0, 3), (4, 2), (5, 0)]:
@@ -492,3 +494,20 @@ def test_the_k_best_are_exact_at_the_bound_when_every_op_costs_something():
         assert fits(table.of(cell), limits)
         assert sum(float(logp[e, NB201_OPS.index(o)]) for e, (o, _) in enumerate(
             edge for node in cell.cells["cell"] for edge in node)) == pytest.approx(s, abs=1e-9)
+
+
+def test_without_a_table_the_choices_carry_no_cost_and_darts_never_takes_none():
+    """The unconstrained shortlist's choices (``choice_groups`` with no table)."""
+    nb201 = build_supernet("nasbench201", 10, "gdas", 0, {"C": 4, "cells_per_stage": 1})
+    _, darts, _, _ = small_darts()
+    chain = build_supernet("mbconv", 10, "gdas", 0, {"stem": 4, "widths": [4, 8], "layers": [1, 2],
+                                                     "strides": [1, 2], "head": 8})
+    groups = nas.budget.choice_groups(chain, None, [])  # a chain: one group per layer
+    assert [len(g) for _, _, g in groups] == [len(p.ops) for p in chain.choice_points()]
+    assert all(cost == () for _, _, g in groups for _, cost, _ in g)
+    for model, none_allowed in ((nb201, True), (darts, False)):
+        groups = nas.budget.choice_groups(model, None, [])
+        options = [o for _, _, group in groups for o in group]
+        assert options and all(cost == () for _, cost, _ in options)
+        ops = {op for _, _, edges in options for op, _ in edges}
+        assert ("none" in ops) == none_allowed and "skip_connect" in ops

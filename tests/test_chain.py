@@ -144,6 +144,7 @@ def test_cost_table_is_exact_and_budgeted_derivation_is_the_best_that_fits():
     limits = {"macs": 0.5 * table.of(free)["macs"]}
     derived = derive_within(model, table, limits)
     assert derived is not None and fits(table.of(derived), limits)
+    assert derived.space == free.space == "mbconv" and not derived.cells
     probs = model.probabilities()
 
     def score(g: nas.Genotype) -> float:
