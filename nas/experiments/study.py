@@ -346,12 +346,16 @@ def scored(table: NB201Table, cell: Genotype | str) -> dict[str, Any]:
             "rank": r.rank, "top_percent": r.top_percent}
 
 
+def run_seconds(run: Path) -> float:
+    """A finished search's wall time: as the study recorded it, else as its run logged it."""
+    timing = run / "study_time.json"
+    return json.loads(timing.read_text())["seconds"] if timing.is_file() else logged_seconds(run)
+
+
 def search_record(table: NB201Table, run: Path) -> dict[str, Any]:
     """A finished search's cell in the table, its final entropy and its wall time."""
     lines = (run / "metrics.jsonl").read_text().splitlines()
-    timing = run / "study_time.json"
-    seconds = json.loads(timing.read_text())["seconds"] if timing.is_file() else logged_seconds(run)
-    return {**scored(table, Genotype.load(run / "genotype.json")), "seconds": seconds,
+    return {**scored(table, Genotype.load(run / "genotype.json")), "seconds": run_seconds(run),
             "entropy": json.loads(lines[-1]).get("entropy") if lines else None}
 
 
@@ -508,7 +512,7 @@ def run_study(study: Study, out: Path, jobs: int) -> int:
                           random_run(study, x, s, r, jobs, b, rows[0], study.budget)))
     for limit, rs, seed, run in swept_randoms:
         label = f"{rs['name']} {sweep['metric']} <= {limit:g} seed {seed}"
-        times = [search_record(study.table, r)["seconds"] for b, _, r in swept
+        times = [run_seconds(r) for b, _, r in swept
                  if b == limit and (r / "genotype.json").is_file()]
         if (run / "result.json").is_file():
             say(f"{label}: skip (finished)")
