@@ -102,11 +102,11 @@ TARGETS = {
         "tests/test_budget.py::test_check_feasible_refuses_bounds_that_only_fit_one_at_a_time",
         "tests/test_budget.py::test_describe_names_each_cost_and_its_share_of_its_bound",
         "tests/test_budget.py::test_two_bounds_keep_a_multiplier_each_and_round_trip_by_name",
+        "tests/test_budget.py::test_the_k_best_are_exact_at_the_bound_when_every_op_costs_something",
+        "tests/test_budget.py::test_without_a_table_the_choices_carry_no_cost_and_darts_never_takes_none",
         # a chain's derivation (nas.budget._layer_groups)
         "tests/test_chain.py::test_cost_table_is_exact_and_budgeted_derivation_is_the_best_that_fits",
-        "tests/test_chain.py::test_a_latency_table_of_a_chain_prices_every_layer_and_the_derivation_keeps_it",
-        "tests/test_budget.py::test_the_k_best_are_exact_at_the_bound_when_every_op_costs_something",
-        "tests/test_budget.py::test_without_a_table_the_choices_carry_no_cost_and_darts_never_takes_none")),
+        "tests/test_chain.py::test_a_latency_table_of_a_chain_prices_every_layer_and_the_derivation_keeps_it")),
     # the cost table: counting, probing, the per-op entries and their sums (not the timing loop,
     # whose mutants change only how long it measures)
     "cost": Target("nas/cost.py", (
