@@ -164,8 +164,8 @@ def test_darts_derivation_keeps_two_inputs_and_is_optimal(edge_topk):
 
 def test_expected_cost_is_the_table_mean_and_its_gradient_is_exact():
     model, table = nb201_table()
-    with torch.no_grad():
-        model.arch_logits["cell"].copy_(torch.randn(6, 5))
+    with torch.no_grad():  # seeded: float32 finite differences of a 36k total miss for some logits
+        model.arch_logits["cell"].copy_(torch.randn(6, 5, generator=torch.Generator().manual_seed(0)))
     p = model.probabilities()["cell"].double()
     exp = table.expected(model)["macs"]
     by_hand = table.base["macs"] + float((p * table.ops["macs"]["cell"].double()).sum())
