@@ -225,8 +225,8 @@ class CostTable:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (``costs.json`` of a run)."""
-        return {"space": self.space, "image_size": self.image_size, "base": self.base,
-                "how": self.how, "op_names": {k: list(v) for k, v in self.op_names.items()},
+        return {"space": self.space, "image_size": self.image_size, "base": dict(self.base),
+                "how": dict(self.how), "op_names": {k: list(v) for k, v in self.op_names.items()},
                 "ops": {m: {k: t.tolist() for k, t in kinds.items()} for m, kinds in self.ops.items()},
                 **({"points": {k: list(v) for k, v in self.points.items()}} if self.points else {})}
 

@@ -126,7 +126,8 @@ TARGETS = {
             "test_describe_names_each_cost_and_its_share_of_its_bound")) + (
         "tests/test_chain.py::test_cost_table_is_exact_and_budgeted_derivation_is_the_best_that_fits",
         "tests/test_chain.py::test_a_latency_table_of_a_chain_prices_every_layer_and_the_derivation_keeps_it",
-        "tests/test_latency.py::test_torch_table_predicts_its_random_networks")),
+        "tests/test_latency.py::test_torch_table_predicts_its_random_networks",
+        "tests/test_cost.py")),
     "shortlist": Target("nas/shortlist.py", ("x_*", "xǁ*"), ("tests/test_shortlist.py",)),
     # the selection's logic (its trainings and phase run only in whole searches)
     "selection": Target("nas/selection.py", (
