@@ -346,6 +346,106 @@ def test_an_op_that_never_ran_must_be_a_parameter_free_none():
         _params(zero, None)
 
 
+# -- the probes and a latency table -------------------------------------------------------------
+def test_probes_put_every_op_on_every_edge_and_tell_the_kinds_apart():
+    model = nas.Supernet(cells={"normal": (5, ["a", "b", "c"]), "reduce": (5, ["a", "b", "c", "d"])},
+                         cell_inputs=2)
+    concat = {"normal": (2, 3), "reduce": (2, 3)}
+    probes = probe_genotypes(model, concat, "sp")
+
+    def cell(op):  # 2 nodes: 2 inputs, then 3
+        return [[(op, 0), (op, 1)], [(op, 0), (op, 1), (op, 2)]]
+
+    # probe k: normal takes op k mod 3, reduce op k + 1 mod 4
+    assert probes == [Genotype({"normal": cell(n), "reduce": cell(r)}, concat, space="sp",
+                               inputs={"normal": 2, "reduce": 2})
+                      for n, r in (("a", "b"), ("b", "c"), ("c", "d"), ("a", "a"))]
+    assert all(g.inputs == {"normal": 2, "reduce": 2} and g.space == "sp" for g in probes)
+    chain = build_supernet("mbconv", 10, "gdas", 0, {"stem": 4, "widths": [4, 8], "layers": [1, 1],
+                                                     "strides": [1, 2], "head": 8})
+    points = chain.choice_points()
+    width = max(len(p.ops) for p in points)
+    assert {len(p.ops) for p in points} == {width, width - 1}  # a layer that may skip, one not
+    probes = probe_genotypes(chain, {}, "mbconv")
+    assert probes == [Genotype({}, space="mbconv", layers={p.name: p.ops[k % len(p.ops)] for p in points})
+                      for k in range(width)]
+
+
+def _fake_timer(calls):
+    """A deterministic timer on any device: an op takes 0.25 ms + 1 ms per 1000 parameters, a
+    network (it holds cells) 5 ms + 2 ms per 1000 parameters; it records what it was given."""
+    def timer(module, x, runs):
+        calls.append((module, x, runs))
+        params = sum(p.numel() for p in module.parameters())
+        if any(isinstance(m, GenotypeCell) for m in module.modules()):
+            return 5.0 + 2 * params / 1000
+        return 0.25 + params / 1000
+    return timer
+
+
+@pytest.mark.parametrize("calibrate", [False, True])
+def test_a_latency_table_on_a_device_is_fitted_to_the_probes_times(calibrate):
+    model = build_supernet("nasbench201", 10, "gdas", 0, {"C": 4, "cells_per_stage": 1})
+    calls, steps = [], []
+    table = build_cost_table(model, lambda g: build_network(
+        "nasbench201", g, 10, {"C": 4, "cells_per_stage": 1}), 8, ["params", "latency_ms"], META,
+        "nasbench201", progress=steps.append, timer=_fake_timer(calls), calibrate=calibrate)
+    assert steps == [f"probe {k}/5" for k in range(1, 6)]
+    assert calls and all(x.device == META and runs == 30 and x.shape[0] == 1 for _, x, runs in calls)
+    assert all(p.device == META for module, _, _ in calls for p in module.parameters())
+    wholes = [x for module, x, _ in calls if x.dim() == 4 and x.shape[1] == 3]
+    assert [tuple(x.shape) for x in wholes] == [(1, 3, 8, 8)] * 5
+    # each op runs in the 3 cells, 0.25 ms each plus 1 ms per 1000 parameters; but a node whose
+    # inputs are all `none` runs only its first one (edges 0, 1, 3) for its zeros
+    params = table.ops["params"]["cell"].double()
+    ran = torch.ones(6, 5, dtype=torch.float64)
+    ran[:, 0] = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0])
+    raw = params / 1000 + 0.75 * ran
+    probes = probe_genotypes(model, {}, "nasbench201")  # probe k: op k on every edge
+    op_sums = [float(raw[:, k].sum()) for k in range(5)]
+    totals = [5.0 + 2 * table.of(g)["params"] / 1000 for g in probes]
+    if calibrate:
+        scale, base = _calibrate(op_sums, totals)
+        assert scale != pytest.approx(1.0)
+    else:
+        scale, base = 1.0, sorted(t - s for t, s in zip(totals, op_sums))[2]
+    assert table.base["latency_ms"] == pytest.approx(base, rel=1e-9)
+    assert torch.allclose(table.ops["latency_ms"]["cell"].double(), scale * raw, rtol=1e-6, atol=0)
+    assert table.ops["latency_ms"]["cell"].dtype == torch.float32
+    assert set(table.how) == {"params", "latency_ms"}
+    assert "measured on meta" in table.how["latency_ms"] and "batch 1, 8x8" in table.how["latency_ms"]
+    assert "median of 30 timed runs" in table.how["latency_ms"]
+
+
+def test_a_latency_tables_batch_and_runs_reach_the_timer_and_its_description():
+    chain = build_supernet("mbconv", 10, "gdas", 0, {"stem": 4, "widths": [4], "layers": [1],
+                                                     "strides": [1], "head": 8})
+    calls = []
+    table = build_cost_table(chain, lambda g: build_network(
+        "mbconv", g, 10, {"stem": 4, "widths": [4], "layers": [1], "strides": [1], "head": 8}),
+        8, ["latency_ms"], torch.device("cpu"), "mbconv", latency_batch=2, latency_runs=3,
+        timer=lambda module, x, runs: calls.append((x.shape[0], runs)) or 1.0)
+    assert calls and set(calls) == {(2, 3)}
+    assert "batch 2, 8x8" in table.how["latency_ms"] and "median of 3 timed runs" in table.how["latency_ms"]
+    assert table.points == {p.name: (p.group, 0) for p in chain.choice_points()}
+    assert table.space == "mbconv" and table.image_size == 8 and table.cell_inputs is None
+
+
+def test_a_table_keeps_the_supernets_layout():
+    model = build_supernet("darts", 10, "gdas", 0, {"C": 4, "cells": 3, "ops": ["none", "skip_connect",
+                                                                                  "sep_conv_3x3"]})
+    table = build_cost_table(model, lambda g: build_network("darts", g, 10, {"C": 4, "cells": 3}),
+                             8, ["params"], torch.device("cpu"), "darts")
+    g = model.genotype()
+    assert (table.cell_inputs, table.keep, table.space, table.image_size) == (2, 2, "darts", 8)
+    assert table.concat == g.concat and table.concat
+    assert table.op_names == model.op_names and table.points == {}
+    assert {k: v.tolist() for k, v in table.allowed.items()} == {
+        "normal": [False, True, True], "reduce": [False, True, True]}
+    assert table.of(g)["params"] == count_cost(build_network("darts", g, 10, {"C": 4, "cells": 3}),
+                                               8)["params"]
+
+
 # -- the additivity check ------------------------------------------------------------------------
 @pytest.mark.parametrize("corrupt", [None, "none", "nor_conv_1x1"])
 def test_the_base_probe_and_the_first_with_multiply_adds_are_counted_whole_and_checked(
