@@ -77,7 +77,7 @@ def test_a_saved_metric_is_read_back_and_replaces_the_device_copies():
     model, table = nb201()
     before = table.expected(model)["macs"].detach()
     saved = json.loads(json.dumps(table.to_dict()))
-    macs = [[1000.0 * e + 10.0 * o for o in range(5)] for e in range(6)]
+    macs = [[1000 * e + 10 * o for o in range(5)] for e in range(6)]  # JSON integers
     saved["ops"]["macs"] = {"cell": macs, "other": [[1.0]]}  # a kind it does not have: ignored
     saved["base"]["macs"] = "250"
     saved["how"]["macs"] = "counted"
@@ -256,13 +256,27 @@ def test_format_cost_units():
     assert format_cost("params", 1_531_545.6) == "1,531,546 parameters"
 
 
+class _Recorder(nn.Module):
+    """Passes its input on and records the device it was on."""
+
+    def __init__(self, seen: list) -> None:
+        super().__init__()
+        self.seen = seen
+
+    def forward(self, x):
+        self.seen.append(x.device)
+        return x
+
+
 def test_an_ops_multiply_adds_are_per_image_on_the_given_device():
     conv = nn.Conv2d(3, 4, 1, bias=False)
     cache: dict = {}
     assert _measured(conv, (2, 3, 5, 5), "macs", torch.device("cpu"), cache) == 4 * 3 * 25
     assert list(cache.values()) == [4 * 3 * 25]
-    on_meta = nn.Conv2d(3, 4, 1, bias=False, device=META)  # its input must be made there too
+    seen = []
+    on_meta = nn.Sequential(_Recorder(seen), nn.Conv2d(3, 4, 1, bias=False, device=META))
     assert _measured(on_meta, (1, 3, 5, 5), "macs", META, {}) == 4 * 3 * 25
+    assert seen == [META]  # its input is made there too
     assert _measured(conv, None, "macs", torch.device("cpu"), cache) == 0.0  # never ran
     calls = []
     timer = lambda module, x, runs: calls.append((tuple(x.shape), runs)) or 1.5  # noqa: E731
