@@ -401,9 +401,10 @@ def _fake_timer(calls):
 def test_a_latency_table_on_a_device_is_fitted_to_the_probes_times(calibrate):
     model = build_supernet("nasbench201", 10, "gdas", 0, {"C": 4, "cells_per_stage": 1})
     calls, steps = [], []
+    fit = {} if calibrate else {"calibrate": False}  # fitted by default
     table = build_cost_table(model, lambda g: build_network(
         "nasbench201", g, 10, {"C": 4, "cells_per_stage": 1}), 8, ["params", "latency_ms"], META,
-        "nasbench201", progress=steps.append, timer=_fake_timer(calls), calibrate=calibrate)
+        "nasbench201", progress=steps.append, timer=_fake_timer(calls), **fit)
     assert steps == [f"probe {k}/5" for k in range(1, 6)]
     assert calls and all(x.device == META and runs == 30 and x.shape[0] == 1 for _, x, runs in calls)
     assert all(p.device == META for module, _, _ in calls for p in module.parameters())
@@ -434,12 +435,18 @@ def test_a_latency_table_on_a_device_is_fitted_to_the_probes_times(calibrate):
 def test_a_latency_tables_batch_and_runs_reach_the_timer_and_its_description():
     chain = build_supernet("mbconv", 10, "gdas", 0, {"stem": 4, "widths": [4], "layers": [1],
                                                      "strides": [1], "head": 8})
-    calls = []
-    table = build_cost_table(chain, lambda g: build_network(
-        "mbconv", g, 10, {"stem": 4, "widths": [4], "layers": [1], "strides": [1], "head": 8}),
-        8, ["latency_ms"], torch.device("cpu"), "mbconv", latency_batch=2, latency_runs=3,
-        timer=lambda module, x, runs: calls.append((x.shape[0], runs)) or 1.0)
+    calls, spaces = [], []
+
+    def build(g):
+        spaces.append(g.space)
+        return build_network("mbconv", g, 10, {"stem": 4, "widths": [4], "layers": [1],
+                                               "strides": [1], "head": 8})
+
+    table = build_cost_table(chain, build, 8, ["latency_ms"], torch.device("cpu"), "mbconv",
+                             latency_batch=2, latency_runs=3,
+                             timer=lambda module, x, runs: calls.append((x.shape[0], runs)) or 1.0)
     assert calls and set(calls) == {(2, 3)}
+    assert spaces and set(spaces) == {"mbconv"}  # the probes are the space's genotypes
     assert "batch 2, 8x8" in table.how["latency_ms"] and "median of 3 timed runs" in table.how["latency_ms"]
     assert table.points == {p.name: (p.group, 0) for p in chain.choice_points()}
     assert table.space == "mbconv" and table.image_size == 8 and table.cell_inputs is None
@@ -449,9 +456,9 @@ def test_a_table_keeps_the_supernets_layout():
     model = build_supernet("darts", 10, "gdas", 0, {"C": 4, "cells": 3, "ops": ["none", "skip_connect",
                                                                                   "sep_conv_3x3"]})
     table = build_cost_table(model, lambda g: build_network("darts", g, 10, {"C": 4, "cells": 3}),
-                             8, ["params"], torch.device("cpu"), "darts")
+                             8, ["params"], torch.device("cpu"))  # no space given: ""
     g = model.genotype()
-    assert (table.cell_inputs, table.keep, table.space, table.image_size) == (2, 2, "darts", 8)
+    assert (table.cell_inputs, table.keep, table.space, table.image_size) == (2, 2, "", 8)
     assert table.concat == g.concat and table.concat
     assert table.op_names == model.op_names and table.points == {}
     assert {k: v.tolist() for k, v in table.allowed.items()} == {
@@ -483,6 +490,43 @@ def test_the_base_probe_and_the_first_with_multiply_adds_are_counted_whole_and_c
     # the probes put none, skip_connect, nor_conv_1x1, ... on every edge: the all-none probe
     # gives the base, the all-skip one carries no multiply-adds, the nor_conv_1x1 one checks
     assert counted == ["none", "nor_conv_1x1"]
+
+
+def test_a_chains_first_probe_with_multiply_adds_after_the_base_is_the_last_counted_whole(monkeypatch):
+    chain = build_supernet("mbconv", 10, "gdas", 0, {"stem": 4, "widths": [4], "layers": [1],
+                                                     "strides": [1], "head": 8})
+    counted = []
+
+    def whole_macs(build, genotype, net, image_size):
+        counted.append(dict(genotype.layers))
+        return _whole_macs(build, genotype, net, image_size)
+
+    monkeypatch.setattr(nas.cost, "_whole_macs", whole_macs)
+    build_cost_table(chain, lambda g: build_network(
+        "mbconv", g, 10, {"stem": 4, "widths": [4], "layers": [1], "strides": [1], "head": 8}),
+        8, ["macs"], torch.device("cpu"), "mbconv")
+    # every block carries multiply-adds: probe 0 gives the base, probe 1 checks it
+    assert counted == [{p.name: p.ops[k] for p in chain.choice_points()} for k in (0, 1)]
+
+
+class _GrowsWithParameters(nn.Module):
+    """An NB201 network plus an unused parameter vector as long as the square of its cell's
+    convolution edges: parameters that are not a sum over the edges."""
+
+    def __init__(self, genotype: Genotype) -> None:
+        super().__init__()
+        self.net = build_network("nasbench201", genotype, 10, {"C": 4, "cells_per_stage": 1})
+        convs = sum(op.startswith("nor_conv") for node in genotype.cells["cell"] for op, _ in node)
+        self.extra = nn.Parameter(torch.zeros(convs * convs))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_parameters_that_do_not_add_up_fail_in_one_line():
+    model = build_supernet("nasbench201", 10, "gdas", 0, {"C": 4, "cells_per_stage": 1})
+    with pytest.raises(InputError, match="the parameters of this space's network are not a sum"):
+        build_cost_table(model, _GrowsWithParameters, 8, ["params"], torch.device("cpu"))
 
 
 # -- the latency fit ----------------------------------------------------------------------------
