@@ -467,6 +467,31 @@ def test_a_table_keeps_the_supernets_layout():
                                                8)["params"]
 
 
+class _OnlyKindA(nn.Module):
+    """A 1x1 stem (3 -> 4 channels) and one cell of kind "a" (one node on one input): kind "b"
+    of the supernet is not built at all."""
+
+    def __init__(self, genotype: Genotype) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 1)
+        self.cell = GenotypeCell(genotype.cells["a"], 4, 1)
+
+    def forward(self, x):
+        return self.cell([self.stem(x)])
+
+
+def test_a_kind_the_network_does_not_build_costs_nothing():
+    model = nas.Supernet(cells={"a": (1, ["skip_connect", "nor_conv_1x1"]),
+                                "b": (1, ["skip_connect", "nor_conv_3x3"])}, cell_inputs=1)
+    table = build_cost_table(model, _OnlyKindA, 8, ["params", "macs"], torch.device("cpu"))
+    assert table.base == {"params": 3 * 4 + 4, "macs": 3 * 4 * 64}  # the stem
+    # nor_conv_1x1: ReLU, a 4 -> 4 convolution (16 weights, 16 x 64 multiply-adds), a batch norm
+    assert table.ops["params"]["a"].tolist() == [[0.0, 16.0 + 8.0]]
+    assert table.ops["macs"]["a"].tolist() == [[0.0, 16.0 * 64]]
+    assert table.ops["params"]["b"].tolist() == [[0.0, 0.0]]
+    assert table.ops["macs"]["b"].tolist() == [[0.0, 0.0]]
+
+
 # -- the additivity check ------------------------------------------------------------------------
 @pytest.mark.parametrize("corrupt", [None, "none", "nor_conv_1x1"])
 def test_the_base_probe_and_the_first_with_multiply_adds_are_counted_whole_and_checked(
