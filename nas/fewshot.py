@@ -7,7 +7,8 @@ supernet on one edge into one copy per op of that edge. Here the split edge is t
 search is most certain of, after the search: each copy, from the searched weights, with every
 other edge's logits back at uniform and the split edge fixed to its op, is searched
 ``few_shot.epochs`` more (the same steps, estimator and budget as the search) and derives its
-cell. The copies' cells are then compared as DARTS compares its seeds' cells: each is trained
+cell (with ``search.budget.spend``, the most probable of those whose live ops cost at least that
+share of the costliest network that fits: ``nas.shortlist``). The copies' cells are then compared as DARTS compares its seeds' cells: each is trained
 from scratch for ``few_shot.select_epochs`` on the weight split, in the ``network:`` the
 search derives for (``select_network`` overrides its options, such as a smaller C), and scored
 on the architecture split. The best becomes the search's genotype. ``few_shot.json`` in the run
@@ -45,6 +46,7 @@ from .files import atomic_write
 from .genotype import Genotype, edge_inputs, num_nodes
 from .readback import few_shot_state
 from .runtime import in_layout, seed_everything
+from .shortlist import shortlist
 from .spaces import build_network
 from .steps import (SearchSetup, draw_step_samples, draws_together, evaluate_model, fit,
                     search_optimizers, sgd, stamped, weight_step)
@@ -87,6 +89,8 @@ def settings(cfg: Config) -> dict[str, Any]:
     """What a finished part depends on beyond the search: a resumed run reuses it only if equal."""
     out = dataclasses.asdict(cfg.search.few_shot)
     del out["workers"]  # where the parts run does not change them
+    if cfg.search.budget.spend:  # only then: the records of runs without it stay valid
+        out["spend"] = cfg.search.budget.spend
     return out
 
 
@@ -125,7 +129,9 @@ def search_part(setup: SearchSetup, kind: str, edge: int, op: int, arch_update: 
         progress()
     if budget is None:
         return setup.derive()
-    genotype = derive_within(model, budget.table, budget.limits)
+    genotype = derive_within(model, budget.table, budget.limits) if not s.budget.spend else \
+        next((c.genotype for c in shortlist(model, 1, cfg.space, budget.table, budget.limits,
+                                            s.budget.spend)), None)
     if genotype is None or not _holds(genotype, model, kind, edge, model.op_names[kind][op]):
         return None  # the most probable fitting cell would need another op there
     return stamped(genotype, cfg.space)

@@ -6,7 +6,9 @@ isomorphism class, and ranks them by successive halving: every candidate is trai
 for ``min_epochs`` on the weight split and scored on the architecture split, the best 1/``eta``
 of them are trained again from scratch ``eta`` times longer, and so on up to ``max_epochs`` or
 until two are left; the best of the last round becomes the search's genotype. Neither the test
-set nor a benchmark table is read.
+set nor a benchmark table is read. With ``search.budget.spend`` the shortlist is size-matched (``nas.shortlist``):
+every candidate costs about as much as the costliest network that fits, since short trainings
+rank smaller networks first whatever they score when trained in full.
 
 The ranking does not depend on how busy the machine was: every training runs on ``threads``
 threads (one by default), whichever process runs it and however many threads the run chose from
@@ -227,11 +229,14 @@ def run_selection(setup: Any, run_dir: Path, say: Callable[[str], None],
     """The selection phase of a finished search: shortlist, successive halving, the best cell."""
     cfg, c, budget = setup.cfg, setup.cfg.search.select, setup.budget
     found = shortlist(setup.model, c.shortlist, cfg.space, budget.table if budget else None,
-                      budget.limits if budget else None)
+                      budget.limits if budget else None,
+                      cfg.search.budget.spend)
     path = run_dir / STATE
     state = start_record(setup, path, found, say)
     plan = rounds(len(found), c.min_epochs, c.max_epochs, c.eta) if len(found) > 1 else []
     within = "within the budget " if budget is not None else ""
+    if cfg.search.budget.spend:
+        within += f"spending at least {cfg.search.budget.spend:g} of the costliest that fits "
     if not plan:
         say(f"select: only one cell {within}(one per isomorphism class): it is the pick")
     else:

@@ -12,20 +12,29 @@ is so (``ISOMORPHISM``): for NAS-Bench-201, cells with the same ``UniqueString``
 (``nb201_unique``: an edge from a zero is zero, a skip is its input, a node is the sorted sum of
 its edges). Elsewhere only equal genotypes are (a node's edges compared in any order). Each class
 is represented by its most probable member.
+
+With ``spend`` the shortlist is size-matched: only architectures whose network, counting just the
+ops that compute something (``pruned``), costs at least ``spend`` times the costliest network that
+fits, in every bounded metric. Short trainings from scratch rank small networks first (they
+converge sooner), so candidates of unequal size are not compared fairly; of equal size, they
+are. A best-first enumeration lists them exactly, most probable first (``by_probability``).
 """
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from .budget import assemble, best_choices, choice_groups
+from .budget import Option, assemble, best_choices, choice_groups
 from .cost import CostTable
 from .errors import InputError
 from .genotype import Genotype
 from .supernet import Supernet
 
 ZERO = "#"  # the table's name of a zero feature map
+NONE = "none"  # the op that outputs zeros
 
 
 def nb201_unique(genotype: Genotype) -> str:
@@ -62,6 +71,53 @@ def architecture_key(genotype: Genotype, space: str) -> str:
     return ISOMORPHISM.get(space, exact_key)(genotype)
 
 
+def pruned(genotype: Genotype, space: str) -> Genotype:
+    """``genotype`` with ``none`` on every edge whose op leaves its class (``architecture_key``)
+    unchanged when removed: an op reading only zeros, or feeding nothing the cell outputs. Where
+    the space defines no isomorphism, ``genotype`` itself."""
+    key = architecture_key(genotype, space)
+    cells = {kind: [list(node) for node in nodes] for kind, nodes in genotype.cells.items()}
+    changed = True
+    while changed:
+        changed = False
+        for nodes in cells.values():
+            for node in nodes:
+                for i, (op, src) in enumerate(node):
+                    if op == NONE:
+                        continue
+                    node[i] = (NONE, src)
+                    trial = Genotype(cells, genotype.concat, space=genotype.space,
+                                     inputs=genotype.inputs)
+                    if architecture_key(trial, space) == key:
+                        changed = True
+                    else:
+                        node[i] = (op, src)
+    return Genotype(cells, genotype.concat, space=genotype.space, inputs=genotype.inputs)
+
+
+def live_cost(genotype: Genotype, space: str, table: CostTable) -> dict[str, float]:
+    """What ``genotype``'s network costs by ``table``, counting only the ops that compute
+    something (``pruned``; as it is where the table has no ``none`` op)."""
+    if any(NONE not in names for names in table.op_names.values()):
+        return table.of(genotype)
+    return table.of(pruned(genotype, space))
+
+
+def _rescored(groups: list[tuple[str, int, list[Option]]],
+              score: Callable[[Option], float]) -> list[tuple[str, int, list[Option]]]:
+    return [(kind, node, [(score(o), o[1], o[2]) for o in options]) for kind, node, options in groups]
+
+
+def costliest(groups: list[tuple[str, int, list[Option]]], cap: list[float]) -> list[float]:
+    """Per metric of ``cap``, the most any one choice of ``groups`` within ``cap`` adds (0 where
+    none fits)."""
+    out = []
+    for m in range(len(cap)):
+        best = best_choices(_rescored(groups, lambda o: o[1][m]), cap)
+        out.append(best[0][0] if best else 0.0)
+    return out
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A shortlisted architecture: its genotype, log-probability under the supernet, class key."""
@@ -75,23 +131,31 @@ MAX_WIDENING = 256  # at most K x this many architectures are ranked to find K d
 
 
 def shortlist(model: Supernet, k: int, space: str, table: CostTable | None = None,
-              limits: Mapping[str, float] | None = None) -> list[Candidate]:
+              limits: Mapping[str, float] | None = None, spend: float = 0.0) -> list[Candidate]:
     """The ``k`` most probable architectures of ``model`` whose network fits ``limits`` (by
-    ``table``; none: every architecture), one per class, most probable first. Fewer when fewer
-    classes fit (or are among the ``k`` x ``MAX_WIDENING`` most probable architectures)."""
+    ``table``; none: every architecture), one per class, most probable first; with ``spend``,
+    only those whose live cost reaches ``spend`` of the costliest that fits (module docstring).
+    Fewer when fewer classes fit (or are among the ``k`` x ``MAX_WIDENING`` most probable
+    architectures)."""
     if model.cell_inputs is None:
         raise InputError(f"a shortlist needs a DARTS-family supernet (one whose cells take "
                          f"cell_inputs); {type(model).__name__} is not")
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
+    if not 0.0 <= spend <= 1.0:
+        raise ValueError(f"spend must be from 0 to 1, got {spend}")
     limits = dict(limits or {})
-    if limits and table is None:
-        raise ValueError("a budget's limits need its cost table")
+    if (limits or spend) and table is None:
+        raise ValueError("a budget's limits and spend need its cost table")
+    if spend and not limits:
+        raise ValueError("spend is a share of the budget: it needs limits")
     metrics = list(limits)
     groups = choice_groups(model, table, metrics)
     cap = [limits[m] - table.base[m] for m in metrics]  # no metrics without a table
     like = model.genotype()
     like = Genotype(like.cells, like.concat, space=like.space or space, inputs=like.inputs)
+    if spend:
+        return _size_matched(groups, cap, like, k, space, table, limits, spend)
     want = k
     while True:
         best = best_choices(groups, cap, want)
@@ -104,3 +168,65 @@ def shortlist(model: Supernet, k: int, space: str, table: CostTable | None = Non
         if len(seen) >= k or len(best) < want or want >= k * MAX_WIDENING:
             return list(seen.values())[:k]
         want *= 4  # isomorphic duplicates took places: rank more
+
+
+MAX_POPS = 1_000_000  # partial choices the best-first enumeration may expand before it stops
+
+
+def _size_matched(groups: list[tuple[str, int, list[Option]]], cap: list[float], like: Genotype,
+                  k: int, space: str, table: CostTable, limits: Mapping[str, float],
+                  spend: float) -> list[Candidate]:
+    metrics = list(limits)
+    most = costliest(groups, cap)
+    floor = [spend * (table.base[m] + most[i]) for i, m in enumerate(metrics)]
+    found: dict[str, Candidate] = {}
+    for score, chain in by_probability(groups, cap, [f - table.base[m] for f, m in zip(floor, metrics)]):
+        genotype = assemble(groups, chain, like)
+        key = architecture_key(genotype, space)
+        live = live_cost(genotype, space, table)
+        if key not in found and all(live[m] >= f for m, f in zip(metrics, floor)):
+            found[key] = Candidate(genotype, score, key)
+            if len(found) == k:
+                break
+    return list(found.values())
+
+
+def by_probability(groups: list[tuple[str, int, list[Option]]], cap: list[float],
+                   floor: list[float]) -> Iterator[tuple[float, list[tuple[tuple[str, int], ...]]]]:
+    """Every way to take one option of each group whose summed cost is within ``cap`` and at
+    least ``floor`` (per metric), most probable first (best-first search: a partial choice is
+    ranked by its score plus the best the remaining groups can add, and dropped once it cannot
+    fit or reach the floor)."""
+    n = len(cap)
+    best = [max(o[0] for o in g) for _, _, g in groups]
+    least = [[min(o[1][i] for o in g) for i in range(n)] for _, _, g in groups]
+    most = [[max(o[1][i] for o in g) for i in range(n)] for _, _, g in groups]
+    rest_best = [sum(best[g:]) for g in range(len(groups) + 1)]
+    rest_least = [[sum(v[i] for v in least[g:]) for i in range(n)] for g in range(len(groups) + 1)]
+    rest_most = [[sum(v[i] for v in most[g:]) for i in range(n)] for g in range(len(groups) + 1)]
+
+    def open_(g: int, spent: Sequence[float]) -> bool:
+        return all(spent[i] + rest_least[g][i] <= cap[i] + 1e-9 * max(1.0, abs(cap[i])) and
+                   spent[i] + rest_most[g][i] >= floor[i] - 1e-9 * max(1.0, abs(floor[i]))
+                   for i in range(n))
+
+    heap: list[tuple[float, int, int, float, tuple[float, ...], Any]] = []
+    tie = itertools.count()  # equal priorities: the earlier pushed first
+    if open_(0, [0.0] * n):
+        heap.append((-rest_best[0], next(tie), 0, 0.0, (0.0,) * n, None))
+    for _ in range(MAX_POPS):
+        if not heap:
+            return
+        _, _, g, score, spent, back = heapq.heappop(heap)
+        if g == len(groups):
+            chain = []
+            while back is not None:
+                back, edges = back
+                chain.append(edges)
+            yield score, chain[::-1]
+            continue
+        for o_score, o_cost, edges in groups[g][2]:
+            total = tuple(a + b for a, b in zip(spent, o_cost))
+            if open_(g + 1, total):
+                heapq.heappush(heap, (-(score + o_score + rest_best[g + 1]), next(tie), g + 1,
+                                      score + o_score, total, (back, edges)))

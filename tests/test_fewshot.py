@@ -21,8 +21,9 @@ from nas.config import load_config
 from nas.errors import InputError
 from nas.genotype import Genotype
 from nas.search import COSTS, build_search
+from nas.shortlist import live_cost
 from nas.threads import Threads
-from search_spaces.nasbench201 import PRIMITIVES, NB201Supernet
+from search_spaces.nasbench201 import PRIMITIVES, NB201Supernet, all_cells
 
 TINY = {"space": "nasbench201", "device": "cpu",
         "data": {"image_size": 8, "pad": 1, "limit": 64, "workers": 0},
@@ -133,6 +134,30 @@ def test_a_part_that_cannot_fit_is_reported_not_picked(root, tmp_path, capsys):
     assert "nor_conv_3x3: no cell with it there fits the budget" in out
     assert "few-shot pick: the part with" in out
     assert "nor_conv_3x3" not in Genotype.load(tmp_path / "run" / "genotype.json").to_nb201_string()
+
+
+def test_with_spend_every_parts_cell_is_near_the_costliest_that_fits(root, tmp_path):
+    run = tmp_path / "run"
+    assert search(root, run, "--set", "search.budget.spend=0.9") == 0
+    state = json.loads((run / nas.fewshot.STATE).read_text())
+    assert state["settings"]["spend"] == 0.9
+    cfg = load_config(run / "config.yaml", [f"data.root={root / 'data'}"])
+    setup = build_search(cfg, run / COSTS)
+    table, limits = setup.budget.table, setup.budget.limits
+    costliest = max(table.of(g)["params"] for g in all_cells() if fits(table.of(g), limits))
+    kind, edge = state["edge"]
+    cells = 0
+    for op, part in state["parts"].items():
+        if part["genotype"] is None:
+            continue
+        g = Genotype.from_dict(part["genotype"])
+        assert fits(table.of(g), limits)
+        assert live_cost(g, "nasbench201", table)["params"] >= 0.9 * costliest
+        assert [o for node in g.cells["cell"] for o, _ in node][edge] == op
+        cells += 1
+    assert cells >= 2
+    plain = json.loads((root / "run" / nas.fewshot.STATE).read_text())  # the same search, no spend
+    assert "spend" not in plain["settings"]
 
 
 def test_interrupted_in_the_few_shot_phase_then_resumed(root, finished, tmp_path, monkeypatch, capsys):

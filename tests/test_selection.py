@@ -17,6 +17,8 @@ from nas.config import load_config
 from nas.genotype import Genotype
 from nas.search import COSTS, build_search
 from nas.selection import STATE, ranked, rounds
+from nas.shortlist import live_cost
+from search_spaces.nasbench201 import all_cells
 
 from test_fewshot import TINY as FEW_SHOT  # noqa: E402 - the same tiny search, another phase
 
@@ -152,6 +154,22 @@ def test_without_a_budget_the_most_probable_cells(root, tmp_path):
     assert picked.cells in [Genotype.from_dict(c["genotype"]).cells for c in state["shortlist"]]
 
 
+def test_spend_shortlists_only_cells_near_the_costliest_that_fits(root, tmp_path):
+    run = tmp_path / "run"
+    assert search(root, run, "--set", "search.budget.spend=0.9", threads="1") == 0
+    state = json.loads((run / STATE).read_text())
+    cfg = load_config(run / "config.yaml", [f"data.root={root / 'data'}"])
+    setup = build_search(cfg, run / COSTS)
+    table, limits = setup.budget.table, setup.budget.limits
+    costliest = max(table.of(g)["params"] for g in all_cells() if fits(table.of(g), limits))
+    cells = [Genotype.from_dict(c["genotype"]) for c in state["shortlist"]]
+    assert len(cells) == 5
+    for g in cells:
+        assert fits(table.of(g), limits)
+        assert live_cost(g, "nasbench201", table)["params"] >= 0.9 * costliest
+    assert Genotype.load(run / "genotype.json").cells in [g.cells for g in cells]
+
+
 def test_off_by_default_writes_no_record(root, tmp_path):
     cfg = dict(TINY, search={k: v for k, v in TINY["search"].items() if k != "select"})
     (tmp_path / "plain.yaml").write_text(yaml.safe_dump(cfg))
@@ -173,11 +191,16 @@ def test_off_by_default_writes_no_record(root, tmp_path):
     ("search.select.workers=0", "search.select.workers: must be from 1 to"),
     ("search.select.threads=0", "search.select.threads: must be from 1 to"),
     ("search.few_shot.epochs=2", "set search.few_shot.epochs=0 to rank a shortlist"),
+    ("search.budget.spend=1.2", "search.budget.spend: must be from 0 to 1, got 1.2"),
+    ("search.budget.spend=-0.5", "search.budget.spend: must be from 0 to 1, got -0.5"),
+    (("search.budget.params=null", "search.budget.spend=0.8"),
+     "search.budget.spend: a share of the budget needs a bound; set search.budget.macs"),
     ("search.select.network={C: -4}", "search.select.network:"),
 ])
 def test_bad_settings_are_one_line(root, tmp_path, capsys, setting, message):
     capsys.readouterr()
-    assert search(root, tmp_path / "run", "--set", setting) == 2
+    settings = (setting,) if isinstance(setting, str) else setting
+    assert search(root, tmp_path / "run", "--set", *settings) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "run").exists()

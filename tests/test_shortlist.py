@@ -12,7 +12,7 @@ from nas.budget import derive_within, fits
 from nas.cost import build_cost_table
 from nas.errors import InputError
 from nas.genotype import Genotype, parse_genotype
-from nas.shortlist import architecture_key, exact_key, nb201_unique, shortlist
+from nas.shortlist import architecture_key, exact_key, live_cost, nb201_unique, pruned, shortlist
 from nas.spaces import build_network, build_supernet
 
 from conftest import ROOT
@@ -187,5 +187,80 @@ def test_k_and_limits_are_checked(nb201):
     with pytest.raises(ValueError, match="k must be at least 1, got 0"):
         shortlist(model, 0, "nasbench201")
     assert len(shortlist(model, 1, "nasbench201")) == 1
-    with pytest.raises(ValueError, match="a budget's limits need its cost table"):
+    with pytest.raises(ValueError, match="a budget's limits and spend need its cost table"):
         shortlist(model, 2, "nasbench201", None, {"macs": 1e6})
+    with pytest.raises(ValueError, match="spend must be from 0 to 1, got 1.5"):
+        shortlist(model, 2, "nasbench201", None, {"macs": 1e6}, 1.5)
+    with pytest.raises(ValueError, match="spend must be from 0 to 1, got -0.1"):
+        shortlist(model, 2, "nasbench201", None, {"macs": 1e6}, -0.1)
+    with pytest.raises(ValueError, match="spend is a share of the budget: it needs limits"):
+        shortlist(model, 2, "nasbench201", table, {}, 0.5)
+
+
+# -- the size-matched shortlist -----------------------------------------------------------------
+def test_pruned_drops_ops_that_read_zeros_or_feed_nothing():
+    dead = parse_genotype(  # node 1 is zero: the convs reading it and node 2 (feeding 3 by none)
+        "|none~0|+|nor_conv_1x1~0|nor_conv_1x1~1|+|skip_connect~0|nor_conv_1x1~1|none~2|")
+    assert pruned(dead, "nasbench201") == parse_genotype(
+        "|none~0|+|none~0|none~1|+|skip_connect~0|none~1|none~2|")
+    live = parse_genotype(
+        "|nor_conv_1x1~0|+|nor_conv_1x1~0|avg_pool_3x3~1|+|skip_connect~0|none~1|nor_conv_1x1~2|")
+    assert pruned(live, "nasbench201") == live
+    # an avg pool reading a zero is zero; a skip from x0 stays
+    pool = parse_genotype("|none~0|+|skip_connect~0|avg_pool_3x3~1|+|none~0|none~1|skip_connect~2|")
+    assert pruned(pool, "nasbench201") == parse_genotype(
+        "|none~0|+|skip_connect~0|none~1|+|none~0|none~1|skip_connect~2|")
+    assert pruned(dead, "darts-like") == dead  # no isomorphism defined: nothing is known dead
+
+
+def test_live_cost_counts_only_live_ops(nb201):
+    _, table = nb201
+    dead = parse_genotype(
+        "|none~0|+|nor_conv_1x1~0|nor_conv_1x1~1|+|skip_connect~0|nor_conv_1x1~1|none~2|")
+    assert live_cost(dead, "nasbench201", table) == table.of(pruned(dead, "nasbench201"))
+    assert live_cost(dead, "nasbench201", table)["macs"] == table.base["macs"]
+    assert table.of(dead)["macs"] > table.base["macs"]
+    assert live_cost(dead, "darts-like", table) == table.of(dead)
+
+
+def size_matched(model, table, limits, spend, k):
+    """Every cell enumerated: the k most probable (one per class) of those that fit and whose
+    live cost reaches spend times the costliest fitting cell's cost."""
+    fitting = [g for _, g in enumerated(model, table, limits, 15_625, exact_key)]
+    floor = {m: spend * max(table.of(g)[m] for g in fitting) for m in limits}
+    out, seen = [], set()
+    for g in fitting:  # most probable first
+        live = live_cost(g, "nasbench201", table)
+        if all(live[m] >= floor[m] for m in limits) and nb201_unique(g) not in seen:
+            seen.add(nb201_unique(g))
+            out.append(g)
+    return out[:k], floor
+
+
+@pytest.mark.parametrize("seed,frac,spend,k", [(0, 0.3, 0.9, 6), (1, 0.5, 0.8, 8), (8, 0.15, 0.9, 5)])
+def test_size_matched_shortlist_is_the_most_probable_that_spend(nb201, seed, frac, spend, k):
+    model, table = nb201
+    set_logits(model, seed)
+    with torch.no_grad():  # cheap ops likely, as under a tight budget
+        model.arch_logits["cell"][:, OPS.index("nor_conv_3x3")] -= 3
+    limits = {"macs": between(table, frac)}
+    got = shortlist(model, k, "nasbench201", table, limits, spend)
+    want, floor = size_matched(model, table, limits, spend, k)
+    assert [c.genotype.cells for c in got] == [g.cells for g in want]
+    assert all(fits(table.of(c.genotype), limits) for c in got)
+    assert all(live_cost(c.genotype, "nasbench201", table)["macs"] >= floor["macs"] for c in got)
+    logp = model.probabilities()["cell"].double().log()
+    for c in got:  # the untilted log-probability, whatever tilt found it
+        ops = [op for node in c.genotype.cells["cell"] for op, _ in node]
+        assert c.log_prob == pytest.approx(sum(float(logp[e, OPS.index(o)]) for e, o in enumerate(ops)),
+                                           abs=1e-9)
+    plain = shortlist(model, k, "nasbench201", table, limits)
+    assert min(table.of(c.genotype)["macs"] for c in got) > min(table.of(c.genotype)["macs"] for c in plain)
+
+
+def test_size_matched_shortlist_with_spend_0_is_the_plain_one(nb201):
+    model, table = nb201
+    set_logits(model, 9)
+    limits = {"macs": between(table, 0.4)}
+    assert shortlist(model, 7, "nasbench201", table, limits, 0.0) == \
+        shortlist(model, 7, "nasbench201", table, limits)

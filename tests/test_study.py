@@ -24,6 +24,7 @@ from conftest import write_cifar10
 from nas.benchmarks import load_table
 from nas.cli import build_parser, main as nas_main
 from nas.experiments import random_search, study
+from nas.shortlist import pruned
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT.parent / "shared" / "benchmarks" / "nats_tss_200ep.csv"
@@ -426,3 +427,31 @@ def test_top_share_is_the_accuracy_the_best_five_percent_reach():
     assert top_share(values) == 96.0 and top_share(values[::-1]) == 96.0
     assert top_share(values[:39]) == 38.0               # 39 cells: ceil(1.95) = 2nd best
     assert top_share([7.0]) == 7.0 and top_share([3.0, 9.0], 0.5) == 9.0
+
+
+def test_random_search_with_spend_draws_only_size_matched_live_cells():
+    """As the search keeps cells under search.budget.spend: within the budget, and live ops
+    costing at least that share of the costliest cell within it."""
+    cfg = nas.config.load_config("configs/gdas_nb201_budget_cpu.yaml",
+                                 ["search.budget.macs=2.0e+7", "search.budget.spend=0.8"])
+    costs = {  # a few cells' costs by hand: what the draw reads
+        "|nor_conv_1x1~0|+|nor_conv_1x1~0|nor_conv_1x1~1|+|skip_connect~0|none~1|none~2|": {"macs": 19.6e6},
+        "|none~0|+|none~0|none~1|+|skip_connect~0|none~1|none~2|": {"macs": 7.8e6},
+        "|nor_conv_3x3~0|+|none~0|none~1|+|skip_connect~0|none~1|none~2|": {"macs": 43.2e6}}
+    limits = {"macs": 2.0e7}
+    assert random_search.spend_floor(cfg, limits, costs) == {"macs": pytest.approx(0.8 * 19.6e6)}
+    assert random_search.spend_floor(cfg, {}, costs) is None
+    plain = nas.config.load_config("configs/gdas_nb201_budget_cpu.yaml", ["search.budget.spend=0"])
+    assert random_search.spend_floor(plain, limits, costs) is None
+    table = random_search.table_costs(cfg)
+    floor = random_search.spend_floor(cfg, cfg_limits := {"macs": 2.0e7}, table)
+    gen = torch.Generator().manual_seed(0)
+    drawn = [random_search.draw_cell(gen, cfg_limits, table, floor) for _ in range(40)]
+    assert len(set(drawn)) > 20
+    for arch in drawn:
+        g = nas.parse_genotype(arch)
+        live = table[pruned(g, "nasbench201").to_nb201_string()]["macs"]
+        assert table[arch]["macs"] <= 2.0e7 and live >= floor["macs"]
+    gen = torch.Generator().manual_seed(0)
+    loose = [random_search.draw_cell(gen, cfg_limits, table) for _ in range(40)]
+    assert min(table[a]["macs"] for a in loose) < floor["macs"]  # without the floor: any size

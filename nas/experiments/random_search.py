@@ -1,5 +1,7 @@
 """The random-search baseline of a study: random NAS-Bench-201 cells trained on the weight split
 for the wall time of one search, the best kept by its validation accuracy (never by the table).
+Under a budget it draws only cells within it; with ``search.budget.spend`` only those whose live
+ops cost that share of the costliest cell within it, as the search keeps its cells.
 
 A study runs it in a process of its own:
 
@@ -27,6 +29,7 @@ from ..data import Batches, load_split, seed_of, split_indices, steps_per_epoch
 from ..genotype import parse_genotype
 from ..files import atomic_write
 from ..runtime import channels_last, resolve_device, seed_everything
+from ..shortlist import pruned
 from ..spaces import build_network, build_supernet
 from ..steps import evaluate_model, fit, sgd
 from search_spaces.nasbench201 import EDGES, PRIMITIVES, NB201Network, NB201Supernet, all_cells, cell
@@ -44,13 +47,29 @@ def table_costs(cfg: Config) -> dict[str, dict[str, float]]:
 
 
 def draw_cell(gen: torch.Generator, limits: dict[str, float],
-              costs: dict[str, dict[str, float]]) -> str:
-    """A uniformly random cell (within ``limits`` when there are any), as an NB201 string."""
+              costs: dict[str, dict[str, float]], floor: dict[str, float] | None = None) -> str:
+    """A uniformly random cell (within ``limits`` when there are any; with ``floor``, of those
+    whose live ops cost at least that, as the search keeps them), as an NB201 string."""
     while True:
         drawn = torch.randint(len(PRIMITIVES), (EDGES,), generator=gen).tolist()
-        arch = cell([PRIMITIVES[i] for i in drawn]).to_nb201_string()
-        if not limits or fits(costs[arch], limits):
+        genotype = cell([PRIMITIVES[i] for i in drawn])
+        arch = genotype.to_nb201_string()
+        if limits and not fits(costs[arch], limits):
+            continue
+        live = costs[pruned(genotype, "nasbench201").to_nb201_string()] if floor else {}
+        if all(live[m] >= f for m, f in (floor or {}).items()):
             return arch
+
+
+def spend_floor(cfg: Config, limits: dict[str, float],
+                costs: dict[str, dict[str, float]]) -> dict[str, float] | None:
+    """What the search's ``search.budget.spend`` asks of a kept cell: that share of the costliest
+    cell within ``limits``, per bounded metric (None: no spend or no limits)."""
+    spend = cfg.search.budget.spend
+    if not spend or not limits:
+        return None
+    fitting = [c for c in costs.values() if fits(c, limits)]
+    return {m: spend * max(c[m] for c in fitting) for m in limits}
 
 
 def network_options(cfg: Config, network: dict[str, int]) -> tuple[int, int]:
@@ -90,9 +109,10 @@ def random_search_worker(spec: dict[str, Any]) -> None:
     gen, tried, deadline = torch.Generator().manual_seed(seed), [], spec["started"] + spec["budget"]
     limits = spec.get("limits") or {}
     costs = table_costs(cfg) if limits else {}  # a cost-aware baseline draws within the budget
+    floor = spend_floor(cfg, limits, costs)  # and, as the search keeps cells, size-matched
     while True:
         t0 = time.time()
-        arch = draw_cell(gen, limits, costs)
+        arch = draw_cell(gen, limits, costs, floor)
         seed_everything(seed_of(seed, 4, len(tried)))
         model = NB201Network(parse_genotype(arch), data.num_classes, C=C,
                              cells_per_stage=per_stage).to(device, memory_format=fmt)
