@@ -311,6 +311,32 @@ def test_whole_macs_counts_a_network_built_on_the_meta_device():
     assert built[-1] == META and count_macs(real, (1, 3, 8, 8)) != count_macs(other, (1, 3, 8, 8))
 
 
+class _NB201NeedsRealTensors(nn.Module):
+    """An NB201 network (C=4, one cell per stage) whose forward reads a value first."""
+
+    def __init__(self, genotype: Genotype) -> None:
+        super().__init__()
+        self.net = build_network("nasbench201", genotype, 10, {"C": 4, "cells_per_stage": 1})
+
+    def forward(self, x):
+        return self.net(x * (1.0 + float(x.sum()) * 0))
+
+
+def test_a_tables_whole_networks_are_counted_on_the_meta_device_where_they_build():
+    model = build_supernet("nasbench201", 10, "gdas", 0, {"C": 4, "cells_per_stage": 1})
+    devices = []
+
+    def build(genotype):
+        devices.append(torch.empty(()).device)
+        return build_network("nasbench201", genotype, 10, {"C": 4, "cells_per_stage": 1})
+
+    table = build_cost_table(model, build, 8, ["macs"], torch.device("cpu"))
+    assert devices.count(META) == 2  # the base probe and the first with multiply-adds
+    # a network that cannot run there is counted as built: the same table
+    real = build_cost_table(model, _NB201NeedsRealTensors, 8, ["macs"], torch.device("cpu"))
+    assert real.base == table.base and torch.equal(real.ops["macs"]["cell"], table.ops["macs"]["cell"])
+
+
 def test_whole_macs_counts_the_real_network_when_the_meta_device_cannot_run_it():
     net = _NeedsRealTensors()
     assert _whole_macs(lambda g: _NeedsRealTensors(), Genotype({}), net, 6) == 8 * 36 * 3 * 9
