@@ -175,7 +175,7 @@ def build_search(cfg: Config, costs_file: Path | None = None) -> SearchSetup:
         except InputError as exc:
             raise InputError(f"search.few_shot.select_network: {exc}") from None
     check_selection(cfg, model, data.num_classes, dist.world_size())
-    if s.budget.spend and model.cell_inputs is None:
+    if s.budget.spend and budget_limits(s.budget) and model.cell_inputs is None:
         raise InputError(f"search.budget.spend: size-matched cells need a DARTS-family supernet "
                          f"(one whose cells take cell_inputs); {type(model).__name__} is not; "
                          "set search.budget.spend=0")

@@ -228,15 +228,15 @@ def run_selection(setup: Any, run_dir: Path, say: Callable[[str], None],
                   quiet: bool = False) -> Genotype:
     """The selection phase of a finished search: shortlist, successive halving, the best cell."""
     cfg, c, budget = setup.cfg, setup.cfg.search.select, setup.budget
+    spend = cfg.search.budget.spend if budget is not None else 0.0  # no bound: every network fits
     found = shortlist(setup.model, c.shortlist, cfg.space, budget.table if budget else None,
-                      budget.limits if budget else None,
-                      cfg.search.budget.spend)
+                      budget.limits if budget else None, spend)
     path = run_dir / STATE
     state = start_record(setup, path, found, say)
     plan = rounds(len(found), c.min_epochs, c.max_epochs, c.eta) if len(found) > 1 else []
     within = "within the budget " if budget is not None else ""
-    if cfg.search.budget.spend:
-        within += f"spending at least {cfg.search.budget.spend:g} of the costliest that fits "
+    if spend:
+        within += f"spending at least {spend:g} of the costliest that fits "
     if not plan:
         say(f"select: only one cell {within}(one per isomorphism class): it is the pick")
     else:

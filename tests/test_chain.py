@@ -265,3 +265,10 @@ def test_the_few_shot_phase_splits_a_chain_on_a_layer_and_keeps_the_budget(tmp_p
     picked = out.split("few-shot pick: the part with ")[1].split(" on edge ")
     assert genotype.layers[picked[1].split(" ")[0]] == picked[0]  # the part's op kept there
     assert count_cost(nas.build_network("mbconv", genotype, 10, OPTIONS), 8)["macs"] <= 1.2e5
+    # size-matched cells need cells whose dead ops the space can tell: refused before the run
+    code = main(["search", "--config", str(config), "--data-dir", str(cifar_root), "--run-dir",
+                 str(tmp_path / "spend"), "--threads", "1", "--set", "search.budget.spend=0.8"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "search.budget.spend: size-matched cells need a DARTS-family supernet" in err
+    assert not (tmp_path / "spend").exists()

@@ -136,7 +136,7 @@ def test_a_part_that_cannot_fit_is_reported_not_picked(root, tmp_path, capsys):
     assert "nor_conv_3x3" not in Genotype.load(tmp_path / "run" / "genotype.json").to_nb201_string()
 
 
-def test_with_spend_every_parts_cell_is_near_the_costliest_that_fits(root, tmp_path):
+def test_with_spend_every_parts_cell_is_near_the_costliest_that_fits(root, finished, tmp_path):
     run = tmp_path / "run"
     assert search(root, run, "--set", "search.budget.spend=0.9") == 0
     state = json.loads((run / nas.fewshot.STATE).read_text())
@@ -156,8 +156,13 @@ def test_with_spend_every_parts_cell_is_near_the_costliest_that_fits(root, tmp_p
         assert [o for node in g.cells["cell"] for o, _ in node][edge] == op
         cells += 1
     assert cells >= 2
-    plain = json.loads((root / "run" / nas.fewshot.STATE).read_text())  # the same search, no spend
+    plain = json.loads((finished / nas.fewshot.STATE).read_text())  # the same search, no spend
     assert "spend" not in plain["settings"]
+    # no bound: every network fits, no share is asked, the phase is the plain one
+    assert search(root, tmp_path / "free", "--set", "search.budget.params=null",
+                  "search.budget.spend=0.9") == 0
+    free = json.loads((tmp_path / "free" / nas.fewshot.STATE).read_text())
+    assert all(p["genotype"] is not None for p in free["parts"].values())
 
 
 def test_interrupted_in_the_few_shot_phase_then_resumed(root, finished, tmp_path, monkeypatch, capsys):
