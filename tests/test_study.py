@@ -404,6 +404,22 @@ def test_the_few_shot_study_runs_the_shipped_config_beside_both_random_searches(
     assert f.select_batch_size == cfg.search.batch_size  # the baseline trains at the search's batch
 
 
+@needs_table
+@needs_shared_data
+def test_the_spend_study_runs_the_shipped_config_on_seeds_it_never_ran(monkeypatch):
+    s = shipped_study(monkeypatch, "nb201_budget_spend_heldout", ["spend_20M"],
+                      ["threads=1", "search.budget.spend=0.8", "search.budget.macs=2.0e+7"])
+    shipped = nas.config.load_config("configs/gdas_nb201_budget_cpu.yaml", ["threads=1"])
+    cfg = nas.config.load_config(s.methods["spend_20M"].config, s.methods["spend_20M"].sets)
+    assert cfg.search.budget.spend == shipped.search.budget.spend == 0.8
+    assert cfg == nas.config.load_config("configs/gdas_nb201_budget_cpu.yaml",
+                                         ["threads=1", "search.budget.macs=2.0e+7"])
+    earlier = study.load_study("configs/studies/nb201_budget_heldout.yaml")
+    assert s.seeds == [303, 304, 305] and not set(s.seeds) & set(earlier.seeds)
+    assert s.sweep["budgets"] == [3e7, 6e7, 3e8, 8e7] and s.sweep["seeds"] == s.seeds
+    assert s.sweep["random_search"] == "random_search_select"
+
+
 def test_a_resumed_run_counts_the_time_of_its_finished_epochs_and_few_shot_parts(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
