@@ -294,8 +294,9 @@ def test_bad_workers_fail_in_one_line(root):
 
 
 def test_no_budget_is_a_budget_above_every_network(root, tmp_path):
-    """The shipped budget config takes search.budget.<metric>=null: its few-shot phase then runs
-    as under a bound no cell reaches (the unconstrained rows of the held-out study use 3e8)."""
+    """A budget config takes search.budget.<metric>=null: without search.budget.spend its
+    few-shot phase then runs as under a bound no cell reaches (the first held-out study's
+    unconstrained rows used 3e8); with spend, the 3e8 bound also asks the parts to spend it."""
     assert search(root, tmp_path / "none", "--set", "search.budget.params=null") == 0
     assert search(root, tmp_path / "loose", "--set", "search.budget.params=1e9") == 0
     runs = [json.loads((tmp_path / r / "few_shot.json").read_text()) for r in ("none", "loose")]
