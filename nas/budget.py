@@ -194,14 +194,16 @@ def best_choices(groups: Sequence[tuple[str, int, list[Option]]], cap: Sequence[
         states = _pareto(merged, k)
         if not states:
             return []
-    out = []
-    for score, _, back in states[:k]:
-        chain = []
-        while back is not None:
-            back, edges = back
-            chain.append(edges)
-        out.append((score, chain[::-1]))
-    return out
+    return [(score, unwound(back)) for score, _, back in states[:k]]
+
+
+def unwound(back: Any) -> list[tuple[tuple[str, int], ...]]:
+    """The chosen options' edges, first group first, from a state's back-pointer chain."""
+    chain = []
+    while back is not None:
+        back, edges = back
+        chain.append(edges)
+    return chain[::-1]
 
 
 def assemble(groups: Sequence[tuple[str, int, list[Option]]], chain: Sequence[tuple[tuple[str, int], ...]],

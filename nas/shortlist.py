@@ -27,7 +27,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from .budget import Option, assemble, best_choices, choice_groups
+from .budget import Option, assemble, best_choices, choice_groups, unwound
 from .cost import CostTable
 from .errors import InputError
 from .genotype import Genotype
@@ -176,15 +176,16 @@ MAX_POPS = 1_000_000  # partial choices the best-first enumeration may expand be
 def _size_matched(groups: list[tuple[str, int, list[Option]]], cap: list[float], like: Genotype,
                   k: int, space: str, table: CostTable, limits: Mapping[str, float],
                   spend: float) -> list[Candidate]:
-    metrics = list(limits)
-    most = costliest(groups, cap)
-    floor = [spend * (table.base[m] + most[i]) for i, m in enumerate(metrics)]
+    base = [table.base[m] for m in limits]
+    floor = [spend * (b + most) - b for b, most in zip(base, costliest(groups, cap))]  # above base
     found: dict[str, Candidate] = {}
-    for score, chain in by_probability(groups, cap, [f - table.base[m] for f, m in zip(floor, metrics)]):
+    for score, chain in by_probability(groups, cap, floor):
         genotype = assemble(groups, chain, like)
         key = architecture_key(genotype, space)
+        if key in found:
+            continue
         live = live_cost(genotype, space, table)
-        if key not in found and all(live[m] >= f for m, f in zip(metrics, floor)):
+        if all(live[m] - b >= f for m, b, f in zip(limits, base, floor)):
             found[key] = Candidate(genotype, score, key)
             if len(found) == k:
                 break
@@ -219,11 +220,7 @@ def by_probability(groups: list[tuple[str, int, list[Option]]], cap: list[float]
             return
         _, _, g, score, spent, back = heapq.heappop(heap)
         if g == len(groups):
-            chain = []
-            while back is not None:
-                back, edges = back
-                chain.append(edges)
-            yield score, chain[::-1]
+            yield score, unwound(back)
             continue
         for o_score, o_cost, edges in groups[g][2]:
             total = tuple(a + b for a, b in zip(spent, o_cost))

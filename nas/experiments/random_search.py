@@ -56,8 +56,10 @@ def draw_cell(gen: torch.Generator, limits: dict[str, float],
         arch = genotype.to_nb201_string()
         if limits and not fits(costs[arch], limits):
             continue
-        live = costs[pruned(genotype, "nasbench201").to_nb201_string()] if floor else {}
-        if all(live[m] >= f for m, f in (floor or {}).items()):
+        if not floor:
+            return arch
+        live = costs[pruned(genotype, "nasbench201").to_nb201_string()]
+        if all(live[m] >= f for m, f in floor.items()):
             return arch
 
 
