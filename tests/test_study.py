@@ -417,8 +417,9 @@ def test_the_spend_study_runs_the_shipped_config_on_seeds_it_never_ran(monkeypat
                                          ["threads=1", "search.budget.macs=2.0e+7"])
     earlier = study.load_study("configs/studies/nb201_budget_heldout.yaml")
     assert s.seeds == [303, 304, 305] and not set(s.seeds) & set(earlier.seeds)
-    assert s.sweep["budgets"] == [3e7, 6e7, 3e8, 8e7] and s.sweep["seeds"] == s.seeds
+    assert s.sweep["budgets"] == [3e7, 6e7, 3e8, 8e7, 1e8, 1.5e8] and s.sweep["seeds"] == s.seeds
     assert s.sweep["random_search"] == "random_search_select"
+    assert s.random_search[0]["seeds"] == s.seeds  # the baseline on every held-out seed
 
 
 def test_a_resumed_run_counts_the_time_of_its_finished_epochs_and_few_shot_parts(tmp_path):
