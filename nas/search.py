@@ -26,8 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from . import distributed as dist
-from .benchmarks import BenchmarkResult, NB201Table, load_table
-from .budget import BudgetConstraint, check_feasible, derive_within, describe, expected_cost
+from .benchmarks import BenchmarkResult, load_table
+from .budget import BudgetConstraint, check_feasible, expected_cost
 from .config import Config, budget_limits, forward_tau_on
 from .cost import CostTable, build_cost_table, count_cost, format_cost
 from .latency import LatencyTable, check_fits, read_table

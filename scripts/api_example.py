@@ -9,8 +9,6 @@ change the run; every key is in the configuration reference, docs/reference/conf
 """
 from __future__ import annotations
 
-import argparse
-
 import nas
 from nas.config import build_config
 from nas.errors import OneLineParser

@@ -22,7 +22,6 @@ sqrt(sum var(g_hat)) / |g| over ``--draws`` draws, writes estimators.md and esti
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import math
 import sys

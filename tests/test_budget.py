@@ -16,7 +16,6 @@ from nas.config import build_config
 from nas.cost import build_cost_table, count_cost, count_macs, format_cost
 from nas.errors import InputError
 from nas.genotype import Genotype
-from nas.runtime import load_checkpoint
 from nas.spaces import build_network, build_supernet
 
 from conftest import ROOT, TINY_SEARCH

@@ -4,7 +4,6 @@ weights, initial logit and Gumbel noise follow its name, not its position (docs/
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

@@ -324,8 +324,8 @@ def _copy_supernet_weights(supernet: nn.Module, net: nn.Module, genotype: nas.Ge
     genotype's k-th op of the same cell; the rest (stem, preprocessing, classifier) by name."""
     source = supernet.state_dict()
     mapping = {}
-    for c, cell in enumerate(getattr(net, cell_prefix)):
-        kind = kind_of(cell)
+    for c, module in enumerate(getattr(net, cell_prefix)):
+        kind = kind_of(module)
         if kind is None:
             continue
         k, start = 0, 0

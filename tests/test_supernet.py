@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 import nas
-from nas import gumbel
 
 SPACES = {"darts": {"C": 4, "cells": 3}, "nasbench201": {"C": 4, "cells_per_stage": 1}}
 KINDS = {"darts": ("normal", "reduce"), "nasbench201": ("cell",)}
