@@ -422,6 +422,26 @@ def test_the_spend_study_runs_the_shipped_config_on_seeds_it_never_ran(monkeypat
     assert s.random_search[0]["seeds"] == s.seeds  # the baseline on every held-out seed
 
 
+@needs_table
+@needs_shared_data
+def test_the_spend_estimator_study_changes_only_the_estimator_of_the_shipped_config(monkeypatch):
+    names = [f"{e}_{b}" for b in ("30M", "80M") for e in ("reinforce", "gdas", "reinmax", "gumbel_rao")]
+    s = shipped_study(monkeypatch, "nb201_estimators_spend_heldout", names,
+                      ["threads=1", "search.budget.macs=3.0e+7"])
+    ran = {x for f in ("nb201_budget_heldout", "nb201_budget_spend_heldout", "nb201_estimators_heldout")
+           for x in study.load_study(f"configs/studies/{f}.yaml").seeds}
+    assert s.seeds == [306] and not set(s.seeds) & ran
+    for name in names:
+        estimator, budget = name.rsplit("_", 1)
+        cfg = nas.config.load_config(s.methods[name].config, s.methods[name].sets)
+        shipped = nas.config.load_config("configs/gdas_nb201_budget_cpu.yaml", [
+            "threads=1", f"search.budget.macs={float(budget[:-1]) * 1e6}"])
+        assert cfg.search.estimator == estimator and cfg.search.budget.spend == 0.8
+        assert cfg.search.budget == shipped.search.budget and cfg.search.few_shot == shipped.search.few_shot
+        assert cfg.network == shipped.network and cfg.supernet == shipped.supernet
+        assert (cfg.search.tau == shipped.search.tau) == (estimator in ("reinforce", "gdas"))
+
+
 def test_a_resumed_run_counts_the_time_of_its_finished_epochs_and_few_shot_parts(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
