@@ -139,7 +139,7 @@ def test_budget_study_has_the_size_baselines_random_search_within_and_a_sweep(wo
         return 7_783_040 + 35_389_440 * arch.count("nor_conv_3x3") + 3_932_160 * arch.count("nor_conv_1x1")
 
     cfg = {**TINY, "network": {"C": 16, "cells_per_stage": 5},
-           "search": {**TINY["search"], "budget": {"macs": 8.0e7, "image_size": 32}}}
+           "search": {**TINY["search"], "budget": {"macs": 8.0e7, "image_size": 32, "spend": 0.8}}}
     (workdir / "budget.yaml").write_text(yaml.safe_dump(cfg))
     path = write_study(workdir / "s.yaml", methods={"a": {"config": "budget.yaml"}},
                        published=False, sweep={"method": "a", "budgets": [3.0e7, 1.5e8],
@@ -178,7 +178,11 @@ def test_budget_study_has_the_size_baselines_random_search_within_and_a_sweep(wo
     assert "random search within the budget, same wall time" in md and "## Budget sweep" in md
     assert "`random_search` at the budget, same wall time (runs: mean ± std) |" in md
     rec = [x for x in sweep["random_search_runs"] if x["budget"] == 3.0e7][0]
-    assert f"| 89.76 | 81.02 | 1: {rec['cifar10']:.2f} |" in md
+    assert f"| 89.76 | 81.02 | 89.92 (121 cells) | 1: {rec['cifar10']:.2f} |" in md
+    # spend's size-matched cells (see the test below): 843 within 80M, 285 within 150M
+    assert data["size_matched"]["cells"] == 843 and sweep["summary"]["1.5e+08"]["size_matched_cells"] == 285
+    assert "| random cell within the budget, size-matched as search.budget.spend keeps them (no " \
+           "training) | 843 cells | mean 90.60" in md
 
 
 def test_search_run_resumes_or_restarts(tmp_path, monkeypatch):
@@ -440,6 +444,41 @@ def test_the_spend_estimator_study_changes_only_the_estimator_of_the_shipped_con
         assert cfg.search.budget == shipped.search.budget and cfg.search.few_shot == shipped.search.few_shot
         assert cfg.network == shipped.network and cfg.supernet == shipped.supernet
         assert (cfg.search.tau == shipped.search.tau) == (estimator in ("reinforce", "gdas"))
+
+
+@needs_table
+@needs_shared_data
+def test_the_sweep_scores_the_size_matched_cells_the_search_could_keep(monkeypatch):
+    """At 30M multiply-adds (the shipped budget config's network) the costliest fitting cell has
+    five 1x1 convs and no 3x3; spend 0.8 keeps the cells with at least four live 1x1 convs. Dead,
+    by the table's isomorphism: a conv reading node 1 when node 1 gets nothing, or one whose
+    output reaches the cell's output through `none` only."""
+    s = shipped_study(monkeypatch, "nb201_budget_spend_heldout", ["spend_20M"],
+                      ["threads=1", "search.budget.spend=0.8", "search.budget.macs=2.0e+7"])
+    cfg = nas.config.load_config(s.methods["spend_20M"].config, s.methods["spend_20M"].sets)
+    costs = random_search.table_costs(cfg)
+    edges = [(0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3)]
+
+    def by_hand(arch: str) -> bool:
+        ops = [term.split("~")[0] for term in arch.split("|") if "~" in term]
+        if "nor_conv_3x3" in ops or ops.count("nor_conv_1x1") > 5:
+            return False
+        feeds = {3}
+        for i in (2, 1, 0):
+            if any(op != "none" and e[0] == i and e[1] in feeds for e, op in zip(edges, ops)):
+                feeds.add(i)
+        return sum(op == "nor_conv_1x1" and e[1] in feeds and not (e[0] == 1 and ops[0] == "none")
+                   for e, op in zip(edges, ops)) >= 4
+
+    kept = [a for a in costs if by_hand(a)]
+    floor = random_search.spend_floor(cfg, {"macs": 3e7}, costs)
+    row = study.sweep_row(s, costs, "macs", 3e7, [], [], floor)
+    assert row["size_matched_cells"] == len(kept) == 121
+    acc = [s.table.query(a).accuracy["cifar10"] for a in kept]
+    assert row["size_matched_fitting"] == pytest.approx(sum(acc) / len(acc))
+    assert row["size_matched_fitting"] == pytest.approx(89.92, abs=0.01)
+    assert row["random_fitting"] < 82 < row["size_matched_fitting"] < row["top5_fitting"]
+    assert study.sweep_row(s, costs, "macs", 3e7, [], [])["size_matched_fitting"] is None
 
 
 def test_a_resumed_run_counts_the_time_of_its_finished_epochs_and_few_shot_parts(tmp_path):

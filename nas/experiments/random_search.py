@@ -26,7 +26,7 @@ from ..budget import fits
 from ..config import Config, load_config
 from ..cost import build_cost_table
 from ..data import Batches, load_split, seed_of, split_indices, steps_per_epoch
-from ..genotype import parse_genotype
+from ..genotype import Genotype, parse_genotype
 from ..files import atomic_write
 from ..runtime import channels_last, resolve_device, seed_everything
 from ..shortlist import pruned
@@ -56,11 +56,17 @@ def draw_cell(gen: torch.Generator, limits: dict[str, float],
         arch = genotype.to_nb201_string()
         if limits and not fits(costs[arch], limits):
             continue
-        if not floor:
+        if size_matched(genotype, costs, floor):
             return arch
-        live = costs[pruned(genotype, "nasbench201").to_nb201_string()]
-        if all(live[m] >= f for m, f in floor.items()):
-            return arch
+
+
+def size_matched(genotype: Genotype, costs: dict[str, dict[str, float]],
+                 floor: dict[str, float] | None) -> bool:
+    """Whether the cell's live ops cost at least ``floor`` per metric (True without a floor)."""
+    if not floor:
+        return True
+    live = costs[pruned(genotype, "nasbench201").to_nb201_string()]
+    return all(live[m] >= f for m, f in floor.items())
 
 
 def spend_floor(cfg: Config, limits: dict[str, float],

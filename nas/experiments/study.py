@@ -67,12 +67,12 @@ from ..benchmarks import NB201Table, canonical_arch, load_table
 from ..budget import fits
 from ..config import budget_limits, load_config, read_yaml
 from ..errors import InputError, OneLineParser
-from ..genotype import Genotype
+from ..genotype import Genotype, parse_genotype
 from ..plot import scatter
 from ..runtime import check_output
 
 from .options import add_study_arguments
-from .random_search import table_costs
+from .random_search import size_matched, spend_floor, table_costs
 
 REPO = Path(__file__).resolve().parents[2]
 KEYS = ("benchmark", "data_dir", "seeds", "set", "methods", "random_search", "published", "sweep")
@@ -408,6 +408,11 @@ def markdown(study: Study, out: dict[str, Any]) -> str:
         w = out["within_budget"]
         lines.append(f"| random cell within the budget | {w['cells']:,} cells | mean {w['mean']:.2f}, "
                      f"median {w['median']:.2f} | — | {w['best']:.2f} | — | — | — | — |")
+    if out.get("size_matched"):
+        w = out["size_matched"]
+        lines.append(f"| random cell within the budget, size-matched as search.budget.spend keeps "
+                     f"them (no training) | {w['cells']:,} cells | mean {w['mean']:.2f}, median "
+                     f"{w['median']:.2f} | — | {w['best']:.2f} | — | — | — | — |")
     for name, b in out["baselines"].items():
         lines.append(row(name, {**b, "runs": f"{b['runs']:,} cell(s) tied"}))
     for rs in study.random_search:
@@ -428,23 +433,28 @@ def markdown(study: Study, out: dict[str, Any]) -> str:
     if out.get("sweep"):
         sw = out["sweep"]
         rs_name = sw.get("random_search")
+        matched = any(r.get("size_matched_fitting") is not None for r in sw["summary"].values())
         lines += ["", f"## Budget sweep: {sw['method']} under search.budget.{sw['metric']}, seeds "
                   f"{', '.join(map(str, sw['seeds']))}", "",
                   "| budget | runs | CIFAR-10 mean ± std | min | max | over budget | best cell "
                   "that fits | top 5% of the cells that fit | largest cell that fits (mean) | "
                   "random cell that fits (mean) |" +
+                  (" size-matched random cell that fits (mean, no training) |" if matched else "") +
                   (f" `{rs_name}` at the budget, same wall time (runs: mean ± std) |"
                    if rs_name else ""),
-                  "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|" + ("---|" if rs_name else "")]
+                  "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if matched else "")
+                  + ("---|" if rs_name else "")]
         for limit, r in sw["summary"].items():
             rs_cell = (f" {r['random_search_runs']}: "
                        f"{f(r['random_search_mean'], std=r['random_search_std'])} |"
                        if rs_name else "")
+            matched_cell = (f" {f(r.get('size_matched_fitting'))} ({r['size_matched_cells']:,} "
+                            f"cells) |" if matched else "")
             lines.append(f"| {float(limit):,.0f} | {r['runs']} | "
                          f"{f(r['cifar10_mean'], std=r['cifar10_std'])} | {f(r['cifar10_min'])} | "
                          f"{f(r['cifar10_max'])} | {r['over_budget']} | {r['best_fitting']:.2f} | "
                          f"{f(r.get('top5_fitting'))} | {r['largest_fitting']:.2f} | "
-                         f"{r['random_fitting']:.2f} |" + rs_cell)
+                         f"{r['random_fitting']:.2f} |" + matched_cell + rs_cell)
         lines += ["", "![budget sweep](pareto.png)"]
     lines += ["", "Runs (the CIFAR-10 accuracy of each derived cell in the table):", ""]
     for r in out["runs"] + out["random_search"]:
@@ -557,6 +567,11 @@ def write_study(study: Study, out: Path, jobs: int, records: list[dict[str, Any]
                  for name, archs in size_baselines(study, costs).items()}
     within = [scored(study.table, a) for a in costs if fits(costs[a], study.budget)] \
         if study.budget else []
+    floor = spend_floor(load_config(first.config, first.sets), study.budget, costs)
+    matched = [c for c in within if size_matched(parse_genotype(c["arch"]), costs, floor)] \
+        if floor else []
+    swept_cfg = load_config(study.methods[sweep["method"]].config,
+                            study.methods[sweep["method"]].sets) if sweep else None
     sweep_runs = [{"budget": limit, "seed": seed, "run_dir": str(run),
                    **search_record(study.table, run), **_cost_of(costs, run)}
                   for limit, seed, run in swept if (run / "genotype.json").is_file()]
@@ -577,11 +592,13 @@ def write_study(study: Study, out: Path, jobs: int, records: list[dict[str, Any]
         "baselines": {name: {**summarize(cells_, cells), "cells": [c["arch"] for c in cells_]}
                       for name, cells_ in baselines.items()},
         "within_budget": _spread([c["cifar10"] for c in within]) if within else None,
+        "size_matched": _spread([c["cifar10"] for c in matched]) if matched else None,
         "sweep": {**sweep, "runs": sweep_runs, "random_search_runs": list(rs_swept),
-                  "summary": {f"{limit:g}": _sweep_row(
+                  "summary": {f"{limit:g}": sweep_row(
                       study, costs, sweep["metric"], limit,
                       [r for r in sweep_runs if r["budget"] == limit],
-                      [r for r in rs_swept if r["budget"] == limit])
+                      [r for r in rs_swept if r["budget"] == limit],
+                      spend_floor(swept_cfg, {**sweep["bounds"], sweep["metric"]: limit}, costs))
                       for limit in sweep["budgets"]}} if sweep else None}
     if sweep:
         pareto_image(costs, study.table, sweep, sweep_runs).save(out / "pareto.png")
@@ -612,15 +629,19 @@ def top_share(values: Sequence[float], share: float = 0.05) -> float:
     return ordered[max(1, math.ceil(share * len(ordered) - 1e-9)) - 1]
 
 
-def _sweep_row(study: Study, costs: dict[str, dict[str, float]], metric: str, limit: float,
-               runs: list[dict[str, Any]], randoms: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+def sweep_row(study: Study, costs: dict[str, dict[str, float]], metric: str, limit: float,
+              runs: list[dict[str, Any]], randoms: Sequence[dict[str, Any]] = (),
+              floor: dict[str, float] | None = None) -> dict[str, Any]:
     """One budget of a sweep: its runs against the best, the top 5%, the largest and a random
-    fitting cell, and the random search at that budget (if it ran)."""
+    fitting cell (and a random one of the size ``floor`` keeps, search.budget.spend's), and the
+    random search at that budget (if it ran)."""
     rs = [r["cifar10"] for r in randoms]
     fitting = [a for a in costs if costs[a][metric] <= limit]
     acc = {a: study.table.query(a).accuracy["cifar10"] for a in fitting}
     most = max(costs[a]["params"] for a in fitting)
     largest = [acc[a] for a in fitting if costs[a]["params"] == most]
+    matched = [acc[a] for a in fitting if size_matched(parse_genotype(a), costs, floor)] \
+        if floor else []
     c10 = [r["cifar10"] for r in runs]
     return {"runs": len(runs), "cifar10_mean": statistics.mean(c10) if c10 else None,
             "cifar10_std": statistics.stdev(c10) if len(c10) > 1 else None,
@@ -629,6 +650,8 @@ def _sweep_row(study: Study, costs: dict[str, dict[str, float]], metric: str, li
             "best_fitting": max(acc.values()), "top5_fitting": top_share(list(acc.values())),
             "largest_fitting": statistics.mean(largest),
             "random_fitting": statistics.mean(acc.values()), "fitting_cells": len(fitting),
+            "size_matched_fitting": statistics.mean(matched) if matched else None,
+            "size_matched_cells": len(matched),
             "random_search_runs": len(rs), "random_search_mean": statistics.mean(rs) if rs else None,
             "random_search_std": statistics.stdev(rs) if len(rs) > 1 else None}
 
