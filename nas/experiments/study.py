@@ -562,12 +562,13 @@ def write_study(study: Study, out: Path, jobs: int, records: list[dict[str, Any]
                          text=True)
     cells = len(study.table)
     first = study.methods[rows[0]]
-    costs = table_costs(load_config(first.config, first.sets))
+    first_cfg = load_config(first.config, first.sets)
+    costs = table_costs(first_cfg)
     baselines = {name: [{**scored(study.table, a), "seconds": None, "entropy": None} for a in archs]
                  for name, archs in size_baselines(study, costs).items()}
     within = [scored(study.table, a) for a in costs if fits(costs[a], study.budget)] \
         if study.budget else []
-    floor = spend_floor(load_config(first.config, first.sets), study.budget, costs)
+    floor = spend_floor(first_cfg, study.budget, costs)
     matched = [c for c in within if size_matched(parse_genotype(c["arch"]), costs, floor)] \
         if floor else []
     swept_cfg = load_config(study.methods[sweep["method"]].config,
