@@ -320,6 +320,12 @@ def test_the_script_is_the_command_under_its_former_name(tmp_path):
     assert proc.returncode == 2 and proc.stderr == "study: error: --jobs must be at least 1, got 0\n"
 
 
+# The budget studies before nb201_gumbel_rao_spend_heldout ran REINFORCE, the budget config's
+# estimator until then; their files pin it, so that they still run as they ran.
+REINFORCE = ["search.estimator=reinforce", "search.samples=4", "search.tau.schedule=linear",
+             "search.tau.max=10.0", "search.tau.min=0.1"]
+
+
 def shipped_study(monkeypatch, name: str, methods: list[str], sets: list[str] = []):
     """A study file of configs/studies, loaded as from the repository root, with its methods."""
     monkeypatch.chdir(ROOT)
@@ -364,7 +370,7 @@ def test_the_shipped_study_loads_with_its_methods_in_order(monkeypatch):
 def test_the_budget_study_compares_estimators_at_equal_settings(monkeypatch):
     s = shipped_study(monkeypatch, "nb201_budget_cpu", [
         "gdas_nb201_budget_cpu", "budget_gdas", "budget_reinmax", "budget_gumbel_rao"],
-        ["search.few_shot.epochs=0"])
+        ["search.few_shot.epochs=0", *REINFORCE])
     assert s.sweep["method"] == "gdas_nb201_budget_cpu" and s.budget == {"macs": 8e7}
     check = study.load_study("configs/studies/nb201_budget_cpu_reinmax.yaml")
     assert check.seeds == [15, 16, 17, 18, 19] and check.sweep["budgets"] == s.sweep["budgets"]
@@ -390,9 +396,11 @@ def test_the_budget_study_compares_estimators_at_equal_settings(monkeypatch):
 @needs_table
 @needs_shared_data
 def test_the_few_shot_study_runs_the_shipped_config_beside_both_random_searches(monkeypatch):
-    s = shipped_study(monkeypatch, "nb201_budget_cpu_fewshot", ["few_shot"], ["search.budget.spend=0"])
+    s = shipped_study(monkeypatch, "nb201_budget_cpu_fewshot", ["few_shot"],
+                      ["search.budget.spend=0", *REINFORCE])
     # the shipped config as the study ran it, before its parts were size-matched
-    shipped = nas.config.load_config("configs/gdas_nb201_budget_cpu.yaml", ["search.budget.spend=0"])
+    shipped = nas.config.load_config("configs/gdas_nb201_budget_cpu.yaml",
+                                     ["search.budget.spend=0", *REINFORCE])
     cfg = nas.config.load_config(s.methods["few_shot"].config, s.methods["few_shot"].sets)
     assert cfg == shipped and cfg.search.few_shot.epochs > 0 and s.budget == {"macs": 8e7}
     assert s.seeds == [10, 11, 12, 13, 14] and len(s.random_search) == 2
@@ -413,12 +421,12 @@ def test_the_few_shot_study_runs_the_shipped_config_beside_both_random_searches(
 @needs_shared_data
 def test_the_spend_study_runs_the_shipped_config_on_seeds_it_never_ran(monkeypatch):
     s = shipped_study(monkeypatch, "nb201_budget_spend_heldout", ["spend_20M"],
-                      ["threads=1", "search.budget.spend=0.8", "search.budget.macs=2.0e+7"])
+                      ["threads=1", "search.budget.spend=0.8", *REINFORCE, "search.budget.macs=2.0e+7"])
     shipped = nas.config.load_config("configs/gdas_nb201_budget_cpu.yaml", ["threads=1"])
     cfg = nas.config.load_config(s.methods["spend_20M"].config, s.methods["spend_20M"].sets)
     assert cfg.search.budget.spend == shipped.search.budget.spend == 0.8
     assert cfg == nas.config.load_config("configs/gdas_nb201_budget_cpu.yaml",
-                                         ["threads=1", "search.budget.macs=2.0e+7"])
+                                         ["threads=1", *REINFORCE, "search.budget.macs=2.0e+7"])
     earlier = study.load_study("configs/studies/nb201_budget_heldout.yaml")
     assert s.seeds == [303, 304, 305] and not set(s.seeds) & set(earlier.seeds)
     assert s.sweep["budgets"] == [3e7, 6e7, 3e8, 8e7, 1e8, 1.5e8] and s.sweep["seeds"] == s.seeds
@@ -431,19 +439,40 @@ def test_the_spend_study_runs_the_shipped_config_on_seeds_it_never_ran(monkeypat
 def test_the_spend_estimator_study_changes_only_the_estimator_of_the_shipped_config(monkeypatch):
     names = [f"{e}_{b}" for b in ("30M", "80M") for e in ("reinforce", "gdas", "reinmax", "gumbel_rao")]
     s = shipped_study(monkeypatch, "nb201_estimators_spend_heldout", names,
-                      ["threads=1", "search.budget.macs=3.0e+7"])
+                      ["threads=1", *REINFORCE, "search.budget.macs=3.0e+7"])
     ran = {x for f in ("nb201_budget_heldout", "nb201_budget_spend_heldout", "nb201_estimators_heldout")
            for x in study.load_study(f"configs/studies/{f}.yaml").seeds}
     assert s.seeds == [306] and not set(s.seeds) & ran
     for name in names:
         estimator, budget = name.rsplit("_", 1)
         cfg = nas.config.load_config(s.methods[name].config, s.methods[name].sets)
-        shipped = nas.config.load_config("configs/gdas_nb201_budget_cpu.yaml", [
-            "threads=1", f"search.budget.macs={float(budget[:-1]) * 1e6}"])
+        shipped = nas.config.load_config("configs/gdas_nb201_budget_cpu.yaml", [  # as then
+            "threads=1", *REINFORCE, f"search.budget.macs={float(budget[:-1]) * 1e6}"])
         assert cfg.search.estimator == estimator and cfg.search.budget.spend == 0.8
         assert cfg.search.budget == shipped.search.budget and cfg.search.few_shot == shipped.search.few_shot
         assert cfg.network == shipped.network and cfg.supernet == shipped.supernet
         assert (cfg.search.tau == shipped.search.tau) == (estimator in ("reinforce", "gdas"))
+
+
+@needs_table
+@needs_shared_data
+def test_the_gumbel_rao_study_sweeps_the_shipped_config_on_seeds_no_study_ran(monkeypatch):
+    gumbel_rao = ["threads=1", "search.budget.spend=0.8", "search.estimator=gumbel_rao",
+                  "search.samples=8", "search.tau.schedule=constant", "search.tau.max=1.0",
+                  "search.tau.min=1.0", "search.budget.macs=3.0e+7"]
+    s = shipped_study(monkeypatch, "nb201_gumbel_rao_spend_heldout", ["gumbel_rao_30M"], gumbel_rao)
+    earlier = [f.stem for f in (ROOT / "configs" / "studies").glob("nb201_*.yaml")
+               if f.stem != "nb201_gumbel_rao_spend_heldout"]
+    ran = {x for f in earlier for x in study.load_study(f"configs/studies/{f}.yaml").seeds}
+    assert s.seeds == [307, 308, 309] and not set(s.seeds) & ran and 306 in ran
+    cfg = nas.config.load_config(s.methods["gumbel_rao_30M"].config, s.methods["gumbel_rao_30M"].sets)
+    shipped = nas.config.load_config("configs/gdas_nb201_budget_cpu.yaml",
+                                     ["threads=1", "search.budget.macs=3.0e+7"])
+    assert cfg == shipped  # the study's decision rule made its settings the shipped ones
+    assert (cfg.search.estimator, cfg.search.samples, cfg.search.tau.schedule, cfg.search.tau.min) == (
+        "gumbel_rao", 8, "constant", 1.0)
+    assert s.sweep["budgets"] == [8e7, 1e8, 2e7, 6e7, 1.5e8, 3e8] and s.sweep["seeds"] == s.seeds
+    assert s.sweep["random_search"] == "random_search_select" and s.random_search[0]["seeds"] == s.seeds
 
 
 @needs_table
@@ -454,7 +483,7 @@ def test_the_sweep_scores_the_size_matched_cells_the_search_could_keep(monkeypat
     by the table's isomorphism: a conv reading node 1 when node 1 gets nothing, or one whose
     output reaches the cell's output through `none` only."""
     s = shipped_study(monkeypatch, "nb201_budget_spend_heldout", ["spend_20M"],
-                      ["threads=1", "search.budget.spend=0.8", "search.budget.macs=2.0e+7"])
+                      ["threads=1", "search.budget.spend=0.8", *REINFORCE, "search.budget.macs=2.0e+7"])
     cfg = nas.config.load_config(s.methods["spend_20M"].config, s.methods["spend_20M"].sets)
     costs = random_search.table_costs(cfg)
     edges = [(0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3)]
